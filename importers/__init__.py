@@ -1,0 +1,1 @@
+"""Importers of real logs (XES / CSV event logs, Action-Logger UI logs) into the Trace format."""

@@ -1,10 +1,66 @@
-"""``autopilot sandbox ...``: filled in by the sandbox work."""
+"""``autopilot sandbox generate|serve|ceiling``: the reference BPM platform from the command line."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sandbox.generate import generate
+    from sandbox.scenario import scenario_by_name
+
+    summary = generate(args.sessions, args.seed, Path(args.out), scenario_by_name(args.scenario), args.start)
+    print(summary.render())
+    print(f"traces written to {args.out}")
+    return 0
+
+
+def _ceiling(args: argparse.Namespace) -> int:
+    from sandbox.ceiling import ceiling_table, render_ceiling
+    from sandbox.generate import read_traces
+
+    print(render_ceiling(ceiling_table(read_traces(Path(args.traces)))))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sandbox.api import create_app
+    from sandbox.scenario import scenario_by_name
+
+    uvicorn.run(create_app(scenario_by_name(args.scenario), args.seed), host=args.host, port=args.port)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register(commands: Any) -> None:
     parser = commands.add_parser("sandbox", help="the reference BPM platform")
-    parser.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
+
+    gen = sub.add_parser("generate", help="let simulated operators work N cases and write traces (JSONL)")
+    gen.add_argument("--sessions", type=_positive, required=True, help="number of cases")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help="output JSONL path")
+    gen.add_argument("--scenario", default="default", help="default, drift, new_process, long_tail, only_new")
+    gen.add_argument("--start", type=int, default=0, help="first case index (to continue a stream)")
+    gen.set_defaults(handler=_generate)
+
+    ceil = sub.add_parser("ceiling", help="the Bayes ceiling per action type of a trace file")
+    ceil.add_argument("traces")
+    ceil.set_defaults(handler=_ceiling)
+
+    serve = sub.add_parser("serve", help="serve the sandbox's REST task API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8081)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--scenario", default="default")
+    serve.set_defaults(handler=_serve)

@@ -7,6 +7,7 @@ screen allows. ``validate_action`` is the single place where that is decided.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import date
 from enum import StrEnum
@@ -127,12 +128,17 @@ class ActionValidationError(ValueError):
         self.reason = reason
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
 def _check_value(kind: ControlKind, control: object, value: str) -> None:
     if kind == ControlKind.NUMBER:
         try:
             number = float(value)
         except ValueError:
             raise ActionValidationError("value", f"{value!r} is not a number") from None
+        if not math.isfinite(number):  # "nan" would slip past every range check
+            raise ActionValidationError("value", f"{value!r} is not a finite number")
         minimum = getattr(control, "minimum", None)
         maximum = getattr(control, "maximum", None)
         if minimum is not None and number < minimum:
@@ -141,6 +147,8 @@ def _check_value(kind: ControlKind, control: object, value: str) -> None:
             raise ActionValidationError("value", f"{number} is above the maximum {maximum}")
     elif kind == ControlKind.DATE:
         try:
+            if _ISO_DATE.fullmatch(value) is None:  # date.fromisoformat also takes 20240101 and 2024-W01-1
+                raise ValueError(value)
             date.fromisoformat(value)
         except ValueError:
             raise ActionValidationError("value", f"{value!r} is not an ISO date (YYYY-MM-DD)") from None

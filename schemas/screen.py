@@ -6,10 +6,11 @@ that the screen declares, and values are validated against the control's constra
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.base import Payload, Strict
 
@@ -41,6 +42,16 @@ class TextControl(_ControlBase):
     kind: Literal[ControlKind.TEXT] = ControlKind.TEXT
     pattern: str | None = None
     max_length: int = Field(default=200, ge=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
 
 
 class TextareaControl(_ControlBase):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from enum import StrEnum
 
 from pydantic import Field, model_validator
@@ -60,5 +61,10 @@ class UIState(Payload):
         return self
 
     def content_hash(self) -> str:
-        body = self.model_dump_json(exclude={"etag", "schema_version"})
+        # Canonical JSON (sorted keys): JSON objects are unordered, so a producer that re-serialises the state
+        # through a map type must get the same etag. Schema versions (also the nested screen's) are not content.
+        content = self.model_dump(
+            mode="json", exclude={"etag": True, "schema_version": True, "screen": {"schema_version"}}
+        )
+        body = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(body.encode(), digest_size=10).hexdigest()

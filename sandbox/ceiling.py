@@ -1,0 +1,53 @@
+"""The sandbox's own ceiling: the accuracy the best possible policy could reach, per action type and process.
+
+Each sandbox TraceStep carries ``bayes_p`` (the probability that the Bayes-optimal policy, seeing only the
+UIState, predicts the exact action) and ``bayes_type_p`` (the same for the action type). Their means over steps
+are the expected accuracies of that policy: the ceiling a learned policy's step accuracy is read against.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas import Trace
+
+
+@dataclass(frozen=True)
+class CeilingRow:
+    group: str
+    steps: int
+    action: float  # exact action (type + target + value)
+    action_type: float
+
+
+def ceiling_table(traces: Iterable[Trace], by: str = "action_type") -> list[CeilingRow]:
+    """Mean ceilings grouped by the true step's action type (``by="action_type"``) or process (``"process"``);
+    the last row is over all steps."""
+    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for trace in traces:
+        for step in trace.steps:
+            if step.bayes_p is None or step.bayes_type_p is None:
+                continue
+            key = step.action.type.value if by == "action_type" else trace.process_id
+            groups[key].append((step.bayes_p, step.bayes_type_p))
+            groups["all"].append((step.bayes_p, step.bayes_type_p))
+    rows = []
+    for key in sorted(k for k in groups if k != "all") + (["all"] if "all" in groups else []):
+        values = groups[key]
+        rows.append(
+            CeilingRow(
+                group=key,
+                steps=len(values),
+                action=sum(v[0] for v in values) / len(values),
+                action_type=sum(v[1] for v in values) / len(values),
+            )
+        )
+    return rows
+
+
+def render_ceiling(rows: list[CeilingRow]) -> str:
+    lines = ["| group | steps | ceiling: exact action | ceiling: action type |", "|---|---:|---:|---:|"]
+    lines += [f"| {r.group} | {r.steps} | {r.action:.3f} | {r.action_type:.3f} |" for r in rows]
+    return "\n".join(lines)

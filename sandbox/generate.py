@@ -1,0 +1,121 @@
+"""``autopilot sandbox generate``: simulated operators work N cases; one Trace per line of JSONL."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sandbox.operators import operator_pool
+from sandbox.platform import SandboxPlatform
+from sandbox.scenario import Scenario
+from sandbox.simulate import work_case
+from schemas import Trace
+
+
+@dataclass
+class GenerationSummary:
+    sessions: int = 0
+    steps: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    by_process: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    correct: int = 0
+    handling_time_s: float = 0.0
+    bayes_by_type: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, trace: Trace, size: int) -> None:
+        self.sessions += 1
+        self.steps += len(trace.steps)
+        self.bytes_written += size
+        self.by_process[trace.process_id] += 1
+        outcome = trace.ground_truth["outcome"]
+        self.outcomes[str(outcome["status"])] += 1
+        self.correct += int(bool(outcome["correct"]))
+        self.handling_time_s += float(trace.attributes["handling_time_s"])
+        for step in trace.steps:
+            if step.bayes_p is not None:
+                self.bayes_by_type[step.action.type.value].append(step.bayes_p)
+
+    def render(self) -> str:
+        rate = self.sessions / self.seconds if self.seconds else 0.0
+        lines = [
+            f"sessions: {self.sessions}  steps: {self.steps}  ({self.steps / max(1, self.sessions):.1f} per session)",
+            f"speed: {rate:.0f} sessions/s  trace size: {self.bytes_written / max(1, self.sessions) / 1024:.1f} KiB"
+            " per session",
+            "processes: " + ", ".join(f"{p} {n}" for p, n in sorted(self.by_process.items())),
+            "outcomes: " + ", ".join(f"{o} {n}" for o, n in sorted(self.outcomes.items())),
+            f"correct resolution (all-manual): {self.correct / max(1, self.sessions):.1%}",
+            f"average handling time: {self.handling_time_s / max(1, self.sessions):.0f} s",
+            "Bayes ceiling (exact next action) by action type: "
+            + ", ".join(f"{t} {sum(v) / len(v):.3f}" for t, v in sorted(self.bayes_by_type.items())),
+        ]
+        return "\n".join(lines)
+
+
+def iter_traces(
+    sessions: int, seed: int, scenario: Scenario | None = None, start_index: int = 0, progress: bool = False
+) -> list[Trace]:
+    """Generate traces in memory (for tests and benchmarks that do not need a file)."""
+    out: list[Trace] = []
+    _run(sessions, seed, scenario or Scenario(), start_index, progress, out.append)
+    return out
+
+
+def _run(sessions: int, seed: int, scenario: Scenario, start_index: int, progress: bool, sink: object) -> None:
+    platform = SandboxPlatform(scenario, seed)
+    pool = operator_pool(scenario.operators, seed)
+    for index in tqdm(
+        range(start_index, start_index + sessions), desc="cases", unit="case", disable=not progress, leave=False
+    ):
+        rng = random.Random(f"{seed}:{index}:operator")
+        case_id = platform.open_case(case_index=index)
+        operator = pool[rng.randrange(len(pool))]
+        trace = work_case(platform, case_id, operator, pool, rng)
+        platform.forget(case_id)
+        sink(trace)  # type: ignore[operator]
+
+
+def generate(
+    sessions: int,
+    seed: int,
+    out: Path,
+    scenario: Scenario | None = None,
+    start_index: int = 0,
+    progress: bool = True,
+) -> GenerationSummary:
+    """Write ``sessions`` traces to ``out`` (JSONL). Written to a temporary file and renamed at the end, so an
+    interrupted run leaves no partial file. Deterministic for (seed, scenario, start_index)."""
+    if sessions < 1:
+        raise ValueError("sessions: must be at least 1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = GenerationSummary()
+    started = time.perf_counter()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+
+            def write(trace: Trace) -> None:
+                line = trace.model_dump_json() + "\n"
+                handle.write(line)
+                summary.add(trace, len(line))
+
+            _run(sessions, seed, scenario or Scenario(), start_index, progress, write)
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def read_traces(path: Path) -> list[Trace]:
+    with path.open(encoding="utf-8") as handle:
+        return [Trace.model_validate_json(line) for line in handle if line.strip()]

@@ -1,0 +1,323 @@
+"""The sandbox BPM platform: cases run on SpiffWorkflow, each user task is a screen, actions change the screen.
+
+This is the system a real BPM integration would put behind the adapter contract: ``observe`` a case's UI state
+and ``apply`` an action to it (validated against the current screen, idempotent by key). Submitting a screen
+completes its BPMN user task and the engine's gateways choose the next screen from the data the screen produced.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.util.task import TaskState
+
+from sandbox.crm import CRM, PLANS, Customer
+from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec
+from sandbox.processes.registry import PROCESSES, workflow_spec
+from sandbox.scenario import Scenario
+from sandbox.view import View, classify_operator_text
+from schemas import (
+    Action,
+    ChatMessage,
+    ChatRole,
+    ClickControl,
+    CloseChat,
+    FillField,
+    Panel,
+    SelectOption,
+    SendTextToChat,
+    ToggleCheckbox,
+    TransferChat,
+    UIState,
+    validate_action,
+)
+from schemas.screen import ControlKind
+
+HISTORY = 8  # recent actions carried in a UIState
+MAX_STEPS = 60  # a case that takes more actions than this is ended as stuck
+
+FIRST_NAMES = ("Anna", "Ben", "Chloe", "Dev", "Elif", "Farah", "George", "Hana", "Ivan", "Jade", "Kofi", "Lena")
+LAST_NAMES = ("Smith", "Okafor", "Novak", "Patel", "Garcia", "Kowalski", "Brown", "Ahmed", "Rossi", "Chen")
+
+
+class CaseNotFound(KeyError):
+    pass
+
+
+class CaseEnded(RuntimeError):
+    pass
+
+
+@dataclass
+class Case:
+    case_id: str
+    session_id: str
+    index: int
+    spec: ProcessSpec
+    seed: CaseSeed
+    workflow: Any
+    rules: dict[str, float]
+    screen_id: str = ""
+    values: dict[str, str | float | bool | None] = field(default_factory=dict)
+    panels: dict[str, Panel] = field(default_factory=dict)
+    chat: list[ChatMessage] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    said: set[str] = field(default_factory=set)
+    clicked: set[str] = field(default_factory=set)
+    submitted: dict[str, str] = field(default_factory=dict)  # values of completed screens ("case" panel)
+    ended: str | None = None  # "closed" | "transferred" | "stuck"
+    end_code: str | None = None
+    idempotency: dict[str, int] = field(default_factory=dict)  # key -> step at which it was applied
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def step(self) -> int:
+        return len(self.actions)
+
+
+class SandboxPlatform:
+    """Holds open cases in memory, with the CRM in SQLite. Thread-safe: one lock serialises changes."""
+
+    def __init__(self, scenario: Scenario | None = None, seed: int = 0, crm: CRM | None = None) -> None:
+        self.scenario = scenario or Scenario()
+        self.seed = seed
+        self.crm = crm or CRM()
+        self.cases: dict[str, Case] = {}
+        self._lock = threading.RLock()
+        self._next_index = 0
+
+    # --- cases -----------------------------------------------------------------------------------------
+
+    def open_case(self, process_id: str | None = None, case_index: int | None = None) -> str:
+        """Create a customer and a case; the customer's first message is in the chat. Deterministic for
+        (platform seed, case index)."""
+        with self._lock:
+            index = self._next_index if case_index is None else case_index
+            self._next_index = max(self._next_index, index + 1)
+            rng = random.Random(f"{self.seed}:{index}")
+            if process_id is None:
+                names, weights = self.scenario.weights()
+                process_id = rng.choices(names, weights=weights)[0]
+            if process_id not in PROCESSES:
+                raise ValueError(f"process_id: unknown process {process_id!r}")
+            spec = PROCESSES[process_id]
+            customer = self._new_customer(rng, index)
+            rules = self.scenario.rules_at(index)
+            ctx = CaseContext(rng, self.crm, index, customer.customer_id, customer.name, self.scenario.typo_rate, rules)
+            seed = spec.new_case(ctx)
+            self.crm.commit()
+            workflow = BpmnWorkflow(workflow_spec(process_id))
+            workflow.data.update(rules)
+            workflow.do_engine_steps()
+            case = Case(
+                case_id=f"C{self.seed}-{index:06d}",
+                session_id=f"S{self.seed}-{index:06d}",
+                index=index,
+                spec=spec,
+                seed=seed,
+                workflow=workflow,
+                rules=rules,
+                rng=random.Random(f"{self.seed}:{index}:customer"),
+            )
+            case.panels["customer"] = Panel(
+                title="Customer",
+                fields={
+                    "customer_id": customer.customer_id,
+                    "name": customer.name,
+                    "tier": customer.tier,
+                    "plan": customer.plan,
+                },
+            )
+            case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=seed.first_message))
+            self._enter_next_screen(case)
+            self.cases[case.case_id] = case
+            return case.case_id
+
+    def _new_customer(self, rng: random.Random, index: int) -> Customer:
+        customer = Customer(
+            customer_id=f"CU{self.seed}-{index:06d}",
+            name=f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}",
+            dob=f"19{rng.randint(50, 99)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+            postcode=f"{rng.choice('ABCDEFGHJKLMNPRSTW')}{rng.choice('ABCDEFGHJKLMNPRSTW')}{rng.randint(10, 99)} "
+            f"{rng.randint(1, 9)}{rng.choice('ABDEFGHJLNPQRSTUWXYZ')}{rng.choice('ABDEFGHJLNPQRSTUWXYZ')}",
+            plan=rng.choice(tuple(PLANS)),
+            tenure_years=rng.randint(0, 12),
+            tier=rng.choice(("standard", "standard", "gold")),
+            balance=round(rng.choice((0.0, 0.0, rng.uniform(-80, 0), rng.uniform(0, 50))), 2),
+        )
+        self.crm.add_customer(customer)
+        return customer
+
+    def case(self, case_id: str) -> Case:
+        try:
+            return self.cases[case_id]
+        except KeyError:
+            raise CaseNotFound(case_id) from None
+
+    # --- observation -----------------------------------------------------------------------------------
+
+    def observe(self, case_id: str) -> UIState:
+        with self._lock:
+            case = self.case(case_id)
+            panels = dict(case.panels)
+            if case.submitted:
+                panels["case"] = Panel(title="Case data", fields=dict(case.submitted))
+            return UIState(
+                session_id=case.session_id,
+                case_id=case.case_id,
+                process_id=case.spec.process_id,
+                screen=case.spec.schemas[case.screen_id],
+                values=dict(case.values),
+                panels=panels,
+                chat=list(case.chat),
+                recent_actions=case.actions[-HISTORY:],
+                step=case.step,
+            )
+
+    def view(self, case_id: str) -> View:
+        case = self.case(case_id)
+        panels = dict(case.panels)
+        if case.submitted:
+            panels["case"] = Panel(title="Case data", fields=dict(case.submitted))
+        return View(
+            process_id=case.spec.process_id,
+            screen_id=case.screen_id,
+            values=case.values,
+            panels=panels,
+            chat=case.chat,
+            said=case.said,
+            clicked=case.clicked,
+        )
+
+    def open_tasks(self, case_id: str) -> list[dict[str, str]]:
+        """The BPMN user tasks that are ready (what a BPM task list shows)."""
+        case = self.case(case_id)
+        if case.ended:
+            return []
+        return [
+            {"task_id": str(t.id), "name": t.task_spec.name, "title": t.task_spec.bpmn_name or t.task_spec.name}
+            for t in case.workflow.get_tasks(state=TaskState.READY, manual=True)
+        ]
+
+    # --- actions ---------------------------------------------------------------------------------------
+
+    def apply(self, case_id: str, action: Action, idempotency_key: str | None = None) -> UIState:
+        """Validate ``action`` against the current screen and apply it. A repeated idempotency key returns the
+        current state without applying anything again."""
+        with self._lock:
+            case = self.case(case_id)
+            if idempotency_key is not None and idempotency_key in case.idempotency:
+                return self.observe(case_id)
+            if case.ended:
+                raise CaseEnded(f"case {case_id} has ended ({case.ended})")
+            validate_action(action, case.spec.schemas[case.screen_id])
+            self._apply(case, action)
+            case.actions.append(action)
+            if idempotency_key is not None:
+                case.idempotency[idempotency_key] = case.step
+            if not case.ended and case.step >= MAX_STEPS:
+                self._end(case, "stuck", None)
+            return self.observe(case_id)
+
+    def _apply(self, case: Case, action: Action) -> None:
+        case.panels.pop("form_errors", None)
+        match action:
+            case FillField(control_id=c, value=v):
+                case.values[c] = v
+            case SelectOption(control_id=c, option=o):
+                case.values[c] = o
+            case ToggleCheckbox(control_id=c, checked=b):
+                case.values[c] = b
+            case ClickControl(control_id=c):
+                self._click(case, c)
+            case SendTextToChat(text=text):
+                case.chat.append(ChatMessage(role=ChatRole.OPERATOR, text=text))
+                intent = classify_operator_text(text)
+                case.said.add(intent)
+                reply = case.spec.replies.get(intent)
+                if reply is not None:
+                    case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=reply(case.seed, case.rng)))
+            case TransferChat(queue=q):
+                self._end(case, "transferred", q)
+            case CloseChat(resolution=r):
+                self._end(case, "closed", r)
+
+    def _click(self, case: Case, control_id: str) -> None:
+        control = case.spec.schemas[case.screen_id].control(control_id)
+        assert control is not None  # validated before
+        case.clicked.add(control_id)
+        if control.kind == ControlKind.TOOL:
+            tool = case.spec.tools[control_id]
+            name, panel = tool(self.crm, case.seed, case.values)
+            case.panels[name] = panel
+        elif control.kind == ControlKind.BUTTON and getattr(control, "submits", False):
+            schema = case.spec.schemas[case.screen_id]
+            missing = [
+                c.id
+                for c in schema.controls
+                if c.required and c.kind not in (ControlKind.CHAT,) and case.values.get(c.id) in (None, "", False)
+            ]
+            if missing:
+                # Like a real BPM form: the submit is refused and the screen shows what is missing.
+                case.panels["form_errors"] = Panel(title="Form errors", fields={m: "required" for m in missing})
+                return
+            self._complete_screen(case)
+
+    def _task(self, case: Case) -> Any:
+        ready = case.workflow.get_tasks(state=TaskState.READY, manual=True)
+        return ready[0] if ready else None
+
+    def _complete_screen(self, case: Case) -> None:
+        task = self._task(case)
+        data: dict[str, Any] = {c.id: case.values.get(c.id) for c in case.spec.schemas[case.screen_id].controls}
+        for name, panel in case.panels.items():
+            for field_name, field_value in panel.fields.items():
+                data[f"{name}_{field_name}"] = field_value
+        data.update(case.rules)
+        task.data.update(data)
+        task.run()
+        case.workflow.do_engine_steps()
+        for control_id, value in case.values.items():
+            if value not in (None, ""):
+                case.submitted[control_id] = str(value)
+        self._enter_next_screen(case)
+
+    def _enter_next_screen(self, case: Case) -> None:
+        task = self._task(case)
+        case.values = {}
+        case.clicked = set()
+        if task is None:
+            self._end(case, "closed", "completed")
+            return
+        case.screen_id = task.task_spec.name
+
+    def _end(self, case: Case, status: str, code: str | None) -> None:
+        case.ended = status
+        case.end_code = code
+        if not case.workflow.is_completed():
+            case.workflow.cancel()
+
+    # --- outcome ---------------------------------------------------------------------------------------
+
+    def outcome(self, case_id: str) -> dict[str, Any]:
+        """The case's outcome and whether it matches the hidden truth (status, code, decisive form values)."""
+        case = self.case(case_id)
+        truth = case.seed.truth
+        fields = {k: case.submitted.get(k, case.values.get(k)) for k in truth["fields"]}
+        status_ok = truth["status"] == "any" or case.ended == truth["status"]
+        correct = bool(
+            case.ended
+            and status_ok
+            and case.end_code in truth["codes"]
+            and all(str(fields[k]) == str(v) for k, v in truth["fields"].items())
+        )
+        return {"status": case.ended, "code": case.end_code, "fields": fields, "correct": correct}
+
+    def forget(self, case_id: str) -> None:
+        """Drop an ended case from memory (the generator does this to keep memory flat)."""
+        with self._lock:
+            self.cases.pop(case_id, None)

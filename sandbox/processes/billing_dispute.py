@@ -1,0 +1,185 @@
+"""Billing dispute: find the invoice, classify the dispute, and transfer to the billing specialists (front-line
+operators may not settle disputes)."""
+
+from __future__ import annotations
+
+import random
+
+from sandbox.crm import CRM
+from sandbox.playbook import Item, ItemKind, Screen, Style
+from sandbox.processes.common import (
+    CaseContext,
+    CaseSeed,
+    ProcessSpec,
+    ToolResult,
+    click,
+    clicked,
+    fill,
+    filled,
+    greet_item,
+    leaning,
+    opening,
+    said,
+    say,
+    screen,
+    select,
+    submit_button,
+    transfer,
+)
+from sandbox.view import INVOICE_RE, View
+from schemas import Panel, SelectControl, TextareaControl, TextControl, ToolControl
+
+PID = "billing_dispute"
+DISPUTES = ("overcharge", "duplicate", "unknown_charge")
+
+ASK_INVOICE = (
+    "Could you tell me the invoice number, please?",
+    "What is the invoice number?",
+    "Please share the invoice number (INV-...).",
+    "Invoice number please.",
+)
+HANDOVER = (
+    "Thanks. Billing disputes are handled by our specialist team; I'm transferring you now.",
+    "I've noted everything and will transfer you to a billing specialist.",
+    "A billing specialist will review this; transferring you now.",
+    "Transferring you to billing.",
+)
+
+
+def _invoice(view: View) -> str:
+    digits = view.mentioned(INVOICE_RE)
+    return f"INV-{digits}" if digits else ""
+
+
+def _dispute(view: View, style: Style) -> list[tuple[str, float]]:
+    if view.panel("invoice", "duplicate_of"):
+        return [("duplicate", 1.0)]
+    text = view.customer_text().lower()
+    if "twice" in text or "double" in text:
+        return [("duplicate", 1.0)]
+    if "more than" in text or "overcharg" in text or "too much" in text:
+        return [("overcharge", 1.0)]
+    if "recogni" in text or "don't know" in text:
+        return [("unknown_charge", 1.0)]
+    return leaning(DISPUTES, style.defaults["dispute"], 0.75)
+
+
+def lookup_invoice(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolResult:
+    invoice = crm.invoice(str(values.get("invoice_id", "")), seed.customer_id)
+    return "invoice", Panel(title="Invoice", fields=invoice or {"status": "not_found"})
+
+
+def new_case(ctx: CaseContext) -> CaseSeed:
+    rng = ctx.rng
+    invoice_id = f"INV-{rng.randrange(10**6):06d}"
+    kind = rng.choices(DISPUTES, weights=(0.45, 0.25, 0.3))[0]
+    duplicate_of = f"INV-{rng.randrange(10**6):06d}" if kind == "duplicate" and rng.random() < 0.6 else ""
+    ctx.crm.add_invoice(invoice_id, ctx.customer_id, round(rng.uniform(20, 300), 2), "2026-10", duplicate_of)
+    clear = rng.random() < 0.6
+    said_kind = {
+        "overcharge": "I was charged more than my plan costs.",
+        "duplicate": "I was charged twice this month.",
+        "unknown_charge": "there's a charge I don't recognise.",
+    }[kind]
+    parts = [
+        rng.choice(("Hi,", "Hello", "")),
+        said_kind
+        if clear
+        else rng.choice(("my bill is wrong.", "something is off with my invoice.", "billing problem")),
+        f"Invoice {invoice_id}." if rng.random() < 0.7 else "",
+    ]
+    return CaseSeed(
+        customer_id=ctx.customer_id,
+        customer_panel=Panel(),
+        first_message=opening(ctx, parts),
+        prefs={"dispute": kind},
+        truth={"status": "transferred", "codes": ["billing_specialists"], "fields": {"dispute_type": kind}},
+        facts={"invoice_id": invoice_id},
+        ambiguous=not clear and not duplicate_of,
+    )
+
+
+def _give_invoice(seed: CaseSeed, rng: random.Random) -> str:
+    return rng.choice(("It's {}", "{}", "invoice {}")).format(seed.facts["invoice_id"])
+
+
+SCHEMAS = {
+    "bd_find": screen(
+        PID,
+        "bd_find",
+        "Find the invoice",
+        [
+            TextControl(id="invoice_id", label="Invoice number", required=True, pattern=r"INV-\d{6}"),
+            ToolControl(id="lookup_invoice", label="Look up invoice", result_panel="invoice"),
+            submit_button(),
+        ],
+    ),
+    "bd_triage": screen(
+        PID,
+        "bd_triage",
+        "Classify the dispute",
+        [
+            SelectControl(id="dispute_type", label="Dispute type", options=list(DISPUTES), required=True),
+            TextareaControl(id="note", label="Note for the specialist"),
+        ],
+        queues=("billing_specialists",),
+    ),
+}
+
+PLAYBOOK = {
+    "bd_find": Screen(
+        "bd_find",
+        (
+            greet_item(),
+            Item(
+                "ask_invoice",
+                ItemKind.CHAT,
+                say(ASK_INVOICE),
+                said("ask_invoice_id"),
+                applies=lambda v: not _invoice(v),
+            ),
+            Item(
+                "fill_invoice",
+                ItemKind.FORM,
+                fill("invoice_id", _invoice),
+                filled("invoice_id"),
+                available=lambda v: bool(_invoice(v)),
+            ),
+            Item("lookup", ItemKind.TOOL, click("lookup_invoice"), clicked("lookup_invoice"), after=("fill_invoice",)),
+            Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("lookup",)),
+        ),
+    ),
+    "bd_triage": Screen(
+        "bd_triage",
+        (
+            Item("dispute", ItemKind.FORM, select("dispute_type", _dispute), filled("dispute_type")),
+            Item(
+                "note",
+                ItemKind.FORM,
+                fill("note", lambda v: f"Customer disputes {v.panel('invoice', 'invoice_id')}."),
+                filled("note"),
+                optional=True,
+            ),
+            Item("handover", ItemKind.CHAT, say(HANDOVER), said("inform_transfer")),
+            Item(
+                "transfer",
+                ItemKind.SUBMIT,
+                transfer("billing_specialists"),
+                lambda v: False,
+                after=("dispute", "handover"),
+            ),
+        ),
+    ),
+}
+
+SPEC = ProcessSpec(
+    process_id=PID,
+    title="Billing dispute (specialist queue)",
+    bpmn_file="billing_dispute.bpmn",
+    schemas=SCHEMAS,
+    playbook=PLAYBOOK,
+    tools={"lookup_invoice": lookup_invoice},
+    new_case=new_case,
+    replies={"ask_invoice_id": _give_invoice},
+    outcome_fields=("dispute_type",),
+)

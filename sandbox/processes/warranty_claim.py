@@ -1,0 +1,159 @@
+"""Warranty claim: a rare process (the long tail, or held out as 'new'): find the order, check the warranty,
+decide repair / replace / reject."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from sandbox.crm import CRM
+from sandbox.playbook import Choice, Item, ItemKind, Screen, Style
+from sandbox.processes.common import (
+    CaseContext,
+    CaseSeed,
+    ProcessSpec,
+    ToolResult,
+    click,
+    clicked,
+    close,
+    filled,
+    leaning,
+    opening,
+    said,
+    screen,
+    select,
+    thanks,
+    wording_choice,
+)
+from sandbox.processes.orders import ITEMS, find_order_controls, find_order_items, give_order_id, lookup_order
+from sandbox.view import View
+from schemas import Panel, SelectControl, ToolControl
+
+PID = "warranty_claim"
+DECISIONS = ("repair", "replace", "reject")
+
+ACCEPTED = (
+    "Your claim is confirmed: we'll {decision} the {item} free of charge.",
+    "Good news, the warranty covers it and we'll {decision} your {item}. It's all set.",
+    "The claim has been accepted; we will {decision} the {item}.",
+    "Claim has been accepted, we'll {decision} it.",
+)
+REJECTED = (
+    "I'm sorry, the warranty on your {item} has expired, so the claim has been declined.",
+    "Unfortunately the {item} is out of warranty; the claim has been declined.",
+    "The warranty period is over, so the claim has been declined.",
+    "Out of warranty, claim has been declined.",
+)
+
+
+def check_warranty(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolResult:
+    order = crm.order(str(values.get("order_id", "")), seed.customer_id)
+    if order is None:
+        return "warranty", Panel(title="Warranty", fields={"status": "not_found"})
+    covered = order["warranty_until"] >= seed.facts["today"]
+    return "warranty", Panel(
+        title="Warranty", fields={"covered": "yes" if covered else "no", "until": order["warranty_until"]}
+    )
+
+
+def _decision(view: View, style: Style) -> list[tuple[str, float]]:
+    if view.panel("warranty", "covered") != "yes":
+        return [("reject", 1.0)]
+    text = view.customer_text().lower()
+    if "repair" in text or "fix" in text:
+        return [("repair", 1.0)]
+    if "new one" in text or "replace" in text:
+        return [("replace", 1.0)]
+    preferred = "repair" if style.defaults["remedy"] == "refund" else "replace"
+    return leaning(DECISIONS[:2], preferred, 0.8)
+
+
+def _reply(view: View, style: Style) -> Choice:
+    decision = str(view.values.get("claim_decision") or "")
+    fmt = {"decision": decision, "item": view.panel("order", "item")}
+    return wording_choice(REJECTED if decision == "reject" else ACCEPTED, style, fmt)
+
+
+def new_case(ctx: CaseContext) -> CaseSeed:
+    rng = ctx.rng
+    order_id = f"ORD-{rng.randrange(10**6):06d}"
+    today = date(2026, 11, 1) + timedelta(days=ctx.case_index % 300)
+    purchased = today - timedelta(days=rng.randint(60, 900))
+    until = purchased + timedelta(days=730)
+    item = rng.choice(ITEMS)
+    ctx.crm.add_order(order_id, ctx.customer_id, item, round(rng.uniform(40, 400), 2), "delivered",
+                      purchased.isoformat(), "signature", purchased.isoformat(), until.isoformat())  # fmt: skip
+    wants = rng.choice(("repair", "replace"))
+    clear = rng.random() < 0.6
+    parts = [
+        rng.choice(("Hi,", "Hello", "")),
+        f"my {item} stopped working.",
+        f"Order {order_id}." if rng.random() < 0.8 else "",
+        ("Can you repair it?" if wants == "repair" else "I want a new one.") if clear else "",
+    ]
+    covered = until >= today
+    if covered:
+        truth = {"status": "closed", "codes": ["claim_accepted"], "fields": {"claim_decision": wants}}
+    else:
+        truth = {"status": "closed", "codes": ["claim_rejected"], "fields": {"claim_decision": "reject"}}
+    return CaseSeed(
+        customer_id=ctx.customer_id,
+        customer_panel=Panel(),
+        first_message=opening(ctx, parts),
+        prefs={"decision": wants},
+        truth=truth,
+        facts={"order_id": order_id, "today": today.isoformat()},
+        ambiguous=covered and not clear,
+    )
+
+
+_find_items = [
+    *find_order_items()[:-1],
+    Item("warranty", ItemKind.TOOL, click("check_warranty"), clicked("check_warranty"), after=("lookup",)),
+    Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("warranty",)),
+]
+
+SCHEMAS = {
+    "wc_find": screen(
+        PID,
+        "wc_find",
+        "Find the order",
+        [*find_order_controls(), ToolControl(id="check_warranty", label="Check warranty", result_panel="warranty")],
+    ),
+    "wc_decide": screen(
+        PID,
+        "wc_decide",
+        "Decide the claim",
+        [SelectControl(id="claim_decision", label="Decision", options=list(DECISIONS), required=True)],
+        resolutions=("claim_accepted", "claim_rejected"),
+    ),
+}
+
+PLAYBOOK = {
+    "wc_find": Screen("wc_find", tuple(_find_items)),
+    "wc_decide": Screen(
+        "wc_decide",
+        (
+            Item("decision", ItemKind.FORM, select("claim_decision", _decision), filled("claim_decision")),
+            Item("reply", ItemKind.CHAT, _reply, said("confirm"), after=("decision",)),
+            Item(
+                "close",
+                ItemKind.SUBMIT,
+                close(lambda v: "claim_rejected" if v.values.get("claim_decision") == "reject" else "claim_accepted"),
+                lambda v: False,
+                after=("reply",),
+            ),
+        ),
+    ),
+}
+
+SPEC = ProcessSpec(
+    process_id=PID,
+    title="Warranty claim (long tail)",
+    bpmn_file="warranty_claim.bpmn",
+    schemas=SCHEMAS,
+    playbook=PLAYBOOK,
+    tools={"lookup_order": lookup_order, "check_warranty": check_warranty},
+    new_case=new_case,
+    replies={"ask_order_id": give_order_id, "confirm": thanks},
+    outcome_fields=("claim_decision",),
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,17 @@ class CRM:
         self.db.execute(
             "INSERT INTO invoices VALUES (?, ?, ?, ?, ?)", (invoice_id, customer_id, amount, period, duplicate_of)
         )
+
+    def fresh_id(self, prefix: str, rng: random.Random) -> str:
+        """A new ``PREFIX-dddddd`` id not yet used by an order or invoice (drawn from ``rng``: deterministic)."""
+        while True:
+            candidate = f"{prefix}-{rng.randrange(10**6):06d}"
+            taken = self.db.execute(
+                "SELECT 1 FROM orders WHERE order_id = ? UNION SELECT 1 FROM invoices WHERE invoice_id = ?",
+                (candidate, candidate),
+            ).fetchone()
+            if taken is None:
+                return candidate
 
     def customer(self, customer_id: str) -> Customer | None:
         row = self.db.execute("SELECT * FROM customers WHERE customer_id = ?", (customer_id,)).fetchone()

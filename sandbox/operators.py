@@ -73,7 +73,7 @@ def operator_pool(size: int = 12, seed: int = 0) -> list[SimOperator]:
                 mistake_rate=round(rng.uniform(0.005, 0.035), 4),
                 speed=round(rng.uniform(0.75, 1.35), 3),
                 accept_alternative=round(rng.uniform(0.55, 0.8), 3),
-                accept_alternative_text=round(rng.uniform(0.2, 0.45), 3),
+                accept_alternative_text=round(rng.uniform(0.05, 0.3), 3),
                 lazy_accept=round(rng.uniform(0.02, 0.08), 3),
             )
         )

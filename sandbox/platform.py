@@ -89,6 +89,7 @@ class SandboxPlatform:
         self.cases: dict[str, Case] = {}
         self._lock = threading.RLock()
         self._next_index = 0
+        self._used_indexes: set[int] = set()
 
     # --- cases -----------------------------------------------------------------------------------------
 
@@ -97,6 +98,9 @@ class SandboxPlatform:
         (platform seed, case index)."""
         with self._lock:
             index = self._next_index if case_index is None else case_index
+            if index in self._used_indexes:
+                raise ValueError(f"case_index: {index} was already used on this platform")
+            self._used_indexes.add(index)
             self._next_index = max(self._next_index, index + 1)
             rng = random.Random(f"{self.seed}:{index}")
             if process_id is None:

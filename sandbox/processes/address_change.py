@@ -49,7 +49,7 @@ ASK_ADDRESS = (
 )
 ADDRESS_DONE = (
     "Your address has been updated to {street}, {city}.",
-    "Done, the new address {street}, {city} has been saved.",
+    "Done, {street}, {city} has been saved as your address.",
     "The address change to {street}, {city} is confirmed.",
     "Address updated: {street}, {city}. All set.",
 )

@@ -71,7 +71,7 @@ def lookup_invoice(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolR
 
 def new_case(ctx: CaseContext) -> CaseSeed:
     rng = ctx.rng
-    invoice_id = f"INV-{rng.randrange(10**6):06d}"
+    invoice_id = ctx.crm.fresh_id("INV", rng)
     kind = rng.choices(DISPUTES, weights=(0.45, 0.25, 0.3))[0]
     duplicate_of = f"INV-{rng.randrange(10**6):06d}" if kind == "duplicate" and rng.random() < 0.6 else ""
     ctx.crm.add_invoice(invoice_id, ctx.customer_id, round(rng.uniform(20, 300), 2), "2026-10", duplicate_of)

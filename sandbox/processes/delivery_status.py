@@ -67,7 +67,7 @@ def _next_step(view: View, style: Style) -> list[tuple[str, float]]:
 def new_case(ctx: CaseContext) -> CaseSeed:
     rng = ctx.rng
     status = rng.choices(STATUSES, weights=(0.45, 0.2, 0.25, 0.1))[0]
-    order_id = f"ORD-{rng.randrange(10**6):06d}"
+    order_id = ctx.crm.fresh_id("ORD", rng)
     today = date(2026, 11, 1) + timedelta(days=ctx.case_index % 300)
     eta = (today + timedelta(days=rng.randint(-3, -1) if status == "delivered" else rng.randint(1, 6))).isoformat()
     proof = rng.choice(("signature", "photo")) if status == "delivered" else "none"

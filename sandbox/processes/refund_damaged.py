@@ -95,7 +95,7 @@ def _done_reply(view: View, style: Style) -> Choice:
 
 def new_case(ctx: CaseContext) -> CaseSeed:
     rng = ctx.rng
-    order_id = f"ORD-{rng.randrange(10**6):06d}"
+    order_id = ctx.crm.fresh_id("ORD", rng)
     today = date(2026, 11, 1) + timedelta(days=ctx.case_index % 300)
     item = rng.choice(ITEMS)
     price = round(rng.choice((rng.uniform(12, 60), rng.uniform(60, 140), rng.uniform(140, 400))), 2)

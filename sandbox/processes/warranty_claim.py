@@ -75,7 +75,7 @@ def _reply(view: View, style: Style) -> Choice:
 
 def new_case(ctx: CaseContext) -> CaseSeed:
     rng = ctx.rng
-    order_id = f"ORD-{rng.randrange(10**6):06d}"
+    order_id = ctx.crm.fresh_id("ORD", rng)
     today = date(2026, 11, 1) + timedelta(days=ctx.case_index % 300)
     purchased = today - timedelta(days=rng.randint(60, 900))
     until = purchased + timedelta(days=730)

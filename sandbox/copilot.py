@@ -69,7 +69,7 @@ def copilot_case(
             )
         )
         posterior = update_posterior(posterior, model, action_key(executed))
-        platform.apply(case_id, executed)
+        platform.act(case_id, executed)
     return steps
 
 

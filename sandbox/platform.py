@@ -210,12 +210,18 @@ class SandboxPlatform:
     # --- actions ---------------------------------------------------------------------------------------
 
     def apply(self, case_id: str, action: Action, idempotency_key: str | None = None) -> UIState:
-        """Validate ``action`` against the current screen and apply it. A repeated idempotency key returns the
-        current state without applying anything again."""
+        """Validate ``action`` against the current screen and apply it; return the new state. A repeated
+        idempotency key returns the current state without applying anything again."""
+        with self._lock:
+            self.act(case_id, action, idempotency_key)
+            return self.observe(case_id)
+
+    def act(self, case_id: str, action: Action, idempotency_key: str | None = None) -> None:
+        """``apply`` without building the new state (the simulator observes only when it needs to)."""
         with self._lock:
             case = self.case(case_id)
             if idempotency_key is not None and idempotency_key in case.idempotency:
-                return self.observe(case_id)
+                return
             if case.ended:
                 raise CaseEnded(f"case {case_id} has ended ({case.ended})")
             validate_action(action, case.spec.schemas[case.screen_id])
@@ -225,7 +231,6 @@ class SandboxPlatform:
                 case.idempotency[idempotency_key] = case.step
             if not case.ended and case.step >= MAX_STEPS:
                 self._end(case, "stuck", None)
-            return self.observe(case_id)
 
     def _apply(self, case: Case, action: Action) -> None:
         case.panels.pop("form_errors", None)

@@ -40,7 +40,6 @@ MEAN_SECONDS: dict[ActionType, float] = {
 }
 TYPING_SECONDS_PER_CHAR = 0.18
 READ_SECONDS = 7.0
-REVIEW_SECONDS = 4.0  # looking at a proposal in the sidebar before accepting it
 
 
 @dataclass(frozen=True)

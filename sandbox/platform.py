@@ -17,7 +17,7 @@ from SpiffWorkflow.util.task import TaskState
 
 from sandbox.crm import CRM, PLANS, Customer
 from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec
-from sandbox.processes.registry import PROCESSES, workflow_spec
+from sandbox.processes.registry import PROCESSES, gateway_variables, workflow_spec
 from sandbox.scenario import Scenario
 from sandbox.view import View, classify_operator_text
 from schemas import (
@@ -87,7 +87,7 @@ class SandboxPlatform:
         self.seed = seed
         self.crm = crm or CRM()
         self.cases: dict[str, Case] = {}
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()  # public: the REST API holds it for check-then-act sequences
         self._next_index = 0
         self._used_indexes: set[int] = set()
 
@@ -96,7 +96,9 @@ class SandboxPlatform:
     def open_case(self, process_id: str | None = None, case_index: int | None = None) -> str:
         """Create a customer and a case; the customer's first message is in the chat. Deterministic for
         (platform seed, case index)."""
-        with self._lock:
+        with self.lock:
+            if process_id is not None and process_id not in PROCESSES:
+                raise ValueError(f"process_id: unknown process {process_id!r}")
             index = self._next_index if case_index is None else case_index
             if index in self._used_indexes:
                 raise ValueError(f"case_index: {index} was already used on this platform")
@@ -106,8 +108,6 @@ class SandboxPlatform:
             if process_id is None:
                 names, weights = self.scenario.weights()
                 process_id = rng.choices(names, weights=weights)[0]
-            if process_id not in PROCESSES:
-                raise ValueError(f"process_id: unknown process {process_id!r}")
             spec = PROCESSES[process_id]
             customer = self._new_customer(rng, index)
             rules = self.scenario.rules_at(index)
@@ -115,6 +115,8 @@ class SandboxPlatform:
             seed = spec.new_case(ctx)
             self.crm.commit()
             workflow = BpmnWorkflow(workflow_spec(process_id))
+            # Gateway variables start as None so a condition never fails on a name no screen has set yet.
+            workflow.data.update(dict.fromkeys(gateway_variables(process_id)))
             workflow.data.update(rules)
             workflow.do_engine_steps()
             case = Case(
@@ -165,7 +167,7 @@ class SandboxPlatform:
     # --- observation -----------------------------------------------------------------------------------
 
     def observe(self, case_id: str) -> UIState:
-        with self._lock:
+        with self.lock:
             case = self.case(case_id)
             panels = dict(case.panels)
             if case.submitted:
@@ -183,7 +185,10 @@ class SandboxPlatform:
             )
 
     def view(self, case_id: str) -> View:
-        case = self.case(case_id)
+        with self.lock:
+            return self._view(self.case(case_id))
+
+    def _view(self, case: Case) -> View:
         panels = dict(case.panels)
         if case.submitted:
             panels["case"] = Panel(title="Case data", fields=dict(case.submitted))
@@ -199,26 +204,27 @@ class SandboxPlatform:
 
     def open_tasks(self, case_id: str) -> list[dict[str, str]]:
         """The BPMN user tasks that are ready (what a BPM task list shows)."""
-        case = self.case(case_id)
-        if case.ended:
-            return []
-        return [
-            {"task_id": str(t.id), "name": t.task_spec.name, "title": t.task_spec.bpmn_name or t.task_spec.name}
-            for t in case.workflow.get_tasks(state=TaskState.READY, manual=True)
-        ]
+        with self.lock:
+            case = self.case(case_id)
+            if case.ended:
+                return []
+            return [
+                {"task_id": str(t.id), "name": t.task_spec.name, "title": t.task_spec.bpmn_name or t.task_spec.name}
+                for t in case.workflow.get_tasks(state=TaskState.READY, manual=True)
+            ]
 
     # --- actions ---------------------------------------------------------------------------------------
 
     def apply(self, case_id: str, action: Action, idempotency_key: str | None = None) -> UIState:
         """Validate ``action`` against the current screen and apply it; return the new state. A repeated
         idempotency key returns the current state without applying anything again."""
-        with self._lock:
+        with self.lock:
             self.act(case_id, action, idempotency_key)
             return self.observe(case_id)
 
     def act(self, case_id: str, action: Action, idempotency_key: str | None = None) -> None:
         """``apply`` without building the new state (the simulator observes only when it needs to)."""
-        with self._lock:
+        with self.lock:
             case = self.case(case_id)
             if idempotency_key is not None and idempotency_key in case.idempotency:
                 return
@@ -264,17 +270,30 @@ class SandboxPlatform:
             name, panel = tool(self.crm, case.seed, case.values)
             case.panels[name] = panel
         elif control.kind == ControlKind.BUTTON and getattr(control, "submits", False):
-            schema = case.spec.schemas[case.screen_id]
-            missing = [
-                c.id
-                for c in schema.controls
-                if c.required and c.kind not in (ControlKind.CHAT,) and case.values.get(c.id) in (None, "", False)
-            ]
+            missing = self._missing_required(case)
             if missing:
                 # Like a real BPM form: the submit is refused and the screen shows what is missing.
                 case.panels["form_errors"] = Panel(title="Form errors", fields={m: "required" for m in missing})
                 return
             self._complete_screen(case)
+
+    def missing_required(self, case_id: str) -> list[str]:
+        """What blocks submitting the current screen: required fields without a value and required lookups
+        that have not been run."""
+        with self.lock:
+            return self._missing_required(self.case(case_id))
+
+    def _missing_required(self, case: Case) -> list[str]:
+        missing = []
+        for c in case.spec.schemas[case.screen_id].controls:
+            if not c.required or c.kind == ControlKind.CHAT:
+                continue
+            done = (
+                c.id in case.clicked if c.kind == ControlKind.TOOL else case.values.get(c.id) not in (None, "", False)
+            )
+            if not done:
+                missing.append(c.id)
+        return missing
 
     def _task(self, case: Case) -> Any:
         ready = case.workflow.get_tasks(state=TaskState.READY, manual=True)
@@ -314,7 +333,10 @@ class SandboxPlatform:
 
     def outcome(self, case_id: str) -> dict[str, Any]:
         """The case's outcome and whether it matches the hidden truth (status, code, decisive form values)."""
-        case = self.case(case_id)
+        with self.lock:
+            return self._outcome(self.case(case_id))
+
+    def _outcome(self, case: Case) -> dict[str, Any]:
         truth = case.seed.truth
         fields = {k: case.submitted.get(k, case.values.get(k)) for k in truth["fields"]}
         status_ok = truth["status"] == "any" or case.ended == truth["status"]
@@ -328,5 +350,5 @@ class SandboxPlatform:
 
     def forget(self, case_id: str) -> None:
         """Drop an ended case from memory (the generator does this to keep memory flat)."""
-        with self._lock:
+        with self.lock:
             self.cases.pop(case_id, None)

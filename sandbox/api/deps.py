@@ -28,5 +28,5 @@ def transaction(platform: SandboxPlatform) -> Iterator[None]:
     between, and some reads (``open_tasks``, ``outcome``, the case fields) take no lock at all. The lock is an RLock,
     so the platform's own calls re-enter it. It is private to the platform, hence this one place that touches it.
     """
-    with platform._lock:
+    with platform.lock:
         yield

@@ -109,7 +109,10 @@ SCHEMAS = {
         PID,
         "cl_lookup",
         "Account",
-        [ToolControl(id="lookup_account", label="Look up account", result_panel="account"), submit_button()],
+        [
+            ToolControl(id="lookup_account", label="Look up account", result_panel="account", required=True),
+            submit_button(),
+        ],
     ),
     "cl_retention": screen(
         PID,

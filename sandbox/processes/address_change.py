@@ -159,7 +159,7 @@ SCHEMAS = {
         [
             DateControl(id="dob", label="Date of birth", required=True),
             TextControl(id="postcode", label="Current postcode", required=True),
-            ToolControl(id="verify_identity", label="Verify", result_panel="identity"),
+            ToolControl(id="verify_identity", label="Verify", result_panel="identity", required=True),
             submit_button(),
         ],
     ),

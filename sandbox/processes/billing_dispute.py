@@ -110,7 +110,7 @@ SCHEMAS = {
         "Find the invoice",
         [
             TextControl(id="invoice_id", label="Invoice number", required=True, pattern=r"INV-\d{6}"),
-            ToolControl(id="lookup_invoice", label="Look up invoice", result_panel="invoice"),
+            ToolControl(id="lookup_invoice", label="Look up invoice", result_panel="invoice", required=True),
             submit_button(),
         ],
     ),

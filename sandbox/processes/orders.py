@@ -57,7 +57,7 @@ def find_order_items() -> list[Item]:
 def find_order_controls() -> list[Control]:
     return [
         TextControl(id="order_id", label="Order number", required=True, pattern=r"ORD-\d{6}"),
-        ToolControl(id="lookup_order", label="Look up order", result_panel="order"),
+        ToolControl(id="lookup_order", label="Look up order", result_panel="order", required=True),
         submit_button(),
     ]
 

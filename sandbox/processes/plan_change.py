@@ -105,7 +105,7 @@ SCHEMAS = {
         PID,
         "pc_lookup",
         "Current plan",
-        [ToolControl(id="lookup_plans", label="Look up plans", result_panel="plans"), submit_button()],
+        [ToolControl(id="lookup_plans", label="Look up plans", result_panel="plans", required=True), submit_button()],
     ),
     "pc_select": screen(
         PID,

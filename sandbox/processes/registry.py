@@ -43,3 +43,19 @@ def workflow_spec(process_id: str) -> Any:
     with resources.as_file(path) as bpmn:
         parser.add_bpmn_file(str(bpmn))
     return parser.get_spec(process_id)
+
+
+@cache
+def gateway_variables(process_id: str) -> frozenset[str]:
+    """The names the process's gateway conditions read (parsed from the BPMN conditions)."""
+    import ast
+    import builtins
+    import xml.etree.ElementTree as ET
+
+    spec = PROCESSES[process_id]
+    text = (resources.files("sandbox.processes") / spec.bpmn_file).read_text()
+    names: set[str] = set()
+    for element in ET.fromstring(text).iter("{http://www.omg.org/spec/BPMN/20100524/MODEL}conditionExpression"):
+        tree = ast.parse((element.text or "").strip(), mode="eval")
+        names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    return frozenset(names - set(dir(builtins)))

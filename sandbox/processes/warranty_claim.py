@@ -117,7 +117,10 @@ SCHEMAS = {
         PID,
         "wc_find",
         "Find the order",
-        [*find_order_controls(), ToolControl(id="check_warranty", label="Check warranty", result_panel="warranty")],
+        [
+            *find_order_controls(),
+            ToolControl(id="check_warranty", label="Check warranty", result_panel="warranty", required=True),
+        ],
     ),
     "wc_decide": screen(
         PID,

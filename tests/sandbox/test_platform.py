@@ -85,7 +85,7 @@ def test_submit_with_missing_required_fields_shows_form_errors() -> None:
     case_id = platform.open_case("delivery_status")
     state = platform.apply(case_id, ClickControl(control_id="next"))
     assert state.screen.screen_id == "ds_find"
-    assert state.panels["form_errors"].fields == {"order_id": "required"}
+    assert state.panels["form_errors"].fields == {"order_id": "required", "lookup_order": "required"}
 
 
 def test_idempotency_key_applies_once() -> None:
@@ -128,3 +128,25 @@ def test_unknown_process_is_a_clear_error() -> None:
         SandboxPlatform(seed=1).open_case("no_such_process")
     with pytest.raises(ValueError, match="unknown process"):
         Scenario(mix={"no_such_process": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("process_id", "tool"),
+    [("account_closure", "lookup_account"), ("address_change", "verify_identity"), ("delivery_status", "lookup_order")],
+)
+def test_submit_before_the_lookup_is_refused_and_the_case_goes_on(process_id: str, tool: str) -> None:
+    """A screen whose gateway reads a lookup result cannot be submitted before the lookup ran."""
+    platform = SandboxPlatform(seed=2)
+    case_id = platform.open_case(process_id)
+    screen_id = platform.case(case_id).screen_id
+    state = platform.apply(case_id, ClickControl(control_id="next"))
+    assert state.screen.screen_id == screen_id
+    assert state.panels["form_errors"].fields.get(tool) == "required"
+    assert platform.open_tasks(case_id)  # still workable
+
+
+def test_rejected_open_case_does_not_use_up_an_index() -> None:
+    platform = SandboxPlatform(seed=1)
+    with pytest.raises(ValueError):
+        platform.open_case("nope")
+    assert platform.open_case("refund_damaged").endswith("-000000")

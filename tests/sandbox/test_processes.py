@@ -95,3 +95,19 @@ def test_every_reply_template_is_recognised_as_its_intent() -> None:
 class _Blank(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "X1"
+
+
+def test_default_risk_policy_keeps_irreversible_actions_with_a_human() -> None:
+    from sandbox.risk import DEFAULT_RISK_POLICY
+    from schemas import ActionType, RiskTier
+
+    tier = DEFAULT_RISK_POLICY.tier_for
+    assert tier("account_closure", ActionType.CLICK_CONTROL, "close_account") == RiskTier.ALWAYS_ASK
+    assert tier("account_closure", ActionType.SEND_TEXT_TO_CHAT) == RiskTier.ALWAYS_ASK
+    assert tier("account_closure", ActionType.CLICK_CONTROL, "lookup_account") == RiskTier.NON_CRITICAL
+    assert tier("refund_damaged", ActionType.CLOSE_CHAT) == RiskTier.CRITICAL
+    for override in DEFAULT_RISK_POLICY.overrides:  # every override names a real control of its process
+        if override.control_id is None:
+            continue
+        screens = [s for p in PROCESSES.values() for s in p.schemas.values()]
+        assert any(s.control(override.control_id) for s in screens), override

@@ -12,9 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from sandbox.api.deps import Platform, transaction
 from sandbox.api.errors import CONFLICT, NOT_FOUND, field_error, unprocessable, unprocessable_response
 from sandbox.api.models import TaskOut, TaskScreen
-from sandbox.platform import Case, CaseEnded, SandboxPlatform
+from sandbox.platform import CaseEnded, SandboxPlatform
 from schemas import ButtonControl, ClickControl, UIState
-from schemas.screen import ControlKind
 
 router = APIRouter(prefix="/cases/{case_id}/tasks", tags=["tasks"])
 
@@ -25,17 +24,6 @@ _UNPROCESSABLE = unprocessable_response(
 
 def _tasks(platform: SandboxPlatform, case_id: str) -> list[TaskOut]:
     return [TaskOut(**task) for task in platform.open_tasks(case_id)]
-
-
-def missing_fields(case: Case) -> list[str]:
-    """The required controls without a value: the platform's own rule for refusing a submit (``_click`` in
-    sandbox/platform.py), checked before clicking so that a refused completion changes nothing."""
-    schema = case.spec.schemas[case.screen_id]
-    return [
-        c.id
-        for c in schema.controls
-        if c.required and c.kind != ControlKind.CHAT and case.values.get(c.id) in (None, "", False)
-    ]
 
 
 @router.get("", response_model=list[TaskOut], summary="List the case's ready user tasks", responses=NOT_FOUND)
@@ -98,7 +86,7 @@ def complete_task(case_id: str, task_id: str, platform: Platform) -> UIState:
                 status.HTTP_409_CONFLICT,
                 f"screen {schema.screen_id!r} has no submit button: finish the case from the chat",
             )
-        missing = missing_fields(case)
+        missing = platform.missing_required(case_id)
         if missing:
             raise _missing_error(missing, schema.screen_id)
         state = platform.apply(case_id, ClickControl(control_id=submit.id))

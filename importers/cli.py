@@ -1,11 +1,150 @@
-"""``autopilot import xes|csv|uilog``: filled in by the importers work."""
+"""``autopilot import xes|csv|uilog``: import a real log as JSONL traces (one ``Trace`` per line).
+
+Handlers import the importers lazily so that ``autopilot`` starts fast. Format errors are ``LogFormatError``
+(a ValueError): ``service.cli`` prints them as ``error: ...`` with exit status 2, and the output file is then
+neither created nor changed.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importers.common import LogImport
+
+
+def _history(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _write(args: argparse.Namespace, prepare: Callable[[], LogImport]) -> int:
+    from tqdm import tqdm
+
+    from importers.jsonl import write_traces
+
+    log = prepare()  # reads and checks the whole input before the output is opened
+    out = Path(args.out)
+    progress = tqdm(
+        log.traces,
+        total=log.cases,
+        unit="trace",
+        desc=Path(args.path).name,
+        file=sys.stderr,
+        disable=None,  # off when stderr is not a terminal
+        leave=False,
+    )
+    summary = write_traces(out, progress)
+    print(
+        f"imported {summary.traces} traces, {summary.steps} steps ({log.events} events, process "
+        f"{log.process_id!r}, {len(log.screen.controls)} controls) -> {summary.path}"
+    )
+    return 0
+
+
+def _xes(args: argparse.Namespace) -> int:
+    from importers.xes import import_xes
+
+    return _write(
+        args,
+        lambda: import_xes(
+            Path(args.path),
+            process_id=args.process_id,
+            vocabulary_from=[Path(p) for p in args.vocabulary_from],
+            history=args.history,
+        ),
+    )
+
+
+def _csv(args: argparse.Namespace) -> int:
+    from importers.csv_log import Columns, import_csv
+
+    columns = Columns(
+        case=args.case_col,
+        activity=args.activity_col,
+        timestamp=args.timestamp_col,
+        resource=args.resource_col,
+        delimiter=args.delimiter,
+    )
+    return _write(
+        args,
+        lambda: import_csv(
+            Path(args.path),
+            columns=columns,
+            process_id=args.process_id,
+            vocabulary_from=[Path(p) for p in args.vocabulary_from],
+            history=args.history,
+        ),
+    )
+
+
+def _uilog(args: argparse.Namespace) -> int:
+    from importers.uilog import import_uilog
+
+    return _write(
+        args,
+        lambda: import_uilog(
+            Path(args.path),
+            process_id=args.process_id,
+            case_column=args.case_col,
+            vocabulary_from=[Path(p) for p in args.vocabulary_from],
+            history=args.history,
+        ),
+    )
+
+
+def _common(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("path", metavar="PATH", help=f"the {what} to import")
+    parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="output: one Trace JSON per line")
+    parser.add_argument(
+        "--process-id", metavar="ID", help="process id (default: the file name without split prefix and suffix)"
+    )
+    parser.add_argument(
+        "--vocabulary-from",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help=f"another {what} whose activities / controls join the screen (repeatable), so that imports of "
+        "several splits share one screen",
+    )
+    parser.add_argument(
+        "--history",
+        type=_history,
+        default=16,
+        metavar="N",
+        help="how many past actions a state carries in recent_actions (default 16)",
+    )
 
 
 def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser("import", help="import real logs as traces")
-    parser.add_subparsers(dest="import_command", required=True, metavar="FORMAT")
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "import", help="import real logs as traces", description="Import a real log as JSONL traces."
+    )
+    formats = parser.add_subparsers(dest="import_command", required=True, metavar="FORMAT")
+
+    xes = formats.add_parser("xes", help="an XES 2.0 event log (.xes or .xes.gz)")
+    _common(xes, "XES log")
+    xes.set_defaults(handler=_xes)
+
+    csv = formats.add_parser("csv", help="a CSV event log (one row per event)")
+    _common(csv, "CSV log")
+    csv.add_argument("--case-col", metavar="NAME", help="case id column (default: detect case:concept:name ...)")
+    csv.add_argument("--activity-col", metavar="NAME", help="activity column (default: detect concept:name ...)")
+    csv.add_argument("--timestamp-col", metavar="NAME", help="timestamp column (default: detect time:timestamp ...)")
+    csv.add_argument("--resource-col", metavar="NAME", help="operator column (default: org:resource, if present)")
+    csv.add_argument("--delimiter", metavar="CHAR", help="field separator (default: detect , ; tab |)")
+    csv.set_defaults(handler=_csv)
+
+    uilog = formats.add_parser("uilog", help="an Action-Logger UI log (CSV)")
+    _common(uilog, "UI log")
+    uilog.add_argument("--case-col", metavar="NAME", help="case column (default: caseID; without it one trace)")
+    uilog.set_defaults(handler=_uilog)

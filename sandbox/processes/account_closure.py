@@ -16,8 +16,10 @@ from sandbox.processes.common import (
     clicked,
     close,
     filled,
-    greet_item,
+    lookup_items,
+    never,
     opening,
+    reply_then,
     said,
     say,
     screen,
@@ -139,11 +141,7 @@ SCHEMAS = {
 PLAYBOOK = {
     "cl_lookup": Screen(
         "cl_lookup",
-        (
-            greet_item(),
-            Item("lookup", ItemKind.TOOL, click("lookup_account"), clicked("lookup_account")),
-            Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("lookup",)),
-        ),
+        lookup_items("lookup_account"),
     ),
     "cl_retention": Screen(
         "cl_retention",
@@ -156,23 +154,19 @@ PLAYBOOK = {
                 filled("retention_outcome"),
                 after=("offer",),
             ),
-            Item("submit", ItemKind.SUBMIT, click("submit"), lambda v: False, after=("outcome",)),
+            Item("submit", ItemKind.SUBMIT, click("submit"), never, after=("outcome",)),
         ),
     ),
     "cl_retained": Screen(
         "cl_retained",
-        (
-            Item("reply", ItemKind.CHAT, say(RETAINED), said("confirm")),
-            Item("close", ItemKind.SUBMIT, close(lambda v: "retained"), lambda v: False, after=("reply",)),
-        ),
+        reply_then(say(RETAINED), "confirm", close(lambda v: "retained")),
     ),
     "cl_close": Screen(
         "cl_close",
         (
             Item("confirm", ItemKind.FORM, tick("confirm_closure"), filled("confirm_closure")),
             Item("close_account", ItemKind.TOOL, click("close_account"), clicked("close_account"), after=("confirm",)),
-            Item("reply", ItemKind.CHAT, say(CLOSED), said("confirm"), after=("close_account",)),
-            Item("close", ItemKind.SUBMIT, close(lambda v: "account_closed"), lambda v: False, after=("reply",)),
+            *reply_then(say(CLOSED), "confirm", close(lambda v: "account_closed"), reply_after=("close_account",)),
         ),
     ),
 }

@@ -19,7 +19,9 @@ from sandbox.processes.common import (
     fill,
     filled,
     greet_item,
+    never,
     opening,
+    reply_then,
     said,
     say,
     screen,
@@ -195,7 +197,7 @@ PLAYBOOK = {
             Item(
                 "verify", ItemKind.TOOL, click("verify_identity"), clicked("verify_identity"), after=("dob", "postcode")
             ),
-            Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("verify",)),
+            Item("next", ItemKind.SUBMIT, click("next"), never, after=("verify",)),
         ),
     ),
     "ac_update": Screen(
@@ -229,21 +231,18 @@ PLAYBOOK = {
                 filled("new_postcode"),
                 available=lambda v: bool(_new_postcode(v)),
             ),
-            Item("save", ItemKind.SUBMIT, click("save"), lambda v: False, after=("street", "city", "new_postcode")),
+            Item("save", ItemKind.SUBMIT, click("save"), never, after=("street", "city", "new_postcode")),
         ),
     ),
     "ac_done": Screen(
         "ac_done",
-        (
-            Item("reply", ItemKind.CHAT, say(ADDRESS_DONE, _address_fmt), said("confirm")),
-            Item("close", ItemKind.SUBMIT, close(lambda v: "address_updated"), lambda v: False, after=("reply",)),
-        ),
+        reply_then(say(ADDRESS_DONE, _address_fmt), "confirm", close(lambda v: "address_updated")),
     ),
     "ac_failed": Screen(
         "ac_failed",
         (
             Item("reply", ItemKind.CHAT, _failed_reply, lambda v: bool(v.said & {"inform_transfer", "other"})),
-            Item("end", ItemKind.SUBMIT, _failed_end, lambda v: False, after=("reply",)),
+            Item("end", ItemKind.SUBMIT, _failed_end, never, after=("reply",)),
         ),
     ),
 }

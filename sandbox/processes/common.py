@@ -164,6 +164,31 @@ def clicked(control_id: str) -> Callable[[View], bool]:
 
 # --- common items ----------------------------------------------------------------------------------------
 
+
+def never(view: View) -> bool:
+    """The done-predicate of a submit item: doing it leaves the screen, so on the screen it is never done."""
+    return False
+
+
+def reply_then(
+    reply: Builder, intent: str, end: Builder, end_name: str = "close", reply_after: tuple[str, ...] = ()
+) -> tuple[Item, Item]:
+    """The last two items of many screens: tell the customer, then close or transfer the chat."""
+    return (
+        Item("reply", ItemKind.CHAT, reply, said(intent), after=reply_after),
+        Item(end_name, ItemKind.SUBMIT, end, never, after=("reply",)),
+    )
+
+
+def lookup_items(tool_id: str) -> tuple[Item, ...]:
+    """A first screen that only needs a lookup: greet (optionally), look up, go on."""
+    return (
+        greet_item(),
+        Item("lookup", ItemKind.TOOL, click(tool_id), clicked(tool_id)),
+        Item("next", ItemKind.SUBMIT, click("next"), never, after=("lookup",)),
+    )
+
+
 GREETINGS = (
     "Thanks for contacting us, {name}. Let me look into this for you.",
     "Hi there {name}, happy to help with that.",

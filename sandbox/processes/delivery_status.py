@@ -12,7 +12,9 @@ from sandbox.processes.common import (
     ProcessSpec,
     close,
     filled,
+    never,
     opening,
+    reply_then,
     said,
     say,
     screen,
@@ -127,10 +129,7 @@ PLAYBOOK = {
     "ds_find": Screen("ds_find", tuple(find_order_items())),
     "ds_status": Screen(
         "ds_status",
-        (
-            Item("reply", ItemKind.CHAT, _status_reply, said("confirm")),
-            Item("close", ItemKind.SUBMIT, close(lambda v: "info_given"), lambda v: False, after=("reply",)),
-        ),
+        reply_then(_status_reply, "confirm", close(lambda v: "info_given")),
     ),
     "ds_delivered": Screen(
         "ds_delivered",
@@ -141,17 +140,14 @@ PLAYBOOK = {
                 "close",
                 ItemKind.SUBMIT,
                 close(lambda v: "info_given" if v.values.get("next_step") == "wait_24h" else "redelivery_booked"),
-                lambda v: False,
+                never,
                 after=("reply", "next_step"),
             ),
         ),
     ),
     "ds_lost": Screen(
         "ds_lost",
-        (
-            Item("reply", ItemKind.CHAT, say(LOST_REPLY), said("inform_transfer")),
-            Item("transfer", ItemKind.SUBMIT, transfer("logistics"), lambda v: False, after=("reply",)),
-        ),
+        reply_then(say(LOST_REPLY), "inform_transfer", transfer("logistics"), end_name="transfer"),
     ),
 }
 

@@ -14,6 +14,7 @@ from sandbox.processes.common import (
     fill,
     filled,
     greet_item,
+    never,
     said,
     say,
     submit_button,
@@ -50,7 +51,7 @@ def find_order_items() -> list[Item]:
             "fill_order", ItemKind.FORM, fill("order_id", order_id_in_chat), filled("order_id"), available=has_order_id
         ),
         Item("lookup", ItemKind.TOOL, click("lookup_order"), clicked("lookup_order"), after=("fill_order",)),
-        Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("lookup",)),
+        Item("next", ItemKind.SUBMIT, click("next"), never, after=("lookup",)),
     ]
 
 

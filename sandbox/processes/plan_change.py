@@ -13,12 +13,12 @@ from sandbox.processes.common import (
     ProcessSpec,
     ToolResult,
     click,
-    clicked,
     close,
     fill,
     filled,
-    greet_item,
     leaning,
+    lookup_items,
+    never,
     opening,
     said,
     say,
@@ -124,11 +124,7 @@ SCHEMAS = {
 PLAYBOOK = {
     "pc_lookup": Screen(
         "pc_lookup",
-        (
-            greet_item(),
-            Item("lookup", ItemKind.TOOL, click("lookup_plans"), clicked("lookup_plans")),
-            Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("lookup",)),
-        ),
+        lookup_items("lookup_plans"),
     ),
     "pc_select": Screen(
         "pc_select",
@@ -149,7 +145,7 @@ PLAYBOOK = {
                 filled("effective_date"),
             ),
             Item("terms", ItemKind.FORM, tick("confirm_terms"), filled("confirm_terms"), after=("plan",)),
-            Item("submit", ItemKind.SUBMIT, click("submit"), lambda v: False, after=("plan", "date", "terms")),
+            Item("submit", ItemKind.SUBMIT, click("submit"), never, after=("plan", "date", "terms")),
         ),
     ),
     "pc_done": Screen(
@@ -164,7 +160,7 @@ PLAYBOOK = {
                 ),
                 said("confirm"),
             ),
-            Item("close", ItemKind.SUBMIT, close(lambda v: "plan_changed"), lambda v: False, after=("reply",)),
+            Item("close", ItemKind.SUBMIT, close(lambda v: "plan_changed"), never, after=("reply",)),
         ),
     ),
 }

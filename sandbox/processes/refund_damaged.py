@@ -16,7 +16,9 @@ from sandbox.processes.common import (
     fill,
     filled,
     leaning,
+    never,
     opening,
+    reply_then,
     said,
     say,
     screen,
@@ -185,26 +187,20 @@ PLAYBOOK = {
                 applies=lambda v: v.values.get("remedy") == "refund",
                 after=("remedy",),
             ),
-            Item("submit", ItemKind.SUBMIT, click("submit"), lambda v: False, after=("tick_photo", "remedy", "amount")),
+            Item("submit", ItemKind.SUBMIT, click("submit"), never, after=("tick_photo", "remedy", "amount")),
         ),
     ),
     "rf_senior": Screen(
         "rf_senior",
-        (
-            Item("reply", ItemKind.CHAT, say(SENIOR), said("inform_transfer")),
-            Item("transfer", ItemKind.SUBMIT, transfer("refunds_senior"), lambda v: False, after=("reply",)),
-        ),
+        reply_then(say(SENIOR), "inform_transfer", transfer("refunds_senior"), end_name="transfer"),
     ),
     "rf_confirm": Screen(
         "rf_confirm",
         (
-            Item("reply", ItemKind.CHAT, _done_reply, said("confirm")),
-            Item(
-                "close",
-                ItemKind.SUBMIT,
+            *reply_then(
+                _done_reply,
+                "confirm",
                 close(lambda v: "refund_issued" if v.panel("case", "remedy") == "refund" else "replacement_sent"),
-                lambda v: False,
-                after=("reply",),
             ),
         ),
     ),

@@ -17,8 +17,9 @@ from sandbox.processes.common import (
     close,
     filled,
     leaning,
+    never,
     opening,
-    said,
+    reply_then,
     screen,
     select,
     thanks,
@@ -109,7 +110,7 @@ def new_case(ctx: CaseContext) -> CaseSeed:
 _find_items = [
     *find_order_items()[:-1],
     Item("warranty", ItemKind.TOOL, click("check_warranty"), clicked("check_warranty"), after=("lookup",)),
-    Item("next", ItemKind.SUBMIT, click("next"), lambda v: False, after=("warranty",)),
+    Item("next", ItemKind.SUBMIT, click("next"), never, after=("warranty",)),
 ]
 
 SCHEMAS = {
@@ -137,13 +138,11 @@ PLAYBOOK = {
         "wc_decide",
         (
             Item("decision", ItemKind.FORM, select("claim_decision", _decision), filled("claim_decision")),
-            Item("reply", ItemKind.CHAT, _reply, said("confirm"), after=("decision",)),
-            Item(
-                "close",
-                ItemKind.SUBMIT,
+            *reply_then(
+                _reply,
+                "confirm",
                 close(lambda v: "claim_rejected" if v.values.get("claim_decision") == "reject" else "claim_accepted"),
-                lambda v: False,
-                after=("reply",),
+                reply_after=("decision",),
             ),
         ),
     ),

@@ -111,7 +111,7 @@ class SandboxPlatform:
             spec = PROCESSES[process_id]
             customer = self._new_customer(rng, index)
             rules = self.scenario.rules_at(index)
-            ctx = CaseContext(rng, self.crm, index, customer.customer_id, customer.name, self.scenario.typo_rate, rules)
+            ctx = CaseContext(rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules)
             seed = spec.new_case(ctx)
             self.crm.commit()
             workflow = BpmnWorkflow(workflow_spec(process_id))

@@ -93,7 +93,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
         truth = {"status": "closed", "codes": ["account_closed"], "fields": {}}
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={"stays": "yes" if stays else "no"},
         truth=truth,

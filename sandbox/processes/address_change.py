@@ -121,7 +121,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
         truth = {"status": "any", "codes": ["security", "identity_failed"], "fields": {}}
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={},
         truth=truth,

@@ -91,7 +91,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
     ]
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={"dispute": kind},
         truth={"status": "transferred", "codes": ["billing_specialists"], "fields": {"dispute_type": kind}},

@@ -31,7 +31,6 @@ class CaseSeed:
     """A new case: the customer's opening message, what the customer would answer, and the hidden truth."""
 
     customer_id: str
-    customer_panel: Panel
     first_message: str
     prefs: dict[str, str]  # hidden customer preferences; revealed only through chat
     truth: dict[str, Any]  # expected outcome: {"status", "codes": [...], "fields": {...}}
@@ -45,7 +44,6 @@ class CaseContext:
     crm: CRM
     case_index: int
     customer_id: str
-    customer_name: str
     typo_rate: float
     rules: dict[str, float]  # business rules in force for this case (e.g. the refund limit)
 

@@ -25,7 +25,7 @@ from sandbox.processes.common import (
 )
 from sandbox.processes.orders import ITEMS, find_order_controls, find_order_items, give_order_id, lookup_order
 from sandbox.view import View
-from schemas import Panel, SelectControl
+from schemas import SelectControl
 
 PID = "delivery_status"
 STATUSES = ("in_transit", "delayed", "delivered", "lost")
@@ -96,7 +96,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
         truth = {"status": "closed", "codes": ["info_given"], "fields": {}}
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={},
         truth=truth,

@@ -87,7 +87,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
     parts = [rng.choice(("Hi,", "Hello", "")), ask]
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={"plan": target},
         truth={"status": "closed", "codes": ["plan_changed"], "fields": {"new_plan": target}},

@@ -31,7 +31,7 @@ from sandbox.processes.common import (
 )
 from sandbox.processes.orders import ITEMS, find_order_controls, find_order_items, give_order_id, lookup_order
 from sandbox.view import View
-from schemas import CheckboxControl, NumberControl, Panel, SelectControl
+from schemas import CheckboxControl, NumberControl, SelectControl
 
 PID = "refund_damaged"
 REMEDIES = ("refund", "replacement")
@@ -127,7 +127,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
         truth = {"status": "closed", "codes": [code], "fields": {"remedy": remedy}}
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={"remedy": remedy},
         truth=truth,

@@ -98,7 +98,6 @@ def new_case(ctx: CaseContext) -> CaseSeed:
         truth = {"status": "closed", "codes": ["claim_rejected"], "fields": {"claim_decision": "reject"}}
     return CaseSeed(
         customer_id=ctx.customer_id,
-        customer_panel=Panel(),
         first_message=opening(ctx, parts),
         prefs={"decision": wants},
         truth=truth,

@@ -8,7 +8,7 @@ are the expected accuracies of that policy: the ceiling a learned policy's step 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from schemas import Trace
@@ -22,17 +22,26 @@ class CeilingRow:
     action_type: float
 
 
-def ceiling_table(traces: Iterable[Trace], by: str = "action_type") -> list[CeilingRow]:
-    """Mean ceilings grouped by the true step's action type (``by="action_type"``) or process (``"process"``);
-    the last row is over all steps."""
-    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+CeilingSample = tuple[str, float, float]  # (group, bayes_p, bayes_type_p) of one step
+
+
+def ceiling_samples(traces: Iterable[Trace], by: str = "action_type") -> Iterator[CeilingSample]:
+    """One sample per step that carries a ceiling, grouped by the true step's action type
+    (``by="action_type"``) or by process (``"process"``)."""
     for trace in traces:
         for step in trace.steps:
             if step.bayes_p is None or step.bayes_type_p is None:
                 continue
             key = step.action.type.value if by == "action_type" else trace.process_id
-            groups[key].append((step.bayes_p, step.bayes_type_p))
-            groups["all"].append((step.bayes_p, step.bayes_type_p))
+            yield key, step.bayes_p, step.bayes_type_p
+
+
+def summarise(samples: Iterable[CeilingSample]) -> list[CeilingRow]:
+    """Mean ceilings per group; the last row is over all samples."""
+    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for key, p, type_p in samples:
+        groups[key].append((p, type_p))
+        groups["all"].append((p, type_p))
     rows = []
     for key in sorted(k for k in groups if k != "all") + (["all"] if "all" in groups else []):
         values = groups[key]
@@ -45,6 +54,11 @@ def ceiling_table(traces: Iterable[Trace], by: str = "action_type") -> list[Ceil
             )
         )
     return rows
+
+
+def ceiling_table(traces: Iterable[Trace], by: str = "action_type") -> list[CeilingRow]:
+    """Mean ceilings of ``traces`` grouped by action type or process; the last row is over all steps."""
+    return summarise(ceiling_samples(traces, by))
 
 
 def render_ceiling(rows: list[CeilingRow]) -> str:

@@ -6,12 +6,14 @@ import os
 import random
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from sandbox.ceiling import CeilingSample, ceiling_samples, summarise
 from sandbox.operators import operator_pool
 from sandbox.platform import SandboxPlatform
 from sandbox.scenario import Scenario
@@ -29,7 +31,7 @@ class GenerationSummary:
     outcomes: Counter[str] = field(default_factory=Counter)
     correct: int = 0
     handling_time_s: float = 0.0
-    bayes_by_type: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    ceiling_samples: list[CeilingSample] = field(default_factory=list)  # per step, for the ceiling table
 
     def add(self, trace: Trace, size: int) -> None:
         self.sessions += 1
@@ -40,9 +42,7 @@ class GenerationSummary:
         self.outcomes[str(outcome["status"])] += 1
         self.correct += int(bool(outcome["correct"]))
         self.handling_time_s += float(trace.attributes["handling_time_s"])
-        for step in trace.steps:
-            if step.bayes_p is not None:
-                self.bayes_by_type[step.action.type.value].append(step.bayes_p)
+        self.ceiling_samples.extend(ceiling_samples([trace]))
 
     def render(self) -> str:
         rate = self.sessions / self.seconds if self.seconds else 0.0
@@ -55,7 +55,7 @@ class GenerationSummary:
             f"correct resolution (all-manual): {self.correct / max(1, self.sessions):.1%}",
             f"average handling time: {self.handling_time_s / max(1, self.sessions):.0f} s",
             "Bayes ceiling (exact next action) by action type: "
-            + ", ".join(f"{t} {sum(v) / len(v):.3f}" for t, v in sorted(self.bayes_by_type.items())),
+            + ", ".join(f"{r.group} {r.action:.3f}" for r in summarise(self.ceiling_samples)),
         ]
         return "\n".join(lines)
 
@@ -69,7 +69,9 @@ def iter_traces(
     return out
 
 
-def _run(sessions: int, seed: int, scenario: Scenario, start_index: int, progress: bool, sink: object) -> None:
+def _run(
+    sessions: int, seed: int, scenario: Scenario, start_index: int, progress: bool, sink: Callable[[Trace], None]
+) -> None:
     platform = SandboxPlatform(scenario, seed)
     pool = operator_pool(scenario.operators, seed)
     for index in tqdm(
@@ -80,7 +82,7 @@ def _run(sessions: int, seed: int, scenario: Scenario, start_index: int, progres
         operator = pool[rng.randrange(len(pool))]
         trace = work_case(platform, case_id, operator, pool, rng)
         platform.forget(case_id)
-        sink(trace)  # type: ignore[operator]
+        sink(trace)
 
 
 def generate(

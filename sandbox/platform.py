@@ -166,12 +166,18 @@ class SandboxPlatform:
 
     # --- observation -----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _visible_panels(case: Case) -> dict[str, Panel]:
+        """The read-only panels a screen shows: lookup results, the customer, and the data of earlier screens."""
+        panels = dict(case.panels)
+        if case.submitted:
+            panels["case"] = Panel(title="Case data", fields=dict(case.submitted))
+        return panels
+
     def observe(self, case_id: str) -> UIState:
         with self.lock:
             case = self.case(case_id)
-            panels = dict(case.panels)
-            if case.submitted:
-                panels["case"] = Panel(title="Case data", fields=dict(case.submitted))
+            panels = self._visible_panels(case)
             return UIState(
                 session_id=case.session_id,
                 case_id=case.case_id,
@@ -189,9 +195,7 @@ class SandboxPlatform:
             return self._view(self.case(case_id))
 
     def _view(self, case: Case) -> View:
-        panels = dict(case.panels)
-        if case.submitted:
-            panels["case"] = Panel(title="Case data", fields=dict(case.submitted))
+        panels = self._visible_panels(case)
         return View(
             process_id=case.spec.process_id,
             screen_id=case.screen_id,

@@ -21,7 +21,7 @@ from sandbox.operators import (
     style_bases,
 )
 from sandbox.platform import MAX_STEPS, SandboxPlatform
-from schemas import Action, ChatRole, Trace, TraceSource, TraceStep
+from schemas import Action, ChatRole, Trace, TraceSource, TraceStep, action_key
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,6 @@ def work_case(
     rng: random.Random,
 ) -> Trace:
     """Let ``operator`` work the case to the end; return its trace with per-step ceilings and timings."""
-    from schemas import action_key
-
     posterior = {op.operator_id: 1.0 / len(pool) for op in pool}
     steps: list[TraceStep] = []
     handling = 0.0

@@ -17,9 +17,9 @@ from typing import Any
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sandbox.ceiling import ceiling_table, render_ceiling
+    from sandbox.ceiling import render_ceiling, summarise
     from sandbox.copilot import run_copilot
-    from sandbox.generate import generate, read_traces
+    from sandbox.generate import generate
     from sandbox.scenario import scenario_by_name
     from schemas import Verdict
 
@@ -32,7 +32,7 @@ def _demo(args: argparse.Namespace) -> int:
     traces_path = out / "traces.jsonl"
     summary = generate(args.sessions, args.seed, traces_path, scenario)
     print(summary.render())
-    table = ceiling_table(read_traces(traces_path))
+    table = summarise(summary.ceiling_samples)  # collected while generating: no second read of the file
     print("\nSandbox ceiling (best possible policy that sees only the UI state), by action type:")
     print(render_ceiling(table))
 

@@ -8,7 +8,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PYTHONDONTWRITEBYTECODE := 1
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test check lint typecheck unit bench clean
+.PHONY: demo test check lint typecheck unit bench bench-policy clean
 
 # The venv is rebuilt only when the dependency declaration changes.
 $(STAMP): pyproject.toml constraints.txt
@@ -37,6 +37,15 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sandbox_generation
+
+# The policy benchmarks (about 40 minutes on two cores): sandbox accuracy (trains the default model), its speed,
+# the real event logs, the real UI log, the learning curve of a new process.
+bench-policy: $(STAMP)
+	$(BIN)/python -m bench.policy_sandbox
+	$(BIN)/python -m bench.policy_speed --model out/bench/policy_default --traces out/bench/sandbox_default_7_2500.jsonl --skip 2000
+	$(BIN)/python -m bench.policy_eventlogs
+	$(BIN)/python -m bench.policy_uilog
+	$(BIN)/python -m bench.policy_learning_curve
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -19,11 +19,8 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -31,7 +28,6 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
 from tqdm import tqdm
 
+from bench.common import environment, peak_rss_kib
 from sandbox.ceiling import CeilingRow, ceiling_table, render_ceiling
 from sandbox.generate import generate, read_traces
 from sandbox.processes.registry import PROCESSES, workflow_spec
@@ -194,10 +191,6 @@ def time_serialisation(traces: list[Trace]) -> float:
     return time.process_time() - t0
 
 
-def peak_rss_kib() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
-
-
 # --- what the traces say -------------------------------------------------------------------------------------
 
 
@@ -312,39 +305,6 @@ def plot_ceiling(rows: list[CeilingRow], path: Path, subtitle: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")  # "tight" keeps the legend below the axes in the file
     plt.close(fig)
-
-
-def environment() -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit: str | None = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "packages": {d: version(d) for d in ("SpiffWorkflow", "pydantic", "tqdm", "matplotlib")},
-        "git_commit": commit,
-    }
 
 
 def render_markdown(result: dict[str, Any]) -> str:

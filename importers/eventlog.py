@@ -2,6 +2,13 @@
 
 Both event-log readers produce ``RawCase`` records; this module turns them into ``Trace`` objects, so the two
 formats map to states in exactly the same way.
+
+The state before event *i* shows the case attributes (panel ``case``) and, from the second step on, what is known
+once event *i*-1 is past (panel ``last_event``): that event's attributes, ``elapsed_s`` (seconds from the first
+event of the case to event *i*-1), ``since_last_s`` (seconds between events *i*-2 and *i*-1, from the third step
+on), and the clock time of event *i*-1: ``hour`` (``"0"`` .. ``"23"``) and ``weekday`` (``"Mon"`` .. ``"Sun"``),
+both in the UTC offset the log gives that timestamp (UTC for a zone-less time). Nothing of event *i* or later is
+shown.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from schemas.state import Panel, UIState
 from schemas.trace import Trace, TraceSource, TraceStep
 
 SCREEN_ID = "activities"
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+"""The ``weekday`` values of the ``last_event`` panel, Monday first (fixed names: no locale involved)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +70,16 @@ def activity_screen(process_id: str, activities: Iterable[str]) -> ActivityScree
 
 
 def _last_event_panel(events: list[RawEvent], i: int) -> Panel:
-    """What is known after events[:i] (i >= 1): the attributes of event i-1 and the time since the case started
-    and since the event before it. Nothing of events[i:] is used."""
+    """What is known after events[:i] (i >= 1): the attributes of event i-1, the time since the case started and
+    since the event before it, and the hour and weekday at which event i-1 happened. Nothing of events[i:] is
+    used."""
     last = events[i - 1]
     fields = dict(last.attributes)
     fields["elapsed_s"] = seconds((last.timestamp - events[0].timestamp).total_seconds())
     if i >= 2:
         fields["since_last_s"] = seconds((last.timestamp - events[i - 2].timestamp).total_seconds())
+    fields["hour"] = str(last.timestamp.hour)
+    fields["weekday"] = WEEKDAYS[last.timestamp.weekday()]
     return Panel(title="Last event", fields=fields)
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from importers.cli import register as register_import
+from policy.cli import register as register_policy
 from sandbox.cli import register as register_sandbox
 from service.demo import register as register_demo
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_sandbox(commands)
     register_import(commands)
+    register_policy(commands)
     register_demo(commands)
     return parser
 

@@ -1,9 +1,10 @@
 """``autopilot demo``: the main job end to end on embedded defaults.
 
-At this stage of the project the loop is the logging stage: the sandbox BPM generates cases, simulated
-operators work them on the real BPMN engine, traces are written, and a summary (with the sandbox's own ceiling
-per action type and a copilot acceptance check of the best possible policy) is printed. Later stages (policy,
-critic, autopilot) extend this same command.
+Stages so far: (1) the logging stage: the sandbox BPM generates cases, simulated operators work them on the
+real BPMN engine, traces are written, and the sandbox's own ceiling per action type is printed; (2) a copilot
+acceptance check of the best possible policy; (3) the next-UI-action policy is trained on the earlier traces
+and evaluated on the later ones (a time split) beside the two floors and the ceiling. Later stages (critic,
+autopilot) extend this same command.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
     scenario = scenario_by_name(args.scenario)
     started = time.perf_counter()
 
-    print(f"[1/2] logging stage: {args.sessions} cases worked by simulated operators ({scenario.name} scenario)")
+    print(f"[1/3] logging stage: {args.sessions} cases worked by simulated operators ({scenario.name} scenario)")
     traces_path = out / "traces.jsonl"
     summary = generate(args.sessions, args.seed, traces_path, scenario)
     print(summary.render())
@@ -36,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nSandbox ceiling (best possible policy that sees only the UI state), by action type:")
     print(render_ceiling(table))
 
-    print(f"\n[2/2] copilot check: the best possible policy proposes, operators review ({args.copilot} cases)")
+    print(f"\n[2/3] copilot check: the best possible policy proposes, operators review ({args.copilot} cases)")
     steps = run_copilot(args.copilot, args.seed + 1, scenario=scenario, start_index=args.sessions)
     accepted: dict[str, list[bool]] = defaultdict(list)
     for step in steps:
@@ -57,10 +58,43 @@ def _demo(args: argparse.Namespace) -> int:
         "ceiling_by_action_type": {r.group: {"action": r.action, "action_type": r.action_type} for r in table},
         "copilot_acceptance_bayes_policy": rates,
     }
+    report["policy"] = _policy_stage(traces_path, out / "policy", args.policy_time_budget, args.seed)
+
     (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\ntraces: {traces_path}\nsummary: {out / 'summary.json'}")
+    print(f"\ntraces: {traces_path}\npolicy: {out / 'policy'}\nsummary: {out / 'summary.json'}")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: int) -> dict[str, Any]:
+    from policy.evaluate import evaluate, render_table
+    from policy.floors import MostFrequentPerScreen, SuffixNGram
+    from policy.policy import LMPolicy
+    from policy.train import TrainConfig
+    from sandbox.generate import read_traces
+
+    traces = list(read_traces(traces_path))
+    cut = int(len(traces) * 0.8)
+    train, test = traces[:cut], traces[cut:]
+    print(
+        f"\n[3/3] policy: training the default model on the first {len(train)} cases "
+        f"(at most {time_budget:.0f} s on one thread), testing on the last {len(test)}"
+    )
+    policy = LMPolicy(training=TrainConfig(epochs=3, threads=1, time_budget_s=time_budget, seed=seed)).fit(train)
+    policy.save(model_dir)
+    results = {}
+    for floor in (MostFrequentPerScreen().fit(train), SuffixNGram().fit(train)):
+        results[floor.name] = evaluate(floor, test, train)
+    results["lm policy"] = evaluate(policy, test, train)
+    print(render_table(results))
+    history = policy.history_
+    return {
+        "model_dir": str(model_dir),
+        "version": policy.version_,
+        "training_seconds": history.seconds if history else None,
+        "action_accuracy": {name: r.overall.action_accuracy for name, r in results.items()},
+        "ceiling": results["lm policy"].overall.ceiling_action,
+    }
 
 
 def register(commands: Any) -> None:
@@ -70,4 +104,5 @@ def register(commands: Any) -> None:
     demo.add_argument("--copilot", type=int, default=300, help="cases for the copilot acceptance check")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--scenario", default="default")
+    demo.add_argument("--policy-time-budget", type=float, default=300.0, help="seconds of policy training")
     demo.set_defaults(handler=_demo)

@@ -47,6 +47,8 @@ def test_maps_rows_like_xes(write_file: Write, out_dir: Path, load_traces: Load,
         "marker": "M-c1-1",
         "elapsed_s": "300.000",
         "since_last_s": "300.000",
+        "hour": "10",
+        "weekday": "Wed",
     }
     text = (out_dir / "traces.jsonl").read_text()
     assert "Unnamed" not in text and "ariant" not in text
@@ -91,6 +93,8 @@ def test_equal_times_keep_file_order_and_columns_can_be_named(
         "When": "2021-03-01T07:00:00+00:00",
         "Who": "y",
         "elapsed_s": "0.000",
+        "hour": "7",  # a zone-less time is UTC
+        "weekday": "Mon",
     }
 
 

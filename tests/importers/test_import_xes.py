@@ -82,6 +82,8 @@ def test_state_panels_and_history(write_file: Write, out_dir: Path, load_traces:
         "time:timestamp": "2020-01-01T10:00:00+00:00",
         "marker": "M-c1-0",  # the nan priority is a missing value: dropped
         "elapsed_s": "0.000",
+        "hour": "10",  # the clock time of the last event (2020-01-01 was a Wednesday)
+        "weekday": "Wed",
     }
     assert states[2].panels["last_event"].fields == {
         "org:resource": "bob",
@@ -92,11 +94,14 @@ def test_state_panels_and_history(write_file: Write, out_dir: Path, load_traces:
         "tags.1": "y",
         "elapsed_s": "300.000",
         "since_last_s": "300.000",
+        "hour": "10",
+        "weekday": "Wed",
     }
     last = states[3].panels["last_event"].fields
     assert last["details.a"] == "1" and last["details.b"] == "ID-9"  # a container by child key
     assert last["time:timestamp"] == "2020-01-01T12:00:00+01:00"
     assert last["elapsed_s"] == "3600.000" and last["since_last_s"] == "3300.000"
+    assert last["hour"] == "12"  # in the offset the log gives the timestamp (+01:00), not converted to UTC
 
     # recent_actions: the last N actions, oldest first
     assert states[0].recent_actions == []
@@ -119,6 +124,23 @@ def test_no_attribute_of_a_future_event_reaches_a_state(
                 assert f"M-{trace.case_id}-{later}" not in body
             # nor the actions of later steps
             assert len(step.state.recent_actions) == min(step.step, 16)
+
+
+def test_hour_and_weekday_are_those_of_the_last_event(write_file: Write, out_dir: Path, load_traces: Load) -> None:
+    # three events on three days at three hours: the state before event i shows the clock time of event i-1 only
+    times = ["2021-03-06T23:59:59Z", "2021-03-07T00:00:01Z", "2021-03-08T07:30:00-05:00"]
+    events = "".join(
+        f'<event><string key="concept:name" value="a{i}"/><date key="time:timestamp" value="{t}"/></event>'
+        for i, t in enumerate(times)
+    )
+    path = write_file("clock.xes", f'<log><trace><string key="concept:name" value="k"/>{events}</trace></log>')
+    (trace,) = _import(path, out_dir, load_traces)
+    shown = [
+        (s.state.panels["last_event"].fields["hour"], s.state.panels["last_event"].fields["weekday"])
+        for s in trace.steps[1:]
+    ]
+    assert shown == [("23", "Sat"), ("0", "Sun"), ("7", "Mon")]
+    assert "last_event" not in trace.steps[0].state.panels  # nothing is known before the first event
 
 
 def test_dropped_attributes_never_appear(write_file: Write, out_dir: Path, tiny_xes: str) -> None:

@@ -1,0 +1,124 @@
+"""``autopilot policy train|evaluate|propose``: the next-UI-action policy from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _read_traces(path: str) -> list[Any]:
+    from sandbox.generate import read_traces
+
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"--traces: {source} is not a file")
+    traces = list(read_traces(source))
+    if not traces:
+        raise ValueError(f"--traces: {source} holds no traces")
+    return traces
+
+
+def _train(args: argparse.Namespace) -> int:
+    from policy.model import ModelConfig
+    from policy.policy import LMPolicy
+    from policy.train import TrainConfig
+
+    traces = _read_traces(args.traces)
+    if args.max_traces:
+        traces = traces[: args.max_traces]
+    training = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        time_budget_s=args.time_budget,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    model = ModelConfig(architecture=args.architecture, hidden_size=args.hidden, layers=args.layers)
+    policy = LMPolicy(model=model, training=training, pretrained=args.pretrained)
+    if args.lora:
+        from policy.lora import LoraSettings
+
+        policy.lora = LoraSettings(r=args.lora_r)
+    policy.fit(traces)
+    out = policy.save(args.out)
+    history = policy.history_
+    assert history is not None
+    print(
+        f"trained {policy.version_} on {len(traces)} traces: {history.steps} steps, {history.seconds:.0f} s, "
+        f"best validation loss {history.best_val_loss:.4f} (stopped: {history.stopped})"
+    )
+    print(f"policy written to {out}")
+    return 0
+
+
+def _propose(args: argparse.Namespace) -> int:
+    from policy.policy import LMPolicy
+    from schemas.state import UIState
+
+    policy = LMPolicy.load(args.model)
+    text = sys.stdin.read() if args.state == "-" else Path(args.state).read_text()
+    state = UIState.model_validate_json(text)
+    proposal = policy.propose(state, k=args.k)
+    if proposal is None:
+        raise ValueError("the state offers no valid action")
+    print(proposal.model_dump_json(indent=1))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from policy.report import evaluate_policy_on_traces
+
+    train = _read_traces(args.train) if args.train else None
+    result = evaluate_policy_on_traces(args.model, _read_traces(args.traces), train)
+    print(result.markdown)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.data, indent=1) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    policy = commands.add_parser("policy", help="the next-UI-action policy")
+    sub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+
+    train = sub.add_parser("train", help="train a policy on traces (JSONL) and save it")
+    train.add_argument("--traces", required=True, help="JSONL traces (sandbox generate or autopilot import)")
+    train.add_argument("--out", required=True, help="output model directory")
+    train.add_argument("--epochs", type=_positive, default=6)
+    train.add_argument("--batch-size", type=_positive, default=32)
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    train.add_argument("--threads", type=_positive, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-traces", type=_positive, default=None)
+    train.add_argument("--architecture", choices=["llama", "qwen2"], default="llama")
+    train.add_argument("--hidden", type=_positive, default=128)
+    train.add_argument("--layers", type=_positive, default=2)
+    train.add_argument("--pretrained", default=None, help="start from this checkpoint directory")
+    train.add_argument("--lora", action="store_true", help="fine-tune with LoRA adapters (with --pretrained)")
+    train.add_argument("--lora-r", type=_positive, default=16)
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("evaluate", help="offline evaluation beside the floors and the ceiling")
+    evaluate.add_argument("--model", required=True, help="policy directory")
+    evaluate.add_argument("--traces", required=True, help="test traces (JSONL)")
+    evaluate.add_argument("--train", default=None, help="the training traces: floors, unseen-prefix split")
+    evaluate.add_argument("--json", default=None, help="also write the results as JSON here")
+    evaluate.set_defaults(handler=_evaluate)
+
+    propose = sub.add_parser("propose", help="top-k proposals for one UIState (JSON file or - for stdin)")
+    propose.add_argument("--model", required=True)
+    propose.add_argument("--state", required=True)
+    propose.add_argument("-k", type=_positive, default=5)
+    propose.set_defaults(handler=_propose)

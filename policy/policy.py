@@ -1,0 +1,348 @@
+"""LMPolicy: the next-UI-action policy. Fit on traces, propose top-k schema-valid actions with confidence.
+
+Estimator contract (scikit-learn style): hyper-parameters in ``__init__``, ``fit`` returns ``self``, learned
+state in attributes ending in ``_``. ``save`` writes a directory that ``transformers`` can load on its own
+(model + tokenizer) plus ``policy.json`` (serialisation limits, template bank, training history).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from policy.candidates import Candidate, TemplateBank, candidate_for, enumerate_candidates
+from policy.codec import Codec
+from policy.lora import LoraSettings, apply_lora, merge_lora
+from policy.model import ModelConfig, build_model, load_model, parameter_count
+from policy.predictor import Prediction
+from policy.scoring import next_token_logprobs, score_candidates
+from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text, serialise_state
+from policy.tokenizer import PAD, train_tokenizer
+from policy.train import Example, TrainConfig, TrainHistory, train
+from schemas.actions import Action, action_key
+from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
+from schemas.state import UIState
+from schemas.trace import Trace
+
+POLICY_FILE = "policy.json"
+FORMAT_VERSION = 1
+MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per scoring pass: bounds the attention mask's memory
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+@dataclass
+class _Scored:
+    candidates: list[Candidate]
+    logprobs: list[float]
+
+
+def _iter_steps(traces: Sequence[Trace]) -> Iterator[tuple[UIState, Action]]:
+    for trace in traces:
+        for step in trace.steps:
+            yield step.state, step.action
+
+
+def _softmax(logprobs: Sequence[float]) -> list[float]:
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+@dataclass
+class LMPolicy:
+    """A causal LM that scores the screen's candidate actions. ``pretrained`` = a checkpoint directory to start
+    from (its own tokenizer is kept); otherwise a tokenizer is trained and a ``model`` built from scratch."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    vocab_size: int = 8192
+    max_prompt_tokens: int = 768
+    max_templates: int = 48
+    prune_logprob: float | None = 9.0  # see _prune; None scores every candidate in full
+    pretrained: str | None = None
+    lora: LoraSettings | None = None
+    progress: bool = True
+    name: str = "lm"
+
+    # learned
+    bank_: TemplateBank | None = field(default=None, init=False, repr=False)
+    codec_: Codec | None = field(default=None, init=False, repr=False)
+    model_: PreTrainedModel | None = field(default=None, init=False, repr=False)
+    history_: TrainHistory | None = field(default=None, init=False, repr=False)
+    version_: str = field(default="", init=False)
+
+    # ---- fitting -------------------------------------------------------------------------------------------
+
+    def _examples(self, traces: Sequence[Trace]) -> list[Example]:
+        assert self.codec_ is not None
+        out = []
+        for state, action in _iter_steps(traces):
+            prompt = self.codec_.encode_prompt(serialise_state(state, self.serial))
+            target = self.codec_.encode_action(action_text(action, state))
+            out.append(Example(ids=prompt + target, prompt_len=len(prompt)))
+        return out
+
+    def fit(self, traces: Sequence[Trace], val_traces: Sequence[Trace] | None = None) -> Self:
+        """Train on ``traces``; validation (early stopping) on ``val_traces`` or on the last
+        ``training.val_fraction`` of the traces (the latest ones, when traces are in time order)."""
+        if not traces:
+            raise ValueError("no traces to train on")
+        if val_traces is None:
+            n_val = int(len(traces) * self.training.val_fraction)
+            traces, val_traces = traces[: len(traces) - n_val], traces[len(traces) - n_val :]
+        self.bank_ = TemplateBank(max_per_target=self.max_templates).fit(traces)
+        tokenizer: PreTrainedTokenizerBase
+        if self.pretrained is None:
+            texts: list[str] = []
+            for state, action in _iter_steps(traces):
+                texts.append(serialise_state(state, self.serial))
+                texts.append(action_text(action, state))
+            tokenizer = train_tokenizer(texts, vocab_size=self.vocab_size)
+            self.codec_ = Codec.for_tokenizer(tokenizer, self.max_prompt_tokens)
+            vocab = tokenizer.get_vocab()
+            model = build_model(
+                self.model,
+                vocab_size=len(tokenizer),
+                pad_id=vocab[PAD],
+                bos_id=vocab[ACTION_START],
+                eos_id=vocab[ACTION_END],
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(self.pretrained)
+            self.codec_ = Codec.for_tokenizer(tokenizer, self.max_prompt_tokens)
+            model = load_model(self.pretrained)
+        if self.lora is not None:
+            model = apply_lora(model, self.lora)
+        # Padding is masked out, so any in-vocabulary id will do; a pretrained tokenizer may have no pad token, or
+        # one added beyond the model's embedding matrix.
+        embeddings = model.get_input_embeddings()
+        vocab_rows = int(embeddings.weight.shape[0]) if isinstance(embeddings, torch.nn.Embedding) else 0
+        pad = tokenizer.pad_token_id
+        pad_id = pad if isinstance(pad, int) and 0 <= pad < vocab_rows else self.codec_.action_end[0]
+        self.history_ = train(
+            model,
+            self._examples(traces),
+            self._examples(val_traces),
+            self.training,
+            pad_id=int(pad_id),
+            progress=self.progress,
+        )
+        self.model_ = merge_lora(model) if self.lora is not None else model
+        self.model_.eval()
+        digest = hashlib.blake2b(digest_size=6)
+        for tensor in self.model_.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes()[:4096])
+        self.version_ = f"lm-{digest.hexdigest()}"
+        return self
+
+    # ---- inference -----------------------------------------------------------------------------------------
+
+    def _require(self) -> tuple[Codec, PreTrainedModel, TemplateBank]:
+        if self.codec_ is None or self.model_ is None or self.bank_ is None:
+            raise NotFittedError("this LMPolicy is not fitted: call fit() or LMPolicy.load()")
+        return self.codec_, self.model_, self.bank_
+
+    def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
+        codec, model, _ = self._require()
+        prompts = [codec.encode_prompt(serialise_state(s, self.serial)) for s in states]
+        encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
+        candidate_lists, encoded = self._prune(prompts, candidate_lists, encoded)
+        results: list[_Scored] = []
+        i = 0
+        while i < len(states):  # group states so one packed pass stays under the token budget
+            j, tokens = i, 0
+            while j < len(states):
+                size = len(prompts[j]) + sum(len(c) for c in encoded[j])
+                if j > i and tokens + size > MAX_TOKENS_PER_BATCH:
+                    break
+                tokens += size
+                j += 1
+            live = [b for b in range(i, j) if encoded[b]]
+            scores = score_candidates(model, [prompts[b] for b in live], [encoded[b] for b in live])
+            by_state = dict(zip(live, scores, strict=True))
+            for b in range(i, j):
+                results.append(_Scored(list(candidate_lists[b]), by_state.get(b, [])))
+            i = j
+        return results
+
+    def _prune(
+        self, prompts: list[list[int]], candidate_lists: Sequence[list[Candidate]], encoded: list[list[list[int]]]
+    ) -> tuple[list[list[Candidate]], list[list[list[int]]]]:
+        """Drop candidates whose *first* token is less likely than ``exp(-prune_logprob)`` times the likeliest
+        first token among the state's candidates: they cannot reach a meaningful probability, and scoring them
+        in full (dozens of reply templates when a reply is not due) is most of the cost of a proposal."""
+        if self.prune_logprob is None or not prompts:
+            return list(candidate_lists), encoded
+        _, model, _ = self._require()
+        first = next_token_logprobs(model, prompts)
+        kept_cands: list[list[Candidate]] = []
+        kept_ids: list[list[list[int]]] = []
+        for b, (cands, ids) in enumerate(zip(candidate_lists, encoded, strict=True)):
+            if not ids:
+                kept_cands.append([])
+                kept_ids.append([])
+                continue
+            lps = first[b, torch.tensor([c[0] for c in ids])]
+            keep = (lps >= lps.max() - self.prune_logprob).tolist()
+            kept_cands.append([c for c, k in zip(cands, keep, strict=True) if k])
+            kept_ids.append([c for c, k in zip(ids, keep, strict=True) if k])
+        return kept_cands, kept_ids
+
+    def _ranked(self, scored: _Scored) -> list[tuple[Action, float, float]]:
+        """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
+        (two slot forms of one value) are merged by summing their probabilities."""
+        merged: dict[str, tuple[Action, float]] = {}
+        for cand, lp in zip(scored.candidates, scored.logprobs, strict=True):
+            key = action_key(cand.action)
+            if key in merged:
+                action, prev = merged[key]
+                merged[key] = (action, max(prev, lp) + math.log1p(math.exp(-abs(prev - lp))))
+            else:
+                merged[key] = (cand.action, lp)
+        items = sorted(merged.values(), key=lambda item: -item[1])
+        probs = _softmax([lp for _, lp in items])
+        return [(a, min(lp, 0.0), p) for (a, lp), p in zip(items, probs, strict=True)]
+
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
+        """The top-``k`` proposal of each state (None for a state with no valid candidate action)."""
+        _, _, bank = self._require()
+        scored = self._score(states, [enumerate_candidates(s, bank) for s in states])
+        out: list[Proposal | None] = []
+        for state, item in zip(states, scored, strict=True):
+            ranked = self._ranked(item)
+            if not ranked:
+                out.append(None)
+                continue
+            probs = [p for _, _, p in ranked]
+            entropy = -sum(p * math.log(p) for p in probs if p > 0)
+            scored_actions = []
+            for rank, (action, lp, p) in enumerate(ranked[:k]):
+                runner_up = probs[rank + 1] if rank + 1 < len(probs) else 0.0
+                features = ProposalFeatures(
+                    logprob=lp, margin=max(0.0, p - runner_up), entropy=max(0.0, entropy), rank=rank, probability=p
+                )
+                scored_actions.append(ScoredAction(action=action, features=features))
+            top = scored_actions[0]
+            out.append(
+                Proposal(
+                    proposal_id=uuid.uuid4().hex,
+                    session_id=state.session_id,
+                    case_id=state.case_id,
+                    process_id=state.process_id,
+                    step=state.step,
+                    state_etag=state.etag,
+                    action=top.action,
+                    features=top.features,
+                    alternatives=scored_actions[1:],
+                    model_version=self.version_,
+                )
+            )
+        return out
+
+    def propose(self, state: UIState, k: int = 5) -> Proposal | None:
+        return self.propose_batch([state], k)[0]
+
+    def predict(self, states: Sequence[UIState]) -> list[Prediction]:
+        out: list[Prediction] = []
+        for i in range(0, len(states), 64):
+            for state, proposal in zip(states[i : i + 64], self.propose_batch(states[i : i + 64], k=1), strict=True):
+                if proposal is None:
+                    raise ValueError(f"state {state.session_id}/{state.step} offers no valid action")
+                out.append(Prediction(proposal.action, proposal.features.probability))
+        return out
+
+    def score_actions(self, state: UIState, actions: Sequence[Action]) -> list[float]:
+        """Sequence log-probabilities of given actions (e.g. an operator's correction) in ``state``."""
+        return self._score([state], [[candidate_for(a, state) for a in actions]])[0].logprobs
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the policy directory atomically (a temporary sibling renamed into place)."""
+        codec, model, bank = self._require()
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        model.save_pretrained(tmp)
+        codec.tokenizer.save_pretrained(tmp)
+        meta: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "version": self.version_,
+            "model": self.model.to_dict(),
+            "training": self.training.to_dict(),
+            "serial": self.serial.to_dict(),
+            "vocab_size": self.vocab_size,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_templates": self.max_templates,
+            "prune_logprob": self.prune_logprob,
+            "pretrained": self.pretrained,
+            "lora": asdict(self.lora) if self.lora else None,
+            "parameters": parameter_count(model),
+            "history": asdict(self.history_) if self.history_ else None,
+            "templates": bank.to_dict(),
+        }
+        (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=1, default=str))
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:6]}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove_tree(old)
+        else:
+            os.replace(tmp, target)
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path, *, progress: bool = False) -> LMPolicy:
+        root = Path(path)
+        meta_path = root / POLICY_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{root} is not a policy directory (no {POLICY_FILE})")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+        policy = cls(
+            model=ModelConfig(**meta["model"]),
+            training=TrainConfig(**meta["training"]),
+            serial=SerialConfig(**meta["serial"]),
+            vocab_size=meta["vocab_size"],
+            max_prompt_tokens=meta["max_prompt_tokens"],
+            max_templates=meta["max_templates"],
+            prune_logprob=meta.get("prune_logprob", 9.0),
+            pretrained=meta["pretrained"],
+            lora=LoraSettings(**meta["lora"]) if meta.get("lora") else None,
+            progress=progress,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(root))
+        policy.codec_ = Codec.for_tokenizer(tokenizer, policy.max_prompt_tokens)
+        policy.model_ = load_model(root)
+        policy.bank_ = TemplateBank.from_dict(meta["templates"])
+        if meta.get("history"):
+            policy.history_ = TrainHistory(**meta["history"])
+        policy.version_ = meta["version"]
+        return policy
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.rmdir() if child.is_dir() else child.unlink()
+    path.rmdir()
+
+
+def set_inference_threads(threads: int) -> None:
+    torch.set_num_threads(threads)

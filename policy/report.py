@@ -1,0 +1,38 @@
+"""``autopilot policy evaluate``: a saved policy beside the two floors (fitted on the training traces) and, on
+sandbox traces, the ceiling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policy.evaluate import EvalResult, evaluate, render_table
+from policy.floors import MostFrequentPerScreen, SuffixNGram
+from policy.policy import LMPolicy
+from schemas.trace import Trace
+
+
+@dataclass(frozen=True)
+class Report:
+    results: dict[str, EvalResult]
+    markdown: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {name: result.model_dump(mode="json") for name, result in self.results.items()}
+
+
+def evaluate_policy_on_traces(
+    model_dir: str | Path, test: Sequence[Trace], train: Sequence[Trace] | None = None
+) -> Report:
+    """Evaluate the policy in ``model_dir`` on ``test``; with ``train``, also the floors and the split of the
+    test steps by whether their prefix occurs in training."""
+    results: dict[str, EvalResult] = {}
+    if train:
+        for floor in (MostFrequentPerScreen().fit(train), SuffixNGram().fit(train)):
+            results[floor.name] = evaluate(floor, test, train)
+    policy = LMPolicy.load(model_dir)
+    results[f"lm policy ({policy.version_})"] = evaluate(policy, test, train)
+    return Report(results=results, markdown=render_table(results))

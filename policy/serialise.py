@@ -1,0 +1,252 @@
+"""One serialisation of a UI state into a prompt and of actions into text and back.
+
+Training, inference and the critic all call this module, so a model never sees a state written two ways.
+
+Prompt (one line per section, sections in this order, absent sections omitted)::
+
+    process plan_change | screen pc_select
+    controls chat:chat ; new_plan:select* ~premium ; confirm_terms:checkbox* ; submit:button ; ...
+    queues billing ; tier2            resolutions resolved ; duplicate
+    panel customer: name=George Garcia ; tier=standard
+    chat C: I'll take premium. / O: Which plan?
+    history click lookup_plans / select new_plan = premium
+    step 4
+
+A select lists, after ``~``, the options the customer's messages name (typos allowed): see
+``mentioned_options``.
+
+Truncation rule (documented in docs/policy.md): the chat keeps its last ``chat_messages`` messages, each cut to
+``message_chars`` characters; the history keeps the last ``history`` actions, each cut to ``action_chars``;
+a panel keeps ``MAX_ROWS`` table rows and every value is cut to ``value_chars``. Durations (panel fields whose
+name ends in ``_s``) are written as coarse log-scale buckets, which a small model can use and raw seconds it
+cannot. Identifiers (e-mail addresses, dates, ids, postcodes, street addresses, long numbers) are written as their kind
+(``#id``): the model decides *which* value to copy through a slot, never by spelling it. Nothing else is
+dropped, so equal states give equal prompts.
+
+Action text (slot form, see ``policy.values``)::
+
+    click <control>      select <control> = <option>      toggle <control> = on|off
+    fill <control> = <value>      send <text>      transfer <queue>      close <resolution>
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from difflib import SequenceMatcher
+
+from policy.values import MAX_ROWS, fill_slots, mask_entities, to_slots, value_sources
+from schemas.actions import (
+    Action,
+    ClickControl,
+    CloseChat,
+    FillField,
+    SelectOption,
+    SendTextToChat,
+    ToggleCheckbox,
+    TransferChat,
+)
+from schemas.screen import ControlKind
+from schemas.state import ChatRole, UIState
+
+ACTION_START = "<act>"
+ACTION_END = "</act>"
+_ROLE = {ChatRole.CUSTOMER: "C", ChatRole.OPERATOR: "O", ChatRole.SYSTEM: "S"}
+_VERB = {
+    ClickControl: "click",
+    SelectOption: "select",
+    ToggleCheckbox: "toggle",
+    FillField: "fill",
+    SendTextToChat: "send",
+    TransferChat: "transfer",
+    CloseChat: "close",
+}
+_DURATION_BUCKETS = ((0, "0s"), (10, "<10s"), (60, "<1m"), (600, "<10m"), (3600, "<1h"), (4 * 3600, "<4h"))
+_DAY = 86400
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    """The truncation limits of the prompt; saved with a model so inference serialises as training did."""
+
+    chat_messages: int = 4
+    message_chars: int = 160
+    history: int = 6
+    action_chars: int = 32
+    value_chars: int = 80
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class ActionTextError(ValueError):
+    """Action text that does not parse, or names a slot the state lacks."""
+
+
+def coarse_duration(seconds: float) -> str:
+    """A duration as a log-scale bucket: 0s, <10s, <1m, <10m, <1h, <4h, <1d, then whole days up to a week,
+    then weeks."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds == 0:
+        return "0s"
+    for limit, label in _DURATION_BUCKETS[1:]:
+        if seconds < limit:
+            return label
+    if seconds < _DAY:
+        return "<1d"
+    days = int(seconds // _DAY)
+    return f"{days}d" if days < 7 else f"{min(days // 7, 9)}w"
+
+
+def _cut(text: str, limit: int) -> str:
+    # Identifiers are masked to their kind: which order number a customer has never decides the next step (the
+    # value is copied through a slot), and a dozen random digits per id would dominate a small model's prompt.
+    text = mask_entities(" ".join(text.split()))  # newlines and runs of spaces would only cost tokens
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _panel_value(field: str, value: str, limit: int) -> str:
+    if field.endswith("_s"):
+        try:
+            return coarse_duration(float(value))
+        except ValueError:
+            pass
+    return _cut(value, limit)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= 3]
+
+
+def mentioned_options(options: list[str], customer_words: list[str]) -> list[str]:
+    """The options of a select that the customer's words name, allowing typos (every word of the option has a
+    customer word at least 80% similar). Operators read "pzemium plfn" as "premium plan"; a small model reading
+    raw characters needs the hint."""
+    found = []
+    for option in options:
+        words = _words(option)
+        if words and all(
+            any(w == c or (len(w) >= 4 and SequenceMatcher(None, w, c).ratio() >= 0.8) for c in customer_words)
+            for w in words
+        ):
+            found.append(option)
+    return found
+
+
+def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
+    """The prompt for one state (without the action marker)."""
+    cfg = config or SerialConfig()
+    screen = state.screen
+    customer_words = sorted({w for m in state.chat if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
+    lines = [f"process {state.process_id} | screen {screen.screen_id}"]
+    controls: list[str] = []
+    for control in screen.controls:
+        if control.kind in (ControlKind.TABLE,):
+            continue
+        flags = ("*" if control.required else "") + ("" if control.enabled else "!")
+        item = f"{control.id}:{control.kind.value}{flags}"
+        value = state.values.get(control.id)
+        if isinstance(value, bool):
+            item += "=on" if value else ""
+        elif value not in (None, ""):
+            item += f"={_cut(str(value), cfg.value_chars)}"
+        options = getattr(control, "options", None)
+        if options and customer_words:
+            named = mentioned_options(list(options), customer_words)
+            if named:
+                item += " ~" + "|".join(named)
+        controls.append(item)
+    lines.append("controls " + " ; ".join(controls))
+    if screen.transfer_queues:
+        lines.append("queues " + " ; ".join(screen.transfer_queues))
+    if screen.resolution_codes:
+        lines.append("resolutions " + " ; ".join(screen.resolution_codes))
+    for panel_id, panel in sorted(state.panels.items()):
+        fields = " ; ".join(
+            f"{k}={_panel_value(k, v, cfg.value_chars)}" for k, v in sorted(panel.fields.items()) if v != ""
+        )
+        rows = " / ".join(
+            ", ".join(f"{k}={_cut(v, cfg.value_chars)}" for k, v in sorted(row.items()))
+            for row in panel.rows[:MAX_ROWS]
+        )
+        lines.append(f"panel {panel_id}: " + " | ".join(part for part in (fields, rows) if part))
+    if state.chat:
+        messages = state.chat[-cfg.chat_messages :]
+        lines.append("chat " + " / ".join(f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in messages))
+    if state.recent_actions and cfg.history > 0:
+        recent = state.recent_actions[-cfg.history :]
+        lines.append("history " + " / ".join(_cut(literal_action_text(a), cfg.action_chars) for a in recent))
+    lines.append(f"step {state.step}")
+    return "\n".join(lines)
+
+
+def literal_action_text(action: Action) -> str:
+    """The action text with literal values (no slots): for history lines and for people."""
+    verb = _VERB[type(action)]
+    match action:
+        case ClickControl(control_id=c):
+            return f"{verb} {c}"
+        case SelectOption(control_id=c, option=o):
+            return f"{verb} {c} = {o}"
+        case ToggleCheckbox(control_id=c, checked=b):
+            return f"{verb} {c} = {'on' if b else 'off'}"
+        case FillField(control_id=c, value=v):
+            return f"{verb} {c} = {v}"
+        case SendTextToChat(text=t):
+            return f"{verb} {t}"
+        case TransferChat(queue=q):
+            return f"{verb} {q}"
+        case CloseChat(resolution=r):
+            return f"{verb} {r}"
+    raise TypeError(f"not an action: {action!r}")  # pragma: no cover - the union is closed
+
+
+def action_text(action: Action, state: UIState, sources: dict[str, str] | None = None) -> str:
+    """The action in slot form relative to ``state``: the target the model has to produce."""
+    match action:
+        case FillField(control_id=c, value=v):
+            srcs = value_sources(state) if sources is None else sources
+            return f"fill {c} = {to_slots(v, srcs)}"
+        case SendTextToChat(text=t):
+            srcs = value_sources(state) if sources is None else sources
+            return f"send {to_slots(t, srcs)}"
+    return literal_action_text(action)
+
+
+def parse_action_text(text: str, state: UIState, sources: dict[str, str] | None = None) -> Action:
+    """The action an action text means in ``state`` (slots filled). Raises ActionTextError when the text does
+    not parse or names a slot the state lacks. Validity against the screen is checked by the caller."""
+    verb, _, rest = text.partition(" ")
+    if not rest:
+        raise ActionTextError(f"action text {text!r} has no target")
+    try:
+        if verb in ("send", "fill"):
+            srcs = value_sources(state) if sources is None else sources
+            if verb == "send":
+                return SendTextToChat(text=fill_slots(rest, srcs))
+            control, sep, value = rest.partition(" = ")
+            if not sep:
+                raise ActionTextError(f"action text {text!r}: expected 'fill <control> = <value>'")
+            return FillField(control_id=control, value=fill_slots(value, srcs))
+        if verb in ("select", "toggle"):
+            control, sep, value = rest.partition(" = ")
+            if not sep:
+                raise ActionTextError(f"action text {text!r}: expected '{verb} <control> = <value>'")
+            if verb == "select":
+                return SelectOption(control_id=control, option=value)
+            if value not in ("on", "off"):
+                raise ActionTextError(f"action text {text!r}: a checkbox is 'on' or 'off'")
+            return ToggleCheckbox(control_id=control, checked=value == "on")
+        if verb == "click":
+            return ClickControl(control_id=rest)
+        if verb == "transfer":
+            return TransferChat(queue=rest)
+        if verb == "close":
+            return CloseChat(resolution=rest)
+    except LookupError as exc:
+        raise ActionTextError(f"action text {text!r} names a value the state lacks: {exc}") from None
+    except ValueError as exc:  # pydantic's ValidationError (empty text, too long)
+        raise ActionTextError(f"action text {text!r}: {exc}") from None
+    raise ActionTextError(f"action text {text!r}: unknown verb {verb!r}")

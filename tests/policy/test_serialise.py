@@ -1,0 +1,148 @@
+"""Serialisation: deterministic prompts, the documented truncation rule, action text round trips."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy.serialise import (
+    ActionTextError,
+    SerialConfig,
+    action_text,
+    coarse_duration,
+    literal_action_text,
+    parse_action_text,
+    serialise_state,
+)
+from policy.values import fill_slots, to_slots, value_sources
+from schemas.actions import (
+    ClickControl,
+    CloseChat,
+    FillField,
+    SelectOption,
+    SendTextToChat,
+    ToggleCheckbox,
+    TransferChat,
+    action_key,
+)
+from schemas.screen import ButtonControl, ChatControl, ScreenSchema, SelectControl, TextControl
+from schemas.state import ChatMessage, ChatRole, Panel, UIState
+from tests.schemas.strategies import actions, ui_states
+
+
+def _state(**overrides: object) -> UIState:
+    screen = ScreenSchema(
+        screen_id="s1",
+        process_id="p",
+        controls=[
+            ChatControl(id="chat"),
+            TextControl(id="order_id", pattern=r"ORD-\d+"),
+            SelectControl(id="plan", options=["basic", "plus"]),
+            ButtonControl(id="next"),
+        ],
+        transfer_queues=["billing"],
+        resolution_codes=["resolved"],
+    )
+    fields: dict[str, object] = dict(
+        session_id="S",
+        case_id="C",
+        process_id="p",
+        screen=screen,
+        panels={"customer": Panel(fields={"name": "Hana Smith", "tier": "gold"})},
+        chat=[ChatMessage(role=ChatRole.CUSTOMER, text="Where is my order ORD-123456? It was due 2026-11-01.")],
+        step=2,
+    )
+    fields.update(overrides)
+    return UIState(**fields)  # type: ignore[arg-type]
+
+
+def test_prompt_is_deterministic_and_complete() -> None:
+    state = _state()
+    prompt = serialise_state(state)
+    assert prompt == serialise_state(UIState.model_validate_json(state.model_dump_json()))
+    assert prompt.splitlines()[0] == "process p | screen s1"
+    assert "order_id:text" in prompt and "queues billing" in prompt and "resolutions resolved" in prompt
+    assert "panel customer: name=Hana Smith ; tier=gold" in prompt
+    assert "C: Where is my order #id? It was due #date." in prompt  # identifiers are masked to their kind
+    assert prompt.endswith("step 2")
+
+
+def test_truncation_rule_keeps_the_latest_chat_and_history() -> None:
+    chat = [ChatMessage(role=ChatRole.CUSTOMER, text=f"message {i} " + "x" * 300) for i in range(10)]
+    history = [ClickControl(control_id=f"b{i}") for i in range(12)]
+    prompt = serialise_state(_state(chat=chat, recent_actions=history), SerialConfig(chat_messages=3, history=4))
+    assert "message 6" not in prompt and all(f"message {i}" in prompt for i in (7, 8, 9))
+    chat_line = next(line for line in prompt.splitlines() if line.startswith("chat "))
+    assert max(len(part) for part in chat_line.split(" / ")) <= 160 + len("chat C: ")
+    assert "click b7" not in prompt and "click b8 / click b9 / click b10 / click b11" in prompt
+
+
+def test_durations_are_bucketed() -> None:
+    assert [coarse_duration(s) for s in (0, 5, 30, 300, 3000, 7200, 20000, 2 * 86400, 30 * 86400)] == [
+        "0s", "<10s", "<1m", "<10m", "<1h", "<4h", "<1d", "2d", "4w"
+    ]  # fmt: skip
+    state = _state(panels={"last_event": Panel(fields={"since_last_s": "7200.000", "org:group": "G1"})})
+    assert "since_last_s=<4h" in serialise_state(state)
+
+
+def test_values_are_written_as_slots_and_filled_back() -> None:
+    state = _state()
+    sources = value_sources(state)
+    assert sources["chat.id"] == "ORD-123456" and sources["chat.date"] == "2026-11-01"
+    assert sources["panel.customer.name.first"] == "Hana"
+    text = action_text(SendTextToChat(text="Thanks Hana, checking ORD-123456 now."), state)
+    assert text == "send Thanks ⟦panel.customer.name.first⟧, checking ⟦chat.id⟧ now."
+    other = _state(
+        panels={"customer": Panel(fields={"name": "Ivan Petrov"})},
+        chat=[ChatMessage(role=ChatRole.CUSTOMER, text="order ORD-999 please")],
+    )
+    assert parse_action_text(text, other) == SendTextToChat(text="Thanks Ivan, checking ORD-999 now.")
+    fill = action_text(FillField(control_id="order_id", value="ORD-123456"), state)
+    assert fill == "fill order_id = ⟦chat.id⟧"
+
+
+def test_a_slot_the_state_lacks_is_an_error() -> None:
+    with pytest.raises(ActionTextError, match="lacks"):
+        parse_action_text("send Hello ⟦panel.nothing.here⟧", _state())
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ClickControl(control_id="next"),
+        SelectOption(control_id="plan", option="plus"),
+        ToggleCheckbox(control_id="ok", checked=False),
+        FillField(control_id="order_id", value="ORD-1 and more"),
+        SendTextToChat(text="Hello there"),
+        TransferChat(queue="billing"),
+        CloseChat(resolution="resolved"),
+    ],
+)
+def test_every_action_type_round_trips(action: object) -> None:
+    state = _state()
+    assert parse_action_text(action_text(action, state), state) == action  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["", "click", "fly away", "fill x", "toggle x = maybe", "select x"])
+def test_malformed_action_text_is_rejected(text: str) -> None:
+    with pytest.raises(ActionTextError):
+        parse_action_text(text, _state())
+
+
+@settings(max_examples=60, deadline=None)
+@given(state=ui_states(), action=actions())
+def test_action_text_round_trips_for_any_state(state: UIState, action: object) -> None:
+    """Whatever the state and the action, slot form relative to a state parses back to the same action."""
+    text = action_text(action, state)  # type: ignore[arg-type]
+    back = parse_action_text(text, state)
+    assert action_key(back) == action_key(action)  # type: ignore[arg-type]
+    assert literal_action_text(back)  # renders
+
+
+@given(text=st.text(max_size=60), values=st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=12)))
+def test_to_slots_then_fill_is_identity(text: str, values: dict[str, str]) -> None:
+    sources = {f"s.{name}": value.strip() for name, value in values.items() if value.strip() and "⟦" not in value}
+    if "⟦" in text or "⟧" in text:
+        return
+    assert fill_slots(to_slots(text, sources), sources) == text

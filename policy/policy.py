@@ -342,7 +342,3 @@ def _remove_tree(path: Path) -> None:
     for child in sorted(path.rglob("*"), reverse=True):
         child.rmdir() if child.is_dir() else child.unlink()
     path.rmdir()
-
-
-def set_inference_threads(threads: int) -> None:
-    torch.set_num_threads(threads)

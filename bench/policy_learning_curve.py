@@ -16,7 +16,11 @@ schedule runs to its end; a per-point ``--time-budget`` caps the rest. Steps, ep
 recorded. The ceiling is the sandbox's: the mean ``bayes_p`` of the test steps (the best possible policy's
 expected action accuracy), the same at every ``n``.
 
-With the defaults the run takes about 15-20 minutes on one thread (most of it training and the LM's test
+One training seed per point, and single seeds are noisy: at n = 200 and 400, three different initialisations
+gave 0.755-0.792 and 0.735-0.774 action accuracy, and at n = 25 0.536 vs 0.633 (measured separately), so a lone
+dip such as the one at n = 400 is noise, not a property of the process.
+
+With the defaults the run takes about 11-15 minutes on one thread (most of it training and the LM's test
 predictions; the test set is 150 sessions, ~1,200 steps, to keep seven evaluations affordable).
 
     .venv/bin/python -m bench.policy_learning_curve [--sizes 25 50 100 200 400 800 2000] [--test 150] [--seed 11]
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             threads=1,
             seed=args.seed,
         )
+        # LMPolicy.fit builds the model before train() seeds torch: seed here, so that a point's initial weights
+        # do not depend on the points before it.
+        torch.manual_seed(config.seed)
         fit_started = time.perf_counter()
         policy = LMPolicy(training=config, progress=progress).fit(lm_train, val_traces=train[n - n_val :])
         fit_seconds = time.perf_counter() - fit_started

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=1,
         seed=args.seed,
     )
+    torch.manual_seed(config.seed)  # LMPolicy.fit builds the model before train() seeds torch
     fit_started = time.perf_counter()
     policy = LMPolicy(model=model, training=config, vocab_size=args.vocab_size, progress=not args.no_progress).fit(
         train

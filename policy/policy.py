@@ -108,6 +108,7 @@ class LMPolicy:
             traces, val_traces = traces[: len(traces) - n_val], traces[len(traces) - n_val :]
         self.bank_ = TemplateBank(max_per_target=self.max_templates).fit(traces)
         tokenizer: PreTrainedTokenizerBase
+        torch.manual_seed(self.training.seed)  # the initial weights (and LoRA adapters) follow the configured seed
         if self.pretrained is None:
             texts: list[str] = []
             for state, action in _iter_steps(traces):

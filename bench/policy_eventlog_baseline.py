@@ -12,8 +12,13 @@ Reported beside it: accuracy on prefixes seen / unseen in training (a prefix is 
 of the earlier steps of the case), selective accuracy on the most confident half of the prefixes, and the fit and
 predict times.
 
-The functions are meant to be reused by a larger bench: ``load_log``, ``test_rows``, ``training_prefixes``,
-``evaluate``.
+Feature selection on validation: which timing fields to use (all, all but the clock time ``hour`` / ``weekday``,
+none of ``elapsed_s`` / ``since_last_s`` / ``hour`` / ``weekday``) is chosen by fitting on ``train_`` and scoring
+on ``val_`` (never on test); the chosen model is then fitted on ``train_val_`` and tested. When the choice is not
+"all", the model with every field is tested too and reported beside it. ``--no-select`` skips the selection.
+
+The functions are meant to be reused by a larger bench: ``load_log``, ``load_validation``, ``test_rows``,
+``training_prefixes``, ``evaluate``, ``select_on_validation``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,19 +60,35 @@ REFERENCE = {
 
 COVERAGE = 0.5
 
+EXCLUSIONS: dict[str, tuple[str, ...]] = {
+    "all fields": (),
+    "no clock": ("hour", "weekday"),
+    "no timing": ("elapsed_s", "since_last_s", "hour", "weekday"),
+}
+"""The candidate ``exclude_fields`` of the validation selection, in order of preference on a tie."""
+
+
+def load_split(name: str, split: str, data_dir: Path = DATA) -> list[Trace]:
+    """The traces of one split (``train_val``, ``test``, ``train``, ``val``) of a log, by short name (``bpi2013``)
+    or file stem. Every split gets the same screen (the activities of train_val and test, which cover all
+    cases), so control ids agree across splits."""
+    stem = LOGS.get(name, name)
+    path = data_dir / f"{split}_{stem}.xes.gz"
+    vocabulary = [data_dir / f"{other}_{stem}.xes.gz" for other in ("train_val", "test") if other != split]
+    for needed in (path, *vocabulary):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} is missing (the shared data folder sits beside the repository)")
+    return list(import_xes(path, vocabulary_from=vocabulary).traces)
+
 
 def load_log(name: str, data_dir: Path = DATA) -> tuple[list[Trace], list[Trace]]:
-    """(train_val traces, test traces) of a log, by short name (``bpi2013``) or file stem. Both splits get the
-    same screen (the activities of both files), so control ids agree."""
-    stem = LOGS.get(name, name)
-    train_path = data_dir / f"train_val_{stem}.xes.gz"
-    test_path = data_dir / f"test_{stem}.xes.gz"
-    for path in (train_path, test_path):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing (the shared data folder sits beside the repository)")
-    train = list(import_xes(train_path, vocabulary_from=[test_path]).traces)
-    test = list(import_xes(test_path, vocabulary_from=[train_path]).traces)
-    return train, test
+    """(train_val traces, test traces) of a log: what the reported model is fitted and tested on."""
+    return load_split(name, "train_val", data_dir), load_split(name, "test", data_dir)
+
+
+def load_validation(name: str, data_dir: Path = DATA) -> tuple[list[Trace], list[Trace]]:
+    """(train traces, val traces) of a log: for choices made before testing."""
+    return load_split(name, "train", data_dir), load_split(name, "val", data_dir)
 
 
 def step_token(action: Action) -> str:
@@ -151,6 +172,27 @@ def evaluate(predictor: NextActionPredictor, train: Sequence[Trace], test: Seque
     }
 
 
+def prefix_accuracy(predictor: NextActionPredictor, traces: Sequence[Trace]) -> float:
+    """Micro accuracy of a fitted predictor over every prefix of length >= 1 of the traces."""
+    rows = test_rows(traces)
+    predictions = predictor.predict([row.state for row in rows])
+    hits = [action_key(p.action) == action_key(row.action) for p, row in zip(predictions, rows, strict=True)]
+    return sum(hits) / len(hits) if hits else 0.0
+
+
+def select_on_validation(
+    train: Sequence[Trace],
+    val: Sequence[Trace],
+    make: Callable[[tuple[str, ...]], NextActionPredictor],
+    candidates: dict[str, tuple[str, ...]] = EXCLUSIONS,
+) -> tuple[str, dict[str, float]]:
+    """Fit ``make(exclude_fields)`` on ``train`` for each candidate, score it on ``val``; return the best label
+    (the first of equals) and every score."""
+    scores = {label: prefix_accuracy(make(exclude).fit(train), val) for label, exclude in candidates.items()}
+    best = max(scores.values())
+    return next(label for label, score in scores.items() if score == best), scores
+
+
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
@@ -159,41 +201,46 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    """A small text table of the results, one line per log, floors beside."""
-    header = (
-        "log",
-        "prefixes",
-        "acc",
-        "seen",
-        "unseen (n)",
-        "sel@50",
-        "bigram",
-        "suffix",
-        "ceiling",
-        "fit s",
-        "pred s",
+def _row(label: str, log: str, r: dict[str, Any]) -> tuple[str, ...]:
+    ref = REFERENCE.get(log, {})
+    return (
+        label,
+        _fmt(r["test_prefixes"]),
+        _fmt(r["accuracy"]),
+        _fmt(r["accuracy_seen"]),
+        f"{_fmt(r['accuracy_unseen'])} ({r['unseen_prefixes']})",
+        _fmt(r[f"selective_accuracy_{int(COVERAGE * 100)}"]),
+        _fmt(ref.get("bigram")),
+        _fmt(ref.get("longest_suffix")),
+        _fmt(ref.get("activity_ceiling")),
+        f"{r['fit_s']:.1f}",
+        f"{r['predict_s']:.1f}",
     )
-    lines = [header]
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    """A small text table: per log the selected model (and the all-fields one when another was selected), the
+    activity-only floors and ceiling beside."""
+    header = ("log [fields]", "prefixes", "acc", "seen", "unseen (n)", "sel@50", "bigram", "suffix", "ceiling")
+    lines: list[tuple[str, ...]] = [(*header, "fit s", "pred s")]
     for log, r in results.items():
-        ref = REFERENCE.get(log, {})
-        lines.append(
-            (
-                log,
-                _fmt(r["test_prefixes"]),
-                _fmt(r["accuracy"]),
-                _fmt(r["accuracy_seen"]),
-                f"{_fmt(r['accuracy_unseen'])} ({r['unseen_prefixes']})",
-                _fmt(r[f"selective_accuracy_{int(COVERAGE * 100)}"]),
-                _fmt(ref.get("bigram")),
-                _fmt(ref.get("longest_suffix")),
-                _fmt(ref.get("activity_ceiling")),
-                f"{r['fit_s']:.1f}",
-                f"{r['predict_s']:.1f}",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+        lines.append(_row(f"{log} [{r.get('fields', 'all fields')}]", log, r))
+        if r.get("all_fields"):
+            lines.append(_row(f"{log} [all fields]", log, r["all_fields"]))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+
+
+def _run(
+    model: GradientBoostingBaseline, train: Sequence[Trace], test: Sequence[Trace], importance: bool
+) -> dict[str, Any]:
+    result = evaluate(model, train, test)
+    result["n_iter"] = model.n_iter_
+    result["features"] = model.feature_names_
+    if importance:
+        rows = test_rows(test)
+        result["importance"] = model.feature_importance([r.state for r in rows], [r.action for r in rows])
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,28 +250,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder the JSON is written to ('' = none)")
     parser.add_argument("--max-samples", type=int, default=None, help="cap the training rows (seeded subset)")
     parser.add_argument("--n-threads", type=int, default=1, help="OpenMP threads of the GBM (0 = all cores)")
+    parser.add_argument("--no-select", action="store_true", help="use every field, skip the selection on val")
     parser.add_argument("--importance", action="store_true", help="permutation importance of feature groups")
     args = parser.parse_args(argv)
 
+    def make(exclude: tuple[str, ...] = ()) -> GradientBoostingBaseline:
+        return GradientBoostingBaseline(
+            exclude_fields=exclude, max_samples=args.max_samples, n_threads=args.n_threads or None
+        )
+
     load_before = os.getloadavg()
+    started_all = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
-    params: dict[str, object] = {}
     for log in args.logs:
+        chosen, scores, select_s = "all fields", None, None
+        if not args.no_select:
+            started = time.perf_counter()
+            train, val = load_validation(log, args.data)
+            chosen, scores = select_on_validation(train, val, make)
+            select_s = time.perf_counter() - started
+            del train, val
+            print(f"{log}: validation {scores} -> {chosen}", file=sys.stderr)
         started = time.perf_counter()
         train, test = load_log(log, args.data)
         load_s = time.perf_counter() - started
-        model = GradientBoostingBaseline(max_samples=args.max_samples, n_threads=args.n_threads or None)
-        params = model.get_params()
-        result = evaluate(model, train, test)
-        result["load_s"] = load_s
-        result["n_iter"] = model.n_iter_
-        result["features"] = list(model.features_.names)
-        result["reference"] = REFERENCE.get(log)
-        if args.importance:
-            rows = test_rows(test)
-            result["importance"] = model.feature_importance([r.state for r in rows], [r.action for r in rows])
+        result = _run(make(EXCLUSIONS[chosen]), train, test, args.importance)
+        result |= {
+            "fields": chosen,
+            "exclude_fields": list(EXCLUSIONS[chosen]),
+            "selection": {"validation_accuracy": scores, "chosen": chosen, "seconds": select_s},
+            "load_s": load_s,
+            "reference": REFERENCE.get(log),
+            "all_fields": None if chosen == "all fields" else _run(make(), train, test, args.importance),
+        }
         results[log] = result
-        print(f"{log}: {result['accuracy']:.4f} on {result['test_prefixes']} prefixes", file=sys.stderr)
+        print(f"{log}: {result['accuracy']:.4f} on {result['test_prefixes']} prefixes ({chosen})", file=sys.stderr)
 
     print("next-activity accuracy on the test split, every prefix of length >= 1, end of case included")
     print(table(results))
@@ -241,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "protocol": "fit on train_val, micro accuracy over every test prefix of length >= 1, end of case "
             "included; seen = prefix (type:target of earlier steps) occurs in training; selective at 50% coverage "
-            "= accuracy on the most confident half",
-            "config": {"logs": args.logs, "params": params},
+            "= accuracy on the most confident half; timing fields chosen on train -> val",
+            "config": {"logs": args.logs, "params": make().get_params(), "candidates": EXCLUSIONS},
             "environment": {
                 "python": platform.python_version(),
                 "sklearn": sklearn.__version__,
@@ -250,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "load_average_start": load_before,
                 "load_average_end": os.getloadavg(),
                 "machine": platform.machine(),
+                "total_s": time.perf_counter() - started_all,
             },
             "results": results,
         }

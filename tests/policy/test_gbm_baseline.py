@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from importers.eventlog import RawCase, RawEvent, activity_screen, case_trace
-from policy.gbm_baseline import GradientBoostingBaseline, learn_features
+from importers.xes import import_xes
+from policy.gbm_baseline import BLOCK, GradientBoostingBaseline, learn_features
 from policy.predictor import NextActionPredictor
 from schemas.actions import ClickControl, CloseChat, action_key
 from schemas.state import Panel, UIState
@@ -162,6 +163,51 @@ def test_unknown_values_and_missing_panels_do_not_break_prediction() -> None:
     assert predictions[2].action == ClickControl(control_id="open")  # step 0: every case opens
 
 
+def test_recency_weighting_follows_a_rule_that_changed() -> None:
+    # the first 300 cases escalate "high" impact, the last 100 (started later) escalate "low" impact
+    rng = random.Random(6)
+    traces = []
+    for i in range(400):
+        impact = rng.choice(["high", "low"])
+        second = "escalate" if (impact == "high") == (i < 300) else "fix"
+        week = i * 7 * 24 * 60.0  # one case a week, all at the same clock time: only the start time differs
+        events = [("open", week, {"impact": impact}), (second, week + 30, {}), ("close", week + 45, {})]
+        traces.append(_trace(f"c{i}", events))
+    probe = [_by_event_category(i, random.Random(i)).steps[1].state for i in range(40)]
+    expected = ["fix" if s.panels["last_event"].fields["impact"] == "high" else "escalate" for s in probe]
+
+    def agreement(model: GradientBoostingBaseline) -> float:
+        predicted = [p.action for p in model.fit(traces).predict(probe)]
+        return float(np.mean([a == ClickControl(control_id=e) for a, e in zip(predicted, expected, strict=True)]))
+
+    assert agreement(GradientBoostingBaseline(min_samples_leaf=5)) == 0.0  # the majority: the old rule
+    assert agreement(GradientBoostingBaseline(min_samples_leaf=5, recency_half_life=0.05)) == 1.0
+
+
+def test_a_column_empty_in_training_is_left_out() -> None:
+    # a case date but no event times to measure it against (a CSV whose timestamp column has another name):
+    # the age columns are empty in training, which HistGradientBoostingClassifier cannot bin
+    traces = []
+    for trace in (_by_event_category(i, random.Random(i)) for i in range(60)):
+        steps = []
+        for step in trace.steps:
+            panels = {
+                "case": Panel(fields={"opened": START.isoformat()}),
+                **{
+                    pid: Panel(fields={k: v for k, v in p.fields.items() if k != "time:timestamp"})
+                    for pid, p in step.state.panels.items()
+                    if pid != "case"
+                },
+            }
+            steps.append(step.model_copy(update={"state": step.state.model_copy(update={"panels": panels})}))
+        traces.append(trace.model_copy(update={"steps": steps}))
+    model = GradientBoostingBaseline(min_samples_leaf=5).fit(traces)
+    assert "case.opened:age" in model.features_.names and "case.opened:age" not in model.feature_names_
+    assert "case.opened:hour" in model.feature_names_
+    assert model.n_features_in_ == len(model.feature_names_) < len(model.features_.names)
+    assert _accuracy(model, traces) >= 0.97
+
+
 def test_one_class_and_singleton_targets() -> None:
     only = [_trace(f"c{i}", [("open", 0, {})]) for i in range(3)]
     odd = _trace("odd", [("open", 0, {}), ("escalate", 1, {})])
@@ -179,7 +225,7 @@ def test_one_class_and_singleton_targets() -> None:
 
 
 def test_field_kinds_are_learned_from_the_training_values() -> None:
-    states = []
+    states: list[UIState] = []
     for i in range(200):
         trace = _trace(
             f"c{i}",
@@ -201,7 +247,7 @@ def test_field_kinds_are_learned_from_the_training_values() -> None:
         # "ticket" (a unique id) and "time:timestamp" (the reference time) are not features
     }
     team = next(f for f in spec.fields if f.key == "last_event.team")
-    assert len(team.codes) == 3 and team.other == 3 and team.counts is not None  # capped, rest shares a code
+    assert len(team.codes) == 3 and team.blocks == 1 and team.counts is not None  # capped, the rest share a code
     assert "last_event.team:frequency" in spec.names
     assert {"case.registered:age", "case.registered:age_at_start"} <= set(spec.names)
     X = spec.transform(states)
@@ -211,6 +257,37 @@ def test_field_kinds_are_learned_from_the_training_values() -> None:
     assert row["last_event.elapsed_s:duration"] == pytest.approx(0.0)
     assert row["last_event.hour:number"] == 9.0
     assert math.isnan(dict(zip(spec.names, X[0], strict=True))["last_1"])  # nothing before step 0
+
+
+def test_a_field_with_many_values_is_coded_in_blocks_of_254() -> None:
+    # value v{k} occurs 1000 - k times: frequency rank k; 300 values, so two categorical columns
+    states = [
+        UIState(
+            session_id="s",
+            case_id="s",
+            process_id="toy",
+            screen=SCREEN.screen,
+            panels={"last_event": Panel(fields={"who": f"v{k}"})},
+            step=1,
+        )
+        for k in range(300)
+        for _ in range(300 - k)
+    ]
+    spec = learn_features(states, n_last=1, max_categories=2 * BLOCK)
+    (who,) = spec.fields
+    assert who.blocks == 2 and who.counts is None  # every value is coded: no frequency column
+    assert [n for n in spec.names if n.startswith("last_event.who")] == [
+        "last_event.who:category",
+        "last_event.who:category.1",
+    ]
+    first, second = spec.names.index("last_event.who:category"), spec.names.index("last_event.who:category.1")
+    probe = [
+        states[0].model_copy(update={"panels": {"last_event": Panel(fields={"who": v})}}) for v in ("v0", "v260", "new")
+    ]
+    X = spec.transform(probe)
+    assert X[:, first].tolist() == [0.0, BLOCK, BLOCK]  # rank 0 in the first block
+    assert X[:, second].tolist() == [BLOCK, 260.0 - BLOCK, BLOCK]  # rank 260 in the second; unknown: "other"
+    assert all(spec.categorical[first : second + 1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -224,11 +301,9 @@ LONGEST_SUFFIX_FLOOR_2013 = 0.5578  # ../shared/data/README.md, activity-only, f
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_beats_the_activity_floor_on_bpi_2013() -> None:
-    from importers.xes import import_xes
-
-    train_path, test_path = DATA / f"val_{BPI_2013}.xes.gz", DATA / f"test_{BPI_2013}.xes.gz"
-    if not (train_path.exists() and test_path.exists()):
+    if not DATA.is_dir():
         pytest.skip(f"real data not available: {DATA} is missing (the shared data folder sits beside the repo)")
+    train_path, test_path = DATA / f"val_{BPI_2013}.xes.gz", DATA / f"test_{BPI_2013}.xes.gz"
     # a slice, to stay well under a minute: fit on the validation split (1,208 cases, the months just before
     # the test split), evaluate on every prefix of the test split
     train = list(import_xes(train_path, vocabulary_from=[test_path]).traces)
@@ -236,4 +311,5 @@ def test_beats_the_activity_floor_on_bpi_2013() -> None:
     model = GradientBoostingBaseline(early_stopping=True).fit(train)
     accuracy = _accuracy(model, test)
     assert sum(len(t.steps) - 1 for t in test) == 8735  # the reference's prefix count
-    assert accuracy > LONGEST_SUFFIX_FLOOR_2013 + 0.05, accuracy
+    # measured 0.779 (the full train_val model: 0.777); the activity-only floors are 0.539 / 0.558
+    assert accuracy >= 0.70 > LONGEST_SUFFIX_FLOOR_2013 + 0.1, accuracy

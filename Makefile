@@ -44,6 +44,7 @@ bench-policy: $(STAMP)
 	$(BIN)/python -m bench.policy_sandbox
 	$(BIN)/python -m bench.policy_speed --model out/bench/policy_default --traces out/bench/sandbox_default_7_2500.jsonl --skip 2000
 	$(BIN)/python -m bench.policy_eventlogs
+	$(BIN)/python -m bench.policy_eventlog_baseline --importance
 	$(BIN)/python -m bench.policy_uilog
 	$(BIN)/python -m bench.policy_learning_curve
 

@@ -54,11 +54,11 @@ def environment(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, Any]:
     }
 
 
-def write_results(name: str, result: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``bench/results/<name>.json`` and ``.md``; returns both paths."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS_DIR / f"{name}.json"
-    md_path = RESULTS_DIR / f"{name}.md"
+def write_results(name: str, result: dict[str, Any], markdown: str, directory: Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write ``<directory>/<name>.json`` and ``.md`` (default ``bench/results``); returns both paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / f"{name}.json"
+    md_path = directory / f"{name}.md"
     json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path

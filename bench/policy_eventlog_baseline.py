@@ -24,30 +24,22 @@ The functions are meant to be reused by a larger bench: ``load_log``, ``load_val
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sklearn
-
+from bench.common import RESULTS_DIR, ROOT, environment, write_results
 from importers.xes import import_xes
+from policy.evaluate import evaluate as evaluate_predictor
 from policy.gbm_baseline import GradientBoostingBaseline
 from policy.predictor import NextActionPredictor
-from schemas.actions import Action, action_key, action_target
-from schemas.state import UIState
-from schemas.trace import Trace
+from schemas.trace import Trace, TraceStep
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "eventlogs"
-RESULTS = ROOT / "bench" / "results"
+NAME = "policy_eventlog_baseline"
 
 LOGS = {"bpi2013": "bpi_challenge_2013_incidents", "bpi2012w": "BPI_Challenge_2012_W_Complete"}
 """Short name -> the log's file stem (``train_val_<stem>.xes.gz`` / ``test_<stem>.xes.gz``)."""
@@ -91,93 +83,40 @@ def load_validation(name: str, data_dir: Path = DATA) -> tuple[list[Trace], list
     return load_split(name, "train", data_dir), load_split(name, "val", data_dir)
 
 
-def step_token(action: Action) -> str:
-    """The identity of a past step in a prefix: action type and target (no value)."""
-    return f"{action.type}:{action_target(action)}"
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One evaluated prefix: the state after it, the true next action, and the prefix itself."""
-
-    prefix: tuple[str, ...]
-    state: UIState
-    action: Action
-
-
-def test_rows(traces: Sequence[Trace], *, min_prefix: int = 1) -> list[Row]:
-    """Every prefix of length >= ``min_prefix`` of every trace, with the action that follows it."""
-    rows: list[Row] = []
-    for trace in traces:
-        tokens = [step_token(step.action) for step in trace.steps]
-        for i, step in enumerate(trace.steps):
-            if i >= min_prefix:
-                rows.append(Row(prefix=tuple(tokens[:i]), state=step.state, action=step.action))
-    return rows
-
-
-def training_prefixes(traces: Sequence[Trace]) -> set[tuple[str, ...]]:
-    """Every prefix (of any length, the empty one included) that some training step was made after."""
-    seen: set[tuple[str, ...]] = set()
-    for trace in traces:
-        tokens = [step_token(step.action) for step in trace.steps]
-        seen.update(tuple(tokens[:i]) for i in range(len(tokens)))
-    return seen
-
-
-def _accuracy(hits: Sequence[bool]) -> float | None:
-    return sum(hits) / len(hits) if hits else None
-
-
-def selective_accuracy(hits: Sequence[bool], confidences: Sequence[float], coverage: float = COVERAGE) -> float | None:
-    """Accuracy on the ``coverage`` share of rows with the highest confidence (ties kept in row order)."""
-    if not hits:
-        return None
-    n = max(1, math.ceil(coverage * len(hits)))
-    order = sorted(range(len(hits)), key=lambda i: -confidences[i])[:n]
-    return sum(hits[i] for i in order) / n
+def test_rows(traces: Sequence[Trace], *, min_prefix: int = 1) -> list[TraceStep]:
+    """Every step after a prefix of length >= ``min_prefix``: the rows the permutation importance shuffles."""
+    return [step for trace in traces for step in trace.steps if step.step >= min_prefix]
 
 
 def evaluate(predictor: NextActionPredictor, train: Sequence[Trace], test: Sequence[Trace]) -> dict[str, Any]:
-    """Fit on ``train``, predict every test prefix; accuracies (overall, seen / unseen prefix, selective at
-    ``COVERAGE``), counts and times."""
+    """Fit on ``train``, score every test prefix with ``policy.evaluate`` (the shared protocol); the accuracies
+    (overall, seen / unseen prefix, selective at ``COVERAGE``), counts and times."""
     started = time.perf_counter()
     predictor.fit(train)
     fit_s = time.perf_counter() - started
-    rows = test_rows(test)
-    started = time.perf_counter()
-    predictions = predictor.predict([row.state for row in rows])
-    predict_s = time.perf_counter() - started
-    hits = [action_key(p.action) == action_key(row.action) for p, row in zip(predictions, rows, strict=True)]
-    confidences = [p.confidence for p in predictions]
-    seen_prefixes = training_prefixes(train)
-    seen = [row.prefix in seen_prefixes for row in rows]
-    seen_hits = [hit for hit, s in zip(hits, seen, strict=True) if s]
-    unseen_hits = [hit for hit, s in zip(hits, seen, strict=True) if not s]
+    r = evaluate_predictor(predictor, test, train, min_prefix=1, coverages=(COVERAGE,))
+    seen, unseen = r.seen_prefix, r.unseen_prefix
     return {
         "predictor": predictor.name,
         "train_traces": len(train),
         "train_steps": sum(len(t.steps) for t in train),
         "test_traces": len(test),
-        "test_prefixes": len(rows),
-        "accuracy": _accuracy(hits),
-        "seen_prefixes": len(seen_hits),
-        "accuracy_seen": _accuracy(seen_hits),
-        "unseen_prefixes": len(unseen_hits),
-        "accuracy_unseen": _accuracy(unseen_hits),
-        f"selective_accuracy_{int(COVERAGE * 100)}": selective_accuracy(hits, confidences),
+        "test_prefixes": r.overall.steps,
+        "accuracy": r.overall.action_accuracy,
+        "seen_prefixes": seen.steps if seen else 0,
+        "accuracy_seen": seen.action_accuracy if seen else None,
+        "unseen_prefixes": unseen.steps if unseen else 0,
+        "accuracy_unseen": unseen.action_accuracy if unseen else None,
+        f"selective_accuracy_{int(COVERAGE * 100)}": r.selective[0].action_accuracy,
         "fit_s": fit_s,
-        "predict_s": predict_s,
-        "predict_ms_per_prefix": 1000 * predict_s / len(rows) if rows else None,
+        "predict_s": r.predict_seconds,
+        "predict_ms_per_prefix": 1000 * r.predict_seconds / r.overall.steps,
     }
 
 
 def prefix_accuracy(predictor: NextActionPredictor, traces: Sequence[Trace]) -> float:
     """Micro accuracy of a fitted predictor over every prefix of length >= 1 of the traces."""
-    rows = test_rows(traces)
-    predictions = predictor.predict([row.state for row in rows])
-    hits = [action_key(p.action) == action_key(row.action) for p, row in zip(predictions, rows, strict=True)]
-    return sum(hits) / len(hits) if hits else 0.0
+    return evaluate_predictor(predictor, traces, min_prefix=1).overall.action_accuracy
 
 
 def select_on_validation(
@@ -247,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--logs", nargs="+", default=list(LOGS), help=f"short names or file stems ({', '.join(LOGS)})")
     parser.add_argument("--data", type=Path, default=DATA, help="folder of the event logs")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder the JSON is written to ('' = none)")
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder the JSON is written to ('' = none)")
     parser.add_argument("--max-samples", type=int, default=None, help="cap the training rows (seeded subset)")
     parser.add_argument("--n-threads", type=int, default=1, help="OpenMP threads of the GBM (0 = all cores)")
     parser.add_argument("--no-select", action="store_true", help="use every field, skip the selection on val")
@@ -259,7 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             exclude_fields=exclude, max_samples=args.max_samples, n_threads=args.n_threads or None
         )
 
-    load_before = os.getloadavg()
     started_all = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     for log in args.logs:
@@ -294,28 +232,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{log} importance (accuracy drop when shuffled): {top}")
 
     if str(args.results):
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / "policy_eventlog_baseline.json"
         payload = {
-            "benchmark": "policy_eventlog_baseline",
+            "benchmark": NAME,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "protocol": "fit on train_val, micro accuracy over every test prefix of length >= 1, end of case "
             "included; seen = prefix (type:target of earlier steps) occurs in training; selective at 50% coverage "
             "= accuracy on the most confident half; timing fields chosen on train -> val",
             "config": {"logs": args.logs, "params": make().get_params(), "candidates": EXCLUSIONS},
-            "environment": {
-                "python": platform.python_version(),
-                "sklearn": sklearn.__version__,
-                "cpus": os.cpu_count(),
-                "load_average_start": load_before,
-                "load_average_end": os.getloadavg(),
-                "machine": platform.machine(),
-                "total_s": time.perf_counter() - started_all,
-            },
+            "total_s": time.perf_counter() - started_all,
+            "environment": environment(),
             "results": results,
         }
-        out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out}")
+        markdown = (
+            "# Gradient-boosting baseline on the real event logs\n\nNext-activity accuracy on the test split, "
+            "every prefix of length >= 1, end of case included (fields chosen on train -> val).\n\n```\n"
+            f"{table(results)}\n```\n"
+        )
+        for path in write_results(NAME, payload, markdown, args.results):
+            print(f"wrote {path}")
     return 0
 
 

@@ -3,7 +3,9 @@
 Protocol of ``shared/data/README.md``: train on ``train_val_<log>``, test on ``test_<log>`` (ordered splits of
 the Rama-Maneiro et al. benchmark); micro accuracy over every test prefix (``min_prefix=1``), end of case counted
 as a target; accuracy on prefixes unseen in training separately; selective accuracy at 50% coverage using each
-predictor's own confidence. The LM gets a wall-clock training budget per log (one thread).
+predictor's own confidence. The LM gets a wall-clock training budget per log (one thread). The gradient-boosting
+baseline runs here with every field; ``bench/policy_eventlog_baseline.py`` chooses its fields on the validation
+split and reports the tuned numbers.
 
     .venv/bin/python -m bench.policy_eventlogs [--logs bpi_challenge_2013_incidents ...] [--time-budget 600]
 
@@ -18,30 +20,21 @@ from typing import Any
 
 import torch
 
-from bench.common import ROOT, environment, peak_rss_kib, write_results
-from importers.xes import import_xes
+from bench.common import environment, peak_rss_kib, write_results
+from bench.policy_eventlog_baseline import DATA, load_log
 from policy.evaluate import EvalResult, evaluate
 from policy.floors import SuffixNGram
 from policy.gbm_baseline import GradientBoostingBaseline
 from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor
 from policy.train import TrainConfig
-from schemas.trace import Trace
 
 NAME = "policy_eventlogs"
-DATA = ROOT.parent / "shared" / "data" / "eventlogs"
 LOGS = ("bpi_challenge_2013_incidents", "BPI_Challenge_2012_W_Complete")
 REFERENCE = {
     "bpi_challenge_2013_incidents": {"bigram": 0.5390, "ngram": 0.5578, "ceiling": 0.8008, "target": 0.76},
     "BPI_Challenge_2012_W_Complete": {"bigram": 0.6576, "ngram": 0.6610, "ceiling": 0.7233, "target": 0.74},
 }
-
-
-def load_log(name: str) -> tuple[list[Trace], list[Trace]]:
-    train_path, test_path = DATA / f"train_val_{name}.xes.gz", DATA / f"test_{name}.xes.gz"
-    train = list(import_xes(train_path, process_id=name.lower(), vocabulary_from=[test_path]).traces)
-    test = list(import_xes(test_path, process_id=name.lower(), vocabulary_from=[train_path]).traces)
-    return train, test
 
 
 def run_log(name: str, time_budget: float) -> dict[str, Any]:

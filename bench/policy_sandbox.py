@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
-from policy.evaluate import EvalResult, evaluate, render_table
-from policy.floors import MostFrequentPerScreen, SuffixNGram
+from policy.evaluate import EvalResult, render_table
 from policy.policy import LMPolicy
+from policy.report import compare_with_floors
 from policy.train import TrainConfig
 from sandbox.generate import generate, read_traces
 from sandbox.scenario import scenario_by_name
@@ -105,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     policy.save(MODEL_DIR)
     assert policy.history_ is not None
 
-    results: dict[str, EvalResult] = {}
-    floors = [MostFrequentPerScreen().fit(train), SuffixNGram().fit(train)]
-    for floor in floors:
-        results[floor.name] = evaluate(floor, test, train)
-    results["lm policy"] = evaluate(policy, test, train)
-    check = target_check(results["lm policy"], [results[f.name] for f in floors])
+    results = compare_with_floors(policy, test, train).results
+    check = target_check(results["lm policy"], [r for name, r in results.items() if name != "lm policy"])
     plot_training(policy.history_.evaluations, RESULTS_DIR / f"{NAME}_training.png")
 
     result = {

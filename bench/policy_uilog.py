@@ -47,7 +47,7 @@ from bench.common import environment, peak_rss_kib, write_results
 from importers.uilog import import_uilog
 from policy.evaluate import EvalResult, evaluate, render_table
 from policy.floors import MostFrequentPerScreen, SuffixNGram
-from policy.model import ModelConfig
+from policy.model import ModelConfig, parameter_count
 from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor, Prediction
 from policy.train import TrainConfig
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": config.to_dict(),
             "model": model.to_dict(),
             "vocab_size": args.vocab_size,
-            "parameters": sum(p.numel() for p in policy.model_.parameters()) if policy.model_ is not None else None,
+            "parameters": parameter_count(policy.model_) if policy.model_ is not None else None,
         },
         "metrics": extra,
         "results": {name: r.model_dump() for name, r in results.items()},

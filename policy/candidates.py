@@ -54,16 +54,19 @@ class TemplateBank:
     def add(self, process_id: str, target: str, value: str) -> None:
         self.counts.setdefault(self._key(process_id, target), Counter())[value] += 1
 
+    def add_action_text(self, process_id: str, text: str) -> None:
+        """Count the value of one slot-form action text (replies and field values; other actions carry none)."""
+        verb, _, rest = text.partition(" ")
+        if verb == "send":
+            self.add(process_id, CHAT_TARGET, rest)
+        elif verb == "fill":
+            control, _, value = rest.partition(" = ")
+            self.add(process_id, control, value)
+
     def fit(self, traces: Iterable[Trace]) -> TemplateBank:
         for trace in traces:
             for step in trace.steps:
-                text = action_text(step.action, step.state)
-                verb, _, rest = text.partition(" ")
-                if verb == "send":
-                    self.add(trace.process_id, CHAT_TARGET, rest)
-                elif verb == "fill":
-                    control, _, value = rest.partition(" = ")
-                    self.add(trace.process_id, control, value)
+                self.add_action_text(trace.process_id, action_text(step.action, step.state))
         return self
 
     def templates(self, process_id: str, target: str) -> list[str]:

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -50,12 +50,6 @@ class _Scored:
     logprobs: list[float]
 
 
-def _iter_steps(traces: Sequence[Trace]) -> Iterator[tuple[UIState, Action]]:
-    for trace in traces:
-        for step in trace.steps:
-            yield step.state, step.action
-
-
 def _softmax(logprobs: Sequence[float]) -> list[float]:
     top = max(logprobs)
     weights = [math.exp(lp - top) for lp in logprobs]
@@ -89,12 +83,21 @@ class LMPolicy:
 
     # ---- fitting -------------------------------------------------------------------------------------------
 
-    def _examples(self, traces: Sequence[Trace]) -> list[Example]:
+    def _texts(self, traces: Sequence[Trace]) -> list[tuple[str, str, str]]:
+        """(process id, prompt, slot-form action text) of every step, computed once for the template bank, the
+        tokenizer and the examples."""
+        return [
+            (trace.process_id, serialise_state(step.state, self.serial), action_text(step.action, step.state))
+            for trace in traces
+            for step in trace.steps
+        ]
+
+    def _examples(self, texts: Sequence[tuple[str, str, str]]) -> list[Example]:
         assert self.codec_ is not None
         out = []
-        for state, action in _iter_steps(traces):
-            prompt = self.codec_.encode_prompt(serialise_state(state, self.serial))
-            target = self.codec_.encode_action(action_text(action, state))
+        for _, prompt_text, target_text in texts:
+            prompt = self.codec_.encode_prompt(prompt_text)
+            target = self.codec_.encode_action(target_text)
             out.append(Example(ids=prompt + target, prompt_len=len(prompt)))
         return out
 
@@ -106,15 +109,15 @@ class LMPolicy:
         if val_traces is None:
             n_val = int(len(traces) * self.training.val_fraction)
             traces, val_traces = traces[: len(traces) - n_val], traces[len(traces) - n_val :]
-        self.bank_ = TemplateBank(max_per_target=self.max_templates).fit(traces)
+        train_texts, val_texts = self._texts(traces), self._texts(val_traces)
+        self.bank_ = TemplateBank(max_per_target=self.max_templates)
+        for process_id, _, target_text in train_texts:
+            self.bank_.add_action_text(process_id, target_text)
         tokenizer: PreTrainedTokenizerBase
         torch.manual_seed(self.training.seed)  # the initial weights (and LoRA adapters) follow the configured seed
         if self.pretrained is None:
-            texts: list[str] = []
-            for state, action in _iter_steps(traces):
-                texts.append(serialise_state(state, self.serial))
-                texts.append(action_text(action, state))
-            tokenizer = train_tokenizer(texts, vocab_size=self.vocab_size)
+            corpus = [text for _, prompt, target in train_texts for text in (prompt, target)]
+            tokenizer = train_tokenizer(corpus, vocab_size=self.vocab_size)
             self.codec_ = Codec.for_tokenizer(tokenizer, self.max_prompt_tokens)
             vocab = tokenizer.get_vocab()
             model = build_model(
@@ -138,8 +141,8 @@ class LMPolicy:
         pad_id = pad if isinstance(pad, int) and 0 <= pad < vocab_rows else self.codec_.action_end[0]
         self.history_ = train(
             model,
-            self._examples(traces),
-            self._examples(val_traces),
+            self._examples(train_texts),
+            self._examples(val_texts),
             self.training,
             pad_id=int(pad_id),
             progress=self.progress,

@@ -67,9 +67,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: int) -> dict[str, Any]:
-    from policy.evaluate import evaluate, render_table
-    from policy.floors import MostFrequentPerScreen, SuffixNGram
     from policy.policy import LMPolicy
+    from policy.report import compare_with_floors
     from policy.train import TrainConfig
     from sandbox.generate import read_traces
 
@@ -82,11 +81,9 @@ def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: 
     )
     policy = LMPolicy(training=TrainConfig(epochs=3, threads=1, time_budget_s=time_budget, seed=seed)).fit(train)
     policy.save(model_dir)
-    results = {}
-    for floor in (MostFrequentPerScreen().fit(train), SuffixNGram().fit(train)):
-        results[floor.name] = evaluate(floor, test, train)
-    results["lm policy"] = evaluate(policy, test, train)
-    print(render_table(results))
+    report = compare_with_floors(policy, test, train)
+    print(report.markdown)
+    results = report.results
     history = policy.history_
     return {
         "model_dir": str(model_dir),

@@ -8,7 +8,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PYTHONDONTWRITEBYTECODE := 1
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test check lint typecheck unit bench bench-policy clean
+.PHONY: demo test check lint typecheck unit bench bench-policy bench-critic clean
 
 # The venv is rebuilt only when the dependency declaration changes.
 $(STAMP): pyproject.toml constraints.txt
@@ -47,6 +47,14 @@ bench-policy: $(STAMP)
 	$(BIN)/python -m bench.policy_eventlog_baseline --importance
 	$(BIN)/python -m bench.policy_uilog
 	$(BIN)/python -m bench.policy_learning_curve
+
+# The critic benchmarks (about 25 minutes on two cores; they need out/bench/policy_default from bench-policy):
+# copilot feedback collection (cached), the paper-style comparison, coverage and the guarantee, time to autonomy
+# of a new process, and retraining speed.
+bench-critic: $(STAMP)
+	$(BIN)/python -m bench.critic_sandbox
+	$(BIN)/python -m bench.critic_time_to_autonomy
+	$(BIN)/python -m bench.critic_retrain_speed
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,7 +41,12 @@ REFERENCE = {
 def run_log(name: str, time_budget: float) -> dict[str, Any]:
     train, test = load_log(name)
     predictors: list[tuple[NextActionPredictor, float]] = []
-    for make in (lambda: SuffixNGram(max_n=1), lambda: SuffixNGram(), GradientBoostingBaseline):
+    makers: tuple[Callable[[], NextActionPredictor], ...] = (
+        lambda: SuffixNGram(max_n=1),
+        lambda: SuffixNGram(),
+        GradientBoostingBaseline,
+    )
+    for make in makers:
         started = time.perf_counter()
         predictor = make().fit(train)
         predictors.append((predictor, time.perf_counter() - started))

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas.argtypes import positive_int
+
 
 def _read_traces(path: str) -> list[Any]:
     from sandbox.generate import read_traces
@@ -81,13 +83,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def register(commands: argparse._SubParsersAction) -> None:
     policy = commands.add_parser("policy", help="the next-UI-action policy")
     sub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
@@ -95,19 +90,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a policy on traces (JSONL) and save it")
     train.add_argument("--traces", required=True, help="JSONL traces (sandbox generate or autopilot import)")
     train.add_argument("--out", required=True, help="output model directory")
-    train.add_argument("--epochs", type=_positive, default=6)
-    train.add_argument("--batch-size", type=_positive, default=32)
+    train.add_argument("--epochs", type=positive_int, default=6)
+    train.add_argument("--batch-size", type=positive_int, default=32)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    train.add_argument("--threads", type=_positive, default=None)
+    train.add_argument("--threads", type=positive_int, default=None)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-traces", type=_positive, default=None)
+    train.add_argument("--max-traces", type=positive_int, default=None)
     train.add_argument("--architecture", choices=["llama", "qwen2"], default="llama")
-    train.add_argument("--hidden", type=_positive, default=128)
-    train.add_argument("--layers", type=_positive, default=2)
+    train.add_argument("--hidden", type=positive_int, default=128)
+    train.add_argument("--layers", type=positive_int, default=2)
     train.add_argument("--pretrained", default=None, help="start from this checkpoint directory")
     train.add_argument("--lora", action="store_true", help="fine-tune with LoRA adapters (with --pretrained)")
-    train.add_argument("--lora-r", type=_positive, default=16)
+    train.add_argument("--lora-r", type=positive_int, default=16)
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("evaluate", help="offline evaluation beside the floors and the ceiling")
@@ -120,5 +115,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     propose = sub.add_parser("propose", help="top-k proposals for one UIState (JSON file or - for stdin)")
     propose.add_argument("--model", required=True)
     propose.add_argument("--state", required=True)
-    propose.add_argument("-k", type=_positive, default=5)
+    propose.add_argument("-k", type=positive_int, default=5)
     propose.set_defaults(handler=_propose)

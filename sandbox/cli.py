@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from schemas.argtypes import positive_int
+
 
 def _generate(args: argparse.Namespace) -> int:
     from sandbox.generate import generate
@@ -35,19 +37,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(commands: Any) -> None:
     parser = commands.add_parser("sandbox", help="the reference BPM platform")
     sub = parser.add_subparsers(dest="sandbox_command", required=True, metavar="SUBCOMMAND")
 
     gen = sub.add_parser("generate", help="let simulated operators work N cases and write traces (JSONL)")
-    gen.add_argument("--sessions", type=_positive, required=True, help="number of cases")
+    gen.add_argument("--sessions", type=positive_int, required=True, help="number of cases")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="output JSONL path")
     gen.add_argument("--scenario", default="default", help="default, drift, new_process, long_tail, only_new")

@@ -7,6 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from critic.cli import register as register_critic
+from critic.registry import RegistryError
 from importers.cli import register as register_import
 from policy.cli import register as register_policy
 from sandbox.cli import register as register_sandbox
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_sandbox(commands)
     register_import(commands)
     register_policy(commands)
+    register_critic(commands)
     register_demo(commands)
     return parser
 
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (CliError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except (CliError, RegistryError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

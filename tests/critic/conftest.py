@@ -1,0 +1,98 @@
+"""Shared critic fixtures: a tiny trained policy, and feedback records made from sandbox copilot reviews.
+
+Torch runs on one thread (see tests/policy/conftest.py for why)."""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from policy.model import ModelConfig
+from policy.policy import LMPolicy
+from policy.train import TrainConfig
+from sandbox.copilot import bayes_policy, run_copilot
+from sandbox.generate import generate, read_traces
+from sandbox.scenario import scenario_by_name
+from sandbox.simulate import StepModel
+from schemas import Action, FeedbackRecord, Proposal, ProposalFeatures, UIState, Verdict
+from schemas.feedback import FeedbackSource
+from schemas.risk import SliceKey
+from schemas.trace import Trace
+
+torch.set_num_threads(1)
+
+TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+QUICK = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
+
+
+@pytest.fixture(scope="session")
+def critic_traces(tmp_path_factory: pytest.TempPathFactory) -> list[Trace]:
+    path = tmp_path_factory.mktemp("critic_traces") / "t.jsonl"
+    generate(40, 5, path, scenario_by_name("default"), progress=False)
+    return list(read_traces(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(critic_traces: list[Trace], tmp_path_factory: pytest.TempPathFactory) -> tuple[LMPolicy, Path]:
+    """A tiny LM policy fitted on 30 sandbox cases, and the directory it was saved to."""
+    policy = LMPolicy(model=TINY, training=QUICK, vocab_size=600, progress=False).fit(critic_traces[:30])
+    path = policy.save(tmp_path_factory.mktemp("tiny_policy") / "policy")
+    return policy, path
+
+
+def sloppy_policy(state: UIState, model: StepModel) -> Action:
+    """The best possible policy, except that on about a quarter of the steps it proposes the least likely action
+    some operator might take (often a slip), so the feedback holds real model errors as well as the operators'
+    random rejections."""
+    if random.Random(state.etag).random() < 0.25 and len(model.predictive) > 1:
+        return min(model.predictive.values(), key=lambda ap: ap[1])[0]
+    return bayes_policy(state, model)
+
+
+def synthetic_feedback(sessions: int = 30, seed: int = 11) -> list[FeedbackRecord]:
+    """Feedback rows from real sandbox copilot reviews of a sloppy policy, with policy-confidence features made up
+    to be informative but noisy (so critic tests do not need a trained LM)."""
+    rng = random.Random(seed)
+    records: list[FeedbackRecord] = []
+    for step in run_copilot(sessions, seed, policy=sloppy_policy):
+        state = step.state
+        base = 0.85 if step.acceptable else 0.35
+        p = min(0.999, max(0.001, rng.gauss(base, 0.15)))
+        features = ProposalFeatures(
+            logprob=math.log(p), margin=max(0.0, 2 * p - 1), entropy=-p * math.log(p), rank=0, probability=p
+        )
+        proposal = Proposal(
+            proposal_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+            session_id=state.session_id,
+            case_id=state.case_id,
+            process_id=state.process_id,
+            step=state.step,
+            state_etag=state.etag,
+            action=step.proposed,
+            features=features,
+        )
+        accepted = step.verdict == Verdict.ACCEPT
+        records.append(
+            FeedbackRecord(
+                record_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+                source=FeedbackSource.COPILOT,
+                state=state,
+                proposal=proposal,
+                accepted=accepted,
+                reason=step.reason,
+                operator_action=None if accepted else step.executed,
+                operator_id=step.operator_id,
+                slice=SliceKey(process_id=state.process_id, action_type=step.proposed.type),
+            )
+        )
+    return records
+
+
+@pytest.fixture(scope="session")
+def feedback_records() -> list[FeedbackRecord]:
+    return synthetic_feedback()

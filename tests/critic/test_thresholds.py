@@ -1,0 +1,288 @@
+"""Risk-controlled thresholds on synthetic scores whose true error rates are known."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from critic.thresholds import (
+    GLOBAL_KEY,
+    SliceThresholds,
+    ThresholdConfig,
+    clopper_pearson_upper,
+    fit_slice_thresholds,
+    group_key,
+    min_passing_rows,
+    select_threshold,
+)
+from schemas.actions import ActionType
+from schemas.risk import SliceKey
+
+# Error probability c * (1 - s) for a score s ~ U(0, 1): the true error rate among rows with score >= t is
+# c * (1 - t) / 2, so with c = 0.3 and alpha = 0.05 exactly the thresholds t >= 2/3 are safe.
+C = 0.3
+
+
+def linear_draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    s = rng.random(n)
+    return s, (rng.random(n) >= C * (1 - s)).astype(int)
+
+
+def true_risk(threshold: float) -> float:
+    return C * (1 - threshold) / 2
+
+
+def test_config_validates_its_ranges() -> None:
+    for bad in ({"alpha": 0.0}, {"alpha": 1.0}, {"delta": 0.0}, {"min_rows": 0}, {"min_executed": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ThresholdConfig(**bad)
+    with pytest.raises(ValueError, match="granularity"):
+        ThresholdConfig(granularity="team")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_candidates"):
+        ThresholdConfig(max_candidates=0)
+
+
+def test_clopper_pearson_against_known_values() -> None:
+    assert clopper_pearson_upper(0, 100, 0.05) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert clopper_pearson_upper(10, 10, 0.05) == 1.0
+    assert clopper_pearson_upper(0, 0, 0.05) == 1.0
+    # The bound is the error rate p at which seeing <= k errors has probability exactly delta.
+    for k, n in ((3, 50), (12, 400), (1, 30)):
+        ucb = clopper_pearson_upper(k, n, 0.1)
+        assert binom.cdf(k, n, ucb) == pytest.approx(0.1, rel=1e-6)
+        assert ucb > k / n
+    assert clopper_pearson_upper(5, 100, 0.05) < clopper_pearson_upper(6, 100, 0.05)
+    assert clopper_pearson_upper(5, 100, 0.05) < clopper_pearson_upper(5, 100, 0.01)
+    with pytest.raises(ValueError, match="errors"):
+        clopper_pearson_upper(5, 4, 0.1)
+    with pytest.raises(ValueError, match="delta"):
+        clopper_pearson_upper(1, 4, 1.0)
+
+
+def test_min_passing_rows_is_where_zero_errors_first_pass() -> None:
+    n = min_passing_rows(0.05, 0.1)
+    assert n == 45
+    assert clopper_pearson_upper(0, n, 0.1) <= 0.05 < clopper_pearson_upper(0, n - 1, 0.1)
+
+
+def test_refuses_too_few_rows() -> None:
+    rng = np.random.default_rng(0)
+    s, y = linear_draw(rng, 99)
+    result = select_threshold(s, y, ThresholdConfig(min_rows=100))
+    assert result.threshold is None
+    assert result.reason.startswith("too few rows")
+    assert (result.n_rows, result.n_executed, result.coverage) == (99, 0, 0.0)
+
+
+def test_refuses_when_no_candidate_can_be_tested() -> None:
+    result = select_threshold(np.linspace(0, 1, 40), np.ones(40, dtype=int), ThresholdConfig(min_rows=10))
+    assert result.threshold is None
+    assert "no threshold executes 45 rows" in result.reason
+
+
+def test_refuses_when_no_candidate_passes() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.random(2000)
+    y = (rng.random(2000) >= 0.2).astype(int)  # 20% errors whatever the score
+    result = select_threshold(s, y, ThresholdConfig())
+    assert result.threshold is None
+    assert result.reason.startswith("no threshold passes")
+    assert result.upper_bound is None and result.n_executed == 0
+
+
+def test_finds_a_wide_threshold_when_top_scores_are_nearly_error_free() -> None:
+    rng = np.random.default_rng(2)
+    s = rng.random(3000)
+    # 1% errors above 0.2 (80% of the rows), 50% below.
+    y = (rng.random(3000) >= np.where(s >= 0.2, 0.01, 0.5)).astype(int)
+    config = ThresholdConfig()
+    result = select_threshold(s, y, config)
+    assert result.threshold is not None and result.upper_bound is not None
+    assert result.coverage > 0.7
+    executed = s >= result.threshold
+    assert result.n_executed == executed.sum()
+    assert result.errors == (y[executed] == 0).sum()
+    assert result.empirical_error == pytest.approx(result.errors / result.n_executed)
+    assert result.upper_bound == pytest.approx(clopper_pearson_upper(result.errors, result.n_executed, config.delta))
+    assert result.upper_bound <= config.alpha
+    # It is the lowest passing candidate: one step lower fails.
+    lower = s[s < result.threshold].max()
+    below = s >= lower
+    assert clopper_pearson_upper(int((y[below] == 0).sum()), int(below.sum()), config.delta) > config.alpha
+    assert "stops the test" in result.reason
+
+
+def test_every_candidate_passing_executes_all_rows() -> None:
+    s = np.linspace(0, 1, 500)
+    result = select_threshold(s, np.ones(500, dtype=int), ThresholdConfig())
+    assert result.threshold == 0.0
+    assert result.coverage == 1.0
+    assert result.reason == "every candidate passes: all rows are executed"
+
+
+def test_fixed_sequence_stops_at_the_first_failure() -> None:
+    # Ranked from the top: 200 clean rows, 15 errors, then 3000 clean rows. All 3215 rows together would pass
+    # (15 / 3215 errors), but the candidates just below the burst fail first, and testing must stop there.
+    n_top, n_burst, n_rest = 200, 15, 3000
+    y = np.concatenate([np.ones(n_top), np.zeros(n_burst), np.ones(n_rest)]).astype(int)
+    s = np.linspace(1.0, 0.0, y.size)
+    config = ThresholdConfig()
+    assert clopper_pearson_upper(n_burst, y.size, config.delta) <= config.alpha  # the bottom would pass
+    result = select_threshold(s, y, config)
+    assert result.threshold is not None
+    assert result.threshold > s[n_top + n_burst]  # never jumps over the burst
+    assert result.coverage < (n_top + n_burst) / y.size
+    assert result.errors < n_burst
+
+
+def test_min_executed_skips_without_spending_a_test() -> None:
+    # 3 errors among the 45 highest scores fail the first test; skipping to 200 rows dilutes them and passes.
+    y = np.ones(1000, dtype=int)
+    y[[5, 20, 40]] = 0
+    s = np.linspace(1.0, 0.0, 1000)
+    assert select_threshold(s, y, ThresholdConfig(min_executed=30)).threshold is None
+    result = select_threshold(s, y, ThresholdConfig(min_executed=200))
+    assert result.threshold is not None and result.n_executed >= 200
+
+
+def test_a_coarse_grid_steps_over_an_early_dip() -> None:
+    # One error at rank 50 stops the full sequence at the top; 20 candidates never test there.
+    y = np.ones(2000, dtype=int)
+    y[50] = 0
+    y[1500:] = (np.arange(500) % 4 != 0).astype(int)  # 25% errors at the bottom
+    s = np.linspace(1.0, 0.0, 2000)
+    fine = select_threshold(s, y, ThresholdConfig())
+    coarse = select_threshold(s, y, ThresholdConfig(max_candidates=20))
+    assert fine.coverage < 0.05
+    assert coarse.threshold is not None and coarse.coverage > 0.5
+    assert coarse.upper_bound is not None and coarse.upper_bound <= 0.05
+
+
+@pytest.mark.parametrize("max_candidates", [None, 20])
+def test_the_guarantee_holds_over_repeated_draws(max_candidates: int | None) -> None:
+    """Over 300 calibration draws the chosen threshold's true risk exceeds alpha in at most ~delta of them,
+    while choosing the lowest threshold with empirical risk <= alpha breaks it in most draws."""
+    config = ThresholdConfig(alpha=0.05, delta=0.1, max_candidates=max_candidates)
+    rng = np.random.default_rng(3)
+    draws, n = 300, 1000
+    violations = found = naive_violations = 0
+    for _ in range(draws):
+        s, y = linear_draw(rng, n)
+        result = select_threshold(s, y, config)
+        if result.threshold is not None:
+            found += 1
+            violations += true_risk(result.threshold) > config.alpha
+        order = np.argsort(-s)
+        within = np.flatnonzero(np.cumsum(1 - y[order]) <= config.alpha * np.arange(1, n + 1))
+        naive_violations += true_risk(s[order][within.max()]) > config.alpha
+    slack = 3 * np.sqrt(draws * config.delta * (1 - config.delta))
+    assert violations <= draws * config.delta + slack
+    assert found >= draws / 2  # not vacuous: thresholds are found
+    assert naive_violations > draws / 3  # and the simulation can tell a procedure without a guarantee
+
+
+def test_the_guarantee_holds_when_every_threshold_is_slightly_bad() -> None:
+    # 5.5% errors everywhere: any threshold returned is a violation, so the refusal rate carries the guarantee.
+    config = ThresholdConfig(alpha=0.05, delta=0.1)
+    rng = np.random.default_rng(4)
+    draws = 300
+    returned = sum(
+        select_threshold(rng.random(500), (rng.random(500) >= 0.055).astype(int), config).threshold is not None
+        for _ in range(draws)
+    )
+    assert returned <= draws * config.delta + 3 * np.sqrt(draws * config.delta * (1 - config.delta))
+    assert returned > 0  # the boundary is tight: a conservative bound would never pass
+
+
+def _slices() -> tuple[np.ndarray, np.ndarray, list[SliceKey]]:
+    """Process "good" has 1% errors, "bad" 30%; two action types each; 800 rows per slice."""
+    rng = np.random.default_rng(5)
+    scores, labels, keys = [], [], []
+    for process, error in (("good", 0.01), ("bad", 0.3)):
+        for action in (ActionType.FILL_FIELD, ActionType.CLICK_CONTROL):
+            scores.append(rng.random(800))
+            labels.append((rng.random(800) >= error).astype(int))
+            keys += [SliceKey(process_id=process, action_type=action)] * 800
+    return np.concatenate(scores), np.concatenate(labels), keys
+
+
+def test_group_keys() -> None:
+    key = SliceKey(process_id="p", action_type=ActionType.FILL_FIELD)
+    assert group_key(key, "slice") == "p/fill_field"
+    assert group_key(key, "action_type") == "fill_field"
+    assert group_key(key, "process") == "p"
+    assert group_key(key, "global") == GLOBAL_KEY
+
+
+def test_slices_are_grouped_by_granularity() -> None:
+    scores, labels, keys = _slices()
+    by_slice = fit_slice_thresholds(scores, labels, keys, ThresholdConfig(granularity="slice"))
+    assert set(by_slice) == {"good/fill_field", "good/click_control", "bad/fill_field", "bad/click_control"}
+    assert all(by_slice[k].n_rows == 800 for k in by_slice)
+    assert by_slice.threshold_for(keys[0]) is not None  # good/fill_field
+    assert by_slice.threshold_for(keys[-1]) is None  # bad/click_control
+    by_process = fit_slice_thresholds(scores, labels, keys, ThresholdConfig(granularity="process"))
+    assert set(by_process) == {"good", "bad"}
+    assert by_process["good"].n_rows == 1600
+    by_action = fit_slice_thresholds(scores, labels, keys, ThresholdConfig(granularity="action_type"))
+    assert set(by_action) == {"fill_field", "click_control"}
+    overall = fit_slice_thresholds(scores, labels, keys, ThresholdConfig(granularity="global"))
+    assert list(overall) == [GLOBAL_KEY] and overall[GLOBAL_KEY].n_rows == 3200
+    # Each group sees exactly its own rows; by default delta is split over the two tested groups (Bonferroni),
+    # and per-group bounds use the whole delta when simultaneous coverage is switched off.
+    good = np.array([k.process_id == "good" for k in keys])
+    split = dataclasses.replace(by_process.config, delta=by_process.config.delta / 2)
+    assert by_process["good"] == select_threshold(scores[good], labels[good], split)
+    per_group = ThresholdConfig(granularity="process", simultaneous=False)
+    alone = fit_slice_thresholds(scores, labels, keys, per_group)
+    assert alone["good"] == select_threshold(scores[good], labels[good], per_group)
+    assert alone["good"].upper_bound is not None and by_process["good"].upper_bound is not None
+    assert alone["good"].upper_bound <= by_process["good"].upper_bound
+
+
+def test_unknown_slice_stays_in_copilot_and_round_trip() -> None:
+    scores, labels, keys = _slices()
+    thresholds = fit_slice_thresholds(scores, labels, keys, ThresholdConfig(granularity="slice", min_rows=50))
+    unknown = SliceKey(process_id="new", action_type=ActionType.FILL_FIELD)
+    assert thresholds.threshold_for(unknown) is None
+    loaded = SliceThresholds.from_dict(json.loads(json.dumps(thresholds.to_dict())))
+    assert loaded.config == thresholds.config
+    assert dict(loaded) == dict(thresholds)
+    assert [loaded.threshold_for(k) for k in keys[::800]] == [thresholds.threshold_for(k) for k in keys[::800]]
+
+
+def test_render_markdown_has_one_row_per_group() -> None:
+    scores, labels, keys = _slices()
+    table = fit_slice_thresholds(scores, labels, keys, ThresholdConfig()).render_markdown()
+    lines = table.strip().splitlines()
+    assert lines[0].startswith("| group | rows | threshold | executed | coverage | empirical error | UCB | reason |")
+    assert len(lines) == 2 + 4
+    assert any(line.startswith("| bad/fill_field | 800 | — |") for line in lines)
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="labels"):
+        select_threshold([0.1, 0.2], [1], ThresholdConfig())
+    with pytest.raises(ValueError, match="labels"):
+        select_threshold([0.1, 0.2], [1, 3], ThresholdConfig())
+    with pytest.raises(ValueError, match="scores"):
+        select_threshold([0.1, float("nan")], [1, 0], ThresholdConfig())
+    with pytest.raises(ValueError, match="slices"):
+        fit_slice_thresholds([0.1], [1], [], ThresholdConfig())
+    assert len(fit_slice_thresholds([], [], [], ThresholdConfig())) == 0
+
+
+def test_hundred_thousand_rows_take_well_under_a_second() -> None:
+    rng = np.random.default_rng(6)
+    scores = rng.random(100_000)
+    labels = (rng.random(100_000) >= 0.1 * (1 - scores)).astype(int)
+    keys = [SliceKey(process_id=f"p{i % 5}", action_type=ActionType.FILL_FIELD) for i in range(100)] * 1000
+    start = time.perf_counter()
+    select_threshold(scores, labels, ThresholdConfig())
+    fit_slice_thresholds(scores, labels, keys, ThresholdConfig())
+    assert time.perf_counter() - start < 1.0

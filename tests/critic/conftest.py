@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from policy.model import ModelConfig
 from policy.policy import LMPolicy
-from policy.train import TrainConfig
-from sandbox.copilot import bayes_policy, run_copilot
+from sandbox.copilot import CopilotStep, bayes_policy, run_copilot
 from sandbox.generate import generate, read_traces
 from sandbox.scenario import scenario_by_name
 from sandbox.simulate import StepModel
@@ -23,11 +21,9 @@ from schemas import Action, FeedbackRecord, Proposal, ProposalFeatures, UIState,
 from schemas.feedback import FeedbackSource
 from schemas.risk import SliceKey
 from schemas.trace import Trace
+from tests.policy.test_policy import QUICK, TINY
 
 torch.set_num_threads(1)
-
-TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
-QUICK = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
 
 
 @pytest.fixture(scope="session")
@@ -54,42 +50,44 @@ def sloppy_policy(state: UIState, model: StepModel) -> Action:
     return bayes_policy(state, model)
 
 
+def record_from_review(step: CopilotStep, p: float, rng: random.Random) -> FeedbackRecord:
+    """A FeedbackRecord for a sandbox copilot review, with policy-confidence features made up from ``p``."""
+    state = step.state
+    features = ProposalFeatures(
+        logprob=math.log(p), margin=max(0.0, 2 * p - 1), entropy=-p * math.log(p), rank=0, probability=p
+    )
+    proposal = Proposal(
+        proposal_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+        session_id=state.session_id,
+        case_id=state.case_id,
+        process_id=state.process_id,
+        step=state.step,
+        state_etag=state.etag,
+        action=step.proposed,
+        features=features,
+    )
+    accepted = step.verdict == Verdict.ACCEPT
+    return FeedbackRecord(
+        record_id=uuid.UUID(int=rng.getrandbits(128)).hex,
+        source=FeedbackSource.COPILOT,
+        state=state,
+        proposal=proposal,
+        accepted=accepted,
+        reason=step.reason,
+        operator_action=None if accepted else step.executed,
+        operator_id=step.operator_id,
+        slice=SliceKey(process_id=state.process_id, action_type=step.proposed.type),
+    )
+
+
 def synthetic_feedback(sessions: int = 30, seed: int = 11) -> list[FeedbackRecord]:
     """Feedback rows from real sandbox copilot reviews of a sloppy policy, with policy-confidence features made up
     to be informative but noisy (so critic tests do not need a trained LM)."""
     rng = random.Random(seed)
     records: list[FeedbackRecord] = []
     for step in run_copilot(sessions, seed, policy=sloppy_policy):
-        state = step.state
-        base = 0.85 if step.acceptable else 0.35
-        p = min(0.999, max(0.001, rng.gauss(base, 0.15)))
-        features = ProposalFeatures(
-            logprob=math.log(p), margin=max(0.0, 2 * p - 1), entropy=-p * math.log(p), rank=0, probability=p
-        )
-        proposal = Proposal(
-            proposal_id=uuid.UUID(int=rng.getrandbits(128)).hex,
-            session_id=state.session_id,
-            case_id=state.case_id,
-            process_id=state.process_id,
-            step=state.step,
-            state_etag=state.etag,
-            action=step.proposed,
-            features=features,
-        )
-        accepted = step.verdict == Verdict.ACCEPT
-        records.append(
-            FeedbackRecord(
-                record_id=uuid.UUID(int=rng.getrandbits(128)).hex,
-                source=FeedbackSource.COPILOT,
-                state=state,
-                proposal=proposal,
-                accepted=accepted,
-                reason=step.reason,
-                operator_action=None if accepted else step.executed,
-                operator_id=step.operator_id,
-                slice=SliceKey(process_id=state.process_id, action_type=step.proposed.type),
-            )
-        )
+        p = min(0.999, max(0.001, rng.gauss(0.85 if step.acceptable else 0.35, 0.15)))
+        records.append(record_from_review(step, p, rng))
     return records
 
 

@@ -6,7 +6,6 @@ import json
 import math
 import random
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,11 +21,10 @@ from critic.features import FEATURE_NAMES, UNKNOWN, CriticFeaturizer
 from critic.persist import CRITIC_FILE, load_critic
 from sandbox.copilot import run_copilot
 from sandbox.simulate import StepModel
-from schemas import Action, FeedbackRecord, Proposal, ProposalFeatures, UIState, Verdict
+from schemas import Action, FeedbackRecord, UIState, Verdict
 from schemas.actions import ActionValidationError, FillField, action_key, validate_action
 from schemas.decision import RejectReason
-from schemas.feedback import FeedbackSource
-from schemas.risk import SliceKey
+from tests.critic.conftest import record_from_review
 
 
 @pytest.fixture(autouse=True)
@@ -69,37 +67,10 @@ def looping_feedback(sessions: int, seed: int) -> tuple[list[FeedbackRecord], np
     records: list[FeedbackRecord] = []
     is_loop: list[bool] = []
     for step in run_copilot(sessions, seed, policy=policy):
-        state = step.state
-        loop = state.etag in loops
+        loop = step.state.etag in loops
         acceptable = step.verdict == Verdict.ACCEPT or step.reason == RejectReason.ACCEPTABLE_ALTERNATIVE
         p = min(0.999, max(0.001, rng.gauss(0.85 if acceptable or loop else 0.5, 0.2)))
-        features = ProposalFeatures(
-            logprob=math.log(p), margin=max(0.0, 2 * p - 1), entropy=-p * math.log(p), rank=0, probability=p
-        )
-        proposal = Proposal(
-            proposal_id=uuid.UUID(int=rng.getrandbits(128)).hex,
-            session_id=state.session_id,
-            case_id=state.case_id,
-            process_id=state.process_id,
-            step=state.step,
-            state_etag=state.etag,
-            action=step.proposed,
-            features=features,
-        )
-        accepted = step.verdict == Verdict.ACCEPT
-        records.append(
-            FeedbackRecord(
-                record_id=uuid.UUID(int=rng.getrandbits(128)).hex,
-                source=FeedbackSource.COPILOT,
-                state=state,
-                proposal=proposal,
-                accepted=accepted,
-                reason=step.reason,
-                operator_action=None if accepted else step.executed,
-                operator_id=step.operator_id,
-                slice=SliceKey(process_id=state.process_id, action_type=step.proposed.type),
-            )
-        )
+        records.append(record_from_review(step, p, rng))
         is_loop.append(loop)
     return records, np.array(is_loop)
 

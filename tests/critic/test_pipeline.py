@@ -96,7 +96,8 @@ def test_hold_check_fails_only_when_fresh_error_is_significantly_above_alpha() -
     check = check_thresholds(thresholds, scores, bad, slices)
     assert not check.holds
     assert check.realised_error == pytest.approx(0.15)
-    assert check.groups[str(key)].lower_bound is not None and check.groups[str(key)].lower_bound > 0.05
+    lower = check.groups[str(key)].lower_bound
+    assert lower is not None and lower > 0.05
     # Rows under the threshold are not executed and cannot break it.
     low = np.full(200, 0.1)
     assert check_thresholds(thresholds, low, bad, slices).executed == 0

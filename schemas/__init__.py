@@ -39,6 +39,7 @@ from schemas.screen import (
     TextControl,
     ToolControl,
 )
+from schemas.session import SessionCommand, SessionCommandKind
 from schemas.state import ChatMessage, ChatRole, Panel, UIState
 from schemas.trace import Trace, TraceSource, TraceStep
 
@@ -79,6 +80,8 @@ __all__ = [
     "SelectControl",
     "SelectOption",
     "SendTextToChat",
+    "SessionCommand",
+    "SessionCommandKind",
     "SliceKey",
     "TableControl",
     "TextControl",

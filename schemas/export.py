@@ -13,6 +13,7 @@ from schemas.feedback import FeedbackRecord
 from schemas.proposal import Proposal
 from schemas.risk import RiskPolicy
 from schemas.screen import ScreenSchema
+from schemas.session import SessionCommand
 from schemas.state import UIState
 from schemas.trace import Trace, TraceStep
 
@@ -27,6 +28,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "FeedbackRecord": FeedbackRecord,
     "TraceStep": TraceStep,
     "Trace": Trace,
+    "SessionCommand": SessionCommand,
 }
 
 

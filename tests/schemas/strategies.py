@@ -63,6 +63,7 @@ from schemas import (
     Verdict,
 )
 from schemas.risk import RiskOverride
+from schemas.session import SessionCommand, SessionCommandKind
 
 # Text patterns a TextControl may carry, each with the longest string it can match (None: no pattern).
 TEXT_PATTERNS: list[tuple[str | None, int]] = [
@@ -580,5 +581,14 @@ PAYLOADS: dict[type[BaseModel], st.SearchStrategy[Any]] = {
     FeedbackRecord: feedback_records(),
     TraceStep: trace_steps(),
     Trace: traces(),
+    SessionCommand: st.builds(
+        SessionCommand,
+        command=enums(SessionCommandKind),
+        session_id=st.text(min_size=1, max_size=20),
+        case_id=st.text(min_size=1, max_size=20),
+        process_id=st.text(min_size=1, max_size=20),
+        issued_by=st.text(min_size=1, max_size=20),
+        issued_at=st.datetimes(timezones=st.just(UTC)),
+    ),
 }
 """A strategy per payload model that ``schemas.export`` exports."""

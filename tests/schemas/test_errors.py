@@ -28,6 +28,7 @@ from schemas import (
     parse_action,
 )
 from schemas.export import EXPORTED
+from schemas.session import SessionCommand
 from tests.schemas import strategies as s
 from tests.schemas.helpers import assert_error_names, validation_error
 
@@ -139,6 +140,13 @@ VALID: dict[type[BaseModel], dict[str, Any]] = {
     FeedbackRecord: feedback(),
     TraceStep: step(0),
     Trace: trace([step(0), step(1)]),
+    SessionCommand: {
+        "command": "start",
+        "session_id": "s-1",
+        "case_id": "case-1",
+        "process_id": "refund",
+        "issued_by": "demo",
+    },
 }
 
 

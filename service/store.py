@@ -1,0 +1,1104 @@
+"""RuntimeStore: the durable truth of background sessions, in SQLite (a file, the default) or PostgreSQL.
+
+A worker keeps nothing it cannot rebuild from here: which sessions exist and who owns them (leases), what was
+proposed and decided, which steps wait for an operator (deferrals) and which side effects were sent to the BPM
+(applied actions). A crashed worker is replaced and the new one resumes from these rows.
+
+Guarantees (each public method is one transaction):
+
+- Ownership: ``claim`` is a compare-and-set in one ``UPDATE ... WHERE``: at most one worker holds a valid lease on
+  a session at a time. ``apply_once(..., worker_id=...)`` refuses to start a side effect for a worker that no
+  longer holds the lease (fencing), so a worker that was presumed dead cannot act after its successor took over.
+- Operator answers: ``answer`` accepts an OperatorDecision only if it names the session's pending proposal and
+  the state etag it was parked on, and only once: of any number of concurrent answers exactly one is accepted;
+  the others are ``duplicate`` (same content: a redelivery or a double click) or ``stale``.
+- Side effects: ``apply_once`` reserves the idempotency key before calling ``apply`` and confirms it after, so
+  ``apply`` is never started twice for one key by this store's callers, whichever thread or process they run in.
+  A crash between reservation and confirmation leaves an *unconfirmed* key: the effect may or may not have
+  happened. The resuming worker re-sends it with the same key (``unconfirmed_keys``) and then ``confirm``s it;
+  that is safe because the BPM adapter is itself idempotent on the key (the sandbox keeps a per-case map), so
+  together the effect happens exactly once. If ``apply`` raises, the outcome is unknown too: the reservation is
+  released so a retry with the same key may apply it, again relying on the BPM's idempotency.
+- Counters are kept in the same transaction as the fact they count, so a crash never loses or doubles a count:
+  ``park`` adds one to ``actions_deferred`` (and clears ``automated``); ``confirm`` (also called by
+  ``apply_once``) adds one to ``actions_applied``. Callers must not ``bump`` those again for the same events.
+
+Concurrency: SQLite runs in WAL mode with a busy timeout; every write transaction starts with ``BEGIN
+IMMEDIATE`` so writers serialise (no read-then-write upgrade failures) while readers never block. PostgreSQL runs
+at READ COMMITTED; transactions that change several rows lock the session row first (``SELECT ... FOR UPDATE``),
+always in the order session -> deferral / applied action, so they cannot deadlock each other.
+
+Times are stored as naive UTC (SQLite keeps no time zone) and returned as aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, Self, TypeVar, get_args
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from schemas.actions import Action, parse_action
+from schemas.decision import Decision, Deferral, OperatorDecision
+from schemas.proposal import Proposal
+
+T = TypeVar("T")
+
+_ACTION_CLASSES: tuple[type, ...] = get_args(get_args(Action)[0])  # Action = Annotated[A | B | ..., discriminator]
+
+_SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one before "database is locked"
+_WRITE = "autopilot_write"  # execution option that makes the SQLite BEGIN an IMMEDIATE one
+_PG_SCHEMA_LOCK = 0x5E55_1025  # advisory lock key: two processes creating the tables at once must not collide
+_ANSWER_ATTEMPTS = 3
+
+
+class SessionStatus(StrEnum):
+    RUNNING = "running"
+    PARKED = "parked"  # waiting for an operator's answer to a deferral
+    COMPLETED = "completed"
+    HANDED_OVER = "handed_over"  # a human took the case over
+    FAILED = "failed"
+    STOPPED = "stopped"  # stopped by a supervisor
+
+
+ACTIVE_STATUSES = frozenset({SessionStatus.RUNNING, SessionStatus.PARKED})
+TERMINAL_STATUSES = frozenset(SessionStatus) - ACTIVE_STATUSES
+
+
+class DeferralStatus(StrEnum):
+    PENDING = "pending"
+    ANSWERED = "answered"
+    STALE = "stale"  # superseded: the session parked again on a newer proposal
+    CANCELLED = "cancelled"  # the session ended while the deferral was pending
+
+
+class AnswerStatus(StrEnum):
+    ACCEPTED = "accepted"
+    STALE = "stale"
+    UNKNOWN = "unknown"
+    DUPLICATE = "duplicate"
+
+
+class ApplyRefusedError(RuntimeError):
+    """``apply_once`` will not start a side effect: the session is not running, or the worker lost its lease."""
+
+
+metadata = MetaData()
+
+# Every datetime column holds naive UTC.
+sessions_table = Table(
+    "sessions",
+    metadata,
+    Column("session_id", String, primary_key=True),
+    Column("case_id", String, nullable=False, index=True),
+    Column("process_id", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("owner", String, nullable=True, index=True),
+    Column("lease_until", DateTime(timezone=False), nullable=True),
+    Column("step", Integer, nullable=False),
+    Column("pending_proposal_id", String, nullable=True),
+    Column("pending_etag", String, nullable=True),
+    Column("pending_deferral_id", String, nullable=True),
+    Column("actions_applied", Integer, nullable=False),
+    Column("actions_deferred", Integer, nullable=False),
+    Column("automated", Boolean, nullable=False),
+    Column("started_at", DateTime(timezone=False), nullable=False, index=True),
+    Column("updated_at", DateTime(timezone=False), nullable=False),
+    Column("ended_at", DateTime(timezone=False), nullable=True),
+    Column("outcome", Text, nullable=True),
+    Index("ix_sessions_status_lease", "status", "lease_until"),  # expired_sessions
+)
+
+proposals_table = Table(
+    "proposals",
+    metadata,
+    Column("proposal_id", String, primary_key=True),
+    Column("session_id", String, nullable=False, index=True),
+    Column("step", Integer, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+)
+
+decisions_table = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", String, primary_key=True),
+    Column("session_id", String, nullable=False, index=True),
+    Column("proposal_id", String, nullable=False, index=True),
+    Column("outcome", String, nullable=False),
+    Column("slice", String, nullable=False, index=True),
+    Column("stage", String, nullable=False),
+    Column("tier", String, nullable=False),
+    Column("score", Float, nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("audit", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("decided_at", DateTime(timezone=False), nullable=False, index=True),
+    Column("payload", Text, nullable=False),
+)
+
+deferrals_table = Table(
+    "deferrals",
+    metadata,
+    Column("deferral_id", String, primary_key=True),
+    Column("session_id", String, nullable=False, index=True),
+    Column("proposal_id", String, nullable=False, unique=True),
+    Column("state_etag", String, nullable=False),
+    Column("queue", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+    Column("answered_at", DateTime(timezone=False), nullable=True),
+    Column("answer", Text, nullable=True),
+    Column("operator_id", String, nullable=True),
+    Column("payload", Text, nullable=False),
+    Index("ix_deferrals_status_queue_created", "status", "queue", "created_at"),  # the operator inbox
+)
+
+applied_actions_table = Table(
+    "applied_actions",
+    metadata,
+    Column("idempotency_key", String, primary_key=True),
+    Column("session_id", String, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("reservation", String, nullable=False),  # whose reservation: only its holder may release it
+    Column("reserved_at", DateTime(timezone=False), nullable=False),
+    Column("applied_at", DateTime(timezone=False), nullable=True),  # NULL until confirmed
+    Index("ix_applied_actions_session_applied", "session_id", "applied_at"),  # unconfirmed_keys
+)
+
+audit_log_table = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=False), nullable=False, index=True),
+    Column("actor", String, nullable=False),
+    Column("action", String, nullable=False),
+    Column("target", String, nullable=False),
+    Column("details", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    session_id: str
+    case_id: str
+    process_id: str
+    status: SessionStatus
+    owner: str | None
+    lease_until: datetime | None
+    step: int
+    pending_proposal_id: str | None
+    pending_etag: str | None
+    pending_deferral_id: str | None
+    actions_applied: int
+    actions_deferred: int
+    automated: bool
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    outcome: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeferralRow:
+    deferral: Deferral
+    status: DeferralStatus
+    created_at: datetime
+    answered_at: datetime | None
+    answer: OperatorDecision | None
+    operator_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerResult:
+    result: AnswerStatus
+    reason: str
+    deferral_id: str | None = None
+    session_id: str | None = None
+    deferral: Deferral | None = None  # set when the deferral exists: the proposal an accepted answer approves
+
+
+@dataclass(frozen=True, slots=True)
+class UnconfirmedAction:
+    """A side effect that was reserved but never confirmed: re-send it with the same key, then ``confirm``."""
+
+    idempotency_key: str
+    session_id: str
+    step: int
+    action: Action
+    reserved_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+
+
+class QueueStats(NamedTuple):
+    depth: int
+    oldest_age_s: float
+
+
+class _Conflict(Exception):
+    """A compare-and-set lost a race inside a transaction: roll it back and try again."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _naive_utc(moment: datetime | None) -> datetime:
+    if moment is None:
+        return _utcnow()
+    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=UTC)
+
+
+def _aware_req(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC)
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _limit(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"limit: must be an integer >= 1 or None, got {value!r}")
+    return value
+
+
+def _json(name: str, value: Mapping[str, Any] | None) -> str:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}: must be a mapping, got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: not JSON-serialisable: {error}") from None
+
+
+def _target(value: object) -> str:
+    if not isinstance(value, str):  # may be empty: some actions (a global kill switch) have no target
+        raise ValueError(f"target: must be a string, got {value!r}")
+    return value
+
+
+def _status(value: object) -> SessionStatus:
+    if isinstance(value, str) and value in SessionStatus.__members__.values():
+        return SessionStatus(value)
+    allowed = ", ".join(s.value for s in SessionStatus)
+    raise ValueError(f"status: {value!r} is not one of {allowed}")
+
+
+def _session_row(row: RowMapping) -> SessionRow:
+    return SessionRow(
+        session_id=row["session_id"],
+        case_id=row["case_id"],
+        process_id=row["process_id"],
+        status=SessionStatus(row["status"]),
+        owner=row["owner"],
+        lease_until=_aware(row["lease_until"]),
+        step=row["step"],
+        pending_proposal_id=row["pending_proposal_id"],
+        pending_etag=row["pending_etag"],
+        pending_deferral_id=row["pending_deferral_id"],
+        actions_applied=row["actions_applied"],
+        actions_deferred=row["actions_deferred"],
+        automated=bool(row["automated"]),
+        started_at=_aware_req(row["started_at"]),
+        updated_at=_aware_req(row["updated_at"]),
+        ended_at=_aware(row["ended_at"]),
+        outcome=None if row["outcome"] is None else json.loads(row["outcome"]),
+    )
+
+
+def _deferral_row(row: RowMapping) -> DeferralRow:
+    return DeferralRow(
+        deferral=Deferral.model_validate_json(row["payload"]),
+        status=DeferralStatus(row["status"]),
+        created_at=_aware_req(row["created_at"]),
+        answered_at=_aware(row["answered_at"]),
+        answer=None if row["answer"] is None else OperatorDecision.model_validate_json(row["answer"]),
+        operator_id=row["operator_id"],
+    )
+
+
+def _same_answer(stored: str, decision: OperatorDecision) -> bool:
+    # A redelivered message is byte-identical, but a double click is a second decision a moment later: compare
+    # what the answer says, not when it was made.
+    content = {"schema_version", "decided_at"}
+    return OperatorDecision.model_validate_json(stored).model_dump(exclude=content) == decision.model_dump(
+        exclude=content
+    )
+
+
+_URL_HINT = "expected e.g. sqlite:///path/to/runtime.db or postgresql+psycopg://user:password@host/dbname"
+
+
+def _make_engine(url: str) -> tuple[Engine, str]:
+    """Build the engine; return it with the URL as it may be shown (password hidden)."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"url: must be a non-empty database URL; {_URL_HINT}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"url: not a database URL; {_URL_HINT}") from None  # the value may hold a password
+    backend = parsed.get_backend_name()
+    shown = parsed.render_as_string(hide_password=True)
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":  # SQLAlchemy's default driver (psycopg2) is not installed
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        options: dict[str, Any] = {"pool_pre_ping": True}
+    elif backend == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+            # Every pooled connection would get its own empty database: nothing would be shared or durable.
+            raise ValueError(f"url: {shown!r} is an in-memory SQLite database; the store needs a file")
+        if not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        options = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
+    else:
+        raise ValueError(f"url: unsupported database {backend!r} in {shown!r}; {_URL_HINT}")
+    try:
+        engine = create_engine(parsed, **options)
+    except (ArgumentError, NoSuchModuleError, ImportError) as error:
+        raise ValueError(f"url: cannot open {shown!r}: {error}") from None
+    if backend == "sqlite":
+        _sqlite_transactions(engine)
+    return engine, shown
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """WAL + busy timeout, and transactions that SQLAlchemy begins explicitly (IMMEDIATE for writers).
+
+    pysqlite's own transaction handling begins a transaction only at the first write, so the reads of a
+    read-check-write transaction would run outside it; SQLAlchemy's documented recipe turns that off and emits
+    BEGIN itself."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")  # persistent in the file; readers never block writers
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+class RuntimeStore:
+    """Sessions, proposals, decisions, deferrals, applied actions and the audit log in one database.
+
+    ``url`` is any SQLAlchemy URL of SQLite (a file; created with its folder if missing) or PostgreSQL
+    (``postgresql+psycopg://...``; a bare ``postgresql://`` uses psycopg 3 too). The tables are created if
+    missing. Thread-safe: each call uses its own connection from the engine's pool; several processes may share
+    one database."""
+
+    def __init__(self, url: str) -> None:
+        self.engine, self.url = _make_engine(url)
+        self._writer = self.engine.execution_options(**{_WRITE: True})
+        self._postgres = self.engine.dialect.name == "postgresql"
+        with self._write() as conn:
+            if self._postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+            metadata.create_all(conn)
+
+    def __repr__(self) -> str:
+        return f"RuntimeStore({self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    def _insert_ignore(self, conn: Connection, table: Table, key: str, row: dict[str, Any]) -> bool:
+        """Insert unless the key exists; True if inserted. ON CONFLICT also covers a concurrent inserter.
+
+        RETURNING tells whether a row went in: psycopg reports no rowcount (-1) for such an INSERT."""
+        dialect = postgresql if self._postgres else sqlite
+        statement = dialect.insert(table).values(**row).on_conflict_do_nothing(index_elements=[key])
+        return conn.execute(statement.returning(table.c[key])).first() is not None
+
+    @staticmethod
+    def _lock_session(conn: Connection, session_id: str) -> RowMapping | None:
+        query = select(sessions_table).where(sessions_table.c.session_id == session_id).with_for_update()
+        return conn.execute(query).mappings().one_or_none()
+
+    # ---- sessions -------------------------------------------------------------------------------------------
+
+    def create_session(self, session_id: str, case_id: str, process_id: str) -> bool:
+        """Create a running, unowned session; False (and nothing changes) if the id exists."""
+        _text("session_id", session_id)
+        _text("case_id", case_id)
+        _text("process_id", process_id)
+        now = _utcnow()
+        row = {
+            "session_id": session_id,
+            "case_id": case_id,
+            "process_id": process_id,
+            "status": SessionStatus.RUNNING.value,
+            "owner": None,
+            "lease_until": None,
+            "step": 0,
+            "actions_applied": 0,
+            "actions_deferred": 0,
+            "automated": True,
+            "started_at": now,
+            "updated_at": now,
+        }
+        with self._write() as conn:
+            return self._insert_ignore(conn, sessions_table, "session_id", row)
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        with self._read() as conn:
+            query = select(sessions_table).where(sessions_table.c.session_id == session_id)
+            row = conn.execute(query).mappings().one_or_none()
+        return None if row is None else _session_row(row)
+
+    def sessions(self, status: SessionStatus | str | None = None, limit: int | None = None) -> list[SessionRow]:
+        """Sessions, newest first, optionally of one status."""
+        query = select(sessions_table).order_by(sessions_table.c.started_at.desc(), sessions_table.c.session_id)
+        if status is not None:
+            query = query.where(sessions_table.c.status == _status(status).value)
+        if _limit(limit) is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_session_row(row) for row in conn.execute(query).mappings()]
+
+    def counts_by_status(self) -> dict[str, int]:
+        """Number of sessions per status; every status is present (0 if none)."""
+        query = select(sessions_table.c.status, func.count()).group_by(sessions_table.c.status)
+        counts = {status.value: 0 for status in SessionStatus}
+        with self._read() as conn:
+            for status, count in conn.execute(query):
+                counts[status] = int(count)
+        return counts
+
+    def finish(self, session_id: str, status: SessionStatus | str, outcome: Mapping[str, Any] | None = None) -> bool:
+        """End a session with a terminal status and outcome; drop its owner and pending step and cancel its
+        pending deferrals. False if the session is unknown or already ended (the first end wins, so a worker
+        finishing a session a supervisor just stopped does not overwrite ``stopped``)."""
+        final = _status(status)
+        if final not in TERMINAL_STATUSES:
+            allowed = ", ".join(sorted(s.value for s in TERMINAL_STATUSES))
+            raise ValueError(f"status: {final.value!r} does not end a session (one of {allowed})")
+        body = _json("outcome", outcome)
+        now = _utcnow()
+        with self._write() as conn:
+            session = self._lock_session(conn, session_id)
+            if session is None or session["status"] in TERMINAL_STATUSES:
+                return False
+            conn.execute(
+                update(sessions_table)
+                .where(sessions_table.c.session_id == session_id)
+                .values(
+                    status=final.value,
+                    outcome=body,
+                    ended_at=now,
+                    updated_at=now,
+                    owner=None,
+                    lease_until=None,
+                    pending_proposal_id=None,
+                    pending_etag=None,
+                    pending_deferral_id=None,
+                )
+            )
+            conn.execute(
+                update(deferrals_table)
+                .where(deferrals_table.c.session_id == session_id)
+                .where(deferrals_table.c.status == DeferralStatus.PENDING.value)
+                .values(status=DeferralStatus.CANCELLED.value)
+            )
+        return True
+
+    def bump(
+        self,
+        session_id: str,
+        applied: int = 0,
+        deferred: int = 0,
+        automated: bool | None = None,
+        step: int | None = None,
+    ) -> bool:
+        """Add to the counters, set the step, and record a human step with ``automated=False`` (sticky: the flag
+        means "no human step so far", so True or None leave it). False if the session is unknown.
+
+        ``park`` and ``confirm`` already count their own events; this is for anything else."""
+        values: dict[str, Any] = {"updated_at": _utcnow()}
+        if _count("applied", applied):
+            values["actions_applied"] = sessions_table.c.actions_applied + applied
+        if _count("deferred", deferred):
+            values["actions_deferred"] = sessions_table.c.actions_deferred + deferred
+        if automated is not None and not isinstance(automated, bool):
+            raise ValueError(f"automated: must be a bool or None, got {automated!r}")
+        if automated is False:
+            values["automated"] = False
+        if step is not None:
+            values["step"] = _count("step", step)
+        with self._write() as conn:
+            result = conn.execute(
+                update(sessions_table).where(sessions_table.c.session_id == session_id).values(**values)
+            )
+        return result.rowcount == 1
+
+    # ---- leases ---------------------------------------------------------------------------------------------
+
+    def claim(self, session_id: str, worker_id: str, lease_s: float, now: datetime | None = None) -> bool:
+        """Take or extend ownership of an active session: succeeds if it is unowned, owned by ``worker_id``, or
+        its lease expired (``lease_until < now``). One compare-and-set UPDATE, so two workers never both win."""
+        _text("worker_id", worker_id)
+        at = _naive_utc(now)
+        until = at + timedelta(seconds=_seconds("lease_s", lease_s))
+        s = sessions_table.c
+        statement = (
+            update(sessions_table)
+            .where(s.session_id == session_id)
+            .where(s.status.in_([status.value for status in ACTIVE_STATUSES]))
+            .where(or_(s.owner.is_(None), s.owner == worker_id, s.lease_until.is_(None), s.lease_until < at))
+            .values(owner=worker_id, lease_until=until, updated_at=at)
+        )
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def renew(self, worker_id: str, lease_s: float, now: datetime | None = None) -> int:
+        """Extend the lease of every active session ``worker_id`` still owns; return how many. A session another
+        worker took over is no longer owned, so it is not renewed (compare with ``owned_sessions``)."""
+        _text("worker_id", worker_id)
+        at = _naive_utc(now)
+        until = at + timedelta(seconds=_seconds("lease_s", lease_s))
+        s = sessions_table.c
+        statement = (
+            update(sessions_table)
+            .where(s.owner == worker_id)
+            .where(s.status.in_([status.value for status in ACTIVE_STATUSES]))
+            .values(lease_until=until)
+        )
+        with self._write() as conn:
+            return int(conn.execute(statement).rowcount)
+
+    def release(self, session_id: str, worker_id: str) -> bool:
+        """Give a session up (e.g. on shutdown) so another worker may claim it at once; False if not owned."""
+        s = sessions_table.c
+        statement = (
+            update(sessions_table)
+            .where(s.session_id == session_id, s.owner == worker_id)
+            .values(owner=None, lease_until=None, updated_at=_utcnow())
+        )
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def owned_sessions(self, worker_id: str, now: datetime | None = None) -> list[str]:
+        """Active sessions on which ``worker_id`` holds a valid lease."""
+        s = sessions_table.c
+        query = (
+            select(s.session_id)
+            .where(s.owner == worker_id, s.lease_until >= _naive_utc(now))
+            .where(s.status.in_([status.value for status in ACTIVE_STATUSES]))
+            .order_by(s.session_id)
+        )
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
+
+    def expired_sessions(self, now: datetime | None = None, limit: int | None = None) -> list[str]:
+        """Running sessions nobody holds a valid lease on (a dead worker's, or released ones), longest expired
+        first: for another worker to ``claim``. Parked sessions are left out: nothing can happen to them until
+        an operator answers, and ``answer`` makes them running (and so listed here if their owner is gone)."""
+        at = _naive_utc(now)
+        s = sessions_table.c
+        query = (
+            select(s.session_id)
+            .where(s.status == SessionStatus.RUNNING.value)
+            .where(or_(s.owner.is_(None), s.lease_until.is_(None), s.lease_until < at))
+            .order_by(s.lease_until.is_not(None), s.lease_until, s.session_id)
+        )
+        if _limit(limit) is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
+
+    # ---- proposals and decisions ----------------------------------------------------------------------------
+
+    def record_proposal(self, proposal: Proposal) -> bool:
+        """Store a proposal; False if its id is stored already (a redelivery)."""
+        if not isinstance(proposal, Proposal):
+            raise ValueError(f"proposal: expected a Proposal, got {type(proposal).__name__}")
+        with self._write() as conn:
+            return self._record_proposal(conn, proposal)
+
+    def _record_proposal(self, conn: Connection, proposal: Proposal) -> bool:
+        row = {
+            "proposal_id": proposal.proposal_id,
+            "session_id": proposal.session_id,
+            "step": proposal.step,
+            "payload": proposal.model_dump_json(),
+            "created_at": _utcnow(),
+        }
+        return self._insert_ignore(conn, proposals_table, "proposal_id", row)
+
+    def get_proposal(self, proposal_id: str) -> Proposal | None:
+        query = select(proposals_table.c.payload).where(proposals_table.c.proposal_id == proposal_id)
+        with self._read() as conn:
+            payload = conn.execute(query).scalar_one_or_none()
+        return None if payload is None else Proposal.model_validate_json(payload)
+
+    def record_decision(self, decision: Decision) -> bool:
+        """Store a router decision; False if its id is stored already (a redelivery)."""
+        if not isinstance(decision, Decision):
+            raise ValueError(f"decision: expected a Decision, got {type(decision).__name__}")
+        with self._write() as conn:
+            return self._record_decision(conn, decision)
+
+    def _record_decision(self, conn: Connection, decision: Decision) -> bool:
+        row = {
+            "decision_id": decision.decision_id,
+            "session_id": decision.session_id,
+            "proposal_id": decision.proposal_id,
+            "outcome": decision.outcome.value,
+            "slice": str(decision.slice),
+            "stage": decision.stage.value,
+            "tier": decision.tier.value,
+            "score": decision.score,
+            "threshold": decision.threshold,
+            "audit": decision.audit,
+            "reason": decision.reason,
+            "decided_at": _naive_utc(decision.decided_at),
+            "payload": decision.model_dump_json(),
+        }
+        return self._insert_ignore(conn, decisions_table, "decision_id", row)
+
+    def decisions(self, session_id: str) -> list[Decision]:
+        """A session's decisions in the order they were made."""
+        d = decisions_table.c
+        query = select(d.payload).where(d.session_id == session_id).order_by(d.decided_at, d.decision_id)
+        with self._read() as conn:
+            return [Decision.model_validate_json(payload) for payload in conn.execute(query).scalars()]
+
+    # ---- deferrals ------------------------------------------------------------------------------------------
+
+    def park(self, session_id: str, deferral: Deferral) -> bool:
+        """Park an active session on ``deferral``: in one transaction store the deferral (pending), its proposal
+        and decision (if new), set the session parked with the pending proposal id, etag and deferral id, count
+        it (``actions_deferred`` + 1) and clear ``automated``. A deferral pending from an earlier park of the same
+        session becomes stale (the session moved on).
+
+        Returns False and changes nothing if this deferral is stored already (a redelivery: same deferral id and
+        proposal id) or the session has ended. Raises ValueError for an unknown session or a deferral id /
+        proposal id already used by another deferral."""
+        if not isinstance(deferral, Deferral):
+            raise ValueError(f"deferral: expected a Deferral, got {type(deferral).__name__}")
+        _text("session_id", session_id)
+        if deferral.session_id != session_id or deferral.proposal.session_id != session_id:
+            raise ValueError(f"deferral.session_id: the deferral belongs to another session than {session_id!r}")
+        proposal = deferral.proposal
+        now = _utcnow()
+        d = deferrals_table.c
+        with self._write() as conn:
+            session = self._lock_session(conn, session_id)
+            if session is None:
+                raise ValueError(f"session_id: no session {session_id!r}")
+            query = select(d.deferral_id, d.proposal_id).where(
+                or_(d.deferral_id == deferral.deferral_id, d.proposal_id == proposal.proposal_id)
+            )
+            existing = conn.execute(query).all()
+            if any(row == (deferral.deferral_id, proposal.proposal_id) for row in existing):
+                return False
+            if existing:
+                raise ValueError(
+                    f"deferral.deferral_id: {deferral.deferral_id!r} or its proposal {proposal.proposal_id!r} "
+                    "is already stored with another deferral"
+                )
+            if session["status"] not in ACTIVE_STATUSES:
+                return False
+            if session["pending_deferral_id"] is not None:
+                conn.execute(
+                    update(deferrals_table)
+                    .where(d.deferral_id == session["pending_deferral_id"], d.status == DeferralStatus.PENDING.value)
+                    .values(status=DeferralStatus.STALE.value)
+                )
+            self._record_proposal(conn, proposal)
+            self._record_decision(conn, deferral.decision)
+            self._insert_ignore(
+                conn,
+                deferrals_table,
+                "deferral_id",
+                {
+                    "deferral_id": deferral.deferral_id,
+                    "session_id": session_id,
+                    "proposal_id": proposal.proposal_id,
+                    "state_etag": proposal.state_etag,
+                    "queue": deferral.queue,
+                    "status": DeferralStatus.PENDING.value,
+                    "created_at": _naive_utc(deferral.created_at),
+                    "payload": deferral.model_dump_json(),
+                },
+            )
+            conn.execute(
+                update(sessions_table)
+                .where(sessions_table.c.session_id == session_id)
+                .values(
+                    status=SessionStatus.PARKED.value,
+                    pending_proposal_id=proposal.proposal_id,
+                    pending_etag=proposal.state_etag,
+                    pending_deferral_id=deferral.deferral_id,
+                    actions_deferred=sessions_table.c.actions_deferred + 1,
+                    automated=False,
+                    updated_at=now,
+                )
+            )
+        return True
+
+    def answer(self, decision: OperatorDecision, now: datetime | None = None) -> AnswerResult:
+        """Apply an operator's answer, at most once per deferral.
+
+        - ``accepted``: a pending deferral exists for the proposal, and the session is parked on exactly that
+          proposal and state etag. The deferral is marked answered (with the answer) and the session is running
+          again with its pending fields cleared, in one transaction.
+        - ``duplicate``: the deferral was answered already with the same content (a redelivery): harmless.
+        - ``stale``: the deferral is no longer pending (answered differently, superseded or cancelled), or the
+          answer names another state etag than the one the session is parked on.
+        - ``unknown``: no deferral for that proposal in that session.
+        Of concurrent answers for one deferral exactly one is accepted."""
+        if not isinstance(decision, OperatorDecision):
+            raise ValueError(f"decision: expected an OperatorDecision, got {type(decision).__name__}")
+        at = _naive_utc(now)
+        for _ in range(_ANSWER_ATTEMPTS):
+            try:
+                with self._write() as conn:
+                    return self._answer(conn, decision, at)
+            except _Conflict:
+                continue  # lost a race: the next attempt sees the winner's answer
+        raise RuntimeError(f"answer: proposal {decision.proposal_id!r} kept changing; gave up")
+
+    def _answer(self, conn: Connection, decision: OperatorDecision, at: datetime) -> AnswerResult:
+        d = deferrals_table.c
+        by_proposal = select(deferrals_table).where(d.proposal_id == decision.proposal_id)
+        found = conn.execute(by_proposal).mappings().one_or_none()
+        if found is None or found["session_id"] != decision.session_id:
+            return AnswerResult(AnswerStatus.UNKNOWN, f"no deferral for proposal {decision.proposal_id!r}")
+        # Lock in the store's order (session, then deferral) and read the deferral again under the lock.
+        session = self._lock_session(conn, found["session_id"])
+        row = conn.execute(by_proposal.with_for_update()).mappings().one()
+        info: dict[str, Any] = {
+            "deferral_id": row["deferral_id"],
+            "session_id": row["session_id"],
+            "deferral": Deferral.model_validate_json(row["payload"]),
+        }
+        status = DeferralStatus(row["status"])
+        if status == DeferralStatus.ANSWERED:
+            if _same_answer(row["answer"], decision):
+                return AnswerResult(AnswerStatus.DUPLICATE, "already answered with the same answer", **info)
+            return AnswerResult(AnswerStatus.STALE, "already answered differently", **info)
+        if status != DeferralStatus.PENDING:
+            return AnswerResult(AnswerStatus.STALE, f"the deferral is {status.value}", **info)
+        if decision.state_etag != row["state_etag"]:
+            return AnswerResult(AnswerStatus.STALE, "the answer names another state etag", **info)
+        if session is None or (
+            session["status"] != SessionStatus.PARKED.value
+            or session["pending_proposal_id"] != decision.proposal_id
+            or session["pending_etag"] != decision.state_etag
+        ):
+            return AnswerResult(AnswerStatus.STALE, "the session is not parked on this proposal and state", **info)
+        answered = conn.execute(
+            update(deferrals_table)
+            .where(d.deferral_id == row["deferral_id"], d.status == DeferralStatus.PENDING.value)
+            .values(
+                status=DeferralStatus.ANSWERED.value,
+                answer=decision.model_dump_json(),
+                answered_at=at,
+                operator_id=decision.operator_id,
+            )
+        )
+        s = sessions_table.c
+        resumed = conn.execute(
+            update(sessions_table)
+            .where(s.session_id == row["session_id"], s.status == SessionStatus.PARKED.value)
+            .where(s.pending_proposal_id == decision.proposal_id, s.pending_etag == decision.state_etag)
+            .values(
+                status=SessionStatus.RUNNING.value,
+                pending_proposal_id=None,
+                pending_etag=None,
+                pending_deferral_id=None,
+                updated_at=at,
+            )
+        )
+        if answered.rowcount != 1 or resumed.rowcount != 1:
+            raise _Conflict  # only reachable without row locks; rolls the transaction back
+        return AnswerResult(AnswerStatus.ACCEPTED, "accepted", **info)
+
+    def get_deferral(self, deferral_id: str) -> DeferralRow | None:
+        query = select(deferrals_table).where(deferrals_table.c.deferral_id == deferral_id)
+        with self._read() as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        return None if row is None else _deferral_row(row)
+
+    def session_deferrals(self, session_id: str) -> list[DeferralRow]:
+        """A session's deferrals, oldest first, whatever their status."""
+        d = deferrals_table.c
+        query = select(deferrals_table).where(d.session_id == session_id).order_by(d.created_at, d.deferral_id)
+        with self._read() as conn:
+            return [_deferral_row(row) for row in conn.execute(query).mappings()]
+
+    def pending_deferrals(self, queues: Sequence[str] | None = None, limit: int = 100) -> list[Deferral]:
+        """Pending deferrals, oldest first, of the given queues (all queues if None)."""
+        if isinstance(queues, str):
+            raise ValueError("queues: must be a sequence of queue names, not one string")
+        d = deferrals_table.c
+        query = select(d.payload).where(d.status == DeferralStatus.PENDING.value)
+        if queues is not None:
+            if not queues:
+                return []
+            query = query.where(d.queue.in_(list(queues)))
+        query = query.order_by(d.created_at, d.deferral_id).limit(_limit(limit))
+        with self._read() as conn:
+            return [Deferral.model_validate_json(payload) for payload in conn.execute(query).scalars()]
+
+    def deferral_stats(self, now: datetime | None = None) -> dict[str, QueueStats]:
+        """Per queue with pending deferrals: how many, and the age in seconds of the oldest one."""
+        at = _naive_utc(now)
+        d = deferrals_table.c
+        query = (
+            select(d.queue, func.count(), func.min(d.created_at))
+            .where(d.status == DeferralStatus.PENDING.value)
+            .group_by(d.queue)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return {
+            queue: QueueStats(int(depth), max(0.0, (at - oldest).total_seconds()))
+            for queue, depth, oldest in sorted(rows)
+        }
+
+    # ---- exactly-once side effects --------------------------------------------------------------------------
+
+    def apply_once(
+        self,
+        idempotency_key: str,
+        session_id: str,
+        step: int,
+        action: Action,
+        apply: Callable[[], T],
+        *,
+        worker_id: str | None = None,
+    ) -> tuple[bool, T | None]:
+        """Run the side effect ``apply`` at most once for ``idempotency_key``; see the module docstring.
+
+        1. Reserve the key (one transaction). If it is reserved or confirmed already: ``(False, None)`` without
+           calling ``apply`` (another caller applied it, or is applying it now). Raises ApplyRefusedError if the
+           session is not running or, with ``worker_id``, that worker does not hold a valid lease on it (fencing);
+           ValueError if the session is unknown.
+        2. Call ``apply``. If it raises, release the reservation so a retry with the same key may apply it, and
+           re-raise.
+        3. Confirm the key (``applied_at`` set, ``actions_applied`` + 1) and return ``(True, result)``.
+        A crash (or a database error in 3) between 1 and 3 leaves the key unconfirmed; ``(False, None)`` then
+        answers later calls for it, so a worker that resumes a session must re-send its ``unconfirmed_keys``."""
+        _text("idempotency_key", idempotency_key)
+        _text("session_id", session_id)
+        _count("step", step)
+        if not callable(apply):
+            raise ValueError("apply: must be callable")
+        if not isinstance(action, _ACTION_CLASSES):
+            raise ValueError(f"action: expected an Action, got {type(action).__name__}")
+        body = action.model_dump_json()
+        token = uuid.uuid4().hex
+        at = _utcnow()
+        a = applied_actions_table.c
+        with self._write() as conn:
+            session = self._lock_session(conn, session_id)
+            if session is None:
+                raise ValueError(f"session_id: no session {session_id!r}")
+            known = conn.execute(select(a.idempotency_key).where(a.idempotency_key == idempotency_key)).first()
+            if known is not None:
+                return False, None
+            if session["status"] != SessionStatus.RUNNING.value:
+                raise ApplyRefusedError(f"session {session_id!r} is {session['status']}, not running")
+            if worker_id is not None and (
+                session["owner"] != worker_id or session["lease_until"] is None or session["lease_until"] < at
+            ):
+                raise ApplyRefusedError(f"worker {worker_id!r} holds no valid lease on session {session_id!r}")
+            row = {
+                "idempotency_key": idempotency_key,
+                "session_id": session_id,
+                "step": step,
+                "action": body,
+                "reservation": token,
+                "reserved_at": at,
+                "applied_at": None,
+            }
+            if not self._insert_ignore(conn, applied_actions_table, "idempotency_key", row):
+                return False, None
+        try:
+            result = apply()
+        except BaseException:
+            # The outcome is unknown (the BPM may have applied it before failing): free the key for a retry with
+            # the same key, which the BPM's own idempotency makes safe. Only our own reservation is removed. If
+            # the database fails here too, the key stays unconfirmed and a resuming worker re-sends it.
+            with suppress(Exception), self._write() as conn:
+                conn.execute(
+                    delete(applied_actions_table).where(
+                        a.idempotency_key == idempotency_key, a.reservation == token, a.applied_at.is_(None)
+                    )
+                )
+            raise
+        self.confirm(idempotency_key)
+        return True, result
+
+    def confirm(self, idempotency_key: str) -> bool:
+        """Mark a reserved key applied and count it on its session (one transaction); False if it is unknown or
+        confirmed already, so a key is counted once however often it is confirmed."""
+        a = applied_actions_table.c
+        with self._write() as conn:
+            query = select(a.session_id).where(a.idempotency_key == idempotency_key)
+            session_id = conn.execute(query).scalar_one_or_none()
+            if session_id is None:
+                return False
+            self._lock_session(conn, session_id)  # the store's lock order: session first
+            confirmed = conn.execute(
+                update(applied_actions_table)
+                .where(a.idempotency_key == idempotency_key, a.applied_at.is_(None))
+                .values(applied_at=_utcnow())
+            )
+            if confirmed.rowcount != 1:
+                return False
+            conn.execute(
+                update(sessions_table)
+                .where(sessions_table.c.session_id == session_id)
+                .values(actions_applied=sessions_table.c.actions_applied + 1)
+            )
+        return True
+
+    def unconfirmed_keys(self, session_id: str) -> list[UnconfirmedAction]:
+        """Reserved but unconfirmed side effects of a session, oldest first: a worker that resumes the session
+        (after ``claim``) re-sends each with its key, then calls ``confirm``."""
+        a = applied_actions_table.c
+        query = (
+            select(applied_actions_table)
+            .where(a.session_id == session_id, a.applied_at.is_(None))
+            .order_by(a.reserved_at, a.step, a.idempotency_key)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            UnconfirmedAction(
+                idempotency_key=row["idempotency_key"],
+                session_id=row["session_id"],
+                step=row["step"],
+                action=parse_action(row["action"]),
+                reserved_at=_aware_req(row["reserved_at"]),
+            )
+            for row in rows
+        ]
+
+    def is_applied(self, idempotency_key: str) -> bool:
+        """True if the key is confirmed."""
+        a = applied_actions_table.c
+        query = select(a.applied_at).where(a.idempotency_key == idempotency_key)
+        with self._read() as conn:
+            return conn.execute(query).scalar_one_or_none() is not None
+
+    # ---- audit log ------------------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, target: str, details: Mapping[str, Any] | None = None) -> int:
+        """Append an audit entry; return its id. ``details`` must already be redacted: no customer message
+        bodies, no secrets."""
+        row = {
+            "at": _utcnow(),
+            "actor": _text("actor", actor),
+            "action": _text("action", action),
+            "target": _target(target),
+            "details": _json("details", details),
+        }
+        with self._write() as conn:
+            result = conn.execute(audit_log_table.insert().values(**row))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries, newest first."""
+        query = select(audit_log_table).order_by(audit_log_table.c.id.desc()).limit(_limit(limit))
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            AuditEntry(
+                id=row["id"],
+                at=_aware_req(row["at"]),
+                actor=row["actor"],
+                action=row["action"],
+                target=row["target"],
+                details=json.loads(row["details"]),
+            )
+            for row in rows
+        ]

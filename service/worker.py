@@ -1,0 +1,991 @@
+"""SessionWorker: runs background sessions step by step (observe, propose, score, decide, execute or defer) and
+resumes them from the store and the BPM after a crash.
+
+One loop, one thread. ``run`` alternates three phases until its stop event is set:
+
+1. maintenance (time-gated): renew this worker's leases every ``lease_s / 3``; every ``lease_s / 2`` take over
+   sessions whose lease expired (running ones from ``store.expired_sessions``, parked ones from the parked list),
+   notice parked sessions that were answered through another worker, and re-send deferrals whose publish failed;
+2. the bus: one ``BusConsumer.poll_once`` over ``sessions`` and ``operator-decisions`` (group ``workers``, or ``group_id``; both
+   topics have the same partition count and key = session id, so the range assignor gives one member every
+   message of a session). Handlers only touch the store and mark sessions ready; no BPM call happens here, so a
+   slow BPM never delays the commit of a batch;
+3. one step batch of up to ``batch_size`` READY sessions: first what an answer or an adoption left to do (apply
+   the approved action, hand over after a reject, re-send unconfirmed keys), then every session is observed,
+   proposed for in one ``propose_batch`` call, scored in one critic call and routed, and only then executed
+   (EXECUTE) or parked (DEFER, ALWAYS_ASK), so a session's decision latency excludes the others' side effects.
+
+Why one loop and not a consumer thread beside a step thread: the policy is not shared with another thread, a
+session is never touched by two threads (no per-session locks), and the consumer is used by the thread that made
+it (kafka-python's consumer is not thread-safe). Kafka heartbeats run on kafka-python's own thread, so a long
+batch does not cost the group membership; leases are renewed between phases and ``batch_size`` bounds a phase.
+The cost: an operator's answer waits for the batch in progress (a few hundred ms with the small policy).
+
+Safety, given the store's guarantees (see ``service.store``):
+
+- Side effects go through ``store.apply_once`` with the key ``"{session}:{step}:{sha256(action_key)[:16]}"``
+  (``step`` = the UI state's step the action was decided on) and the adapter's ``expected_etag``, fenced by this
+  worker's lease. The answered action of a deferral is applied only if the case is still at the deferral's etag
+  (observed just before reserving the key), so a stale plan is never replayed.
+- Invariant: for an active session every unconfirmed key was either applied by the BPM or reserved at the case's
+  current step. Recovery (``_resend``) relies on it: it re-sends an unconfirmed key with the current etag when the
+  step matches, else with an etag no state has, so only a replay of a key the BPM already knows can pass. A key
+  that cannot be re-sent hands the session over (a human looks at it) instead of guessing.
+- A crashed worker's parked session is adopted with its deferral re-published (message id = deferral id); the
+  operator side is idempotent on the deferral id, and an answer is accepted by the store at most once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate, CriticInput
+from schemas.actions import Action, action_key
+from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, Verdict
+from schemas.proposal import Proposal
+from schemas.risk import RiskTier
+from schemas.session import SessionCommand, SessionCommandKind
+from schemas.state import UIState
+from service.adapters.base import (
+    AdapterError,
+    BpmAdapter,
+    BpmUnavailableError,
+    CaseEndedError,
+    CaseNotFoundError,
+    InvalidActionError,
+    StaleStateError,
+)
+from service.autonomy import AutonomyStages
+from service.bus.consumer import BusConsumer, MessageMeta
+from service.bus.producer import BusProducer, Published
+from service.bus.topics import Topics
+from service.router import Router, SessionContext, ThresholdSource
+from service.store import (
+    ACTIVE_STATUSES,
+    AnswerStatus,
+    ApplyRefusedError,
+    DeferralStatus,
+    RuntimeStore,
+    SessionStatus,
+)
+
+log = logging.getLogger(__name__)
+
+WORKER_GROUP = "workers"
+
+
+class ProposalPolicy(Protocol):
+    """What the worker needs of a policy (``policy.policy.LMPolicy`` is one)."""
+
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]: ...
+
+
+class AcceptanceCritic(Protocol):
+    """What the worker needs of a critic: column 1 of ``predict_proba`` is P(accept) (every ``critic`` is one)."""
+
+    def predict_proba(self, X: Sequence[CriticInput]) -> np.ndarray: ...
+
+
+def idempotency_key(session_id: str, step: int, action: Action) -> str:
+    """The key of a side effect: the session, the UI step it was decided on, and a hash of the action."""
+    digest = hashlib.sha256(action_key(action).encode("utf-8")).hexdigest()[:16]
+    return f"{session_id}:{step}:{digest}"
+
+
+class Reservoir:
+    """A bounded uniform sample of an unbounded stream (Vitter's algorithm R), for percentiles. Thread-safe."""
+
+    def __init__(self, size: int = 4096, seed: int = 0) -> None:
+        if size < 1:
+            raise ValueError(f"size: must be >= 1, got {size}")
+        self.size = size
+        self.count = 0
+        self.maximum = 0.0
+        self._values: list[float] = []
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def add(self, value: float) -> None:
+        with self._lock:
+            self.count += 1
+            self.maximum = max(self.maximum, value)
+            if len(self._values) < self.size:
+                self._values.append(value)
+            else:
+                slot = self._rng.randrange(self.count)
+                if slot < self.size:
+                    self._values[slot] = value
+
+    def summary(self) -> dict[str, float | int | None]:
+        """count, p50, p99 and max (None while empty)."""
+        with self._lock:
+            values = list(self._values)
+            count, maximum = self.count, self.maximum
+        if not values:
+            return {"count": 0, "p50": None, "p99": None, "max": None}
+        p50, p99 = np.percentile(np.asarray(values), [50, 99])
+        return {"count": count, "p50": round(float(p50), 3), "p99": round(float(p99), 3), "max": round(maximum, 3)}
+
+
+class _Applied(StrEnum):
+    APPLIED = "applied"
+    FAILED = "failed"  # not applied; counted as a failure on the step
+    RETRY = "retry"  # the BPM was away: try again after the backoff
+    LOST = "lost"  # the session is no longer this worker's
+
+
+class _Local(StrEnum):
+    READY = "ready"  # waiting for (or in) a step batch
+    PARKED = "parked"  # waiting for an operator's answer
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An accepted operator answer whose effect (apply the approved action, or hand over) is still to happen.
+    ``recovered``: rebuilt from the store after a takeover, where it may well have happened already."""
+
+    deferral: Deferral
+    decision: OperatorDecision
+    recovered: bool = False
+
+
+@dataclass(slots=True)
+class _Session:
+    session_id: str
+    case_id: str
+    process_id: str
+    state: _Local = _Local.READY
+    queued: bool = False
+    step: int = 0
+    actions_executed: int = 0
+    failure_step: int = -1
+    failures: int = 0  # failures or UI mismatches on ``failure_step``
+    unavailable: int = 0  # BpmUnavailableErrors in a row
+    not_before: float = 0.0  # monotonic time before which the session is not stepped (backoff)
+    needs_resend: bool = False  # adopted: unconfirmed keys must be re-sent before anything else
+    pending_answer: _Answer | None = None
+    deferral: Deferral | None = None  # while parked
+    deferral_published: bool = True
+
+
+@dataclass(slots=True)
+class _Observed:
+    session: _Session
+    state: UIState
+    started: float  # perf_counter at the observe, for the decision latency
+    proposal: Proposal | None = None
+    score: float | None = None
+    decision: Decision | None = None
+
+
+@dataclass
+class _Counts:
+    values: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.values[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.values)
+
+
+class SessionWorker:
+    """Runs the background sessions this worker owns; see the module docstring.
+
+    ``thresholds`` and ``critic`` are one pair (a registry champion and its thresholds): the worker installs the
+    thresholds in the router so the two never disagree, and ``reload_critic`` swaps both. ``stages`` must be the
+    router's, since the answers the worker feeds to the guardrails change the stages the router reads.
+    ``queue_for`` maps a process id to the operator queue its deferrals go to. Consumer settings are keyword-only
+    (tests use 2000/500/10, see notes/infrastructure.md); ``group_id`` defaults to ``workers`` (the Runtime scopes
+    it with the topic prefix, so deployments sharing a cluster never rebalance each other)."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        adapter: BpmAdapter,
+        policy: ProposalPolicy,
+        critic: AcceptanceCritic,
+        thresholds: ThresholdSource,
+        router: Router,
+        stages: AutonomyStages,
+        store: RuntimeStore,
+        producer: BusProducer,
+        topics: Topics,
+        queue_for: Callable[[str], str] = str,
+        batch_size: int = 32,
+        lease_s: float = 30.0,
+        max_steps: int = 40,
+        *,
+        group_id: str = WORKER_GROUP,
+        policy_lock: threading.Lock | None = None,
+        session_timeout_ms: int = 6000,
+        heartbeat_interval_ms: int = 1000,
+        fetch_max_wait_ms: int = 10,
+        idle_poll_ms: int = 50,
+        backoff_initial_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+    ) -> None:
+        if not isinstance(worker_id, str) or not worker_id.strip():
+            raise ValueError("worker_id: must be a non-empty string")
+        if stages is not router.stages:
+            raise ValueError("stages: must be the router's AutonomyStages (the guardrails feed what the router reads)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        if not (isinstance(lease_s, int | float) and math.isfinite(lease_s) and lease_s > 0):
+            raise ValueError(f"lease_s: must be a finite number of seconds > 0, got {lease_s!r}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps: must be >= 1, got {max_steps}")
+        if not 0 < backoff_initial_s <= backoff_max_s:
+            raise ValueError("backoff_initial_s: must be > 0 and <= backoff_max_s")
+        self.worker_id = worker_id
+        self.adapter = adapter
+        self.policy = policy
+        self.critic = critic
+        self.thresholds = thresholds
+        self.router = router
+        self.router.thresholds = thresholds
+        self.stages = stages
+        self.store = store
+        self.producer = producer
+        self.topics = topics
+        self.queue_for = queue_for
+        self.batch_size = batch_size
+        self.lease_s = float(lease_s)
+        self.max_steps = max_steps
+        self.idle_poll_ms = idle_poll_ms
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        # Beyond this many failures on one step the router has deferred already and the operator's answers did
+        # not help either: a human takes the case.
+        self.handover_after_failures = router.max_failures_per_step + 2
+        self._policy_lock = policy_lock
+        self._sessions: dict[str, _Session] = {}
+        self._ready: deque[str] = deque()
+        self._counts = _Counts()
+        self.latency = Reservoir()
+        self._lease_valid_until = 0.0
+        self._renew_due = 0.0
+        self._scan_due = 0.0
+        self._started = time.monotonic()
+        self._closed = False
+        self._consumer = BusConsumer(
+            producer.bootstrap,
+            group_id,
+            [topics.sessions, topics.operator_decisions],
+            {topics.sessions: SessionCommand, topics.operator_decisions: OperatorDecision},
+            self._on_message,
+            producer,
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            max_poll_records=max(100, batch_size),
+            client_id=f"worker-{worker_id}",
+        )
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Run until ``stop_event`` is set. Unexpected errors are logged, counted and backed off, never fatal."""
+        errors = 0
+        self._started = time.monotonic()
+        while not stop_event.is_set():
+            try:
+                self.run_once()
+                errors = 0
+            except Exception:
+                errors += 1
+                self._counts.add("loop_errors")
+                log.exception("worker %s: loop failed (%d in a row)", self.worker_id, errors)
+                stop_event.wait(self._backoff(errors))
+
+    def run_once(self) -> None:
+        """One round: maintenance (when due), one poll of the bus, one step batch."""
+        self._maintain()
+        self._consumer.poll_once(timeout_ms=0 if self._has_ready() else self.idle_poll_ms)
+        self._step()
+
+    def close(self, release: bool = True) -> None:
+        """Leave the consumer group and, with ``release``, give up this worker's sessions so another worker can
+        claim them at once (a crash leaves them to expire instead). Idempotent; the producer is the caller's."""
+        if self._closed:
+            return
+        self._closed = True
+        self._consumer.close()
+        if release:
+            for session_id in list(self._sessions):
+                try:
+                    self.store.release(session_id, self.worker_id)
+                except Exception:
+                    log.exception("worker %s: releasing session %s failed", self.worker_id, session_id)
+        self._sessions.clear()
+        self._ready.clear()
+        try:
+            self.producer.flush(timeout=5.0)
+        except Exception:
+            log.debug("flushing the producer failed", exc_info=True)
+
+    def reload_critic(self, critic: AcceptanceCritic, thresholds: ThresholdSource) -> None:
+        """Swap the critic and its thresholds together (a new registry champion). Call from the worker's thread
+        (between ``run_once`` rounds) or while it is stopped."""
+        self.critic = critic
+        self.thresholds = thresholds
+        self.router.thresholds = thresholds
+
+    # ---- observation ---------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Sessions by local state, decisions by outcome, answers by result, recovery counts and the decision
+        latency (observe -> decision, ms). Safe to call from any thread."""
+        sessions = list(self._sessions.values())
+        counts = self._counts.snapshot()
+
+        def prefixed(prefix: str) -> dict[str, int]:
+            return {k[len(prefix) :]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
+
+        plain = {k: v for k, v in sorted(counts.items()) if ":" not in k}
+        return {
+            "worker_id": self.worker_id,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "sessions": {
+                "ready": sum(1 for s in sessions if s.state == _Local.READY),
+                "parked": sum(1 for s in sessions if s.state == _Local.PARKED),
+            },
+            "finished": prefixed("finished:"),
+            "decisions": prefixed("decision:"),
+            "answers": prefixed("answer:"),
+            "stale_answers": counts.get("answer_result:stale", 0),
+            "unknown_answers": counts.get("answer_result:unknown", 0),
+            "duplicates": counts.get("answer_result:duplicate", 0) + counts.get("duplicate_starts", 0),
+            "duplicate_answers": counts.get("answer_result:duplicate", 0),
+            "decision_latency_ms": self.latency.summary(),
+            "consumer": {
+                "processed": self._consumer.stats.processed,
+                "parked": self._consumer.stats.parked,
+                "retries": self._consumer.stats.retries,
+            },
+            **plain,
+        }
+
+    def session_ids(self) -> list[str]:
+        """The sessions this worker holds in memory (owned and active)."""
+        return sorted(self._sessions)
+
+    # ---- bus handlers (called from poll_once) -----------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: Any, meta: MessageMeta) -> None:
+        if isinstance(payload, SessionCommand):
+            self._on_command(payload)
+        elif isinstance(payload, OperatorDecision):
+            self._on_answer(payload)
+        else:  # the consumer decodes by topic, so this is a wiring error: park the message
+            raise ValueError(f"payload: unexpected {type(payload).__name__} on {topic!r}")
+
+    def _on_command(self, command: SessionCommand) -> None:
+        session_id = command.session_id
+        if command.command == SessionCommandKind.STOP:
+            self.store.finish(
+                session_id, SessionStatus.STOPPED, {"reason": "stopped by command", "issued_by": command.issued_by}
+            )
+            self._forget(session_id)
+            self._counts.add("stopped")
+            return
+        created = self.store.create_session(session_id, command.case_id, command.process_id)
+        if session_id in self._sessions:
+            self._counts.add("duplicate_starts")
+            return
+        if not created:
+            # A redelivery, or a start for a session whose worker died: adopting recovers it if it is claimable.
+            self._counts.add("duplicate_starts")
+            self._adopt(session_id, "start")
+            return
+        if not self.store.claim(session_id, self.worker_id, self.lease_s):
+            return  # another worker's takeover scan got it first: it runs the session
+        session = _Session(session_id, command.case_id, command.process_id)
+        self._sessions[session_id] = session
+        self._enqueue(session)
+        self._counts.add("started")
+
+    def _on_answer(self, decision: OperatorDecision) -> None:
+        result = self.store.answer(decision)
+        if result.result != AnswerStatus.ACCEPTED:
+            # stale (another etag, or answered differently), unknown, or a redelivery: the store changed nothing.
+            self._counts.add(f"answer_result:{result.result.value}")
+            log.info(
+                "worker %s: %s answer for proposal %s of session %s: %s",
+                self.worker_id,
+                result.result.value,
+                decision.proposal_id,
+                decision.session_id,
+                result.reason,
+            )
+            return
+        self._counts.add("answer_result:accepted")
+        self._counts.add(f"answer:{decision.verdict.value}")
+        deferral = result.deferral
+        assert deferral is not None  # an accepted answer always names its deferral
+        self._feed_stages(deferral, decision)
+        session = self._sessions.get(decision.session_id)
+        if session is None:
+            # Not ours in memory: adopt it if its owner is gone (adoption rebuilds this answer from the store);
+            # a live owner notices the answer in its next scan of parked sessions.
+            self._adopt(decision.session_id, "answer")
+            return
+        session.pending_answer = _Answer(deferral, decision)
+        session.state = _Local.READY
+        session.deferral = None
+        self._enqueue(session)
+
+    def _feed_stages(self, deferral: Deferral, decision: OperatorDecision) -> None:
+        slice_key = deferral.decision.slice
+        self.stages.record_answer(slice_key, corrected=decision.verdict != Verdict.ACCEPT)
+        if deferral.decision.audit:
+            # The same label the critic is trained on, so audited acceptance and the thresholds measure one thing.
+            acceptable = decision.verdict == Verdict.ACCEPT or decision.reason in LABEL_RULES[DEFAULT_LABEL]
+            self.stages.record_audit(slice_key, acceptable)
+
+    # ---- maintenance ---------------------------------------------------------------------------------------------
+
+    def _maintain(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._renew_due:
+            self._renew()
+        if force or now >= self._scan_due:
+            self._scan_due = now + self.lease_s / 2
+            self._scan()
+            for session in list(self._sessions.values()):
+                if session.state == _Local.PARKED and not session.deferral_published:
+                    self._publish_deferral(session)
+
+    def _renew(self) -> None:
+        started = time.monotonic()
+        self.store.renew(self.worker_id, self.lease_s)
+        self._lease_valid_until = started + self.lease_s
+        self._renew_due = started + self.lease_s / 3
+        owned = set(self.store.owned_sessions(self.worker_id))
+        for session_id in list(self._sessions):
+            if session_id not in owned:
+                # Ended by someone else (a stop), or taken over after this worker was presumed dead.
+                self._forget(session_id)
+                self._counts.add("lost_sessions")
+        for session_id in sorted(owned.difference(self._sessions)):
+            # Leased to this worker id but not in memory (a restart under the same id): renewing it without
+            # running it would keep it from everyone, so it is adopted.
+            self._adopt(session_id, "owned")
+
+    def _holds_lease(self, session: _Session) -> bool:
+        """True if this worker may act on the session now: its lease has a safety margin left (renewing first if
+        not). ``apply_once`` fences side effects in the store too; this also covers ``park``."""
+        if time.monotonic() < self._lease_valid_until - 0.2 * self.lease_s:
+            return session.session_id in self._sessions
+        self._renew()
+        return session.session_id in self._sessions
+
+    def _scan(self) -> None:
+        """Take over sessions whose owner is gone, and resume parked sessions that were answered elsewhere."""
+        now = datetime.now(UTC)
+        parked_rows = self.store.sessions(SessionStatus.PARKED)
+        parked_ids = {row.session_id for row in parked_rows}
+        orphans = self.store.expired_sessions(now=now, limit=self.batch_size * 4)
+        orphans += [
+            row.session_id
+            for row in parked_rows
+            if row.owner != self.worker_id and (row.lease_until is None or row.lease_until < now)
+        ]
+        for session_id in orphans:
+            if session_id not in self._sessions:
+                self._adopt(session_id, "takeover")
+        for session in list(self._sessions.values()):
+            if session.state == _Local.PARKED and session.session_id not in parked_ids:
+                row = self.store.get_session(session.session_id)
+                if row is None or row.status not in ACTIVE_STATUSES or row.owner != self.worker_id:
+                    self._forget(session.session_id)
+                    continue
+                # Answered through a worker that does not own it: complete the answer from the store.
+                session.pending_answer = self._last_answer(session.session_id)
+                session.state = _Local.READY
+                session.deferral = None
+                self._enqueue(session)
+                self._counts.add("answers_seen_in_store")
+
+    def _adopt(self, session_id: str, why: str) -> _Session | None:
+        """Claim a session and rebuild it from the store: parked ones wait for their answer (the deferral is
+        re-published), running ones first re-send unconfirmed keys and complete an answered deferral."""
+        existing = self._sessions.get(session_id)
+        if existing is not None:
+            return existing
+        if not self.store.claim(session_id, self.worker_id, self.lease_s):
+            return None
+        row = self.store.get_session(session_id)
+        if row is None or row.status not in ACTIVE_STATUSES:
+            return None
+        session = _Session(
+            session_id,
+            row.case_id,
+            row.process_id,
+            step=row.step,
+            actions_executed=row.actions_applied,
+            needs_resend=True,
+        )
+        self._sessions[session_id] = session
+        self._counts.add(f"adopted:{why}")
+        if why == "takeover":
+            self._counts.add("takeovers")
+        if row.status == SessionStatus.PARKED:
+            session.state = _Local.PARKED
+            pending = self.store.get_deferral(row.pending_deferral_id) if row.pending_deferral_id else None
+            if pending is not None and pending.status == DeferralStatus.PENDING:
+                # We cannot tell whether it reached the topic (the previous owner may have died between park and
+                # publish), so it is sent again under its own message id; operators dedupe on the deferral id.
+                session.deferral = pending.deferral
+                session.deferral_published = False
+                self._counts.add("republished_deferrals")
+                self._publish_deferral(session)
+            return session
+        session.pending_answer = self._last_answer(session_id)
+        self._enqueue(session)
+        return session
+
+    def _last_answer(self, session_id: str) -> _Answer | None:
+        rows = self.store.session_deferrals(session_id)
+        if not rows:
+            return None
+        last = rows[-1]
+        if last.status != DeferralStatus.ANSWERED or last.answer is None:
+            return None
+        return _Answer(last.deferral, last.answer, recovered=True)
+
+    # ---- the step batch ------------------------------------------------------------------------------------------
+
+    def _enqueue(self, session: _Session) -> None:
+        if not session.queued:
+            session.queued = True
+            self._ready.append(session.session_id)
+
+    def _has_ready(self) -> bool:
+        now = time.monotonic()
+        for session_id in self._ready:
+            session = self._sessions.get(session_id)
+            if session is not None and session.queued and session.not_before <= now:
+                return True
+        return False
+
+    def _take_ready(self) -> list[_Session]:
+        now = time.monotonic()
+        batch: list[_Session] = []
+        later: list[str] = []
+        for _ in range(len(self._ready)):
+            if len(batch) >= self.batch_size:
+                break
+            session_id = self._ready.popleft()
+            session = self._sessions.get(session_id)
+            if session is None or not session.queued or session.state != _Local.READY:
+                continue
+            if session.not_before > now:
+                later.append(session_id)
+                continue
+            session.queued = False
+            batch.append(session)
+        self._ready.extend(later)
+        return batch
+
+    def _step(self) -> None:
+        batch = self._take_ready()
+        if not batch:
+            return
+        started = time.perf_counter()
+        try:
+            # What adoptions and answers left to do first, so the observations below are all fresh and the
+            # decision latency (observe -> decision) does not include other sessions' side effects.
+            ready = [session for session in batch if self._prelude(session)]
+            self._counts.add("prelude_ms", int((time.perf_counter() - started) * 1000))
+            observed = [item for item in (self._observe(s) for s in ready) if item is not None]
+            if observed:
+                mark = time.perf_counter()
+                self._propose(observed)
+                self._counts.add("propose_ms", int((time.perf_counter() - mark) * 1000))
+                mark = time.perf_counter()
+                self._score(observed)
+                self._counts.add("score_ms", int((time.perf_counter() - mark) * 1000))
+                # Every decision first, then the side effects: a session's decision latency does not include the
+                # store writes and BPM calls of the sessions before it in the batch.
+                for item in observed:
+                    try:
+                        self._decide(item)
+                    except Exception:
+                        self._session_error(item.session)
+                mark = time.perf_counter()
+                for item in observed:
+                    if item.decision is not None:
+                        try:
+                            self._act(item)
+                        except Exception:
+                            self._session_error(item.session)
+                self._counts.add("act_ms", int((time.perf_counter() - mark) * 1000))
+        finally:
+            # Whatever went wrong above, a session still READY goes back to the queue; nothing is lost.
+            for session in batch:
+                if session.session_id in self._sessions and session.state == _Local.READY:
+                    self._enqueue(session)
+            self._counts.add("batches")
+            self._counts.add("batched_sessions", len(batch))
+            self._counts.add("busy_ms", int((time.perf_counter() - started) * 1000))
+
+    def _session_error(self, session: _Session) -> None:
+        """An unexpected error on one session (a database away) backs that session off, not the batch."""
+        self._counts.add("session_errors")
+        log.exception("worker %s: session %s failed; backing off", self.worker_id, session.session_id)
+        self._back_off(session)
+
+    def _prelude(self, session: _Session) -> bool:
+        """Finish what an adoption or an answer left to do; True if the session may be observed now."""
+        try:
+            if session.needs_resend and not self._resend(session):
+                return False
+            return session.pending_answer is None or self._complete_answer(session)
+        except Exception:
+            self._session_error(session)
+            return False
+
+    def _observe(self, session: _Session) -> _Observed | None:
+        try:
+            return self._observe_now(session)
+        except Exception:
+            self._session_error(session)
+            return None
+
+    def _observe_now(self, session: _Session) -> _Observed | None:
+        started = time.perf_counter()
+        try:
+            if self.adapter.ended(session.case_id):
+                outcome = dict(self.adapter.outcome(session.case_id))
+                self._finish(session, SessionStatus.COMPLETED, {"reason": "the case ended", **outcome})
+                return None
+            state = self.adapter.observe(session.case_id)
+        except BpmUnavailableError as exc:
+            self._unavailable(session, exc)
+            return None
+        except CaseNotFoundError as exc:
+            self._finish(session, SessionStatus.FAILED, {"reason": str(exc)})
+            return None
+        except AdapterError as exc:
+            self._failure(session, session.step, exc)
+            self._back_off(session)
+            return None
+        session.unavailable = 0
+        session.step = state.step
+        if state.step != session.failure_step:
+            session.failure_step, session.failures = state.step, 0
+        if state.step >= self.max_steps:
+            self._finish(session, SessionStatus.HANDED_OVER, {"reason": f"max_steps: {self.max_steps} steps reached"})
+            return None
+        if session.failures > self.handover_after_failures:
+            reason = f"step {state.step} failed {session.failures} times"
+            self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
+            return None
+        return _Observed(session, state, started)
+
+    def _propose(self, observed: list[_Observed]) -> None:
+        states = [item.state for item in observed]
+        try:
+            if self._policy_lock is not None:
+                with self._policy_lock:
+                    proposals = self.policy.propose_batch(states)
+            else:
+                proposals = self.policy.propose_batch(states)
+            if len(proposals) != len(states):
+                raise ValueError(f"propose_batch: {len(proposals)} proposals for {len(states)} states")
+        except Exception:
+            self._counts.add("policy_errors")
+            log.exception("worker %s: the policy failed on a batch of %d states", self.worker_id, len(states))
+            for item in observed:
+                self._back_off(item.session)
+            observed.clear()
+            return
+        for item, proposal in zip(observed, proposals, strict=True):
+            if proposal is not None and proposal.session_id != item.session.session_id:
+                # The BPM's notion of a session may differ from the runtime's; the runtime's id is the one the
+                # store, the bus and operator answers use.
+                proposal = proposal.model_copy(update={"session_id": item.session.session_id})
+            item.proposal = proposal
+
+    def _score(self, observed: list[_Observed]) -> None:
+        """Critic scores for critic-gated proposals (non-critical and always-ask ones are decided without it)."""
+        gated = [
+            item
+            for item in observed
+            if item.proposal is not None
+            and self.router.risk.tier_for(
+                item.proposal.process_id, item.proposal.action.type, getattr(item.proposal.action, "control_id", None)
+            )
+            == RiskTier.CRITICAL
+        ]
+        if not gated:
+            return
+        try:
+            candidates = [Candidate(item.state, item.proposal) for item in gated if item.proposal is not None]
+            probabilities = np.asarray(self.critic.predict_proba(candidates), dtype=np.float64)[:, 1]
+        except Exception:
+            self._counts.add("critic_errors")  # unscored proposals are deferred by the router (not_scored)
+            log.exception("worker %s: the critic failed on %d candidates", self.worker_id, len(gated))
+            return
+        for item, p in zip(gated, probabilities, strict=True):
+            item.score = float(min(1.0, max(0.0, p))) if math.isfinite(p) else None
+
+    def _decide(self, item: _Observed) -> None:
+        session, proposal = item.session, item.proposal
+        if proposal is None:
+            reason = "the policy has no valid action for this screen"
+            self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
+            return
+        context = SessionContext(session.session_id, session.actions_executed, session.failures)
+        item.decision = self.router.decide(proposal, item.score, context)
+        self.latency.add((time.perf_counter() - item.started) * 1000.0)
+        self._counts.add(f"decision:{item.decision.outcome.value}")
+        if item.decision.audit:
+            self._counts.add("audits")
+
+    def _act(self, item: _Observed) -> None:
+        session, state, proposal, decision = item.session, item.state, item.proposal, item.decision
+        assert proposal is not None and decision is not None
+        if decision.outcome == DecisionOutcome.EXECUTE:
+            self._execute(session, state, proposal, decision)
+        elif decision.outcome in (DecisionOutcome.DEFER, DecisionOutcome.ALWAYS_ASK):
+            self._defer(session, state, proposal, decision)
+        else:  # BLOCKED: nothing may happen in the background; a human takes the case
+            self._publish_decision(decision)
+            self._finish(session, SessionStatus.HANDED_OVER, {"reason": decision.reason})
+
+    def _execute(self, session: _Session, state: UIState, proposal: Proposal, decision: Decision) -> None:
+        if not self._holds_lease(session):
+            return
+        self.store.record_proposal(proposal)
+        self.store.record_decision(decision)
+        self._publish_decision(decision)
+        if self._apply(session, state.step, proposal.action, state.etag) == _Applied.APPLIED:
+            self._counts.add("executed")
+
+    def _apply(self, session: _Session, step: int, action: Action, expected_etag: str) -> _Applied:
+        """Apply ``action`` (decided on UI step ``step`` at ``expected_etag``) exactly once. Failures are counted
+        on the step; the session stays READY unless it was lost."""
+        key = idempotency_key(session.session_id, step, action)
+        case_id = session.case_id
+        try:
+            applied, _ = self.store.apply_once(
+                key,
+                session.session_id,
+                step,
+                action,
+                lambda: self.adapter.apply(case_id, action, key, expected_etag=expected_etag),
+                worker_id=self.worker_id,
+            )
+        except (StaleStateError, InvalidActionError) as exc:
+            self._failure(session, step, exc)
+            return _Applied.FAILED
+        except CaseEndedError:
+            return _Applied.FAILED  # the next observation finishes the session
+        except BpmUnavailableError as exc:
+            self._unavailable(session, exc)
+            return _Applied.RETRY
+        except ApplyRefusedError as exc:
+            log.info("worker %s: %s", self.worker_id, exc)
+            self._forget(session.session_id)
+            self._counts.add("lost_sessions")
+            return _Applied.LOST
+        except AdapterError as exc:
+            self._failure(session, step, exc)
+            return _Applied.FAILED
+        if not applied:
+            # Reserved or applied by someone else already: unexpected for an owned session. Counted as a failure
+            # on the step, so a session that keeps meeting it is deferred and then handed over, never spun.
+            self._counts.add("already_reserved")
+            self._failure(session, step, RuntimeError(f"key {key} was reserved already"))
+            return _Applied.FAILED
+        session.actions_executed += 1
+        session.unavailable = 0
+        return _Applied.APPLIED
+
+    def _defer(self, session: _Session, state: UIState, proposal: Proposal, decision: Decision) -> None:
+        deferral = Deferral(
+            deferral_id=uuid.uuid4().hex,
+            session_id=session.session_id,
+            queue=self.queue_for(session.process_id),
+            proposal=proposal,
+            decision=decision,
+            state=state,
+        )
+        if not self._holds_lease(session):
+            return
+        if not self.store.park(session.session_id, deferral):
+            self._refresh(session)  # ended meanwhile (stopped): nothing to wait for
+            return
+        session.state = _Local.PARKED
+        session.deferral = deferral
+        session.deferral_published = False
+        self._counts.add("deferred")
+        self.store.bump(session.session_id, step=state.step)
+        self._publish_decision(decision)
+        self._publish_deferral(session)
+
+    # ---- answers and recovery ------------------------------------------------------------------------------------
+
+    def _complete_answer(self, session: _Session) -> bool:
+        """Do what an accepted answer asks; True if the session may go on to its next observation."""
+        answer = session.pending_answer
+        assert answer is not None
+        deferral, decision = answer.deferral, answer.decision
+        if decision.verdict == Verdict.REJECT:
+            session.pending_answer = None
+            outcome = {
+                "reason": "the operator took the case over",
+                "operator_id": decision.operator_id,
+                "reject_reason": decision.reason.value if decision.reason else None,
+            }
+            self._finish(session, SessionStatus.HANDED_OVER, outcome)
+            return False
+        action = deferral.proposal.action if decision.verdict == Verdict.ACCEPT else decision.corrected_action
+        assert action is not None  # OperatorDecision validates: correct carries its action
+        try:
+            current = self.adapter.observe(session.case_id)
+        except BpmUnavailableError as exc:
+            self._unavailable(session, exc)
+            return False
+        except CaseNotFoundError as exc:
+            self._finish(session, SessionStatus.FAILED, {"reason": str(exc)})
+            return False
+        session.pending_answer = None
+        if current.etag != deferral.state.etag:
+            # The case is no longer where the answer was given (a recovered answer that was applied before, or a
+            # case that changed under us): never replay a stale plan.
+            if not answer.recovered:
+                self._counts.add("stale_plans")
+                log.warning("worker %s: session %s moved on before its answer", self.worker_id, session.session_id)
+            return True
+        result = self._apply(session, deferral.proposal.step, action, deferral.state.etag)
+        if result == _Applied.APPLIED:
+            self._counts.add("answers_applied")
+        elif result == _Applied.RETRY:
+            session.pending_answer = answer  # the BPM was away: the same answer again after the backoff
+            return False
+        return result != _Applied.LOST
+
+    def _resend(self, session: _Session) -> bool:
+        """Re-send the session's unconfirmed keys (a crash between apply and confirm) and confirm them; True if
+        the session may go on. See the module docstring for why this cannot replay a stale action."""
+        for unconfirmed in self.store.unconfirmed_keys(session.session_id):
+            key = unconfirmed.idempotency_key
+            try:
+                state = self.adapter.observe(session.case_id)
+                # At the step the key was reserved on, the current etag lets the intended action through; at
+                # any other step only a key the BPM already applied may pass (it answers before checking etags).
+                fence = state.etag if state.step == unconfirmed.step else f"not-at-step-{unconfirmed.step}"
+                self.adapter.apply(session.case_id, unconfirmed.action, key, expected_etag=fence)
+            except BpmUnavailableError as exc:
+                self._unavailable(session, exc)
+                return False
+            except CaseEndedError:
+                self._counts.add("resend_failures")  # never applied, and now cannot be: the session ends next
+                continue
+            except CaseNotFoundError as exc:
+                self._finish(session, SessionStatus.FAILED, {"reason": str(exc)})
+                return False
+            except AdapterError as exc:
+                self._counts.add("resend_failures")
+                log.error("worker %s: unconfirmed key %s cannot be re-sent: %s", self.worker_id, key, exc)
+                reason = f"an unconfirmed action ({key}) could not be re-sent: {exc}"
+                self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
+                return False
+            if self.store.confirm(key):
+                self._counts.add("resent_keys")
+        session.needs_resend = False
+        return True
+
+    # ---- small helpers -------------------------------------------------------------------------------------------
+
+    def _publish_decision(self, decision: Decision) -> None:
+        """The audit trail on ``decisions``; asynchronous (the store holds the decision already)."""
+        try:
+            future = self.producer.publish_async(
+                self.topics.decisions, decision, decision.session_id, message_id=f"decision:{decision.decision_id}"
+            )
+        except Exception:
+            self._counts.add("publish_errors")
+            log.warning("worker %s: publishing decision %s failed", self.worker_id, decision.decision_id, exc_info=True)
+            return
+        future.add_done_callback(self._on_decision_published)
+
+    def _on_decision_published(self, future: concurrent.futures.Future[Published]) -> None:
+        if future.exception() is not None:
+            self._counts.add("publish_errors")
+            log.warning("worker %s: a decision was not published: %r", self.worker_id, future.exception())
+
+    def _publish_deferral(self, session: _Session) -> None:
+        deferral = session.deferral
+        if deferral is None:
+            return
+        try:
+            self.producer.publish(
+                self.topics.deferrals,
+                deferral,
+                session.session_id,
+                timeout=5.0,
+                message_id=f"deferral:{deferral.deferral_id}",
+            )
+        except Exception:
+            # The session stays parked in the store; maintenance publishes again until it goes through.
+            self._counts.add("publish_errors")
+            log.warning("worker %s: publishing deferral %s failed", self.worker_id, deferral.deferral_id, exc_info=True)
+            return
+        session.deferral_published = True
+
+    def _finish(self, session: _Session, status: SessionStatus, outcome: dict[str, Any]) -> None:
+        self.store.bump(session.session_id, step=session.step)
+        self.store.finish(session.session_id, status, outcome)
+        self._forget(session.session_id)
+        self._counts.add(f"finished:{status.value}")
+
+    def _forget(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.queued = False
+
+    def _refresh(self, session: _Session) -> None:
+        row = self.store.get_session(session.session_id)
+        if row is None or row.status not in ACTIVE_STATUSES or row.owner != self.worker_id:
+            self._forget(session.session_id)
+
+    def _failure(self, session: _Session, step: int, error: BaseException) -> None:
+        if session.failure_step != step:
+            session.failure_step, session.failures = step, 0
+        session.failures += 1
+        self._counts.add("step_failures")
+        log.info("worker %s: session %s step %d failed: %s", self.worker_id, session.session_id, step, error)
+
+    def _unavailable(self, session: _Session, error: BpmUnavailableError) -> None:
+        session.unavailable += 1
+        self._counts.add("bpm_unavailable")
+        log.warning("worker %s: BPM unavailable for session %s: %s", self.worker_id, session.session_id, error)
+        self._back_off(session, session.unavailable)
+
+    def _back_off(self, session: _Session, attempt: int = 1) -> None:
+        session.not_before = time.monotonic() + self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(max(attempt, 1) - 1, 20)))

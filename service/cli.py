@@ -30,6 +30,43 @@ def _schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    """One SessionWorker in this process until SIGTERM/SIGINT (what the Helm Deployment runs); see docs/runtime.md."""
+    import json
+    import logging
+
+    from service.bus.topics import Topics
+    from service.runtime import (
+        RuntimeSettings,
+        build_worker,
+        check_bus,
+        run_worker_process,
+        worker_spec_from_settings,
+    )
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    flags = {
+        "policy_dir": args.policy_dir,
+        "registry_dir": args.registry_dir,
+        "bpm_url": args.bpm_url,
+        "worker_id": args.worker_id,
+    }
+    settings = RuntimeSettings(**{name: value for name, value in flags.items() if value is not None})
+    spec = worker_spec_from_settings(settings)  # cheap checks first: a wrong setting fails in milliseconds
+    check_bus(spec.bootstrap, Topics(spec.topic_prefix), settings.partitions, settings.bus_timeout_s)
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    worker = build_worker(spec)
+    ready = {"event": "ready", "worker_id": spec.worker_id, "critic": spec.critic_path, "policy": spec.policy_path}
+    print(json.dumps(ready), flush=True)
+    run_worker_process(worker)  # returns after SIGTERM/SIGINT, its sessions released and everything closed
+    print(json.dumps({"event": "stopped", "stats": worker.stats()}, default=str), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopilot", description="Selective LLM autopilot for BPM support work.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     export = schemas_sub.add_parser("export", help="write the JSON Schema of every payload into DIR")
     export.add_argument("dir", metavar="DIR")
     export.set_defaults(handler=_schemas_export)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run one background-session worker until SIGTERM (settings from AUTOPILOT_* environment variables)",
+        description=(
+            "Runs one SessionWorker: joins the workers group on AUTOPILOT_KAFKA_BOOTSTRAP, keeps sessions in "
+            "AUTOPILOT_DATABASE_URL, drives the BPM task API at AUTOPILOT_BPM_URL with the policy in "
+            "AUTOPILOT_POLICY_DIR and the champion critic of AUTOPILOT_REGISTRY_DIR. SIGTERM stops it gracefully "
+            "(its sessions are released for the other workers). Flags override the environment."
+        ),
+    )
+    worker.add_argument("--policy-dir", help="a saved policy directory (AUTOPILOT_POLICY_DIR)")
+    worker.add_argument("--registry-dir", help="the critic registry (AUTOPILOT_REGISTRY_DIR)")
+    worker.add_argument("--bpm-url", help="the BPM task API root (AUTOPILOT_BPM_URL)")
+    worker.add_argument("--worker-id", help="default: host name, process id and a random suffix")
+    worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker.set_defaults(handler=_worker)
 
     register_sandbox(commands)
     register_import(commands)

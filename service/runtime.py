@@ -12,6 +12,10 @@ is described by a ``WorkerSpec`` and built with ``build_worker``; it reaches the
 
 Consumer groups are scoped by the topic prefix (``<prefix>workers``, ``<prefix>operators``) like the topics, so two
 deployments (or two test runs) on one cluster never share a group and never rebalance each other.
+
+``worker_spec_from_settings`` turns ``RuntimeSettings`` (the environment of a deployment) into a ``WorkerSpec``:
+the policy directory, the critic registry's champion and its thresholds, the BPM's task API; ``autopilot worker``
+(``service.cli``) runs it. ``WorkerSetupError`` says which setting is wrong before anything heavy is loaded.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from critic.registry import CriticRegistry
 from critic.thresholds import SliceThresholds
 from sandbox.operators import SimOperator, operator_pool
 from sandbox.platform import SandboxPlatform
 from sandbox.risk import DEFAULT_RISK_POLICY
 from schemas.actions import Action
-from schemas.risk import RiskPolicy
+from schemas.risk import AutonomyStage, RiskPolicy
 from schemas.session import SessionCommand, SessionCommandKind
 from service.adapters.base import BpmAdapter
 from service.adapters.sandbox_inprocess import SandboxAdapter
@@ -90,6 +95,24 @@ class RuntimeSettings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    initial_stage: AutonomyStage = Field(
+        default=AutonomyStage.COPILOT, description="The stage every slice starts in (guardrail state is per process)"
+    )
+    # A worker in its own process (``autopilot worker``):
+    policy_dir: Path | None = Field(default=None, description="A saved policy directory (LMPolicy.save)")
+    registry_dir: Path | None = Field(default=None, description="The critic registry; its champion is used")
+    bpm_url: str | None = Field(default=None, description="The BPM task API root, e.g. http://bpm:8000/api/v1")
+    worker_id: str | None = Field(default=None, description="None: host name, process id and a random suffix")
+    torch_threads: int | None = Field(default=None, ge=1, description="Threads of the policy; None: torch's default")
+    bus_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting worker waits for the broker")
+
+    @field_validator(
+        "kafka_bootstrap", "database_url", "policy_dir", "registry_dir", "bpm_url", "worker_id", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty variable (a Helm value left blank) means "not set", not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'runtime.db'}"
@@ -118,7 +141,7 @@ class Runtime:
         self.policy = policy
         self.critic = critic
         self.thresholds = thresholds
-        self.stages = stages or AutonomyStages()
+        self.stages = stages or AutonomyStages(AutonomyConfig(initial_stage=self.settings.initial_stage))
         self.router = Router(
             risk, self.stages, thresholds, audit_rate=self.settings.audit_rate, seed=self.settings.seed
         )
@@ -417,3 +440,96 @@ def run_worker_process(worker: SessionWorker) -> None:
         worker.close()
         worker.producer.close()
         worker.store.close()
+
+
+class WorkerSetupError(ValueError):
+    """A worker process cannot start with these settings; the message names the setting (``policy_dir: ...``)."""
+
+
+def _setting(name: str, value: object) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise WorkerSetupError(f"{name}: not set (set AUTOPILOT_{name.upper()})")
+
+
+def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
+    """The ``WorkerSpec`` of a worker process from its settings, checked without loading anything heavy: the
+    policy directory holds a saved policy, the registry has a champion with thresholds (its artifact's hash is
+    verified), the bus and the BPM are named. Raises WorkerSetupError (or RegistryError for a damaged registry)."""
+    _setting("kafka_bootstrap", settings.kafka_bootstrap)
+    _setting("bpm_url", settings.bpm_url)
+    _setting("policy_dir", settings.policy_dir)
+    _setting("registry_dir", settings.registry_dir)
+    assert settings.kafka_bootstrap and settings.bpm_url and settings.policy_dir and settings.registry_dir
+    if not settings.bpm_url.startswith(("http://", "https://")):
+        raise WorkerSetupError(f"bpm_url: must be an http(s) URL, got {settings.bpm_url!r}")
+    policy_file = settings.policy_dir / "policy.json"
+    if not policy_file.is_file():
+        raise WorkerSetupError(f"policy_dir: {settings.policy_dir} is not a saved policy (no {policy_file.name})")
+    registry = CriticRegistry(settings.registry_dir)
+    if not settings.registry_dir.is_dir():
+        raise WorkerSetupError(f"registry_dir: {settings.registry_dir} is not a directory")
+    champion = registry.champion()
+    if champion is None:
+        raise WorkerSetupError(
+            f"registry_dir: {settings.registry_dir} has no champion critic; register and promote one first "
+            "(autopilot critic retrain, or autopilot critic promote VERSION)"
+        )
+    thresholds = registry.thresholds(champion)
+    if thresholds is None:
+        raise WorkerSetupError(f"registry_dir: the champion {champion!r} has no thresholds; it cannot gate actions")
+    return WorkerSpec(
+        worker_id=settings.worker_id or _worker_id(0),
+        bootstrap=settings.kafka_bootstrap,
+        database_url=settings.store_url(),
+        topic_prefix=settings.topic_prefix,
+        bpm_url=settings.bpm_url,
+        policy_path=str(settings.policy_dir),
+        critic_path=str(registry.artifact_path(champion)),
+        thresholds=thresholds,
+        autonomy=AutonomyConfig(initial_stage=settings.initial_stage).to_dict(),
+        audit_rate=settings.audit_rate,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        lease_s=settings.lease_s,
+        max_steps=settings.max_steps,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    )
+
+
+def _bootstrap_addresses(bootstrap: str) -> list[tuple[str, int]]:
+    addresses: list[tuple[str, int]] = []
+    for item in bootstrap.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise WorkerSetupError(f"kafka_bootstrap: {item.strip()!r} is not host:port")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+def check_bus(bootstrap: str, topics: Topics, partitions: int, timeout_s: float = 10.0) -> None:
+    """Fail fast when no broker answers at ``bootstrap``, then create the topics that are missing (idempotent:
+    the consumer refuses missing topics, and on Tansu a subscribe would create them with the wrong partition
+    count). Raises WorkerSetupError naming ``kafka_bootstrap``."""
+    addresses = _bootstrap_addresses(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    reachable = False
+    while not reachable:
+        for host, port in addresses:
+            try:
+                with socket.create_connection((host, port), timeout=min(2.0, timeout_s)):
+                    reachable = True
+                    break
+            except OSError:
+                continue
+        if not reachable:
+            if time.monotonic() >= deadline:
+                raise WorkerSetupError(f"kafka_bootstrap: no broker accepts connections at {bootstrap}")
+            time.sleep(0.5)  # a broker starting beside us (a pod restart) gets a few seconds
+    try:
+        ensure_topics(bootstrap, topics, partitions, timeout_ms=int(timeout_s * 1000))
+    except WorkerSetupError:
+        raise
+    except Exception as exc:  # the port answers but not as a Kafka broker, or it failed on its side
+        raise WorkerSetupError(f"kafka_bootstrap: the broker at {bootstrap} did not answer as Kafka: {exc!r}") from exc

@@ -7,8 +7,9 @@ proposed and decided, which steps wait for an operator (deferrals) and which sid
 Guarantees (each public method is one transaction):
 
 - Ownership: ``claim`` is a compare-and-set in one ``UPDATE ... WHERE``: at most one worker holds a valid lease on
-  a session at a time. ``apply_once(..., worker_id=...)`` refuses to start a side effect for a worker that no
-  longer holds the lease (fencing), so a worker that was presumed dead cannot act after its successor took over.
+  a session at a time. ``apply_once``, ``park`` and ``drop_reservation`` given a ``worker_id`` refuse to act for a
+  worker that no longer holds the lease (fencing, ``LeaseLostError``), so a worker that was presumed dead cannot
+  act after its successor took over.
 - Operator answers: ``answer`` accepts an OperatorDecision only if it names the session's pending proposal and
   the state etag it was parked on, and only once: of any number of concurrent answers exactly one is accepted;
   the others are ``duplicate`` (same content: a redelivery or a double click) or ``stale``.
@@ -18,7 +19,11 @@ Guarantees (each public method is one transaction):
   happened. The resuming worker re-sends it with the same key (``unconfirmed_keys``) and then ``confirm``s it;
   that is safe because the BPM adapter is itself idempotent on the key (the sandbox keeps a per-case map), so
   together the effect happens exactly once. If ``apply`` raises, the outcome is unknown too: the reservation is
-  released so a retry with the same key may apply it, again relying on the BPM's idempotency.
+  released so a retry with the same key may apply it, again relying on the BPM's idempotency. When the BPM
+  proves an unconfirmed key was never applied (it refuses the re-sent action: the key is checked before anything
+  else), ``drop_reservation`` removes the dead reservation so the session can decide that step again.
+- Deferrals are parked (stored) before they are published, so none is lost; ``mark_published`` records that one
+  reached the topic, so a worker taking a parked session over re-publishes only the ones that never did.
 - Counters are kept in the same transaction as the fact they count, so a crash never loses or doubles a count:
   ``park`` adds one to ``actions_deferred`` (and clears ``automated``); ``confirm`` (also called by
   ``apply_once``) adds one to ``actions_applied``. Callers must not ``bump`` those again for the same events.
@@ -27,6 +32,14 @@ Concurrency: SQLite runs in WAL mode with a busy timeout; every write transactio
 IMMEDIATE`` so writers serialise (no read-then-write upgrade failures) while readers never block. PostgreSQL runs
 at READ COMMITTED; transactions that change several rows lock the session row first (``SELECT ... FOR UPDATE``),
 always in the order session -> deferral / applied action, so they cannot deadlock each other.
+
+Durability: SQLite runs with ``synchronous=NORMAL`` (the WAL is fsynced at checkpoints, not at every commit).
+A committed transaction survives a crash of the process (the worker killed with SIGKILL, an OOM kill): it is in
+the WAL file the OS holds. A power loss or kernel crash may lose the last transactions (never corrupt the file):
+leases and reservations then roll back a little, which the BPM's idempotency keys and the takeover path already
+handle, but an operator answer accepted just before may be lost and has to be given again. ``FULL`` fsyncs
+every commit: measured on this project's machine, a one-row commit took 0.4 ms median and 4 ms p99 with FULL
+against 0.03 ms median and 0.1-0.6 ms p99 with NORMAL. Where power-loss durability matters, use PostgreSQL.
 
 Times are stored as naive UTC (SQLite keeps no time zone) and returned as aware UTC datetimes.
 """
@@ -61,7 +74,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
+    inspect,
     or_,
     select,
     text,
@@ -114,6 +129,11 @@ class AnswerStatus(StrEnum):
 
 class ApplyRefusedError(RuntimeError):
     """``apply_once`` will not start a side effect: the session is not running, or the worker lost its lease."""
+
+
+class LeaseLostError(ApplyRefusedError):
+    """The worker named in a fenced call (``apply_once``, ``park``, ``drop_reservation``) no longer holds a valid
+    lease on the session: another worker took it over, or it ended. Nothing was changed."""
 
 
 metadata = MetaData()
@@ -184,6 +204,8 @@ deferrals_table = Table(
     Column("answer", Text, nullable=True),
     Column("operator_id", String, nullable=True),
     Column("payload", Text, nullable=False),
+    # True once the deferral reached the deferrals topic: a takeover re-publishes only the ones that never did.
+    Column("published", Boolean, nullable=False, server_default=false()),
     Index("ix_deferrals_status_queue_created", "status", "queue", "created_at"),  # the operator inbox
 )
 
@@ -241,6 +263,7 @@ class DeferralRow:
     answered_at: datetime | None
     answer: OperatorDecision | None
     operator_id: str | None
+    published: bool = False  # reached the deferrals topic (``mark_published``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +401,7 @@ def _deferral_row(row: RowMapping) -> DeferralRow:
         answered_at=_aware(row["answered_at"]),
         answer=None if row["answer"] is None else OperatorDecision.model_validate_json(row["answer"]),
         operator_id=row["operator_id"],
+        published=bool(row["published"]),
     )
 
 
@@ -439,6 +463,8 @@ def _sqlite_transactions(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA journal_mode = WAL")  # persistent in the file; readers never block writers
+        # Per connection: with WAL, NORMAL survives a process crash; see the module docstring for power loss.
+        cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -462,6 +488,16 @@ class RuntimeStore:
             if self._postgres:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
             metadata.create_all(conn)
+            self._migrate(conn)
+
+    def _migrate(self, conn: Connection) -> None:
+        """Add the columns newer versions of this module need to tables an older one created (create_all adds
+        no columns). Rows from before know no better than "not published": a takeover re-publishes them, which
+        readers dedupe on the deferral id."""
+        columns = {column["name"] for column in inspect(conn).get_columns("deferrals")}
+        if "published" not in columns:
+            default = "false" if self._postgres else "0"
+            conn.execute(text(f"ALTER TABLE deferrals ADD COLUMN published BOOLEAN NOT NULL DEFAULT {default}"))
 
     def __repr__(self) -> str:
         return f"RuntimeStore({self.url!r})"
@@ -499,6 +535,13 @@ class RuntimeStore:
     def _lock_session(conn: Connection, session_id: str) -> RowMapping | None:
         query = select(sessions_table).where(sessions_table.c.session_id == session_id).with_for_update()
         return conn.execute(query).mappings().one_or_none()
+
+    @staticmethod
+    def _check_lease(session: RowMapping, worker_id: str, at: datetime) -> None:
+        """Fencing: raise LeaseLostError unless ``worker_id`` holds a valid lease on the (locked) session row."""
+        _text("worker_id", worker_id)
+        if session["owner"] != worker_id or session["lease_until"] is None or session["lease_until"] < at:
+            raise LeaseLostError(f"worker {worker_id!r} holds no valid lease on session {session['session_id']!r}")
 
     # ---- sessions -------------------------------------------------------------------------------------------
 
@@ -662,29 +705,47 @@ class RuntimeStore:
         with self._write() as conn:
             return conn.execute(statement).rowcount == 1
 
-    def owned_sessions(self, worker_id: str, now: datetime | None = None) -> list[str]:
-        """Active sessions on which ``worker_id`` holds a valid lease."""
+    def owned_sessions(
+        self, worker_id: str, now: datetime | None = None, *, status: SessionStatus | str | None = None
+    ) -> list[str]:
+        """Active sessions on which ``worker_id`` holds a valid lease; with ``status``, only running or only parked
+        ones."""
+        wanted = ACTIVE_STATUSES if status is None else {_status(status)}
+        if not wanted <= ACTIVE_STATUSES:
+            raise ValueError(f"status: {status!r} is not an active status (running or parked)")
         s = sessions_table.c
         query = (
             select(s.session_id)
             .where(s.owner == worker_id, s.lease_until >= _naive_utc(now))
-            .where(s.status.in_([status.value for status in ACTIVE_STATUSES]))
+            .where(s.status.in_(sorted(status.value for status in wanted)))
             .order_by(s.session_id)
         )
         with self._read() as conn:
             return list(conn.execute(query).scalars())
 
-    def expired_sessions(self, now: datetime | None = None, limit: int | None = None) -> list[str]:
+    def expired_sessions(
+        self, now: datetime | None = None, limit: int | None = None, *, include_parked: bool = False
+    ) -> list[str]:
         """Running sessions nobody holds a valid lease on (a dead worker's, or released ones), longest expired
-        first: for another worker to ``claim``. Parked sessions are left out: nothing can happen to them until
-        an operator answers, and ``answer`` makes them running (and so listed here if their owner is gone)."""
+        first: for another worker to ``claim``.
+
+        Parked sessions are left out by default: nothing can happen to them until an operator answers, and
+        ``answer`` makes them running (and so listed here if their owner is gone). ``include_parked`` lists them
+        too, after every running one: a worker that adopts them re-publishes a deferral that never reached the
+        topic and, since it then owns the session, resumes it as soon as the answer arrives instead of at the
+        next scan."""
+        if not isinstance(include_parked, bool):
+            raise ValueError(f"include_parked: must be a bool, got {include_parked!r}")
         at = _naive_utc(now)
         s = sessions_table.c
+        statuses = [SessionStatus.RUNNING.value] + ([SessionStatus.PARKED.value] if include_parked else [])
         query = (
             select(s.session_id)
-            .where(s.status == SessionStatus.RUNNING.value)
+            .where(s.status.in_(statuses))
             .where(or_(s.owner.is_(None), s.lease_until.is_(None), s.lease_until < at))
-            .order_by(s.lease_until.is_not(None), s.lease_until, s.session_id)
+            # Running ones first (they have work to do; a parked one waits for its operator anyway), then the
+            # released ones (no lease at all), then the longest expired.
+            .order_by(s.status == SessionStatus.PARKED.value, s.lease_until.is_not(None), s.lease_until, s.session_id)
         )
         if _limit(limit) is not None:
             query = query.limit(limit)
@@ -750,15 +811,17 @@ class RuntimeStore:
 
     # ---- deferrals ------------------------------------------------------------------------------------------
 
-    def park(self, session_id: str, deferral: Deferral) -> bool:
-        """Park an active session on ``deferral``: in one transaction store the deferral (pending), its proposal
-        and decision (if new), set the session parked with the pending proposal id, etag and deferral id, count
-        it (``actions_deferred`` + 1) and clear ``automated``. A deferral pending from an earlier park of the same
-        session becomes stale (the session moved on).
+    def park(self, session_id: str, deferral: Deferral, *, worker_id: str | None = None) -> bool:
+        """Park an active session on ``deferral``: in one transaction store the deferral (pending, not yet
+        published), its proposal and decision (if new), set the session parked at the proposal's step with the
+        pending proposal id, etag and deferral id, count it (``actions_deferred`` + 1) and clear ``automated``.
+        A deferral pending from an earlier park of the same session becomes stale (the session moved on).
 
         Returns False and changes nothing if this deferral is stored already (a redelivery: same deferral id and
         proposal id) or the session has ended. Raises ValueError for an unknown session or a deferral id /
-        proposal id already used by another deferral."""
+        proposal id already used by another deferral, and with ``worker_id`` LeaseLostError when that worker
+        holds no valid lease on the session (fencing: a worker presumed dead must not park a session its
+        successor runs)."""
         if not isinstance(deferral, Deferral):
             raise ValueError(f"deferral: expected a Deferral, got {type(deferral).__name__}")
         _text("session_id", session_id)
@@ -784,6 +847,8 @@ class RuntimeStore:
                 )
             if session["status"] not in ACTIVE_STATUSES:
                 return False
+            if worker_id is not None:
+                self._check_lease(session, worker_id, now)
             if session["pending_deferral_id"] is not None:
                 conn.execute(
                     update(deferrals_table)
@@ -805,6 +870,7 @@ class RuntimeStore:
                     "status": DeferralStatus.PENDING.value,
                     "created_at": _naive_utc(deferral.created_at),
                     "payload": deferral.model_dump_json(),
+                    "published": False,
                 },
             )
             conn.execute(
@@ -817,6 +883,7 @@ class RuntimeStore:
                     pending_deferral_id=deferral.deferral_id,
                     actions_deferred=sessions_table.c.actions_deferred + 1,
                     automated=False,
+                    step=proposal.step,
                     updated_at=now,
                 )
             )
@@ -906,6 +973,16 @@ class RuntimeStore:
             row = conn.execute(query).mappings().one_or_none()
         return None if row is None else _deferral_row(row)
 
+    def mark_published(self, deferral_id: str) -> bool:
+        """Record that the deferral reached the deferrals topic (the broker acknowledged it); False if the
+        deferral is unknown or marked already. Not fenced: it states a fact about the topic, whoever sent it."""
+        d = deferrals_table.c
+        statement = (
+            update(deferrals_table).where(d.deferral_id == deferral_id, d.published.is_(False)).values(published=True)
+        )
+        with self._write() as conn:
+            return conn.execute(statement).rowcount == 1
+
     def session_deferrals(self, session_id: str) -> list[DeferralRow]:
         """A session's deferrals, oldest first, whatever their status."""
         d = deferrals_table.c
@@ -954,13 +1031,17 @@ class RuntimeStore:
         apply: Callable[[], T],
         *,
         worker_id: str | None = None,
+        proposal: Proposal | None = None,
+        decision: Decision | None = None,
     ) -> tuple[bool, T | None]:
         """Run the side effect ``apply`` at most once for ``idempotency_key``; see the module docstring.
 
         1. Reserve the key (one transaction). If it is reserved or confirmed already: ``(False, None)`` without
            calling ``apply`` (another caller applied it, or is applying it now). Raises ApplyRefusedError if the
-           session is not running or, with ``worker_id``, that worker does not hold a valid lease on it (fencing);
-           ValueError if the session is unknown.
+           session is not running or, with ``worker_id``, LeaseLostError (a subclass) if that worker does not hold
+           a valid lease on it (fencing); ValueError if the session is unknown. ``proposal`` and ``decision`` (if
+           given and new) are stored in the same transaction, as ``record_proposal`` / ``record_decision`` would:
+           one commit instead of three per executed step, and nothing is stored when the call is refused.
         2. Call ``apply``. If it raises, release the reservation so a retry with the same key may apply it, and
            re-raise.
         3. Confirm the key (``applied_at`` set, ``actions_applied`` + 1) and return ``(True, result)``.
@@ -973,6 +1054,10 @@ class RuntimeStore:
             raise ValueError("apply: must be callable")
         if not isinstance(action, _ACTION_CLASSES):
             raise ValueError(f"action: expected an Action, got {type(action).__name__}")
+        if proposal is not None and not isinstance(proposal, Proposal):
+            raise ValueError(f"proposal: expected a Proposal, got {type(proposal).__name__}")
+        if decision is not None and not isinstance(decision, Decision):
+            raise ValueError(f"decision: expected a Decision, got {type(decision).__name__}")
         body = action.model_dump_json()
         token = uuid.uuid4().hex
         at = _utcnow()
@@ -982,14 +1067,17 @@ class RuntimeStore:
             if session is None:
                 raise ValueError(f"session_id: no session {session_id!r}")
             known = conn.execute(select(a.idempotency_key).where(a.idempotency_key == idempotency_key)).first()
+            if known is None:
+                if session["status"] != SessionStatus.RUNNING.value:
+                    raise ApplyRefusedError(f"session {session_id!r} is {session['status']}, not running")
+                if worker_id is not None:
+                    self._check_lease(session, worker_id, at)
+            if proposal is not None:
+                self._record_proposal(conn, proposal)
+            if decision is not None:
+                self._record_decision(conn, decision)
             if known is not None:
                 return False, None
-            if session["status"] != SessionStatus.RUNNING.value:
-                raise ApplyRefusedError(f"session {session_id!r} is {session['status']}, not running")
-            if worker_id is not None and (
-                session["owner"] != worker_id or session["lease_until"] is None or session["lease_until"] < at
-            ):
-                raise ApplyRefusedError(f"worker {worker_id!r} holds no valid lease on session {session_id!r}")
             row = {
                 "idempotency_key": idempotency_key,
                 "session_id": session_id,
@@ -1040,6 +1128,29 @@ class RuntimeStore:
                 .values(actions_applied=sessions_table.c.actions_applied + 1)
             )
         return True
+
+    def drop_reservation(self, idempotency_key: str, *, worker_id: str | None = None) -> bool:
+        """Remove an unconfirmed reservation whose action the BPM never applied; True if one was removed.
+
+        Call it only with the BPM's proof: re-sent with its key, the action was refused (stale etag, invalid
+        action, ended case), and the BPM checks a key before anything else, so a refusal means the key is
+        unknown to it. The step can then be decided again (possibly the same action under the same key). A
+        confirmed key is never removed (False). With ``worker_id``, LeaseLostError if that worker holds no valid
+        lease on the key's session (a presumed-dead worker must not undo its successor's reservations)."""
+        _text("idempotency_key", idempotency_key)
+        a = applied_actions_table.c
+        with self._write() as conn:
+            query = select(a.session_id).where(a.idempotency_key == idempotency_key)
+            session_id = conn.execute(query).scalar_one_or_none()
+            if session_id is None:
+                return False
+            session = self._lock_session(conn, session_id)  # the store's lock order: session first
+            if worker_id is not None and session is not None:
+                self._check_lease(session, worker_id, _utcnow())
+            dropped = conn.execute(
+                delete(applied_actions_table).where(a.idempotency_key == idempotency_key, a.applied_at.is_(None))
+            )
+            return dropped.rowcount == 1
 
     def unconfirmed_keys(self, session_id: str) -> list[UnconfirmedAction]:
         """Reserved but unconfirmed side effects of a session, oldest first: a worker that resumes the session

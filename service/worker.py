@@ -4,8 +4,8 @@ resumes them from the store and the BPM after a crash.
 One loop, one thread. ``run`` alternates three phases until its stop event is set:
 
 1. maintenance (time-gated): renew this worker's leases every ``lease_s / 3``; every ``lease_s / 2`` take over
-   sessions whose lease expired (running ones from ``store.expired_sessions``, parked ones from the parked list),
-   notice parked sessions that were answered through another worker, and re-send deferrals whose publish failed;
+   sessions whose lease expired (``store.expired_sessions(include_parked=True)``), notice parked sessions that
+   were answered through another worker, and re-send deferrals whose publish failed;
 2. the bus: one ``BusConsumer.poll_once`` over ``sessions`` and ``operator-decisions`` (group ``workers``, or ``group_id``; both
    topics have the same partition count and key = session id, so the range assignor gives one member every
    message of a session). Handlers only touch the store and mark sessions ready; no BPM call happens here, so a
@@ -24,15 +24,20 @@ The cost: an operator's answer waits for the batch in progress (a few hundred ms
 Safety, given the store's guarantees (see ``service.store``):
 
 - Side effects go through ``store.apply_once`` with the key ``"{session}:{step}:{sha256(action_key)[:16]}"``
-  (``step`` = the UI state's step the action was decided on) and the adapter's ``expected_etag``, fenced by this
-  worker's lease. The answered action of a deferral is applied only if the case is still at the deferral's etag
-  (observed just before reserving the key), so a stale plan is never replayed.
+  (``step`` = the UI state's step the action was decided on) and the adapter's ``expected_etag``; parking goes
+  through ``store.park``. Both are fenced by this worker's lease in the store (``LeaseLostError``: the session is
+  dropped from memory, its new owner runs it). The answered action of a deferral is applied only if the case is
+  still at the deferral's etag (observed just before reserving the key), so a stale plan is never replayed.
 - Invariant: for an active session every unconfirmed key was either applied by the BPM or reserved at the case's
   current step. Recovery (``_resend``) relies on it: it re-sends an unconfirmed key with the current etag when the
-  step matches, else with an etag no state has, so only a replay of a key the BPM already knows can pass. A key
-  that cannot be re-sent hands the session over (a human looks at it) instead of guessing.
-- A crashed worker's parked session is adopted with its deferral re-published (message id = deferral id); the
-  operator side is idempotent on the deferral id, and an answer is accepted by the store at most once.
+  step matches, else with an etag no state has, so only a replay of a key the BPM already knows can pass. The BPM
+  checks a key before anything else, so a refusal (stale etag, invalid action, ended case) proves the key was
+  never applied: its reservation is dropped (``store.drop_reservation``) and the step is decided again. Any other
+  error hands the session over (a human looks at it) instead of guessing.
+- A deferral is parked in the store before it is published and marked published (``store.mark_published``) once
+  the broker acknowledged it. A crashed worker's parked session is adopted and its deferral re-published only if
+  it never reached the topic (message id = deferral id; the operator side is idempotent on the deferral id, and
+  an answer is accepted by the store at most once).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ from service.store import (
     AnswerStatus,
     ApplyRefusedError,
     DeferralStatus,
+    LeaseLostError,
     RuntimeStore,
     SessionStatus,
 )
@@ -491,8 +497,9 @@ class SessionWorker:
             self._adopt(session_id, "owned")
 
     def _holds_lease(self, session: _Session) -> bool:
-        """True if this worker may act on the session now: its lease has a safety margin left (renewing first if
-        not). ``apply_once`` fences side effects in the store too; this also covers ``park``."""
+        """True if this worker still holds the session, renewing the leases first when their safety margin is
+        used up (a long batch). The store fences ``apply_once`` and ``park`` itself; this saves recording a
+        decision that could not be acted on."""
         if time.monotonic() < self._lease_valid_until - 0.2 * self.lease_s:
             return session.session_id in self._sessions
         self._renew()
@@ -501,29 +508,25 @@ class SessionWorker:
     def _scan(self) -> None:
         """Take over sessions whose owner is gone, and resume parked sessions that were answered elsewhere."""
         now = datetime.now(UTC)
-        parked_rows = self.store.sessions(SessionStatus.PARKED)
-        parked_ids = {row.session_id for row in parked_rows}
-        orphans = self.store.expired_sessions(now=now, limit=self.batch_size * 4)
-        orphans += [
-            row.session_id
-            for row in parked_rows
-            if row.owner != self.worker_id and (row.lease_until is None or row.lease_until < now)
-        ]
-        for session_id in orphans:
+        for session_id in self.store.expired_sessions(now=now, limit=self.batch_size * 4, include_parked=True):
             if session_id not in self._sessions:
                 self._adopt(session_id, "takeover")
+        parked = set(self.store.owned_sessions(self.worker_id, status=SessionStatus.PARKED))
         for session in list(self._sessions.values()):
-            if session.state == _Local.PARKED and session.session_id not in parked_ids:
-                row = self.store.get_session(session.session_id)
-                if row is None or row.status not in ACTIVE_STATUSES or row.owner != self.worker_id:
-                    self._forget(session.session_id)
-                    continue
-                # Answered through a worker that does not own it: complete the answer from the store.
-                session.pending_answer = self._last_answer(session.session_id)
-                session.state = _Local.READY
-                session.deferral = None
-                self._enqueue(session)
-                self._counts.add("answers_seen_in_store")
+            if session.state != _Local.PARKED or session.session_id in parked:
+                continue
+            row = self.store.get_session(session.session_id)
+            if row is None or row.status not in ACTIVE_STATUSES or row.owner != self.worker_id:
+                self._forget(session.session_id)
+                continue
+            if row.status == SessionStatus.PARKED:
+                continue  # still parked; only its lease lapsed for a moment (the next renewal restores it)
+            # Answered through a worker that does not own it: complete the answer from the store.
+            session.pending_answer = self._last_answer(session.session_id)
+            session.state = _Local.READY
+            session.deferral = None
+            self._enqueue(session)
+            self._counts.add("answers_seen_in_store")
 
     def _adopt(self, session_id: str, why: str) -> _Session | None:
         """Claim a session and rebuild it from the store: parked ones wait for their answer (the deferral is
@@ -552,12 +555,13 @@ class SessionWorker:
             session.state = _Local.PARKED
             pending = self.store.get_deferral(row.pending_deferral_id) if row.pending_deferral_id else None
             if pending is not None and pending.status == DeferralStatus.PENDING:
-                # We cannot tell whether it reached the topic (the previous owner may have died between park and
-                # publish), so it is sent again under its own message id; operators dedupe on the deferral id.
                 session.deferral = pending.deferral
-                session.deferral_published = False
-                self._counts.add("republished_deferrals")
-                self._publish_deferral(session)
+                session.deferral_published = pending.published
+                if not pending.published:
+                    # The previous owner died (or lost the broker) between park and publish: the operators never
+                    # saw it. Sent under its own message id; operators dedupe on the deferral id anyway.
+                    self._counts.add("republished_deferrals")
+                    self._publish_deferral(session)
             return session
         session.pending_answer = self._last_answer(session_id)
         self._enqueue(session)
@@ -776,15 +780,23 @@ class SessionWorker:
     def _execute(self, session: _Session, state: UIState, proposal: Proposal, decision: Decision) -> None:
         if not self._holds_lease(session):
             return
-        self.store.record_proposal(proposal)
-        self.store.record_decision(decision)
-        self._publish_decision(decision)
-        if self._apply(session, state.step, proposal.action, state.etag) == _Applied.APPLIED:
+        # The proposal and decision are stored in the key's reservation (one commit), then published for audit.
+        result = self._apply(session, state.step, proposal.action, state.etag, (proposal, decision))
+        if result != _Applied.LOST:
+            self._publish_decision(decision)
+        if result == _Applied.APPLIED:
             self._counts.add("executed")
 
-    def _apply(self, session: _Session, step: int, action: Action, expected_etag: str) -> _Applied:
-        """Apply ``action`` (decided on UI step ``step`` at ``expected_etag``) exactly once. Failures are counted
-        on the step; the session stays READY unless it was lost."""
+    def _apply(
+        self,
+        session: _Session,
+        step: int,
+        action: Action,
+        expected_etag: str,
+        record: tuple[Proposal, Decision] | None = None,
+    ) -> _Applied:
+        """Apply ``action`` (decided on UI step ``step`` at ``expected_etag``) exactly once, storing ``record``
+        with the reservation. Failures are counted on the step; the session stays READY unless it was lost."""
         key = idempotency_key(session.session_id, step, action)
         case_id = session.case_id
         try:
@@ -795,6 +807,8 @@ class SessionWorker:
                 action,
                 lambda: self.adapter.apply(case_id, action, key, expected_etag=expected_etag),
                 worker_id=self.worker_id,
+                proposal=record[0] if record else None,
+                decision=record[1] if record else None,
             )
         except (StaleStateError, InvalidActionError) as exc:
             self._failure(session, step, exc)
@@ -804,10 +818,8 @@ class SessionWorker:
         except BpmUnavailableError as exc:
             self._unavailable(session, exc)
             return _Applied.RETRY
-        except ApplyRefusedError as exc:
-            log.info("worker %s: %s", self.worker_id, exc)
-            self._forget(session.session_id)
-            self._counts.add("lost_sessions")
+        except ApplyRefusedError as exc:  # LeaseLostError, or the session is no longer running
+            self._lost(session, exc)
             return _Applied.LOST
         except AdapterError as exc:
             self._failure(session, step, exc)
@@ -831,16 +843,18 @@ class SessionWorker:
             decision=decision,
             state=state,
         )
-        if not self._holds_lease(session):
+        try:
+            parked = self.store.park(session.session_id, deferral, worker_id=self.worker_id)
+        except LeaseLostError as exc:
+            self._lost(session, exc)
             return
-        if not self.store.park(session.session_id, deferral):
+        if not parked:
             self._refresh(session)  # ended meanwhile (stopped): nothing to wait for
             return
         session.state = _Local.PARKED
         session.deferral = deferral
         session.deferral_published = False
-        self._counts.add("deferred")
-        self.store.bump(session.session_id, step=state.step)
+        self._counts.add("deferred")  # park counted it and set the step in the store
         self._publish_decision(decision)
         self._publish_deferral(session)
 
@@ -900,8 +914,17 @@ class SessionWorker:
             except BpmUnavailableError as exc:
                 self._unavailable(session, exc)
                 return False
-            except CaseEndedError:
-                self._counts.add("resend_failures")  # never applied, and now cannot be: the session ends next
+            except (StaleStateError, InvalidActionError, CaseEndedError) as exc:
+                # Refused after the BPM checked the key: it never applied this action. The reservation is dead;
+                # dropping it lets the step be decided again on a fresh observation (or the session end next).
+                try:
+                    dropped = self.store.drop_reservation(key, worker_id=self.worker_id)
+                except LeaseLostError as lost:
+                    self._lost(session, lost)
+                    return False
+                if dropped:
+                    self._counts.add("dropped_reservations")
+                log.info("worker %s: unconfirmed key %s was never applied (%s); dropped", self.worker_id, key, exc)
                 continue
             except CaseNotFoundError as exc:
                 self._finish(session, SessionStatus.FAILED, {"reason": str(exc)})
@@ -954,12 +977,23 @@ class SessionWorker:
             log.warning("worker %s: publishing deferral %s failed", self.worker_id, deferral.deferral_id, exc_info=True)
             return
         session.deferral_published = True
+        try:
+            self.store.mark_published(deferral.deferral_id)
+        except Exception:
+            # Only costs a duplicate: a worker adopting the session would publish it again (readers dedupe).
+            log.warning("worker %s: marking deferral %s published failed", self.worker_id, deferral.deferral_id)
 
     def _finish(self, session: _Session, status: SessionStatus, outcome: dict[str, Any]) -> None:
         self.store.bump(session.session_id, step=session.step)
         self.store.finish(session.session_id, status, outcome)
         self._forget(session.session_id)
         self._counts.add(f"finished:{status.value}")
+
+    def _lost(self, session: _Session, error: BaseException) -> None:
+        """The store refused to act for this worker on the session (another worker owns it, or it ended)."""
+        log.info("worker %s: %s", self.worker_id, error)
+        self._forget(session.session_id)
+        self._counts.add("lost_sessions")
 
     def _forget(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)

@@ -34,6 +34,7 @@ from service.store import (
     ApplyRefusedError,
     DeferralRow,
     DeferralStatus,
+    LeaseLostError,
     QueueStats,
     RuntimeStore,
     SessionRow,
@@ -265,6 +266,10 @@ def test_bad_input_names_the_field(store: RuntimeStore) -> None:
         ("session_id", lambda: store.apply_once("k", "nope", 0, ACTION, lambda: None)),
         ("session_id", lambda: store.park("nope", _deferral("nope", 0))),
         ("deferral.session_id", lambda: store.park(sid, _deferral("other", 0))),
+        ("worker_id", lambda: store.park(sid, _deferral(sid, 0), worker_id="")),
+        ("include_parked", lambda: store.expired_sessions(include_parked="yes")),  # type: ignore[arg-type]
+        ("status", lambda: store.owned_sessions("w1", status="completed")),
+        ("idempotency_key", lambda: store.drop_reservation("")),
     ]
     for field, call in cases:
         with pytest.raises(ValueError, match=rf"^{field}:"):
@@ -330,6 +335,51 @@ def test_ended_and_parked_sessions_are_not_taken_over(store: RuntimeStore) -> No
     assert store.expired_sessions(now=late) == [parked]  # running again, and its owner is gone
 
 
+def test_expired_parked_sessions_are_listed_on_request(store: RuntimeStore) -> None:
+    held, orphan, released = (_running(store, sid) for sid in ("held", "orphan", "released"))
+    for sid, lease in ((held, 3600), (orphan, 30), (released, 3600)):
+        assert store.claim(sid, "w1", lease, now=T0)
+        assert store.park(sid, _deferral(sid, 0))
+    assert store.release(released, "w1")
+    late = T0 + timedelta(minutes=5)  # the orphan's owner stopped renewing
+    assert store.expired_sessions(now=late) == []
+    # Released ones first (no lease at all), then the longest expired; a valid lease is never listed.
+    assert store.expired_sessions(now=late, include_parked=True) == [released, orphan]
+    assert store.expired_sessions(now=late, limit=1, include_parked=True) == [released]
+    # Running ones come before every parked one: they have work to do.
+    running = _running(store, "running")
+    assert store.expired_sessions(now=late, include_parked=True) == [running, released, orphan]
+    assert store.expired_sessions(now=late, limit=1, include_parked=True) == [running]
+
+    assert store.owned_sessions("w1", now=late) == [held]
+    assert store.owned_sessions("w1", now=late, status="parked") == [held]
+    assert store.owned_sessions("w1", now=late, status=SessionStatus.RUNNING) == []
+
+
+def test_park_is_fenced_by_the_lease(store: RuntimeStore) -> None:
+    sid = _running(store)
+    assert store.claim(sid, "w1", 60)
+    first = _deferral(sid, 0)
+    with pytest.raises(LeaseLostError, match="w2"):
+        store.park(sid, first, worker_id="w2")
+    assert _session(store, sid).status == SessionStatus.RUNNING and store.get_deferral(first.deferral_id) is None
+    assert store.get_proposal(first.proposal.proposal_id) is None and store.decisions(sid) == []
+    assert store.park(sid, first, worker_id="w1") is True
+    assert store.park(sid, first, worker_id="w2") is False  # a redelivery is harmless whoever sends it
+
+    # w1's lease expires and w2 takes the session over: w1, presumed dead, can no longer park it.
+    assert store.answer(_answer(first)).result == AnswerStatus.ACCEPTED
+    assert store.claim(sid, "w1", 30, now=T0)  # the lease ended long ago (T0 is in the past)
+    assert store.claim(sid, "w2", 60)
+    with pytest.raises(LeaseLostError, match="w1"):
+        store.park(sid, _deferral(sid, 1), worker_id="w1")
+    assert isinstance(LeaseLostError("x"), ApplyRefusedError)  # callers catching the older error still do
+    assert _session(store, sid).pending_deferral_id is None
+    assert store.park(sid, _deferral(sid, 1), worker_id="w2") is True
+    store.finish(sid, "stopped", {})
+    assert store.park(sid, _deferral(sid, 2), worker_id="w2") is False  # ended: nothing to fence
+
+
 def test_concurrent_claims_have_one_winner(url: str) -> None:
     stores = [RuntimeStore(url), RuntimeStore(url)]
     try:
@@ -370,7 +420,7 @@ def test_park_then_answer_accepted_once(store: RuntimeStore) -> None:
         deferral.proposal.state_etag,
         deferral.deferral_id,
     )
-    assert (row.actions_deferred, row.automated) == (1, False)
+    assert (row.actions_deferred, row.automated, row.step) == (1, False, deferral.proposal.step)
     assert store.pending_deferrals() == [deferral]
     assert store.get_proposal(deferral.proposal.proposal_id) == deferral.proposal  # park stored both
     assert store.decisions(sid) == [deferral.decision]
@@ -409,6 +459,7 @@ def test_answers_for_another_state_or_proposal_are_not_accepted(store: RuntimeSt
     assert store.answer(other_session).result == AnswerStatus.UNKNOWN
 
     assert store.park(sid, second)  # the session moved on: the first deferral is superseded
+    assert _session(store, sid).step == 1  # parked at its proposal's step
     assert _deferral_row(store, first.deferral_id).status == DeferralStatus.STALE
     assert store.answer(_answer(first)).result == AnswerStatus.STALE
     assert store.pending_deferrals() == [second]
@@ -430,6 +481,33 @@ def test_park_rejects_a_reused_deferral_id(store: RuntimeStore) -> None:
     reused = _deferral(sid, 1).model_copy(update={"deferral_id": f"{sid}/f0"})
     with pytest.raises(ValueError, match=r"^deferral\.deferral_id:"):
         store.park(sid, reused)
+
+
+def test_deferrals_start_unpublished_until_marked(store: RuntimeStore) -> None:
+    sid = _running(store)
+    deferral = _deferral(sid, 0)
+    store.park(sid, deferral)
+    assert _deferral_row(store, deferral.deferral_id).published is False
+    assert store.mark_published(deferral.deferral_id) is True
+    assert store.mark_published(deferral.deferral_id) is False  # marked once
+    assert store.mark_published("no-such-deferral") is False
+    assert [row.published for row in store.session_deferrals(sid)] == [True]
+    store.answer(_answer(deferral))
+    assert _deferral_row(store, deferral.deferral_id).published is True  # answering keeps the flag
+
+
+def test_an_older_database_gets_the_published_column(url: str) -> None:
+    with RuntimeStore(url) as first:
+        sid = _running(first)
+        deferral = _deferral(sid, 0)
+        first.park(sid, deferral)
+        first.mark_published(deferral.deferral_id)
+        with first.engine.begin() as conn:  # as the tables were before the column existed
+            conn.exec_driver_sql("ALTER TABLE deferrals DROP COLUMN published")
+    with RuntimeStore(url) as reopened:
+        row = _deferral_row(reopened, deferral.deferral_id)
+        assert row.deferral == deferral and row.published is False  # unknown: a takeover publishes it again
+        assert reopened.mark_published(deferral.deferral_id) is True
 
 
 @pytest.mark.parametrize("same_content", [True, False], ids=["redelivered", "different-operators"])
@@ -574,6 +652,57 @@ def test_apply_once_refuses_ended_parked_or_foreign_sessions(store: RuntimeStore
         store.apply_once("k3", sid, 2, ACTION, lambda: called.append("k3"))
     assert store.apply_once("k1", sid, 0, ACTION, lambda: called.append("again")) == (False, None)  # a redelivery
     assert called == ["k1"]
+
+
+def test_drop_reservation_removes_only_an_unconfirmed_key_and_is_fenced(store: RuntimeStore, url: str) -> None:
+    sid = _running(store)
+    assert store.claim(sid, "w1", 60)
+    # A worker dies between reserving the key and confirming it (as in the test above).
+    process = multiprocessing.get_context("spawn").Process(target=_crash_during_apply, args=(url, sid, "s1/4/xfer"))
+    process.start()
+    process.join(60)
+    assert process.exitcode == 3 and [k.idempotency_key for k in store.unconfirmed_keys(sid)] == ["s1/4/xfer"]
+
+    with pytest.raises(LeaseLostError, match="w2"):
+        store.drop_reservation("s1/4/xfer", worker_id="w2")
+    assert [k.idempotency_key for k in store.unconfirmed_keys(sid)] == ["s1/4/xfer"]
+    # The BPM refused the re-sent action, so it never applied it: the reservation is dead.
+    assert store.drop_reservation("s1/4/xfer", worker_id="w1") is True
+    assert store.unconfirmed_keys(sid) == [] and not store.is_applied("s1/4/xfer")
+    assert store.drop_reservation("s1/4/xfer") is False  # gone already
+    # The step can be decided again: the same action under the same key applies, once.
+    calls: list[str] = []
+    effect = lambda: calls.append("x")  # noqa: E731
+    assert store.apply_once("s1/4/xfer", sid, 4, TransferChat(queue="tier2"), effect, worker_id="w1")[0] is True
+    assert store.drop_reservation("s1/4/xfer", worker_id="w1") is False  # a confirmed key is never dropped
+    assert store.is_applied("s1/4/xfer") and calls == ["x"] and _session(store, sid).actions_applied == 1
+    assert store.drop_reservation("never-reserved") is False
+
+
+def test_sqlite_runs_wal_with_synchronous_normal(tmp_path: Path) -> None:
+    with RuntimeStore(f"sqlite:///{tmp_path / 'runtime.db'}") as sqlite_store, sqlite_store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (FULL is 2)
+
+
+def test_apply_once_stores_the_proposal_and_decision_with_the_reservation(store: RuntimeStore) -> None:
+    sid = _running(store)
+    assert store.claim(sid, "w1", 60)
+    first, second = _deferral(sid, 0), _deferral(sid, 1)  # their proposals and decisions, as an executed step's
+    with pytest.raises(LeaseLostError):
+        store.apply_once("k0", sid, 0, ACTION, lambda: None, worker_id="w2", proposal=first.proposal)
+    assert store.get_proposal(first.proposal.proposal_id) is None  # refused: nothing stored
+    done = store.apply_once(
+        "k0", sid, 0, ACTION, lambda: "ok", worker_id="w1", proposal=first.proposal, decision=first.decision
+    )
+    assert done == (True, "ok")
+    assert store.get_proposal(first.proposal.proposal_id) == first.proposal
+    assert store.decisions(sid) == [first.decision]
+    # A key met again (a redelivery) still records a new decision: it was made, even if nothing is applied.
+    again = store.apply_once("k0", sid, 0, ACTION, lambda: "x", proposal=second.proposal, decision=second.decision)
+    assert again == (False, None) and store.decisions(sid) == [first.decision, second.decision]
+    with pytest.raises(ValueError, match=r"^proposal:"):
+        store.apply_once("k1", sid, 1, ACTION, lambda: None, proposal=first.decision)  # type: ignore[arg-type]
 
 
 # Process bodies for the multi-process tests (spawned: they import this module).

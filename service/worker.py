@@ -774,16 +774,27 @@ class SessionWorker:
         elif decision.outcome in (DecisionOutcome.DEFER, DecisionOutcome.ALWAYS_ASK):
             self._defer(session, state, proposal, decision)
         else:  # BLOCKED: nothing may happen in the background; a human takes the case
-            self._publish_decision(decision)
+            self._record_decision(proposal, decision)
             self._finish(session, SessionStatus.HANDED_OVER, {"reason": decision.reason})
+
+    def _record_decision(self, proposal: Proposal, decision: Decision) -> None:
+        """Store and publish a decision that is not stored with its effect (a reservation or a park): one that
+        blocks, or one this worker could not act on because the session was lost or ended meanwhile. Every
+        decision made is in the store and on the audit topic, acted on or not."""
+        self.store.record_proposal(proposal)
+        self.store.record_decision(decision)
+        self._publish_decision(decision)
 
     def _execute(self, session: _Session, state: UIState, proposal: Proposal, decision: Decision) -> None:
         if not self._holds_lease(session):
+            self._record_decision(proposal, decision)
             return
         # The proposal and decision are stored in the key's reservation (one commit), then published for audit.
         result = self._apply(session, state.step, proposal.action, state.etag, (proposal, decision))
-        if result != _Applied.LOST:
-            self._publish_decision(decision)
+        if result == _Applied.LOST:
+            self._record_decision(proposal, decision)  # refused: the reservation stored nothing
+            return
+        self._publish_decision(decision)
         if result == _Applied.APPLIED:
             self._counts.add("executed")
 
@@ -847,9 +858,11 @@ class SessionWorker:
             parked = self.store.park(session.session_id, deferral, worker_id=self.worker_id)
         except LeaseLostError as exc:
             self._lost(session, exc)
+            self._record_decision(proposal, decision)
             return
         if not parked:
             self._refresh(session)  # ended meanwhile (stopped): nothing to wait for
+            self._record_decision(proposal, decision)
             return
         session.state = _Local.PARKED
         session.deferral = deferral

@@ -111,7 +111,7 @@ def markdown(reports: dict[str, AutopilotReport], extra: dict[str, dict[str, Any
         "alpha the feature critic is retrained on that feedback, slices whose threshold holds are promoted, and "
         f"{n} new cases (indices {args.start}..{args.start + n - 1}) run as background sessions through the "
         "runtime (embedded Tansu broker, SQLite store, 12 simulated operators, "
-        f"{args.audit_rate:.0%} audits), against an all-manual run of the same cases. {PAPER}.",
+        f"{args.audit_rate:.0%} audits), against an all-manual run of the same cases. {PAPER[0].upper()}{PAPER[1:]}.",
         "",
         "With the default label (accepted), alpha = 0.05 gives no slice a threshold in this sandbox: even the best "
         "proposals are rejected at random 3-4% of the time, so no slice can show with 90% confidence that its "

@@ -2,37 +2,40 @@
 curve before, during and after.
 
 Protocol. One run of the in-process ``Runtime`` (two SessionWorker threads, the embedded Tansu broker, a SQLite
-store, the simulated operator pool) on the sandbox's ``drift`` scenario (``SCENARIOS["drift"]``: the refund limit
-drops from 150 to 60 at case 1000). Only ``refund_damaged`` cases are opened (case indices ``--start`` to ``--end``
-in order, at most ``--in-flight`` at a time), since it is the process the drift is about and the trained policy
-proposes about 30 steps a second on one thread: a mix of processes would spend most of the time on cases the drift
-does not touch. The policy is ``out/bench/policy_default`` (else a tiny policy fitted here), the critic the policy's
-own probability, thresholds ``fit_slice_thresholds`` on the cached copilot feedback (alpha 0.10, per slice,
-simultaneous; else one threshold by hand). Before the first case every slice with a holding threshold and
-enough labels is promoted copilot -> autopilot through ``AutonomyStages.consider_promotion``; the guardrails use
-the same alpha (target audited acceptance 90%). The router audits ``--audit-rate`` of the would-execute steps (0.2,
-four times the default, so that the audits a guardrail needs arrive within a few hundred cases; the count of
-audited steps, not of cases, is what the bound is about).
+store, the simulated operator pool; the full runtime, not a direct drive of the router) on the sandbox's ``drift``
+scenario (``SCENARIOS["drift"]``: the refund limit drops from 150 to 60 at case 1000). Only ``refund_damaged``
+cases are opened (case indices ``--start`` to ``--end`` in order, at most 32 at a time): it is the process the
+drift is about, and the trained policy proposes a few tens of steps a second on one thread, so a mix of processes
+would spend most of the time on cases the drift does not touch. The policy is ``out/bench/policy_default`` (else a
+tiny policy fitted here), the critic the policy's own probability, thresholds ``fit_slice_thresholds`` on the
+cached copilot feedback (alpha 0.10, per slice, each slice's delta on its own: with the Bonferroni split only two
+refund_damaged slices get one and about 5% of the steps execute). Before the first case every refund_damaged slice
+with a holding threshold and enough labels is promoted copilot -> autopilot through
+``AutonomyStages.consider_promotion``; the guardrails use the same alpha (target audited acceptance 90%). The
+router audits ``--audit-rate`` of the would-execute steps (0.3, six times the default, so that the audits a
+guardrail needs arrive within a few hundred cases; the count of audited steps, not of cases, is what the bound is
+about; at the default rate the same K takes six times the cases).
 
-Two drift events in the one run, each preceded by a drain (every started session ends before the next starts):
+Two drift events in one run, each preceded by a drain (every started session ends before the next segment):
 
 1. at case 1000 the scenario's own drift. The BPM's gateway reads the limit, so refunds between 60 and 150 go to
-   the senior screen, where the policy already transfers; measured offline, the policy's acceptance per slice does
-   not change (the run shows whether anything moves);
-2. at ``--inject-at`` (1200) an injected drift the critic cannot see: on the refund_damaged slices in autopilot,
-   ``--swap-share`` of the proposals are replaced by the policy's runner-up of the same action type, keeping the
-   top proposal's confidence features (as after a change in the world that the policy and its critic have not
-   learned). The simulated operators judge those proposals as they would any other.
+   the senior screen, where the policy already transfers; measured offline (150 cases each side, copilot), the
+   policy's acceptance per slice does not change, and the run shows whether anything moves;
+2. at ``--inject-at`` an injected drift the critic cannot see: on the refund_damaged slices in autopilot,
+   ``--swap-share`` of the proposals are replaced by the policy's runner-up of the same action type and risk
+   tier, keeping the top proposal's confidence features (as after a change in the world that neither the policy
+   nor its critic has learned). The simulated operators judge those proposals as they would any other. Slices
+   with no such runner-up on their screens are not affected (refund_damaged/click_control).
 
-Measured: per window of ``--window`` cases, the correct-resolution rate of the cases, the realised error of the
-affected slices (the audited steps a human did not accept, an unbiased sample of what autopilot executes), the
-ground-truth error of the executed steps of those slices (``sandbox.operators.acceptable`` on the step model,
-hidden from the runtime) and the automation rate; per affected slice, the audited steps after each drift until its
-demotion (K). Since one run gives one K per slice, a Monte Carlo over ``AutonomyStages`` with the measured
-acceptance before and after the injected drift gives the bound "demoted within K audited steps" at the 50th / 95th
-/ 99th percentile (audits only: the correction-spike guardrail can only make it faster).
+Measured: per window of ``--window`` cases, the correct-resolution rate of the cases, the automation rate, and for
+the affected slices the realised error (the audited steps a human did not accept: an unbiased sample of what
+autopilot executes) and the ground-truth error of the executed steps (``sandbox.operators.acceptable`` on the
+step model, hidden from the runtime); per slice, the audited steps after the injected drift until its demotion
+(K). One run gives one K per slice, so a Monte Carlo over ``AutonomyStages`` with the slice's measured audits
+before and acceptance after the injection gives the bound "demoted within K audited steps" at the median, 95th
+and 99th percentile (audits only: the correction-spike guardrail can only make it faster).
 
-    .venv/bin/python -m bench.runtime_drift [--start 850] [--inject-at 1200] [--end 1450]
+    .venv/bin/python -m bench.runtime_drift [--start 950] [--inject-at 1075] [--end 1325]
 
 Writes ``bench/results/runtime_drift.{json,md,png}``. Torch runs on one thread.
 """
@@ -204,9 +207,9 @@ class RecordingStages(AutonomyStages):
 
 @dataclass(frozen=True)
 class Config:
-    start: int = 925
-    inject_at: int = 1100
-    end: int = 1250
+    start: int = 950
+    inject_at: int = 1075
+    end: int = 1325
     window: int = 25
     audit_rate: float = 0.3
     swap_share: float = 0.3
@@ -386,6 +389,9 @@ def measure(
     store = runtime.store
     assert store is not None
     index_of = {c: platform.case(c).index for c in case_ids}
+    # The affected slices: the autopilot slices the injection could change (a runner-up of the same type and tier
+    # exists on their screens); the others are in the per-slice table but not in the error curves.
+    affected = {j.slice for j in policy.judged.values() if j.swapped}
     windows: dict[int, Counter[str]] = defaultdict(Counter)
     would_execute_after: dict[SliceId, list[bool]] = defaultdict(list)  # answered would-execute steps, injected part
     for case_id in case_ids:
@@ -406,7 +412,7 @@ def measure(
             w["decisions"] += 1
             executed = decision.outcome == DecisionOutcome.EXECUTE
             w["executed"] += int(executed)
-            if key not in tracked:
+            if key not in affected:
                 continue
             judged = policy.judged.get(decision.proposal_id)
             w["tracked_decisions"] += 1
@@ -437,13 +443,13 @@ def measure(
                 "n_cases": w["cases"],
                 "correct_rate": ratio(w["correct"], w["cases"]),
                 "automation_rate": ratio(w["executed"], w["decisions"]),
-                "tracked_audits": w["tracked_audits"],
+                "affected_audits": w["tracked_audits"],
                 "audited_error": None
                 if not w["tracked_audits"]
                 else round(1 - w["tracked_audits_ok"] / w["tracked_audits"], 4),
-                "tracked_executed": w["tracked_executed"],
+                "affected_executed": w["tracked_executed"],
                 "executed_error": ratio(w["tracked_executed_wrong"], w["tracked_executed"]),
-                "tracked_swapped": w["tracked_swapped"],
+                "swapped": w["tracked_swapped"],
             }
         )
 
@@ -478,6 +484,7 @@ def measure(
                 for at, ev in demotions
             ],
             "stage_at_end": stages.stage(SliceKey(process_id=key[0], action_type=key[1])).value,
+            "affected": key in affected,
         }
         before_injection = [ok for at, ok, _ in audits if at < boundaries[inject_name]]
         info["audited_acceptance_before_injection"] = ratio(sum(before_injection), len(before_injection))
@@ -490,7 +497,14 @@ def measure(
         info["bound"] = monte_carlo(stages.config, before_injection, after, config.mc_runs, config.seed)
         per_slice[slice_name(key)] = info
     phases = quality_by_phase(rows, config, per_slice, timeline)
-    return {"windows": rows, "events": events, "slices": per_slice, "phases": phases, "cases": len(case_ids)}
+    return {
+        "windows": rows,
+        "events": events,
+        "slices": per_slice,
+        "affected": sorted(slice_name(k) for k in affected),
+        "phases": phases,
+        "cases": len(case_ids),
+    }
 
 
 def ratio(num: int | float, den: int | float) -> float | None:
@@ -548,7 +562,8 @@ def quality_by_phase(
     until the (last) demotion, and after it."""
     demoted_at = [
         d["case_index_at"]
-        for info in per_slice.values()
+        for name, info in per_slice.items()
+        if info["affected"]
         for d in info["demotions"]
         if d["case_index_at"] is not None and d["case_index_at"] >= config.inject_at
     ]
@@ -560,14 +575,14 @@ def quality_by_phase(
         chosen = [r for r in rows if lo <= r["first_case"] < hi]
         cases = sum(r["n_cases"] for r in chosen)
         correct = sum((r["correct_rate"] or 0) * r["n_cases"] for r in chosen)
-        executed = sum(r["tracked_executed"] for r in chosen)
-        wrong = sum((r["executed_error"] or 0) * r["tracked_executed"] for r in chosen)
-        audits = sum(r["tracked_audits"] for r in chosen)
-        audit_wrong = sum((r["audited_error"] or 0) * r["tracked_audits"] for r in chosen)
+        executed = sum(r["affected_executed"] for r in chosen)
+        wrong = sum((r["executed_error"] or 0) * r["affected_executed"] for r in chosen)
+        audits = sum(r["affected_audits"] for r in chosen)
+        audit_wrong = sum((r["audited_error"] or 0) * r["affected_audits"] for r in chosen)
         return {
             "cases": cases,
             "correct_rate": ratio(correct, cases),
-            "tracked_executed": executed,
+            "affected_executed": executed,
             "executed_error": ratio(round(wrong), executed),
             "audits": audits,
             "audited_error": ratio(round(audit_wrong), audits),
@@ -610,7 +625,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.plot(x, [r["audited_error"] for r in rows], marker="o", label="realised error: audits a human did not accept")
     ax.plot(x, [r["executed_error"] for r in rows], marker="s", label="ground-truth error of executed steps")
     ax.axhline(config["alpha"], color="grey", linestyle=":", label=f"alpha {config['alpha']}")
-    ax.set_ylabel(f"error, autopilot slices of {PROCESS}")
+    ax.set_ylabel("error, affected autopilot slices")
     ax.set_xlabel(f"case index (windows of {config['window']} cases)")
     ax.legend(loc="upper left", fontsize=8)
     drift = SCENARIOS["drift"].drift
@@ -647,7 +662,9 @@ def render(result: dict[str, Any]) -> str:
         f"first case: {', '.join(result['promoted']) or 'none'}. Audit rate {config['audit_rate']}; guardrail target "
         f"audited acceptance {1 - config['alpha']:.0%}. Injected drift from case {config['inject_at']}: "
         f"{config['swap_share']:.0%} of the autopilot slices' proposals replaced by the runner-up of the same type "
-        "with the top proposal's confidence (see the module docstring).",
+        "with the top proposal's confidence (see the module docstring). Affected slices (those the injection "
+        f"could change, where a runner-up of the same type and risk tier exists): {', '.join(result['affected'])}; "
+        "the error curves and the quality table are about them.",
         "",
         "## Demotion per affected slice",
         "",
@@ -687,13 +704,13 @@ def render(result: dict[str, Any]) -> str:
         "",
         "## Quality before, during and after",
         "",
-        "| part | cases | correct resolution | executed steps (autopilot slices) | their ground-truth error | audits | "
+        "| part | cases | correct resolution | executed steps (affected slices) | their ground-truth error | audits | "
         "realised (audited) error |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, part in result["phases"].items():
         lines.append(
-            f"| {name} | {part['cases']} | {fmt(part['correct_rate'])} | {part['tracked_executed']} | "
+            f"| {name} | {part['cases']} | {fmt(part['correct_rate'])} | {part['affected_executed']} | "
             f"{fmt(part['executed_error'])} | {part['audits']} | {fmt(part['audited_error'])} |"
         )
     lines += [
@@ -702,14 +719,14 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Per window:",
         "",
-        "| cases | correct | automation | executed (autopilot slices) | ground-truth error | swapped proposals | "
+        "| cases | correct | automation | executed (affected slices) | ground-truth error | swapped proposals | "
         "audits | audited error |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["windows"]:
         lines.append(
-            f"| {r['cases']} | {fmt(r['correct_rate'])} | {fmt(r['automation_rate'])} | {r['tracked_executed']} | "
-            f"{fmt(r['executed_error'])} | {r['tracked_swapped']} | {r['tracked_audits']} | {fmt(r['audited_error'])} |"
+            f"| {r['cases']} | {fmt(r['correct_rate'])} | {fmt(r['automation_rate'])} | {r['affected_executed']} | "
+            f"{fmt(r['executed_error'])} | {r['swapped']} | {r['affected_audits']} | {fmt(r['audited_error'])} |"
         )
     lines += ["", "## Findings", "", *result["findings"], ""]
     lines += [
@@ -718,6 +735,21 @@ def render(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def pooled(*parts: dict[str, Any]) -> dict[str, Any]:
+    """Two parts of the run as one (rates weighted by their counts)."""
+    cases = sum(p["cases"] for p in parts)
+    executed = sum(p["affected_executed"] for p in parts)
+    audits = sum(p["audits"] for p in parts)
+    return {
+        "cases": cases,
+        "correct_rate": ratio(sum((p["correct_rate"] or 0) * p["cases"] for p in parts), cases),
+        "affected_executed": executed,
+        "executed_error": ratio(sum((p["executed_error"] or 0) * p["affected_executed"] for p in parts), executed),
+        "audits": audits,
+        "audited_error": ratio(sum((p["audited_error"] or 0) * p["audits"] for p in parts), audits),
+    }
 
 
 def findings(result: dict[str, Any]) -> list[str]:
@@ -732,56 +764,69 @@ def findings(result: dict[str, Any]) -> list[str]:
         if d["case_index_at"] is not None and d["case_index_at"] < result["config"]["inject_at"]
     ]
     out.append(
-        f"- Scenario drift (refund limit 150 -> 60 at case 1000): correct resolution {fmt(before['correct_rate'])} "
-        f"before, {fmt(scenario['correct_rate'])} after; audited error of the autopilot slices "
-        f"{fmt(before['audited_error'])} -> {fmt(scenario['audited_error'])}; "
+        f"- Scenario drift (refund limit 150 -> 60 at case 1000), before -> after: correct resolution "
+        f"{fmt(before['correct_rate'])} ({before['cases']} cases) -> {fmt(scenario['correct_rate'])} "
+        f"({scenario['cases']}); ground-truth error of the executed steps of the affected slices "
+        f"{fmt(before['executed_error'])} ({before['affected_executed']} steps) -> {fmt(scenario['executed_error'])} "
+        f"({scenario['affected_executed']}); audited error {fmt(before['audited_error'])} ({before['audits']} audits) "
+        f"-> {fmt(scenario['audited_error'])} ({scenario['audits']}); "
         + (
-            "no slice was demoted. The BPM's gateway reads the limit and routes the newly affected refunds to the "
-            "senior screen, where the policy already transfers: this drift does not reach the policy's proposals, "
-            "so there is nothing for the guardrails to catch (a bound on K cannot be read from it)."
+            "no slice was demoted. The differences are within the noise of so few cases and audits, and no executed "
+            "step became wrong: the BPM's gateway reads the limit and routes the newly affected refunds to the "
+            "senior screen, where the policy already transfers, so this drift does not reach the policy's "
+            "proposals and there is nothing for the guardrails to catch (no K can be read from it)."
             if not scenario_demotions
             else "demoted: " + "; ".join(f"{n} ({d['reason']})" for n, d in scenario_demotions) + "."
         )
     )
-    ks = []
     for name, info in result["slices"].items():
         for d in info["demotions"]:
             if d["audits_after_injection"] is not None:
-                ks.append(d["audits_after_injection"])
                 out.append(
-                    f"- {name}: demoted after {d['audits_after_injection']} audited steps of it after the injected "
-                    f"drift (case {d['case_index_at']}; {d['reason']})."
+                    f"- {name}: demoted after K = {d['audits_after_injection']} audited steps of it after the "
+                    f"injected drift (around case {d['case_index_at']}, the highest case started when it fired; "
+                    f"{d['reason']})."
                 )
                 break
         else:
             if info["would_execute_answers_after_injection"]:
                 out.append(f"- {name}: not demoted after the injected drift.")
+            elif not info["affected"]:
+                out.append(f"- {name}: not affected by the injected drift (no runner-up of its type and tier); kept.")
         b = info["bound"]
         if b is not None and "p95" in b:
             out.append(
-                f"  Simulated at its measured post-drift acceptance {fmt(b['p_after'])}: demoted within "
-                f"{b['median']:.0f} audits (median), {b['p95']:.0f} (95%), {b['p99']:.0f} (99%)."
+                f"  Simulated from its audit window at the injection and the would-execute acceptance measured over "
+                f"the whole injected part ({fmt(b['p_after'])}, {b['n_after']} answers): demoted within "
+                f"{b['median']:.0f} audited steps (median), {b['p95']:.0f} (95%), {b['p99']:.0f} (99%)."
             )
+    pre = pooled(before, scenario)
     during = next((v for k, v in phases.items() if k.startswith("injected drift")), None)
     after = phases.get("after the demotion")
     if during is not None:
         out.append(
-            f"- Injected drift: executed-step ground-truth error {fmt(before['executed_error'])} before -> "
-            f"{fmt(during['executed_error'])} until the demotion; correct resolution {fmt(before['correct_rate'])} -> "
-            f"{fmt(during['correct_rate'])}."
+            f"- Injected drift, before the injection -> until the demotion: ground-truth error of the executed "
+            f"steps of the affected slices {fmt(pre['executed_error'])} ({pre['affected_executed']} steps) -> "
+            f"{fmt(during['executed_error'])} ({during['affected_executed']}); audited error "
+            f"{fmt(pre['audited_error'])} -> {fmt(during['audited_error'])}; correct resolution "
+            f"{fmt(pre['correct_rate'])} ({pre['cases']} cases) -> {fmt(during['correct_rate'])} "
+            f"({during['cases']})."
         )
-    if after is not None:
+    if after is not None and not after["cases"]:
+        out.append("- No case ran after the last demotion: the run ended too early to show recovery.")
+    elif after is not None:
         recovered = (
             after["correct_rate"] is not None
-            and before["correct_rate"] is not None
-            and after["correct_rate"] >= before["correct_rate"] - 0.05
+            and pre["correct_rate"] is not None
+            and after["correct_rate"] >= pre["correct_rate"] - 0.05
         )
         out.append(
-            f"- After the demotion: correct resolution {fmt(after['correct_rate'])} (before the drift "
-            f"{fmt(before['correct_rate'])}), {after['tracked_executed']} steps of the demoted slices executed "
-            f"(copilot: a human approves each). Quality {'recovers' if recovered else 'does not recover'} "
-            "(within 5 points of the pre-drift rate). The slices stay in copilot: nothing re-promotes them in this "
-            "run (a promotion needs a new holding threshold and the cooldown's labels)."
+            f"- After the demotion: correct resolution {fmt(after['correct_rate'])} ({after['cases']} cases; before "
+            f"the injection {fmt(pre['correct_rate'])}), {after['affected_executed']} steps of the demoted slices "
+            f"executed (copilot: a human approves each, so the swapped proposals no longer reach the BPM). Quality "
+            f"{'recovers' if recovered else 'does not recover'} (criterion: within 5 points of the rate before the "
+            "injection). The slices stay in copilot: nothing re-promotes them in this run (a promotion needs a new "
+            "holding threshold and the cooldown's labels)."
         )
     return out
 

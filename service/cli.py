@@ -12,6 +12,7 @@ from critic.registry import RegistryError
 from importers.cli import register as register_import
 from policy.cli import register as register_policy
 from sandbox.cli import register as register_sandbox
+from service.api.cli import register as register_api
 from service.demo import register as register_demo
 
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_policy(commands)
     register_critic(commands)
     register_demo(commands)
+    register_api(commands)
     return parser
 
 

@@ -540,6 +540,9 @@ def run_autopilot_phase(
         manual_steps = sum(1 for key in case.idempotency if key.startswith("manual:"))  # the pool's, after a reject
         if case.ended is None:
             operator, rng = case_operator(seed, item.case_index, operators)
+            from service.adapters.sandbox_inprocess import SandboxAdapter
+
+            assert isinstance(runtime.adapter, SandboxAdapter)  # the demo's runtime runs on the sandbox platform
             manual_steps += finish_by_hand(runtime.adapter, item.case_id, operator, operators, rng, item.read_messages)
         outcome = runtime.adapter.outcome(item.case_id)
         results.append(

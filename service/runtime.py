@@ -50,6 +50,7 @@ from service.autonomy import AutonomyConfig, AutonomyStages
 from service.bus.broker import EmbeddedBroker
 from service.bus.producer import BusProducer, Published
 from service.bus.topics import Topics, ensure_topics
+from service.metrics import RuntimeMetrics
 from service.operator_pool import OPERATOR_GROUP, SimulatedOperatorPool
 from service.router import Router, ThresholdSource
 from service.store import TERMINAL_STATUSES, RuntimeStore
@@ -124,7 +125,7 @@ class Runtime:
 
     def __init__(
         self,
-        platform: SandboxPlatform,
+        platform: SandboxPlatform | None,
         policy: ProposalPolicy,
         critic: AcceptanceCritic,
         thresholds: ThresholdSource,
@@ -135,7 +136,11 @@ class Runtime:
         operators: Sequence[SimOperator] | None = None,
         with_operators: bool = True,
         queue_for: Callable[[str], str] = str,
+        adapter: BpmAdapter | None = None,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
+        if platform is None and (adapter is None or with_operators):
+            raise ValueError("platform: required unless an adapter is given and the simulated operators are off")
         self.settings = settings or RuntimeSettings()
         self.platform = platform
         self.policy = policy
@@ -152,7 +157,11 @@ class Runtime:
         self.queue_for = queue_for
         self.topics = Topics(self.settings.topic_prefix)
         # One time account: workers apply through it (background actions cost nothing), operators charge it.
-        self.adapter = SandboxAdapter(platform, clock=no_operator_time)
+        if adapter is None:
+            assert platform is not None  # checked above
+            adapter = SandboxAdapter(platform, clock=no_operator_time)
+        self.adapter: BpmAdapter = adapter
+        self.metrics = metrics
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = ""
         self.store: RuntimeStore | None = None
@@ -163,6 +172,15 @@ class Runtime:
         self._policy_lock = threading.Lock()
         self._stop = threading.Event()
         self._started_at: float | None = None
+
+    def worker_threads(self) -> list[threading.Thread]:
+        """The threads of the running workers (for readiness checks)."""
+        return [thread for worker_id, (thread, _) in self._threads.items() if worker_id != "operator-pool"]
+
+    @property
+    def policy_lock(self) -> threading.Lock:
+        """Held around every use of the policy (its tokenizer must not be used by two threads at once)."""
+        return self._policy_lock
 
     # ---- lifetime -------------------------------------------------------------------------------------------------
 
@@ -180,6 +198,7 @@ class Runtime:
             for _ in range(settings.workers):
                 self.add_worker()
             if self.with_operators:
+                assert self.platform is not None and isinstance(self.adapter, SandboxAdapter)
                 self.pool = SimulatedOperatorPool(
                     self.platform,
                     self.operators,
@@ -228,6 +247,7 @@ class Runtime:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            metrics=self.metrics,
         )
         stop = threading.Event()
         thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{worker.worker_id}", daemon=True)

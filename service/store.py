@@ -593,6 +593,18 @@ class RuntimeStore:
                 counts[status] = int(count)
         return counts
 
+    def automation_counts(self) -> tuple[int, int]:
+        """(fully automated, ended) sessions: ended ones (any terminal status) and, of those, the completed ones
+        that never needed a human step (``automated``)."""
+        s = sessions_table.c
+        query = select(
+            func.count(),
+            func.count().filter((s.status == SessionStatus.COMPLETED.value) & s.automated.is_(True)),
+        ).where(s.status.in_([status.value for status in TERMINAL_STATUSES]))
+        with self._read() as conn:
+            ended, automated = conn.execute(query).one()
+        return int(automated or 0), int(ended or 0)
+
     def finish(self, session_id: str, status: SessionStatus | str, outcome: Mapping[str, Any] | None = None) -> bool:
         """End a session with a terminal status and outcome; drop its owner and pending step and cancel its
         pending deferrals. False if the session is unknown or already ended (the first end wins, so a worker

@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -79,6 +79,7 @@ from service.autonomy import AutonomyStages
 from service.bus.consumer import BusConsumer, MessageMeta
 from service.bus.producer import BusProducer, Published
 from service.bus.topics import Topics
+from service.metrics import RuntimeMetrics
 from service.router import Router, SessionContext, ThresholdSource
 from service.store import (
     ACTIVE_STATUSES,
@@ -248,6 +249,7 @@ class SessionWorker:
         idle_poll_ms: int = 50,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         if not isinstance(worker_id, str) or not worker_id.strip():
             raise ValueError("worker_id: must be a non-empty string")
@@ -279,6 +281,9 @@ class SessionWorker:
         self.idle_poll_ms = idle_poll_ms
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.metrics = metrics
+        self._lag = 0  # the consumer's lag, read on this thread (the consumer is not thread-safe)
+        self.group_id = group_id
         # Beyond this many failures on one step the router has deferred already and the operator's answers did
         # not help either: a human takes the case.
         self.handover_after_failures = router.max_failures_per_step + 2
@@ -383,6 +388,8 @@ class SessionWorker:
             "duplicate_answers": counts.get("answer_result:duplicate", 0),
             "decision_latency_ms": self.latency.summary(),
             "consumer": {
+                "group": self.group_id,
+                "lag": self._lag,
                 "processed": self._consumer.stats.processed,
                 "parked": self._consumer.stats.parked,
                 "retries": self._consumer.stats.retries,
@@ -431,6 +438,10 @@ class SessionWorker:
 
     def _on_answer(self, decision: OperatorDecision) -> None:
         result = self.store.answer(decision)
+        if result.result == AnswerStatus.DUPLICATE and self._parked_on(decision):
+            # The answer was accepted by the store through another path (the API records an operator's answer
+            # itself so it can say 409 at once) and this is its announcement: resume the session now.
+            result = replace(result, result=AnswerStatus.ACCEPTED)
         if result.result != AnswerStatus.ACCEPTED:
             # stale (another etag, or answered differently), unknown, or a redelivery: the store changed nothing.
             self._counts.add(f"answer_result:{result.result.value}")
@@ -459,6 +470,16 @@ class SessionWorker:
         session.deferral = None
         self._enqueue(session)
 
+    def _parked_on(self, decision: OperatorDecision) -> bool:
+        session = self._sessions.get(decision.session_id)
+        return (
+            session is not None
+            and session.state == _Local.PARKED
+            and session.deferral is not None
+            and session.deferral.proposal.proposal_id == decision.proposal_id
+            and session.deferral.state.etag == decision.state_etag
+        )
+
     def _feed_stages(self, deferral: Deferral, decision: OperatorDecision) -> None:
         slice_key = deferral.decision.slice
         self.stages.record_answer(slice_key, corrected=decision.verdict != Verdict.ACCEPT)
@@ -475,6 +496,7 @@ class SessionWorker:
             self._renew()
         if force or now >= self._scan_due:
             self._scan_due = now + self.lease_s / 2
+            self._lag = sum(self._consumer.lag().values())
             self._scan()
             for session in list(self._sessions.values()):
                 if session.state == _Local.PARKED and not session.deferral_published:
@@ -709,11 +731,14 @@ class SessionWorker:
     def _propose(self, observed: list[_Observed]) -> None:
         states = [item.state for item in observed]
         try:
+            started = time.perf_counter()
             if self._policy_lock is not None:
                 with self._policy_lock:
                     proposals = self.policy.propose_batch(states)
             else:
                 proposals = self.policy.propose_batch(states)
+            if self.metrics is not None:
+                self.metrics.observe_proposals(time.perf_counter() - started)
             if len(proposals) != len(states):
                 raise ValueError(f"propose_batch: {len(proposals)} proposals for {len(states)} states")
         except Exception:
@@ -761,7 +786,10 @@ class SessionWorker:
             return
         context = SessionContext(session.session_id, session.actions_executed, session.failures)
         item.decision = self.router.decide(proposal, item.score, context)
-        self.latency.add((time.perf_counter() - item.started) * 1000.0)
+        elapsed = time.perf_counter() - item.started
+        self.latency.add(elapsed * 1000.0)
+        if self.metrics is not None:
+            self.metrics.observe_decision(item.decision, elapsed)
         self._counts.add(f"decision:{item.decision.outcome.value}")
         if item.decision.audit:
             self._counts.add("audits")

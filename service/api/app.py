@@ -1,0 +1,82 @@
+"""create_app: the FastAPI application around a started ``AutopilotService``.
+
+Errors are answered, never raised as 500s for bad input: request validation -> 422 naming the field (FastAPI's
+own), a payload that fails a schema rule inside a route -> 422 with the field, an unknown thing -> 404, a stale
+one -> 409, another operator's queue -> 403. Anything else is a bug: logged with its traceback, answered 500
+without details.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.adapters.base import CaseNotFoundError
+from service.api.auth import TokenStore
+from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
+from service.api.routers import copilot, health, inbox, pages, sessions, supervisor
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Selective autopilot for BPM customer-support work.
+
+Roles (bearer tokens): **operator** (copilot, own inbox), **supervisor** (everything, stages, kill switch),
+**service** (copilot, starting sessions). Pages: `/ui/sidebar` (operators), `/ui/dashboard` (supervisors).
+"""
+
+
+def _detail(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors(include_url=False)]
+
+
+def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service: bool = False) -> FastAPI:
+    """The app. ``manage_service``: start the service on startup and stop it on shutdown (``autopilot serve``);
+    otherwise the caller owns its lifetime (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_service:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage_service:
+                service.stop()
+
+    app = FastAPI(title="bpm-autopilot", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    app.state.tokens = tokens
+
+    @app.exception_handler(ValidationError)
+    async def schema_error(request: Request, exc: ValidationError) -> JSONResponse:
+        return JSONResponse(
+            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, content=jsonable_encoder({"detail": _detail(exc)})
+        )
+
+    @app.exception_handler(ValueError)
+    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, content={"detail": str(exc)})
+
+    @app.exception_handler(NotFoundError)
+    @app.exception_handler(CaseNotFoundError)
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": str(exc).strip("'\"")})
+
+    @app.exception_handler(ConflictError)
+    async def conflict(request: Request, exc: ConflictError) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_409_CONFLICT, content={"detail": str(exc)})
+
+    @app.exception_handler(ForbiddenError)
+    async def forbidden(request: Request, exc: ForbiddenError) -> JSONResponse:
+        return JSONResponse(status_code=status.HTTP_403_FORBIDDEN, content={"detail": str(exc)})
+
+    for module in (copilot, inbox, sessions, supervisor, health, pages):
+        app.include_router(module.router)
+    return app

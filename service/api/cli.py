@@ -1,0 +1,127 @@
+"""``autopilot serve`` (the API, the pages and the in-process runtime) and ``autopilot tokens`` (issue, rotate,
+revoke, list)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from service.api.settings import ServiceSettings
+
+    flags = {
+        "data_dir": args.data_dir,
+        "host": args.host,
+        "port": args.port,
+        "simulated_operators": True if args.simulated_operators else None,
+    }
+    return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.api.auth import TokenStore
+    from service.api.context import AutopilotService
+    from service.api.redaction import install_redaction
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    install_redaction()
+    settings = _settings(args)
+    tokens_file = settings.resolved_tokens_file()
+    if not tokens_file.is_file():
+        raise ValueError(f"tokens_file: {tokens_file} does not exist; issue tokens with `autopilot tokens issue`")
+    service = AutopilotService.from_settings(settings)  # fails fast, naming the setting
+    app = create_app(service, TokenStore(tokens_file), manage_service=True)
+    print(
+        json.dumps(
+            {
+                "event": "serving",
+                "url": f"http://{settings.host}:{settings.port}",
+                "sidebar": f"http://{settings.host}:{settings.port}/ui/sidebar",
+                "dashboard": f"http://{settings.host}:{settings.port}/ui/dashboard",
+                "docs": f"http://{settings.host}:{settings.port}/docs",
+            }
+        ),
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=args.access_log)
+    return 0
+
+
+def _tokens_file(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    return Path(_settings_for_tokens().resolved_tokens_file())
+
+
+def _settings_for_tokens() -> Any:
+    from service.api.settings import ServiceSettings
+
+    return ServiceSettings()
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from service.api.auth import issue_token
+
+    token = issue_token(_tokens_file(args), args.name, args.role, args.queue or [])
+    print(token)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from service.api.auth import revoke_token
+
+    if not revoke_token(_tokens_file(args), args.name):
+        raise ValueError(f"name: no token named {args.name!r}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from service.api.auth import token_summary
+
+    print(json.dumps(token_summary(_tokens_file(args)), indent=2))
+    return 0
+
+
+def register(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the API, the operator sidebar and the supervisor dashboard with the runtime (AUTOPILOT_* settings)",
+        description=(
+            "Serves the API (/docs), /ui/sidebar, /ui/dashboard and /metrics, and runs the session runtime in this "
+            "process: the embedded Kafka broker unless AUTOPILOT_KAFKA_BOOTSTRAP is set, the store "
+            "(AUTOPILOT_DATABASE_URL or SQLite under the data directory), AUTOPILOT_WORKERS worker threads, the "
+            "policy and the registry's champion critic (AUTOPILOT_POLICY_DIR / AUTOPILOT_REGISTRY_DIR, default "
+            "under the data directory). Tokens: AUTOPILOT_TOKENS_FILE (default DATA_DIR/tokens.json)."
+        ),
+    )
+    serve.add_argument("--data-dir", help="where make demo left the policy, registry and store (AUTOPILOT_DATA_DIR)")
+    serve.add_argument("--host", help="AUTOPILOT_HOST (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="AUTOPILOT_PORT (default 8000)")
+    serve.add_argument("--simulated-operators", action="store_true", help="the sandbox's operators answer deferrals")
+    serve.add_argument("--access-log", action="store_true", help="log every request (paths only; bodies never)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(handler=_serve)
+
+    tokens = commands.add_parser("tokens", help="issue, rotate, revoke and list API tokens (stored hashed)")
+    sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="SUBCOMMAND")
+    issue = sub.add_parser("issue", help="issue a token (or rotate it: same name); prints it once")
+    issue.add_argument("--name", required=True)
+    issue.add_argument("--role", required=True, choices=["operator", "supervisor", "service"])
+    issue.add_argument("--queue", action="append", help="an operator's queue (repeat for several)")
+    issue.add_argument("--file", help="the token file (default AUTOPILOT_TOKENS_FILE or DATA_DIR/tokens.json)")
+    issue.set_defaults(handler=_issue)
+    revoke = sub.add_parser("revoke", help="remove a token; takes effect within a second, no restart")
+    revoke.add_argument("--name", required=True)
+    revoke.add_argument("--file")
+    revoke.set_defaults(handler=_revoke)
+    listing = sub.add_parser("list", help="names, roles and queues (never the tokens)")
+    listing.add_argument("--file")
+    listing.set_defaults(handler=_list)

@@ -1,0 +1,441 @@
+"""AutopilotService: what the API routes act on, wired from ``ServiceSettings``.
+
+It wraps a ``Runtime`` (broker or Kafka cluster, topics, store, session workers as threads, optionally the
+simulated operators) plus the loaded policy, the registry's champion critic and its thresholds, the feedback sink
+and the metrics. The BPM is the embedded sandbox (``AUTOPILOT_BPM_URL`` unset) or a task API over HTTP.
+
+Guardrail state (``AutonomyStages``) lives in this process and is shared with the in-process workers, so a
+supervisor's demotion or the kill switch takes effect on the next decision. See docs/decisions/0006.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from critic.base import Candidate
+from critic.registry import CriticRegistry
+from critic.store import FeedbackStore
+from critic.thresholds import SliceThresholds
+from schemas.actions import Action
+from schemas.decision import Decision, OperatorDecision, RejectReason, Verdict
+from schemas.feedback import FeedbackRecord, FeedbackSource
+from schemas.proposal import Proposal
+from schemas.risk import AutonomyStage, RiskTier, SliceKey
+from schemas.state import UIState
+from service.api.auth import Principal
+from service.api.settings import ServiceSettings
+from service.autonomy import AutonomyConfig, AutonomyStages
+from service.feedback_sink import FeedbackSink
+from service.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSources
+from service.router import SessionContext
+from service.runtime import Runtime, WorkerSetupError
+from service.store import AnswerResult, AnswerStatus, DeferralStatus, RuntimeStore
+from service.worker import AcceptanceCritic, ProposalPolicy
+
+log = logging.getLogger(__name__)
+
+
+class NotFoundError(LookupError):
+    """404: the named thing does not exist."""
+
+
+class ConflictError(RuntimeError):
+    """409: the request names a state that is no longer current (a stale deferral, an ended session)."""
+
+
+class ForbiddenError(PermissionError):
+    """403: the caller may not act on this (another operator's queue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    proposal: Proposal
+    score: float | None
+    decision: Decision
+    latency_ms: float
+
+
+class AutopilotService:
+    """The service's components; ``start`` brings the runtime and the feedback sink up, ``stop`` takes them down."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        runtime: Runtime,
+        policy: ProposalPolicy,
+        critic: AcceptanceCritic,
+        thresholds: SliceThresholds,
+        critic_version: str | None,
+        metrics: RuntimeMetrics,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.policy = policy
+        self.critic = critic
+        self.thresholds = thresholds
+        self.critic_version = critic_version
+        self.metrics = metrics
+        self.sink: FeedbackSink | None = None
+        self.feedback_store: FeedbackStore | None = None
+        self._sink_stop = threading.Event()
+        self._sink_thread: threading.Thread | None = None
+        self.started_at = time.time()
+        metrics.registry.register(StateCollector(self._state_sources()))
+
+    # ---- wiring ---------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: ServiceSettings) -> AutopilotService:
+        """Load the policy and the registry's champion and build the runtime (not started). Raises
+        WorkerSetupError naming the setting when something is missing."""
+        from critic.persist import load_critic
+        from policy.policy import LMPolicy
+
+        policy_dir = settings.resolved_policy_dir()
+        if not (policy_dir / "policy.json").is_file():
+            raise WorkerSetupError(
+                f"policy_dir: {policy_dir} holds no saved policy; run `make demo` first or set AUTOPILOT_POLICY_DIR"
+            )
+        registry_dir = settings.resolved_registry_dir()
+        if not registry_dir.is_dir():
+            raise WorkerSetupError(f"registry_dir: {registry_dir} is not a critic registry; set AUTOPILOT_REGISTRY_DIR")
+        registry = CriticRegistry(registry_dir)
+        champion = registry.champion()
+        if champion is None:
+            raise WorkerSetupError(f"registry_dir: {registry_dir} has no champion critic (autopilot critic promote)")
+        thresholds_data = registry.thresholds(champion)
+        if thresholds_data is None:
+            raise WorkerSetupError(f"registry_dir: the champion {champion!r} has no thresholds")
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        policy = LMPolicy.load(policy_dir)
+        critic = load_critic(registry.artifact_path(champion))
+        thresholds = SliceThresholds.from_dict(thresholds_data)
+        return cls.build(settings, policy, critic, thresholds, champion)
+
+    @classmethod
+    def build(
+        cls,
+        settings: ServiceSettings,
+        policy: ProposalPolicy,
+        critic: AcceptanceCritic,
+        thresholds: SliceThresholds,
+        critic_version: str | None,
+        stages: AutonomyStages | None = None,
+    ) -> AutopilotService:
+        """Wire a service around loaded models (tests pass small ones)."""
+        metrics = RuntimeMetrics()
+        stages = stages or AutonomyStages(AutonomyConfig(initial_stage=settings.initial_stage))
+        if settings.bpm_url:
+            from service.adapters.http import HttpBpmAdapter
+
+            runtime = Runtime(
+                None,
+                policy,
+                critic,
+                thresholds,
+                settings,
+                stages=stages,
+                with_operators=False,
+                adapter=HttpBpmAdapter(settings.bpm_url),
+                metrics=metrics,
+            )
+        else:
+            from sandbox.platform import SandboxPlatform
+
+            platform = SandboxPlatform(seed=settings.seed)
+            for _ in range(settings.sandbox_cases):
+                platform.open_case()
+            runtime = Runtime(
+                platform,
+                policy,
+                critic,
+                thresholds,
+                settings,
+                stages=stages,
+                with_operators=settings.simulated_operators,
+                metrics=metrics,
+            )
+        return cls(settings, runtime, policy, critic, thresholds, critic_version, metrics)
+
+    def start(self) -> AutopilotService:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime.start()
+        try:
+            self.feedback_store = FeedbackStore(self.settings.resolved_feedback_url())
+            assert self.runtime.producer is not None
+            self.sink = FeedbackSink(
+                self.runtime.bootstrap,
+                self.runtime.topics,
+                self.feedback_store,
+                self.runtime.producer,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+                fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            )
+            self._sink_thread = threading.Thread(
+                target=self.sink.run, args=(self._sink_stop,), name="feedback-sink", daemon=True
+            )
+            self._sink_thread.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._sink_stop.set()
+        if self._sink_thread is not None:
+            self._sink_thread.join(10.0)
+            self._sink_thread = None
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+        self.runtime.stop()
+        if self.feedback_store is not None:
+            self.feedback_store.close()
+            self.feedback_store = None
+
+    @property
+    def store(self) -> RuntimeStore:
+        if self.runtime.store is None:
+            raise RuntimeError("service: not started")
+        return self.runtime.store
+
+    @property
+    def stages(self) -> AutonomyStages:
+        return self.runtime.stages
+
+    # ---- copilot --------------------------------------------------------------------------------------------------
+
+    def suggest(self, state: UIState, k: int = 5) -> Suggestion | None:
+        """The policy's proposal for ``state``, its critic score and what the router would decide; None when the
+        policy has no valid action for the screen."""
+        started = time.perf_counter()
+        with self.runtime.policy_lock:
+            proposals = self.policy.propose_batch([state], k=k)
+        self.metrics.observe_proposals(time.perf_counter() - started, source="copilot")
+        proposal = proposals[0] if proposals else None
+        if proposal is None:
+            return None
+        router = self.runtime.router
+        tier = router.risk.tier_for(
+            proposal.process_id, proposal.action.type, getattr(proposal.action, "control_id", None)
+        )
+        score: float | None = None
+        if tier == RiskTier.CRITICAL:
+            probabilities = np.asarray(self.critic.predict_proba([Candidate(state, proposal)]), dtype=np.float64)
+            value = float(probabilities[0, 1])
+            score = min(1.0, max(0.0, value)) if np.isfinite(value) else None
+        decision = router.decide(proposal, score, SessionContext(proposal.session_id))
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_decision(decision, elapsed, source="copilot")
+        return Suggestion(proposal, score, decision, elapsed * 1000.0)
+
+    def record_feedback(
+        self,
+        principal: Principal,
+        state: UIState,
+        proposal: Proposal,
+        verdict: Verdict,
+        corrected_action: Action | None,
+        reason: RejectReason | None,
+    ) -> FeedbackRecord:
+        """A copilot accept/correct as a critic training row, published on ``feedback`` (the sink stores it)."""
+        if verdict == Verdict.ACCEPT and (corrected_action is not None or reason is not None):
+            raise ValueError("reason: must be empty when the verdict is accept")
+        if verdict != Verdict.ACCEPT and reason is None:
+            raise ValueError(f"reason: required when the verdict is {verdict.value}")
+        if verdict == Verdict.CORRECT and corrected_action is None:
+            raise ValueError("corrected_action: required when the verdict is correct")
+        record = FeedbackRecord(
+            record_id=f"copilot-{uuid.uuid4().hex}",
+            source=FeedbackSource.COPILOT,
+            state=state,
+            proposal=proposal,
+            accepted=verdict == Verdict.ACCEPT,
+            reason=reason,
+            operator_action=corrected_action if verdict == Verdict.CORRECT else None,
+            operator_id=principal.name,
+            slice=SliceKey(process_id=proposal.process_id, action_type=proposal.action.type),
+        )
+        producer = self.runtime.producer
+        assert producer is not None
+        producer.publish(self.runtime.topics.feedback, record, proposal.session_id, message_id=record.record_id)
+        self.metrics.feedback.labels(proposal.process_id, proposal.action.type.value, verdict.value).inc()
+        return record
+
+    # ---- inbox ----------------------------------------------------------------------------------------------------
+
+    def visible_queues(self, principal: Principal) -> list[str] | None:
+        """The queues whose deferrals the principal sees (None: all)."""
+        return None if principal.role.value == "supervisor" else list(principal.queues)
+
+    def answer(
+        self,
+        principal: Principal,
+        deferral_id: str,
+        proposal_id: str,
+        state_etag: str,
+        verdict: Verdict,
+        corrected_action: Action | None,
+        reason: RejectReason | None,
+    ) -> AnswerResult:
+        """Record an operator's answer to a deferral in the store (exactly one answer per deferral is accepted),
+        then announce it on ``operator-decisions`` (the owning worker resumes the session) and publish the
+        feedback row. Raises NotFoundError, ForbiddenError or ConflictError (stale)."""
+        row = self.store.get_deferral(deferral_id)
+        if row is None:
+            raise NotFoundError(f"deferral_id: no deferral {deferral_id!r}")
+        deferral = row.deferral
+        if not principal.may_answer(deferral.queue):
+            raise ForbiddenError(f"deferral_id: {deferral_id!r} is in queue {deferral.queue!r}, not one of yours")
+        if proposal_id != deferral.proposal.proposal_id:
+            raise ConflictError(f"proposal_id: the deferral is for proposal {deferral.proposal.proposal_id!r}")
+        decision = OperatorDecision(
+            proposal_id=proposal_id,
+            session_id=deferral.session_id,
+            state_etag=state_etag,
+            verdict=verdict,
+            corrected_action=corrected_action,
+            reason=reason,
+            operator_id=principal.name,
+        )
+        result = self.store.answer(decision)
+        self.metrics.answers.labels(result.result.value).inc()
+        if result.result == AnswerStatus.UNKNOWN:
+            raise NotFoundError(f"deferral_id: {result.reason}")
+        if result.result == AnswerStatus.STALE:
+            raise ConflictError(f"state_etag: {result.reason}")
+        producer = self.runtime.producer
+        assert producer is not None
+        topics = self.runtime.topics
+        # The message ids make a double click (a DUPLICATE here) harmless downstream as well.
+        producer.publish(topics.operator_decisions, decision, deferral.session_id, message_id=f"answer:{deferral_id}")
+        feedback = FeedbackRecord(
+            record_id=f"deferral-{deferral_id}",
+            source=FeedbackSource.AUDIT if deferral.decision.audit else FeedbackSource.DEFERRAL,
+            state=deferral.state,
+            proposal=deferral.proposal,
+            accepted=verdict == Verdict.ACCEPT,
+            reason=reason,
+            operator_action=corrected_action if verdict == Verdict.CORRECT else None,
+            operator_id=principal.name,
+            slice=deferral.decision.slice,
+        )
+        producer.publish(topics.feedback, feedback, deferral.session_id, message_id=f"feedback:{deferral_id}")
+        if result.result == AnswerStatus.ACCEPTED:
+            self.store.audit(
+                principal.name, f"answer:{verdict.value}", deferral_id, {"session_id": deferral.session_id}
+            )
+        return result
+
+    def deferral_status(self, deferral_id: str) -> DeferralStatus | None:
+        row = self.store.get_deferral(deferral_id)
+        return None if row is None else row.status
+
+    # ---- sessions -------------------------------------------------------------------------------------------------
+
+    def start_sessions(self, principal: Principal, case_ids: Sequence[str]) -> list[str]:
+        session_ids = self.runtime.start_sessions(case_ids, issued_by=principal.name)
+        self.store.audit(principal.name, "sessions:start", ",".join(session_ids), {"cases": list(case_ids)})
+        return session_ids
+
+    def stop_session(self, principal: Principal, session_id: str) -> None:
+        row = self.store.get_session(session_id)
+        if row is None:
+            raise NotFoundError(f"session_id: no session {session_id!r}")
+        if row.status.value not in ("running", "parked"):
+            raise ConflictError(f"session_id: the session has ended ({row.status.value})")
+        self.runtime.stop_sessions([session_id], issued_by=principal.name)
+        self.store.audit(principal.name, "sessions:stop", session_id)
+
+    # ---- supervisor -----------------------------------------------------------------------------------------------
+
+    def set_stage(self, principal: Principal, slice_key: SliceKey, stage: AutonomyStage, reason: str, pin: bool) -> Any:
+        before = self.stages.stage(slice_key)
+        event = self.stages.override(slice_key, stage, principal.name, reason, pin=pin)
+        order = list(AutonomyStage)
+        direction = "promote" if order.index(stage) > order.index(before) else "demote" if stage != before else "pin"
+        self.metrics.stage_changes.labels(direction).inc()
+        self.store.audit(
+            principal.name,
+            f"stage:{direction}",
+            str(slice_key),
+            {"from": before.value, "to": stage.value, "reason": reason, "pin": pin},
+        )
+        return event
+
+    def unpin(self, principal: Principal, slice_key: SliceKey) -> Any:
+        event = self.stages.unpin(slice_key, principal.name)
+        if event is not None:
+            self.metrics.stage_changes.labels("unpin").inc()
+            self.store.audit(principal.name, "stage:unpin", str(slice_key))
+        return event
+
+    def set_kill_switch(self, principal: Principal, on: bool, reason: str) -> None:
+        self.stages.set_kill_switch(on, principal.name, reason)
+        self.store.audit(principal.name, "kill_switch:on" if on else "kill_switch:off", "", {"reason": reason})
+
+    def known_slices(self) -> list[SliceKey]:
+        """Slices with a threshold, in the stages, or seen in decisions: what the dashboard lists."""
+        keys: dict[str, SliceKey] = {}
+        for state in self.stages.snapshot():
+            keys[str(state.slice)] = state.slice
+        for name in self.thresholds:  # group keys: process/action_type at the default granularity
+            if "/" in name:
+                process_id, action_type = name.split("/", 1)
+                try:
+                    key = SliceKey(process_id=process_id, action_type=action_type)
+                except ValueError:
+                    continue
+                keys.setdefault(str(key), key)
+        return [keys[name] for name in sorted(keys)]
+
+    def consumer_lag(self) -> dict[str, int]:
+        lag: dict[str, int] = {}
+        for worker in self.runtime.workers:
+            stats = worker.stats()["consumer"]
+            lag[stats["group"]] = lag.get(stats["group"], 0) + int(stats["lag"])
+        return lag
+
+    def plots(self) -> list[Path]:
+        directory = self.settings.resolved_plots_dir()
+        return sorted(directory.glob("*.png")) if directory.is_dir() else []
+
+    def _state_sources(self) -> StateSources:
+        def queues() -> dict[str, tuple[int, float]]:
+            return {q: (s.depth, s.oldest_age_s) for q, s in self.store.deferral_stats().items()}
+
+        def ratio() -> float | None:
+            automated, ended = self.store.automation_counts()
+            return None if ended == 0 else automated / ended
+
+        def slices() -> list[SliceGauge]:
+            result = []
+            for state in self.stages.snapshot():
+                accepted, total = self.stages.audited_acceptance(state.slice)
+                result.append(
+                    SliceGauge(state.slice.process_id, state.slice.action_type.value, state.stage, accepted, total)
+                )
+            return result
+
+        return StateSources(
+            sessions_by_status=lambda: self.store.counts_by_status(),
+            automated_ratio=ratio,
+            queues=queues,
+            slices=slices,
+            critic_version=lambda: self.critic_version,
+            consumer_lag=self.consumer_lag,
+            kill_switch=lambda: self.stages.kill_switch,
+        )

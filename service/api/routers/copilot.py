@@ -1,0 +1,35 @@
+"""Copilot: suggest for a UI state (proposal, critic score, the router's decision); record accept / correct."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from service.api.deps import AnyRole, OperatorOrSupervisor, ServiceDep
+from service.api.models import FeedbackRequest, FeedbackResponse, SuggestRequest, SuggestResponse
+
+router = APIRouter(prefix="/api/v1/copilot", tags=["copilot"])
+
+
+@router.post("/suggest", response_model=SuggestResponse)
+def suggest(body: SuggestRequest, service: ServiceDep, caller: AnyRole) -> SuggestResponse:
+    """The policy's next action for ``state`` with its critic score, and what the router would decide for it in
+    a background session (execute, defer and why)."""
+    suggestion = service.suggest(body.state, k=body.k)
+    if suggestion is None:
+        return SuggestResponse(proposal=None, latency_ms=0.0)
+    return SuggestResponse(
+        proposal=suggestion.proposal,
+        score=suggestion.score,
+        decision=suggestion.decision,
+        latency_ms=round(suggestion.latency_ms, 3),
+    )
+
+
+@router.post("/feedback", response_model=FeedbackResponse, status_code=status.HTTP_201_CREATED)
+def feedback(body: FeedbackRequest, service: ServiceDep, caller: OperatorOrSupervisor) -> FeedbackResponse:
+    """The operator accepted the suggestion, or corrected it (with the action taken and a graded reason). Stored
+    as a critic training row through the ``feedback`` topic."""
+    record = service.record_feedback(
+        caller, body.state, body.proposal, body.verdict, body.corrected_action, body.reason
+    )
+    return FeedbackResponse(record_id=record.record_id)

@@ -1,0 +1,52 @@
+"""ServiceSettings: the API's configuration from ``AUTOPILOT_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from service.runtime import RuntimeSettings
+
+
+class ServiceSettings(RuntimeSettings):
+    """The runtime's settings plus the API's own. Unset ``policy_dir`` / ``registry_dir`` default to
+    ``data_dir/policy`` and ``data_dir/registry`` (where ``make demo`` leaves them)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    tokens_file: Path | None = Field(
+        default=None, description="JSON file of hashed tokens (autopilot tokens issue); None: data_dir/tokens.json"
+    )
+    simulated_operators: bool = Field(
+        default=False, description="Run the sandbox's simulated operator pool (it answers every deferral)"
+    )
+    sandbox_cases: int = Field(default=0, ge=0, description="Open this many sandbox cases at start (demo, tests)")
+    feedback_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the feedback store the nightly job reads; None: SQLite under data_dir",
+    )
+    inbox_poll_s: float = Field(default=0.2, gt=0, le=10, description="How often a live inbox checks the store")
+    plots_dir: Path | None = Field(
+        default=None, description="The champion critic's report plots; None: data_dir/critic_report"
+    )
+
+    @field_validator("tokens_file", "feedback_url", "plots_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def resolved_policy_dir(self) -> Path:
+        return self.policy_dir or self.data_dir / "policy"
+
+    def resolved_registry_dir(self) -> Path:
+        return self.registry_dir or self.data_dir / "registry"
+
+    def resolved_tokens_file(self) -> Path:
+        return self.tokens_file or self.data_dir / "tokens.json"
+
+    def resolved_feedback_url(self) -> str:
+        return self.feedback_url or f"sqlite:///{self.data_dir / 'feedback.db'}"
+
+    def resolved_plots_dir(self) -> Path:
+        return self.plots_dir or self.data_dir / "critic_report"

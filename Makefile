@@ -8,7 +8,21 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PYTHONDONTWRITEBYTECODE := 1
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test check lint typecheck unit bench bench-policy bench-critic clean
+.PHONY: demo test check lint typecheck unit system-deps bench bench-policy bench-critic bench-runtime bench-api clean
+
+# System packages the tests drive for real: Debian's Chromium (browser tests) and Prometheus + promtool (scrape
+# and rule checks). Installed with apt only when missing (as root, or through sudo).
+SYSTEM_PACKAGES := chromium prometheus
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+			|| { echo "error: could not install$$missing with apt-get (needed by the browser and Prometheus tests)" >&2; exit 1; }; \
+	fi
 
 # The venv is rebuilt only when the dependency declaration changes.
 $(STAMP): pyproject.toml constraints.txt
@@ -32,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -55,6 +69,18 @@ bench-critic: $(STAMP)
 	$(BIN)/python -m bench.critic_sandbox
 	$(BIN)/python -m bench.critic_time_to_autonomy
 	$(BIN)/python -m bench.critic_retrain_speed
+
+# The runtime benchmarks (about 40 minutes on two cores; they need bench-policy's model and bench-critic's cached
+# copilot feedback): the default scenario, drift, fault injection, throughput and latency.
+bench-runtime: $(STAMP)
+	$(BIN)/python -m bench.runtime_default
+	$(BIN)/python -m bench.runtime_drift
+	$(BIN)/python -m bench.runtime_faults
+	$(BIN)/python -m bench.runtime_throughput
+
+# The API load benchmark (suggest with 50 concurrent clients; uses the demo's models when out/demo has them).
+bench-api: $(STAMP)
+	$(BIN)/python -m bench.api_load
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -427,6 +427,15 @@ class AutonomyStages:
             )
             return self._alarm(key, data, reason)
 
+    def alarm(self, slice_key: SliceKey, reason: str) -> StageEvent:
+        """A guardrail elsewhere (another process's workers, see ``service.stage_sync``) demoted the slice: demote
+        it here too (if in autopilot and not pinned), with the same cooldown."""
+        _check_reason(reason)
+        key = _key(slice_key)
+        with self._lock:
+            data = self._data(key)
+            return self._alarm(key, data, reason)
+
     def drift_alarm(self, slice_key: SliceKey, reason: str) -> StageEvent:
         """An external drift detector fired for the slice: demote it (if in autopilot and not pinned)."""
         _check_reason(reason)

@@ -19,9 +19,10 @@ import argparse
 import json
 import random
 import shutil
+import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
-    print(f"[1/5] logging stage: {args.sessions} cases worked by simulated operators ({scenario.name} scenario)")
+    print(f"[1/6] logging stage: {args.sessions} cases worked by simulated operators ({scenario.name} scenario)")
     mark = time.perf_counter()
     traces_path = out / "traces.jsonl"
     summary = generate(args.sessions, args.seed, traces_path, scenario)
@@ -72,7 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(render_ceiling(table))
     timings["1 logging"] = time.perf_counter() - mark
 
-    print(f"\n[2/5] copilot check: the best possible policy proposes, operators review ({args.copilot} cases)")
+    print(f"\n[2/6] copilot check: the best possible policy proposes, operators review ({args.copilot} cases)")
     mark = time.perf_counter()
     steps = run_copilot(args.copilot, args.seed + 1, scenario=scenario, start_index=args.sessions)
     accepted: dict[str, list[bool]] = defaultdict(list)
@@ -109,11 +110,6 @@ def _demo(args: argparse.Namespace) -> int:
         out, args.autopilot_sessions, args.seed + 3, scenario, critic_start + args.critic_sessions
     )
     timings["5 autopilot"] = time.perf_counter() - mark
-    total = time.perf_counter() - started
-    report["timings_s"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(total, 1)}
-
-    (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("\nStage timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
     auto = report["autopilot"]
     print(
         f"\ntraces: {traces_path}\npolicy: {out / 'policy'}\nfeedback: {out / 'feedback.jsonl'}\n"
@@ -121,7 +117,20 @@ def _demo(args: argparse.Namespace) -> int:
         f"autopilot report: {auto['report_md']} (JSON: {auto['report_json']})\n"
         f"autopilot plot: {auto['plot']}\nruntime store: {auto['store']}\nsummary: {out / 'summary.json'}"
     )
-    print(f"demo finished in {total:.0f} s")
+    mark = time.perf_counter()
+
+    def finished(service: dict[str, Any]) -> None:
+        # Called once the service answers (before it serves until Ctrl-C, if it does): the demo's time ends here.
+        timings["6 service"] = time.perf_counter() - mark
+        total = time.perf_counter() - started
+        report["service"] = service
+        report["timings_s"] = {**{k: round(v, 1) for k, v in timings.items()}, "total": round(total, 1)}
+        (out / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+        print("\nStage timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s")
+        print(f"demo finished in {total:.0f} s", flush=True)
+
+    keep_serving = sys.stdin.isatty() if args.serve is None else args.serve
+    _service_stage(out, args.seed + 4, args.port, keep_serving, finished)
     return 0
 
 
@@ -155,7 +164,7 @@ def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: 
     cut = int(len(traces) * 0.9)
     train, test = traces[:cut], traces[cut:]
     print(
-        f"\n[3/5] policy: training the default model on the first {len(train)} cases "
+        f"\n[3/6] policy: training the default model on the first {len(train)} cases "
         f"(at most {time_budget:.0f} s on one thread), testing on the last {len(test)}"
     )
     policy = LMPolicy(training=TrainConfig(epochs=3, threads=1, time_budget_s=time_budget, seed=seed)).fit(train)
@@ -174,6 +183,17 @@ def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: 
     }
 
 
+def _service_stage(
+    out: Path, seed: int, port: int, keep_serving: bool, on_ready: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    import torch
+
+    from service.api.demo_service import serve_demo
+
+    torch.set_num_threads(1)
+    return serve_demo(out, seed, port=port, keep_serving=keep_serving, on_ready=on_ready)
+
+
 def _critic_stage(
     out: Path, sessions: int, seed: int, scenario_name: str, start_index: int, alpha: float
 ) -> dict[str, Any]:
@@ -190,7 +210,7 @@ def _critic_stage(
     from sandbox.scenario import scenario_by_name
 
     print(
-        f"\n[4/5] critic: copilot phase of {sessions} new cases (the trained policy proposes every step, operators "
+        f"\n[4/6] critic: copilot phase of {sessions} new cases (the trained policy proposes every step, operators "
         f"accept or correct), then train, calibrate and threshold the critic (alpha {alpha:g})"
     )
     torch.set_num_threads(1)
@@ -235,7 +255,7 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
     from service.autopilot_report import plot_reports
 
     print(
-        f"\n[5/5] autopilot: promote the slices whose threshold holds, then {sessions} new cases (indices "
+        f"\n[5/6] autopilot: promote the slices whose threshold holds, then {sessions} new cases (indices "
         f"{start_index}..{start_index + sessions - 1}) run as background sessions through the runtime (embedded "
         "Kafka broker, SQLite store, simulated operators), against an all-manual run of the same cases"
     )
@@ -626,4 +646,10 @@ def register(commands: Any) -> None:
         "--alpha", type=float, default=0.10, help="tolerated error rate among auto-executed steps (critic thresholds)"
     )
     demo.add_argument("--autopilot-sessions", type=int, default=1000, help="new cases run by the autopilot runtime")
+    demo.add_argument("--port", type=int, default=8000, help="the service's port (a free one if it is taken)")
+    serve = demo.add_mutually_exclusive_group()
+    serve.add_argument(
+        "--serve", dest="serve", action="store_true", default=None, help="keep the service running until Ctrl-C"
+    )
+    serve.add_argument("--no-serve", dest="serve", action="store_false", help="stop the service after its self-check")
     demo.set_defaults(handler=_demo)

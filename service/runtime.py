@@ -53,6 +53,7 @@ from service.bus.topics import Topics, ensure_topics
 from service.metrics import RuntimeMetrics
 from service.operator_pool import OPERATOR_GROUP, SimulatedOperatorPool
 from service.router import Router, ThresholdSource
+from service.stage_sync import StageSync
 from service.store import TERMINAL_STATUSES, RuntimeStore
 from service.worker import WORKER_GROUP, AcceptanceCritic, ProposalPolicy, SessionWorker
 
@@ -165,6 +166,7 @@ class Runtime:
         self.broker: EmbeddedBroker | None = None
         self.bootstrap = ""
         self.store: RuntimeStore | None = None
+        self.stage_sync: StageSync | None = None
         self.producer: BusProducer | None = None
         self.pool: SimulatedOperatorPool | None = None
         self.workers: list[SessionWorker] = []
@@ -194,6 +196,8 @@ class Runtime:
                 self.bootstrap = self.broker.bootstrap
             ensure_topics(self.bootstrap, self.topics, settings.partitions)
             self.store = RuntimeStore(settings.store_url())
+            self.stage_sync = StageSync(self.store, self.stages)
+            self.stage_sync.poll(force=True)  # replay: start with the overrides, kill switch and demotions so far
             self.producer = BusProducer(self.bootstrap, client_id="autopilot-runtime")
             for _ in range(settings.workers):
                 self.add_worker()
@@ -248,6 +252,7 @@ class Runtime:
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             metrics=self.metrics,
+            stage_sync=self.stage_sync,
         )
         stop = threading.Event()
         thread = threading.Thread(target=worker.run, args=(stop,), name=f"worker-{worker.worker_id}", daemon=True)
@@ -424,6 +429,9 @@ def build_worker(
     stages = AutonomyStages(AutonomyConfig.from_dict(spec.autonomy))
     thresholds = SliceThresholds.from_dict(spec.thresholds)
     router = Router(spec.risk, stages, thresholds, audit_rate=spec.audit_rate, seed=spec.seed)
+    store = RuntimeStore(spec.database_url)
+    stage_sync = StageSync(store, stages, origin=spec.worker_id)
+    stage_sync.poll(force=True)  # replay the overrides, kill switch and demotions made so far
     return SessionWorker(
         spec.worker_id,
         adapter if adapter is not None else HttpBpmAdapter(spec.bpm_url),
@@ -432,7 +440,7 @@ def build_worker(
         thresholds,
         router,
         stages,
-        RuntimeStore(spec.database_url),
+        store,
         producer if producer is not None else BusProducer(spec.bootstrap, client_id=f"worker-{spec.worker_id}"),
         Topics(spec.topic_prefix),
         batch_size=spec.batch_size,
@@ -442,6 +450,7 @@ def build_worker(
         session_timeout_ms=spec.session_timeout_ms,
         heartbeat_interval_ms=spec.heartbeat_interval_ms,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
+        stage_sync=stage_sync,
     )
 
 

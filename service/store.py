@@ -472,6 +472,38 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
 
+# Stage changes every process applies to its own AutonomyStages (``service.stage_sync``): supervisor overrides,
+# unpins, the kill switch, and automatic demotions. Append-only; readers follow it by id.
+stage_events_table = Table(
+    "stage_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=False), nullable=False),
+    Column("origin", String, nullable=False),  # the process that wrote it (it applied the change itself)
+    Column("kind", String, nullable=False),  # override | unpin | kill_switch | demotion
+    Column("process_id", String, nullable=True),
+    Column("action_type", String, nullable=True),
+    Column("stage", String, nullable=True),
+    Column("flag", Boolean, nullable=False),  # override: pin; kill_switch: on
+    Column("actor", String, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StageEventRow:
+    id: int
+    at: datetime
+    origin: str
+    kind: str
+    process_id: str | None
+    action_type: str | None
+    stage: str | None
+    flag: bool
+    actor: str
+    reason: str
+
+
 class RuntimeStore:
     """Sessions, proposals, decisions, deferrals, applied actions and the audit log in one database.
 
@@ -1208,6 +1240,60 @@ class RuntimeStore:
         with self._write() as conn:
             result = conn.execute(audit_log_table.insert().values(**row))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    # ---- replicated stage events ----------------------------------------------------------------------------
+
+    def append_stage_event(
+        self,
+        origin: str,
+        kind: str,
+        actor: str,
+        reason: str,
+        *,
+        process_id: str | None = None,
+        action_type: str | None = None,
+        stage: str | None = None,
+        flag: bool = False,
+    ) -> int:
+        """Append a stage event; returns its id."""
+        for name, value in (("origin", origin), ("kind", kind), ("actor", actor)):
+            _text(name, value)
+        row = {
+            "at": _utcnow(),
+            "origin": origin,
+            "kind": kind,
+            "process_id": process_id,
+            "action_type": action_type,
+            "stage": stage,
+            "flag": bool(flag),
+            "actor": actor,
+            "reason": str(reason),
+        }
+        with self._write() as conn:
+            result = conn.execute(stage_events_table.insert().values(**row).returning(stage_events_table.c.id))
+            return int(result.scalar_one())
+
+    def stage_events_after(self, after_id: int, limit: int = 500) -> list[StageEventRow]:
+        """Stage events with an id above ``after_id``, oldest first."""
+        t = stage_events_table.c
+        query = select(stage_events_table).where(t.id > int(after_id)).order_by(t.id).limit(_limit(limit))
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            StageEventRow(
+                id=int(r["id"]),
+                at=_aware_req(r["at"]),
+                origin=r["origin"],
+                kind=r["kind"],
+                process_id=r["process_id"],
+                action_type=r["action_type"],
+                stage=r["stage"],
+                flag=bool(r["flag"]),
+                actor=r["actor"],
+                reason=r["reason"],
+            )
+            for r in rows
+        ]
 
     def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries, newest first."""

@@ -81,6 +81,7 @@ from service.bus.producer import BusProducer, Published
 from service.bus.topics import Topics
 from service.metrics import RuntimeMetrics
 from service.router import Router, SessionContext, ThresholdSource
+from service.stage_sync import StageSync
 from service.store import (
     ACTIVE_STATUSES,
     AnswerStatus,
@@ -250,6 +251,7 @@ class SessionWorker:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
         metrics: RuntimeMetrics | None = None,
+        stage_sync: StageSync | None = None,
     ) -> None:
         if not isinstance(worker_id, str) or not worker_id.strip():
             raise ValueError("worker_id: must be a non-empty string")
@@ -282,6 +284,10 @@ class SessionWorker:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.metrics = metrics
+        if stage_sync is not None and stage_sync.stages is not stages:
+            raise ValueError("stage_sync: must sync the worker's own AutonomyStages")
+        self.stage_sync = stage_sync
+        self._pending_reload: tuple[AcceptanceCritic, ThresholdSource] | None = None
         self._lag = 0  # the consumer's lag, read on this thread (the consumer is not thread-safe)
         self.group_id = group_id
         # Beyond this many failures on one step the router has deferred already and the operator's answers did
@@ -329,6 +335,10 @@ class SessionWorker:
 
     def run_once(self) -> None:
         """One round: maintenance (when due), one poll of the bus, one step batch."""
+        pending, self._pending_reload = self._pending_reload, None
+        if pending is not None:
+            self.reload_critic(*pending)
+            self._counts.add("critic_reloads")
         self._maintain()
         self._consumer.poll_once(timeout_ms=0 if self._has_ready() else self.idle_poll_ms)
         self._step()
@@ -352,6 +362,11 @@ class SessionWorker:
             self.producer.flush(timeout=5.0)
         except Exception:
             log.debug("flushing the producer failed", exc_info=True)
+
+    def request_reload(self, critic: AcceptanceCritic, thresholds: ThresholdSource) -> None:
+        """Swap the critic and its thresholds at the start of the worker's next round (safe from any thread: a
+        batch in progress finishes with the pair it started with)."""
+        self._pending_reload = (critic, thresholds)
 
     def reload_critic(self, critic: AcceptanceCritic, thresholds: ThresholdSource) -> None:
         """Swap the critic and its thresholds together (a new registry champion). Call from the worker's thread
@@ -482,15 +497,21 @@ class SessionWorker:
 
     def _feed_stages(self, deferral: Deferral, decision: OperatorDecision) -> None:
         slice_key = deferral.decision.slice
-        self.stages.record_answer(slice_key, corrected=decision.verdict != Verdict.ACCEPT)
+        events = [self.stages.record_answer(slice_key, corrected=decision.verdict != Verdict.ACCEPT)]
         if deferral.decision.audit:
             # The same label the critic is trained on, so audited acceptance and the thresholds measure one thing.
             acceptable = decision.verdict == Verdict.ACCEPT or decision.reason in LABEL_RULES[DEFAULT_LABEL]
-            self.stages.record_audit(slice_key, acceptable)
+            events.append(self.stages.record_audit(slice_key, acceptable))
+        if self.stage_sync is not None:
+            for event in events:
+                if event is not None and event.from_stage != event.to_stage:
+                    self.stage_sync.record_demotion(event)  # every other process demotes the slice too
 
     # ---- maintenance ---------------------------------------------------------------------------------------------
 
     def _maintain(self, force: bool = False) -> None:
+        if self.stage_sync is not None:
+            self.stage_sync.poll()  # at most once per its interval: other processes' overrides and demotions
         now = time.monotonic()
         if force or now >= self._renew_due:
             self._renew()

@@ -38,6 +38,7 @@ from service.feedback_sink import FeedbackSink
 from service.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSources
 from service.router import SessionContext
 from service.runtime import Runtime, WorkerSetupError
+from service.stage_sync import StageSync
 from service.store import AnswerResult, AnswerStatus, DeferralStatus, RuntimeStore
 from service.worker import AcceptanceCritic, ProposalPolicy
 
@@ -54,6 +55,18 @@ class ConflictError(RuntimeError):
 
 class ForbiddenError(PermissionError):
     """403: the caller may not act on this (another operator's queue)."""
+
+
+def _slice_key(group: str) -> SliceKey | None:
+    """The slice of a threshold group key at slice granularity (``process/action_type``); None for coarser keys
+    (global ``*``, an action type or a process alone)."""
+    process_id, sep, action_type = group.partition("/")
+    if not sep:
+        return None
+    try:
+        return SliceKey(process_id=process_id, action_type=action_type)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +101,7 @@ class AutopilotService:
         self.feedback_store: FeedbackStore | None = None
         self._sink_stop = threading.Event()
         self._sink_thread: threading.Thread | None = None
+        self._watch_thread: threading.Thread | None = None
         self.started_at = time.time()
         metrics.registry.register(StateCollector(self._state_sources()))
 
@@ -188,16 +202,71 @@ class AutopilotService:
                 target=self.sink.run, args=(self._sink_stop,), name="feedback-sink", daemon=True
             )
             self._sink_thread.start()
+            if self.settings.registry_poll_s > 0 and self.critic_version is not None:
+                self._watch_thread = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)
+                self._watch_thread.start()
+            if self.settings.auto_promote:
+                promoted = self.promote_from_registry()
+                log.info("slices in autopilot after the promotion round: %s", ", ".join(promoted) or "none")
         except BaseException:
             self.stop()
             raise
         return self
 
+    def promote_from_registry(self) -> list[str]:
+        """One promotion round: every slice with a holding threshold in the champion's thresholds, with the rows
+        the threshold was fitted on as its label count (``AutonomyStages.consider_promotion`` decides). Slices a
+        supervisor pinned, or in cooldown after a demotion, stay where they are. Returns the slices in autopilot."""
+        promoted = []
+        for name in self.thresholds:
+            result = self.thresholds[name]
+            key = _slice_key(name)
+            if key is None or result.threshold is None:
+                continue
+            state = self.stages.consider_promotion(key, result.threshold, result.n_rows)
+            if state.stage == AutonomyStage.AUTOPILOT:
+                promoted.append(str(key))
+        return promoted
+
+    def reload_champion(self) -> bool:
+        """Load the registry's champion if it changed (a nightly promotion or a rollback): the copilot route and
+        every in-process worker switch to it and its thresholds together, then holding slices are promoted.
+        Returns True if it changed."""
+        from critic.persist import load_critic
+
+        registry = CriticRegistry(self.settings.resolved_registry_dir())
+        champion = registry.champion()
+        if champion is None or champion == self.critic_version:
+            return False
+        thresholds_data = registry.thresholds(champion)
+        if thresholds_data is None:
+            log.error("registry champion %s has no thresholds; keeping %s", champion, self.critic_version)
+            return False
+        critic = load_critic(registry.artifact_path(champion))
+        thresholds = SliceThresholds.from_dict(thresholds_data)
+        self.critic, self.thresholds, self.critic_version = critic, thresholds, champion
+        self.runtime.critic, self.runtime.thresholds = critic, thresholds
+        self.runtime.router.thresholds = thresholds
+        for worker in self.runtime.workers:
+            worker.request_reload(critic, thresholds)
+        log.info("critic %s is in use now", champion)
+        if self.settings.auto_promote:
+            self.promote_from_registry()
+        return True
+
+    def _watch_registry(self) -> None:
+        while not self._sink_stop.wait(self.settings.registry_poll_s):
+            try:
+                self.reload_champion()
+            except Exception:  # a half-written registry or a bad artifact: keep the current critic, try again
+                log.exception("reloading the registry champion failed; keeping %s", self.critic_version)
+
     def stop(self) -> None:
         self._sink_stop.set()
-        if self._sink_thread is not None:
-            self._sink_thread.join(10.0)
-            self._sink_thread = None
+        for thread in (self._sink_thread, self._watch_thread):
+            if thread is not None:
+                thread.join(10.0)
+        self._sink_thread = self._watch_thread = None
         if self.sink is not None:
             self.sink.close()
             self.sink = None
@@ -211,6 +280,11 @@ class AutopilotService:
         if self.runtime.store is None:
             raise RuntimeError("service: not started")
         return self.runtime.store
+
+    def _sync(self) -> StageSync:
+        if self.runtime.stage_sync is None:
+            raise RuntimeError("service: not started")
+        return self.runtime.stage_sync
 
     @property
     def stages(self) -> AutonomyStages:
@@ -365,6 +439,7 @@ class AutopilotService:
     def set_stage(self, principal: Principal, slice_key: SliceKey, stage: AutonomyStage, reason: str, pin: bool) -> Any:
         before = self.stages.stage(slice_key)
         event = self.stages.override(slice_key, stage, principal.name, reason, pin=pin)
+        self._sync().record_override(slice_key, stage, principal.name, reason, pin)
         order = list(AutonomyStage)
         direction = "promote" if order.index(stage) > order.index(before) else "demote" if stage != before else "pin"
         self.metrics.stage_changes.labels(direction).inc()
@@ -379,12 +454,14 @@ class AutopilotService:
     def unpin(self, principal: Principal, slice_key: SliceKey) -> Any:
         event = self.stages.unpin(slice_key, principal.name)
         if event is not None:
+            self._sync().record_unpin(slice_key, principal.name)
             self.metrics.stage_changes.labels("unpin").inc()
             self.store.audit(principal.name, "stage:unpin", str(slice_key))
         return event
 
     def set_kill_switch(self, principal: Principal, on: bool, reason: str) -> None:
         self.stages.set_kill_switch(on, principal.name, reason)
+        self._sync().record_kill_switch(on, principal.name, reason)
         self.store.audit(principal.name, "kill_switch:on" if on else "kill_switch:off", "", {"reason": reason})
 
     def known_slices(self) -> list[SliceKey]:
@@ -392,13 +469,9 @@ class AutopilotService:
         keys: dict[str, SliceKey] = {}
         for state in self.stages.snapshot():
             keys[str(state.slice)] = state.slice
-        for name in self.thresholds:  # group keys: process/action_type at the default granularity
-            if "/" in name:
-                process_id, action_type = name.split("/", 1)
-                try:
-                    key = SliceKey(process_id=process_id, action_type=action_type)
-                except ValueError:
-                    continue
+        for name in self.thresholds:
+            key = _slice_key(name)
+            if key is not None:
                 keys.setdefault(str(key), key)
         return [keys[name] for name in sorted(keys)]
 

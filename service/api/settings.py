@@ -26,6 +26,12 @@ class ServiceSettings(RuntimeSettings):
         default=None,
         description="SQLAlchemy URL of the feedback store the nightly job reads; None: SQLite under data_dir",
     )
+    auto_promote: bool = Field(
+        default=True, description="At start, promote slices whose champion threshold holds (with enough rows)"
+    )
+    registry_poll_s: float = Field(
+        default=30.0, ge=0, description="How often the registry's champion is checked for a hot reload (0: never)"
+    )
     inbox_poll_s: float = Field(default=0.2, gt=0, le=10, description="How often a live inbox checks the store")
     plots_dir: Path | None = Field(
         default=None, description="The champion critic's report plots; None: data_dir/critic_report"

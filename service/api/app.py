@@ -57,12 +57,12 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
     @app.exception_handler(ValidationError)
     async def schema_error(request: Request, exc: ValidationError) -> JSONResponse:
         return JSONResponse(
-            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, content=jsonable_encoder({"detail": _detail(exc)})
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content=jsonable_encoder({"detail": _detail(exc)})
         )
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_ENTITY, content={"detail": str(exc)})
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": str(exc)})
 
     @app.exception_handler(NotFoundError)
     @app.exception_handler(CaseNotFoundError)

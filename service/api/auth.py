@@ -87,7 +87,7 @@ class TokenStore:
         self.check_interval_s = check_interval_s
         self._lock = threading.Lock()
         self._entries: list[TokenEntry] = []
-        self._mtime: int | None = None
+        self._version: tuple[int, int, int] | None = None  # (mtime_ns, inode, size): a replaced file is a new inode
         self._checked = 0.0
         self._reload(force=True)
 
@@ -97,20 +97,21 @@ class TokenStore:
             return
         self._checked = now
         try:
-            mtime = self.path.stat().st_mtime_ns
+            stat = self.path.stat()
         except FileNotFoundError:
             if self._entries:
                 log.warning("token file %s disappeared: no token is valid now", self.path)
-            self._entries, self._mtime = [], None
+            self._entries, self._version = [], None
             return
-        if mtime == self._mtime:
+        version = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+        if version == self._version:
             return
         try:
             parsed = TokenFile.model_validate_json(self.path.read_bytes())
         except (OSError, ValidationError, ValueError) as exc:
             log.error("token file %s is invalid, keeping the previous tokens: %s", self.path, exc)
             return
-        self._entries, self._mtime = list(parsed.tokens), mtime
+        self._entries, self._version = list(parsed.tokens), version
         log.info("token file %s loaded: %d tokens", self.path, len(self._entries))
 
     def authenticate(self, token: str) -> Principal | None:

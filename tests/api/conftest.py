@@ -37,7 +37,7 @@ TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_s
 QUICK = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
 THRESHOLD = 0.6
 FAST_GROUP: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500, "fetch_max_wait_ms": 10}
-QUEUES = ("refund_request", "address_change")  # the demo operator's queues (queue = process id)
+QUEUES = ("refund_damaged", "address_change")  # the demo operator's queues (queue = process id)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def start(body: StartSessionsRequest, service: ServiceDep, caller: SessionsCalle
     """Start a background session per case (a repeated start of a case is the same session). Accepted: a worker
     picks each one up from the ``sessions`` topic."""
     if len(set(body.case_ids)) != len(body.case_ids):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "case_ids: contains duplicates")
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "case_ids: contains duplicates")
     return StartSessionsResponse(session_ids=service.start_sessions(caller, body.case_ids))
 
 

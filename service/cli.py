@@ -60,7 +60,17 @@ def _worker(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    worker = build_worker(spec)
+    metrics = None
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from service.metrics import LagCollector, RuntimeMetrics
+
+        metrics = RuntimeMetrics()
+        start_http_server(settings.metrics_port, registry=metrics.registry)
+    worker = build_worker(spec, metrics=metrics)
+    if metrics is not None:
+        metrics.registry.register(LagCollector(lambda: {worker.group_id: int(worker.stats()["consumer"]["lag"])}))
     ready = {"event": "ready", "worker_id": spec.worker_id, "critic": spec.critic_path, "policy": spec.policy_path}
     print(json.dumps(ready), flush=True)
     run_worker_process(worker)  # returns after SIGTERM/SIGINT, its sessions released and everything closed

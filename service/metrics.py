@@ -235,3 +235,26 @@ class StateCollector(Collector):
         family = GaugeMetricFamily("autopilot_kill_switch", "1 while the global kill switch is on.")
         family.add_metric([], 1.0 if self.sources.kill_switch() else 0.0)
         yield family
+
+
+class LagCollector(Collector):
+    """``autopilot_kafka_consumer_lag`` alone, for a process without a store view (``autopilot worker``)."""
+
+    def __init__(self, lag: Callable[[], Mapping[str, int]]) -> None:
+        self.lag = lag
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "autopilot_kafka_consumer_lag",
+            "Records not yet processed and committed, per consumer group, from fetch highwater marks.",
+            labels=["group"],
+        )
+        try:
+            for group, lag in sorted(self.lag().items()):
+                family.add_metric([group], lag)
+        except Exception:
+            log.exception("metrics: reading the consumer lag failed")
+        yield family

@@ -107,6 +107,9 @@ class RuntimeSettings(BaseSettings):
     worker_id: str | None = Field(default=None, description="None: host name, process id and a random suffix")
     torch_threads: int | None = Field(default=None, ge=1, description="Threads of the policy; None: torch's default")
     bus_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting worker waits for the broker")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="A worker process serves /metrics on this port (None: no endpoint)"
+    )
 
     @field_validator(
         "kafka_bootstrap", "database_url", "policy_dir", "registry_dir", "bpm_url", "worker_id", mode="before"
@@ -417,7 +420,11 @@ class WorkerSpec(BaseModel):
 
 
 def build_worker(
-    spec: WorkerSpec, *, adapter: BpmAdapter | None = None, producer: BusProducer | None = None
+    spec: WorkerSpec,
+    *,
+    adapter: BpmAdapter | None = None,
+    producer: BusProducer | None = None,
+    metrics: RuntimeMetrics | None = None,
 ) -> SessionWorker:
     """Build a worker from ``spec`` (loads the policy and the critic). ``adapter`` / ``producer`` replace the
     HTTP adapter and the producer the spec describes."""
@@ -451,6 +458,7 @@ def build_worker(
         heartbeat_interval_ms=spec.heartbeat_interval_ms,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
         stage_sync=stage_sync,
+        metrics=metrics,
     )
 
 

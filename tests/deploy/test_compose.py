@@ -102,7 +102,7 @@ def test_compose_has_the_stack(compose: dict[str, Any]) -> None:
     assert "./prometheus/alerts.yml:/etc/prometheus/alerts.yml" in prom_mounts
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert "/etc/prometheus/alerts.yml" in prom["rule_files"]
-    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    targets = [t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
     assert "api:8000" in targets
     graf_mounts = " ".join(services["grafana"]["volumes"])
     assert "./grafana/bpm-autopilot.json:" in graf_mounts and "./grafana/provisioning/" in graf_mounts

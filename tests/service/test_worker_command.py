@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import pytest
 import torch
 import uvicorn
@@ -217,10 +218,12 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
     autopilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.AUTOPILOT))
     runtime = Runtime(platform, policy, critic, thresholds(), config, stages=autopilot)
     environment = {name: value for name, value in os.environ.items() if not name.startswith("AUTOPILOT_")}
+    metrics_port = free_port()
     environment |= {
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
         "AUTOPILOT_TORCH_THREADS": "1",
+        "AUTOPILOT_METRICS_PORT": str(metrics_port),
         "AUTOPILOT_KAFKA_BOOTSTRAP": broker.bootstrap,
         "AUTOPILOT_DATABASE_URL": config.store_url(),
         "AUTOPILOT_TOPIC_PREFIX": config.topic_prefix,
@@ -258,6 +261,11 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
             # Two sessions run to completion through the worker process.
             finished = runtime.start_sessions(cases[:2])
             assert runtime.wait_until(lambda: runtime.finished(finished), 60), runtime.stats()
+            # Its decisions and consumer lag on its own /metrics endpoint (what Prometheus scrapes in a deployment).
+            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5.0).text
+            assert 'autopilot_decisions_total{action_type=' in metrics and 'source="worker"' in metrics
+            assert "autopilot_decision_latency_seconds_count" in metrics
+            assert "autopilot_kafka_consumer_lag{group=" in metrics
 
             # The BPM goes away; a third session is claimed by the worker and waits (backing off) for it.
             api.stop()

@@ -263,7 +263,7 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
             assert runtime.wait_until(lambda: runtime.finished(finished), 60), runtime.stats()
             # Its decisions and consumer lag on its own /metrics endpoint (what Prometheus scrapes in a deployment).
             metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5.0).text
-            assert 'autopilot_decisions_total{action_type=' in metrics and 'source="worker"' in metrics
+            assert "autopilot_decisions_total{action_type=" in metrics and 'source="worker"' in metrics
             assert "autopilot_decision_latency_seconds_count" in metrics
             assert "autopilot_kafka_consumer_lag{group=" in metrics
 

@@ -51,6 +51,8 @@ class _Scored:
 
 
 def _softmax(logprobs: Sequence[float]) -> list[float]:
+    if not logprobs:
+        return []  # a screen with no candidate action: nothing to normalise
     top = max(logprobs)
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)

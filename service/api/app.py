@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from service.adapters.base import CaseNotFoundError
 from service.api.auth import TokenStore
 from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
+from service.api.models import ErrorDetail, ValidationErrorDetail
 from service.api.routers import copilot, health, inbox, pages, sessions, supervisor
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,11 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
 
     @app.exception_handler(ValueError)
     async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": str(exc)})
+        # Our rules raise "field: message"; answered in FastAPI's own 422 shape, so clients parse one format.
+        field, sep, _ = str(exc).partition(": ")
+        loc = ["body", field] if sep and field.replace("_", "").replace(".", "").isalnum() else ["body"]
+        detail = [{"loc": loc, "msg": str(exc), "type": "value_error"}]
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
 
     @app.exception_handler(NotFoundError)
     @app.exception_handler(CaseNotFoundError)
@@ -77,6 +82,13 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
     async def forbidden(request: Request, exc: ForbiddenError) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_403_FORBIDDEN, content={"detail": str(exc)})
 
-    for module in (copilot, inbox, sessions, supervisor, health, pages):
+    protected = {
+        401: {"model": ErrorDetail, "description": "no token, or an unknown or revoked one"},
+        403: {"model": ErrorDetail, "description": "the caller's role may not do this"},
+        422: {"model": ValidationErrorDetail, "description": "the request breaks a schema rule (the field is named)"},
+    }
+    for module in (copilot, inbox, sessions, supervisor):
+        app.include_router(module.router, responses=protected)  # type: ignore[arg-type]
+    for module in (health, pages):
         app.include_router(module.router)
     return app

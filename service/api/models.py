@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,24 @@ from schemas.decision import Decision, Deferral, RejectReason, Verdict
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, SliceKey
 from schemas.state import UIState
+
+
+class ErrorDetail(BaseModel):
+    """401, 403, 404 and 409 answers."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorDetail(BaseModel):
+    """422 answers: FastAPI's shape, each issue naming its field in ``loc``."""
+
+    detail: list[ValidationIssue]
 
 
 class Body(BaseModel):
@@ -66,7 +84,7 @@ class AnswerResponse(BaseModel):
 
 
 class StartSessionsRequest(Body):
-    case_ids: list[str] = Field(min_length=1, max_length=1000)
+    case_ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(min_length=1, max_length=1000)
 
 
 class StartSessionsResponse(BaseModel):

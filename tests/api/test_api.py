@@ -524,3 +524,11 @@ def test_openapi_lists_the_routes(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     for path in ("/api/v1/copilot/suggest", "/api/v1/inbox/{deferral_id}/answer", "/api/v1/supervisor/kill-switch"):
         assert path in schema["paths"]
+
+
+def test_a_screen_without_candidate_actions_gets_no_proposal_not_an_error(client: TestClient, running: Running) -> None:
+    # Found by the schema fuzzer: a screen with no control, no chat and no process rules offers no candidate action.
+    state = {"case_id": "0", "process_id": "0", "screen": {"process_id": "0", "screen_id": "0"}, "session_id": "s"}
+    response = client.post("/api/v1/copilot/suggest", json={"state": state}, headers=running.tokens.header("operator"))
+    assert response.status_code == 200, response.text
+    assert response.json()["proposal"] is None

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.deps import OperatorOrSupervisor, ServiceDep
-from service.api.models import AnswerRequest, AnswerResponse, InboxItem, InboxResponse
+from service.api.models import AnswerRequest, AnswerResponse, ErrorDetail, InboxItem, InboxResponse
 from service.store import AnswerStatus
 
 router = APIRouter(prefix="/api/v1/inbox", tags=["inbox"])
@@ -74,7 +74,10 @@ async def stream(
 @router.post(
     "/{deferral_id}/answer",
     response_model=AnswerResponse,
-    responses={404: {"description": "unknown deferral"}, 409: {"description": "stale: answered or moved on"}},
+    responses={
+        404: {"model": ErrorDetail, "description": "unknown deferral"},
+        409: {"model": ErrorDetail, "description": "stale: answered or moved on"},
+    },
 )
 def answer(deferral_id: str, body: AnswerRequest, service: ServiceDep, caller: OperatorOrSupervisor) -> AnswerResponse:
     """Accept, correct (with the action taken instead) or reject (take the case over) a deferred step. Only the

@@ -7,7 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from service.api.deps import AnyRole, ServiceDep, SessionsCaller
-from service.api.models import SessionDetail, SessionInfo, SessionList, StartSessionsRequest, StartSessionsResponse
+from service.api.models import (
+    ErrorDetail,
+    SessionDetail,
+    SessionInfo,
+    SessionList,
+    StartSessionsRequest,
+    StartSessionsResponse,
+)
 from service.store import SessionRow, SessionStatus
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
@@ -30,12 +37,17 @@ def _info(row: SessionRow) -> SessionInfo:
     )
 
 
-@router.post("", response_model=StartSessionsResponse, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "",
+    response_model=StartSessionsResponse,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={404: {"model": ErrorDetail, "description": "a case the BPM does not know"}},
+)
 def start(body: StartSessionsRequest, service: ServiceDep, caller: SessionsCaller) -> StartSessionsResponse:
     """Start a background session per case (a repeated start of a case is the same session). Accepted: a worker
     picks each one up from the ``sessions`` topic."""
     if len(set(body.case_ids)) != len(body.case_ids):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "case_ids: contains duplicates")
+        raise ValueError("case_ids: contains duplicates")
     return StartSessionsResponse(session_ids=service.start_sessions(caller, body.case_ids))
 
 
@@ -51,7 +63,11 @@ def list_sessions(
     return SessionList(sessions=[_info(r) for r in rows], counts=service.store.counts_by_status())
 
 
-@router.get("/{session_id}", response_model=SessionDetail, responses={404: {"description": "unknown session"}})
+@router.get(
+    "/{session_id}",
+    response_model=SessionDetail,
+    responses={404: {"model": ErrorDetail, "description": "unknown session"}},
+)
 def inspect(session_id: str, service: ServiceDep, caller: AnyRole) -> SessionDetail:
     """One session with its decisions and deferrals."""
     row = service.store.get_session(session_id)
@@ -77,7 +93,10 @@ def inspect(session_id: str, service: ServiceDep, caller: AnyRole) -> SessionDet
     "/{session_id}/stop",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SessionInfo,
-    responses={404: {"description": "unknown session"}, 409: {"description": "already ended"}},
+    responses={
+        404: {"model": ErrorDetail, "description": "unknown session"},
+        409: {"model": ErrorDetail, "description": "already ended"},
+    },
 )
 def stop(session_id: str, service: ServiceDep, caller: SessionsCaller) -> SessionInfo:
     """Stop a running or parked session (its pending deferral is cancelled; nothing more is executed)."""

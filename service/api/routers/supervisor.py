@@ -16,6 +16,7 @@ from service.api.context import AutopilotService
 from service.api.deps import AnyRole, ServiceDep, Supervisor
 from service.api.models import (
     AuditEntryInfo,
+    ErrorDetail,
     KillSwitchInfo,
     KillSwitchRequest,
     Overview,
@@ -166,7 +167,7 @@ def audit_log(
 @router.get(
     "/plots/{name}",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such plot"}},
+    responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorDetail, "description": "no such plot"}},
 )
 def plot(
     name: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]+\.png$", max_length=200)],

@@ -86,6 +86,7 @@ from service.bus.consumer import BusConsumer, MessageMeta
 from service.bus.envelope import decode, encode, header
 from service.bus.producer import BusProducer
 from service.runtime import Runtime, RuntimeSettings, WorkerSpec, build_worker, run_worker_process, session_id_for
+from service.serving import serve_in_thread
 from service.store import (
     TERMINAL_STATUSES,
     DeferralRow,
@@ -213,26 +214,11 @@ class WorkersElsewhere:
 @contextmanager
 def serve(platform: SandboxPlatform) -> Iterator[str]:
     """The sandbox task API over ``platform`` under uvicorn in a thread; yields the API root URL."""
-    import uvicorn
 
     from sandbox.api import API_PREFIX, create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(platform=platform), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20.0
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the sandbox task API did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}{API_PREFIX}"
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
+    with serve_in_thread(create_app(platform=platform)) as server:
+        yield server.url + API_PREFIX
 
 
 # ---- worker processes -----------------------------------------------------------------------------------------------

@@ -199,7 +199,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=unit_fraction, default=0.05, help="tolerated error among executed steps")
     parser.add_argument("--delta", type=unit_fraction, default=0.1, help="allowed chance the guarantee fails")
     parser.add_argument("--min-rows", type=positive_int, default=100, help="fewer calibration rows: no threshold")
-    parser.add_argument("--min-executed", type=positive_int, default=30)
+    parser.add_argument(
+        "--min-executed",
+        type=positive_int,
+        default=None,
+        help="rows the first tested threshold executes (default: the fewest on which an error rate of alpha/2 passes)",
+    )
     parser.add_argument("--max-candidates", type=positive_int, default=30, help="thresholds tested per slice")
     parser.add_argument("--granularity", choices=["slice", "action_type", "process", "global"], default="slice")
     parser.add_argument("--window-days", type=_optional_days, default=28.0, help="rolling window, or 'all'")

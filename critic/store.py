@@ -138,6 +138,13 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(feedback_table)).scalar_one())
 
+    def counts_by_slice(self) -> dict[tuple[str, str], int]:
+        """Labels per slice, ``(process_id, action_type) -> rows`` (what a promotion round needs)."""
+        t = feedback_table.c
+        query = select(t.process_id, t.action_type, func.count()).group_by(t.process_id, t.action_type)
+        with self.engine.connect() as conn:
+            return {(str(p), str(a)): int(n) for p, a, n in conn.execute(query)}
+
     def read(self, since: datetime | None = None, until: datetime | None = None) -> list[FeedbackRecord]:
         """Records with ``since <= created_at < until`` (either bound optional; a naive time is UTC), in time
         order (ties by record_id). A row whose payload fails validation raises FeedbackError naming it."""

@@ -523,7 +523,10 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         policy_path=str(settings.policy_dir),
         critic_path=str(registry.artifact_path(champion)),
         thresholds=thresholds,
-        autonomy=AutonomyConfig(initial_stage=settings.initial_stage).to_dict(),
+        # The guardrails' target acceptance is the thresholds' own 1 - alpha, so audits and thresholds agree.
+        autonomy=AutonomyConfig(
+            initial_stage=settings.initial_stage, alpha=SliceThresholds.from_dict(thresholds).config.alpha
+        ).to_dict(),
         audit_rate=settings.audit_rate,
         seed=settings.seed,
         batch_size=settings.batch_size,

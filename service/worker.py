@@ -288,6 +288,7 @@ class SessionWorker:
             raise ValueError("stage_sync: must sync the worker's own AutonomyStages")
         self.stage_sync = stage_sync
         self._pending_reload: tuple[AcceptanceCritic, ThresholdSource] | None = None
+        self._unpublished: list[_Session] = []  # parked in this batch, published at its end
         self._lag = 0  # the consumer's lag, read on this thread (the consumer is not thread-safe)
         self.group_id = group_id
         # Beyond this many failures on one step the router has deferred already and the operator's answers did
@@ -685,6 +686,7 @@ class SessionWorker:
                             self._act(item)
                         except Exception:
                             self._session_error(item.session)
+                self._publish_parked()
                 self._counts.add("act_ms", int((time.perf_counter() - mark) * 1000))
         finally:
             # Whatever went wrong above, a session still READY goes back to the queue; nothing is lost.
@@ -918,7 +920,7 @@ class SessionWorker:
         session.deferral_published = False
         self._counts.add("deferred")  # park counted it and set the step in the store
         self._publish_decision(decision)
-        self._publish_deferral(session)
+        self._unpublished.append(session)  # sent together after the batch's side effects (_publish_parked)
 
     # ---- answers and recovery ------------------------------------------------------------------------------------
 
@@ -1020,6 +1022,45 @@ class SessionWorker:
         if future.exception() is not None:
             self._counts.add("publish_errors")
             log.warning("worker %s: a decision was not published: %r", self.worker_id, future.exception())
+
+    def _publish_parked(self, timeout_s: float = 5.0) -> None:
+        """Publish the deferrals this batch parked, all at once (one broker round trip for the batch instead of
+        one per deferral), then mark the acknowledged ones published. They are parked in the store already: one
+        that fails stays unpublished and maintenance sends it again."""
+        sessions, self._unpublished = self._unpublished, []
+        sent: list[tuple[_Session, Deferral, concurrent.futures.Future[Published]]] = []
+        for session in sessions:
+            deferral = session.deferral
+            if deferral is None or session.deferral_published:
+                continue
+            try:
+                future = self.producer.publish_async(
+                    self.topics.deferrals, deferral, session.session_id, message_id=f"deferral:{deferral.deferral_id}"
+                )
+            except Exception:
+                self._counts.add("publish_errors")
+                log.warning("worker %s: publishing deferral %s failed", self.worker_id, deferral.deferral_id)
+                continue
+            sent.append((session, deferral, future))
+        if not sent:
+            return
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except Exception:
+            log.warning("worker %s: flushing %d deferrals failed", self.worker_id, len(sent), exc_info=True)
+        for session, deferral, future in sent:
+            try:
+                future.result(timeout=0.0 if future.done() else timeout_s)
+            except Exception:
+                self._counts.add("publish_errors")
+                log.warning("worker %s: deferral %s not acknowledged", self.worker_id, deferral.deferral_id)
+                continue
+            if session.deferral is deferral:
+                session.deferral_published = True
+            try:
+                self.store.mark_published(deferral.deferral_id)
+            except Exception:
+                log.warning("worker %s: marking deferral %s published failed", self.worker_id, deferral.deferral_id)
 
     def _publish_deferral(self, session: _Session) -> None:
         deferral = session.deferral

@@ -150,7 +150,9 @@ class AutopilotService:
     ) -> AutopilotService:
         """Wire a service around loaded models (tests pass small ones)."""
         metrics = RuntimeMetrics()
-        stages = stages or AutonomyStages(AutonomyConfig(initial_stage=settings.initial_stage))
+        # The guardrails' target acceptance is the thresholds' own 1 - alpha, so audits and thresholds agree.
+        config = AutonomyConfig(initial_stage=settings.initial_stage, alpha=thresholds.config.alpha)
+        stages = stages or AutonomyStages(config)
         if settings.bpm_url:
             from service.adapters.http import HttpBpmAdapter
 
@@ -214,16 +216,24 @@ class AutopilotService:
         return self
 
     def promote_from_registry(self) -> list[str]:
-        """One promotion round: every slice with a holding threshold in the champion's thresholds, with the rows
-        the threshold was fitted on as its label count (``AutonomyStages.consider_promotion`` decides). Slices a
-        supervisor pinned, or in cooldown after a demotion, stay where they are. Returns the slices in autopilot."""
-        promoted = []
+        """One promotion round (``AutonomyStages.consider_promotion``) over every slice with labels: the slices in
+        the feedback store, with their label counts, and the slices the champion's thresholds name (at slice
+        granularity, with the rows the threshold was fitted on when the store has none). Each slice's threshold
+        comes from the thresholds at their granularity. Pinned slices and slices in cooldown after a demotion stay
+        where they are. Returns the slices in autopilot afterwards."""
+        labels: dict[str, tuple[SliceKey, int]] = {}
+        if self.feedback_store is not None:
+            for (process_id, action_type), n in self.feedback_store.counts_by_slice().items():
+                key = _slice_key(f"{process_id}/{action_type}")
+                if key is not None:
+                    labels[str(key)] = (key, n)
         for name in self.thresholds:
-            result = self.thresholds[name]
             key = _slice_key(name)
-            if key is None or result.threshold is None:
-                continue
-            state = self.stages.consider_promotion(key, result.threshold, result.n_rows)
+            if key is not None and str(key) not in labels:
+                labels[str(key)] = (key, self.thresholds[name].n_rows)
+        promoted = []
+        for key, n in (labels[name] for name in sorted(labels)):
+            state = self.stages.consider_promotion(key, self.thresholds.threshold_for(key), n)
             if state.stage == AutonomyStage.AUTOPILOT:
                 promoted.append(str(key))
         return promoted

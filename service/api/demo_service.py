@@ -11,20 +11,19 @@ interactive terminal, or ``--serve``) or stops (``make demo`` in CI).
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from sandbox.processes.registry import PROCESSES
 from service.api.app import create_app
 from service.api.auth import Principal, Role, TokenStore, demo_tokens
 from service.api.context import AutopilotService
 from service.api.settings import ServiceSettings
+from service.serving import ServerThread
 
 DEMO_SESSIONS = 12
 
@@ -63,17 +62,10 @@ def serve_demo(
     tokens = demo_tokens(settings.resolved_tokens_file(), sorted(PROCESSES))
     service = AutopilotService.from_settings(settings)
     app = create_app(service, TokenStore(settings.resolved_tokens_file()), manage_service=True)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="api", daemon=True)
-    thread.start()
-    base = f"http://{host}:{port}"
+    server = ServerThread(app, host, port, name="api").start(timeout_s=60.0)  # the lifespan starts the service
+    base = server.url
     checks: dict[str, Any] = {}
     try:
-        deadline = time.monotonic() + 60.0
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.05)
         platform = service.runtime.platform
         assert platform is not None
         case_ids = sorted(platform.cases)[:DEMO_SESSIONS]
@@ -89,6 +81,8 @@ def serve_demo(
             while time.monotonic() < deadline and pending == 0:
                 pending = len(client.get("/api/v1/inbox", headers=operator).json()["items"])
                 time.sleep(0.2)
+            time.sleep(2.0)  # the first deferral is in: give the other sessions' first steps a moment
+            pending = len(client.get("/api/v1/inbox", headers=operator).json()["items"])
             checks["inbox_pending"] = pending
             overview = client.get("/api/v1/supervisor/overview", headers=supervisor).json()
             checks["slices_in_autopilot"] = sum(1 for s in overview["slices"] if s["stage"] == "autopilot")
@@ -98,7 +92,7 @@ def serve_demo(
         print(f"  supervisor dashboard:     {base}/ui/dashboard  token: {tokens['supervisor']}")
         print(f"  service token (starting sessions through the API): {tokens['service']}")
         print(
-            f"  {DEMO_SESSIONS} background sessions started; {checks['inbox_pending']} deferred steps wait in the "
+            f"  {DEMO_SESSIONS} background sessions started; {checks['inbox_pending']} deferred step(s) wait in the "
             f"operator's inbox; {checks['slices_in_autopilot']} slices in autopilot; self-check {checks}"
         )
         print(f"  again later: autopilot serve --data-dir {out} (the tokens above stay valid)")
@@ -108,11 +102,10 @@ def serve_demo(
         if keep_serving:
             print("  serving until Ctrl-C ...", flush=True)
             try:
-                while thread.is_alive():
+                while server.alive():
                     time.sleep(0.5)
             except KeyboardInterrupt:
                 pass
     finally:
-        server.should_exit = True
-        thread.join(30.0)
+        server.stop()
     return result

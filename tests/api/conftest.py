@@ -4,7 +4,6 @@ app in a TestClient, and the same app under uvicorn on a free port for browsers,
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -32,6 +30,7 @@ from service.api.auth import Role, TokenStore, issue_token
 from service.api.context import AutopilotService
 from service.api.settings import ServiceSettings
 from service.bus.broker import EmbeddedBroker
+from service.serving import serve_in_thread
 
 TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
 QUICK = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
@@ -138,20 +137,9 @@ def client(running: Running) -> Iterator[TestClient]:
 
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
-    """``app`` under uvicorn in a thread on a free port; yields the base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
+    """``app`` under uvicorn in a thread on a free port (its lifespan is the caller's); yields the base URL."""
+    with serve_in_thread(app, lifespan="off") as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

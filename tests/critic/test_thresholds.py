@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 
 import numpy as np
@@ -18,7 +19,9 @@ from critic.thresholds import (
     fit_slice_thresholds,
     group_key,
     min_passing_rows,
+    planned_rows,
     select_threshold,
+    start_rows,
 )
 from schemas.actions import ActionType
 from schemas.risk import SliceKey
@@ -82,7 +85,35 @@ def test_refuses_too_few_rows() -> None:
 def test_refuses_when_no_candidate_can_be_tested() -> None:
     result = select_threshold(np.linspace(0, 1, 40), np.ones(40, dtype=int), ThresholdConfig(min_rows=10))
     assert result.threshold is None
-    assert "no threshold executes 45 rows" in result.reason
+    assert f"no threshold executes {planned_rows(0.05, 0.1)} rows" in result.reason
+    fixed = select_threshold(
+        np.linspace(0, 1, 40), np.ones(40, dtype=int), ThresholdConfig(min_rows=10, min_executed=5)
+    )
+    assert "no threshold executes 45 rows" in fixed.reason  # never below the zero-error floor
+
+
+def test_the_test_starts_where_half_the_tolerated_error_rate_could_pass() -> None:
+    for alpha, delta in ((0.1, 0.1), (0.05, 0.1 / 7), (0.02, 0.1)):
+        n = planned_rows(alpha, delta)
+        assert clopper_pearson_upper(math.floor(n * alpha / 2), n, delta) <= alpha
+        assert clopper_pearson_upper(math.floor((n - 1) * alpha / 2), n - 1, delta) > alpha
+        assert n >= min_passing_rows(alpha, delta)
+    assert start_rows(ThresholdConfig(alpha=0.1, delta=0.1)) == planned_rows(0.1, 0.1)
+    assert start_rows(ThresholdConfig(alpha=0.1, delta=0.1, min_executed=500)) == 500
+
+
+def test_starting_later_certifies_a_slice_that_one_early_error_would_refuse() -> None:
+    # 1,000 rows, 4% errors spread evenly over the scores: the first 30 executed rows carry one error, which no
+    # bound on 30 rows survives, so a test starting there stops at once; from planned_rows on, 4% passes.
+    rng = np.random.default_rng(3)
+    s = np.sort(rng.random(1000))[::-1]
+    y = np.ones(1000, dtype=int)
+    y[np.arange(24, 1000, 25)] = 0
+    delta = 0.1 / 7  # seven groups tested at once
+    early = select_threshold(s, y, ThresholdConfig(alpha=0.1, delta=delta, min_executed=30, max_candidates=30))
+    planned = select_threshold(s, y, ThresholdConfig(alpha=0.1, delta=delta, max_candidates=30))
+    assert early.threshold is None
+    assert planned.threshold is not None and planned.coverage == 1.0
 
 
 def test_refuses_when_no_candidate_passes() -> None:
@@ -156,8 +187,8 @@ def test_a_coarse_grid_steps_over_an_early_dip() -> None:
     y[50] = 0
     y[1500:] = (np.arange(500) % 4 != 0).astype(int)  # 25% errors at the bottom
     s = np.linspace(1.0, 0.0, 2000)
-    fine = select_threshold(s, y, ThresholdConfig())
-    coarse = select_threshold(s, y, ThresholdConfig(max_candidates=20))
+    fine = select_threshold(s, y, ThresholdConfig(min_executed=30))  # the test starting early, where the dip is
+    coarse = select_threshold(s, y, ThresholdConfig(min_executed=30, max_candidates=20))
     assert fine.coverage < 0.05
     assert coarse.threshold is not None and coarse.coverage > 0.5
     assert coarse.upper_bound is not None and coarse.upper_bound <= 0.05

@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import uvicorn
 
 from sandbox.api import API_PREFIX, create_app
 from schemas import UIState
+from service.serving import serve_in_thread
 
 
 @pytest.fixture
 def base_url() -> Iterator[str]:
     # Port 0: the OS picks a free port, read back from the listening socket, so parallel runs never clash.
-    config = uvicorn.Config(create_app(seed=4), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="sandbox-api-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive(), "the server thread died while starting"
-        assert time.monotonic() < deadline, "the server did not start within 10 s"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}{API_PREFIX}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10.0)
-        assert not thread.is_alive(), "the server did not shut down"
+    with serve_in_thread(create_app(seed=4), name="sandbox-api-test-server") as server:
+        yield server.url + API_PREFIX
+    assert not server.alive(), "the server did not shut down"
 
 
 @pytest.mark.integration

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from sandbox.api import API_PREFIX, create_app
 from sandbox.operators import READ_SECONDS, operator_pool
@@ -42,6 +39,7 @@ from service.adapters import (
     StaleStateError,
     operator_clock,
 )
+from service.serving import serve_in_thread
 
 ORDER = FillField(control_id="order_id", value="ORD-123456")  # valid on refund_damaged's first screen (rf_find)
 ASGIApp = Callable[..., Any]
@@ -50,21 +48,9 @@ ASGIApp = Callable[..., Any]
 @contextmanager
 def serve(app: ASGIApp) -> Iterator[str]:
     """Run ``app`` under uvicorn in a thread on a free port; yield the task API's root URL; stop it after."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="adapter-test-server", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive(), "the server thread died while starting"
-        assert time.monotonic() < deadline, "the server did not start within 10 s"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}{API_PREFIX}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10.0)
-        assert not thread.is_alive(), "the server did not shut down"
+    with serve_in_thread(app, name="adapter-test-server") as server:
+        yield server.url + API_PREFIX
+    assert not server.alive(), "the server did not shut down"
 
 
 class Recorder:

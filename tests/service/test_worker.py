@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 import pytest
 import torch
-import uvicorn
 
 from critic.base import Candidate
 from critic.confidence import PolicyConfidenceCritic
@@ -63,6 +62,7 @@ from service.bus.consumer import BusConsumer, MessageMeta
 from service.bus.envelope import decode, encode, header
 from service.bus.producer import BusProducer
 from service.runtime import Runtime, RuntimeSettings, WorkerSpec, build_worker, run_worker_process, session_id_for
+from service.serving import serve_in_thread
 from service.store import DeferralStatus, RuntimeStore, SessionStatus
 from service.worker import idempotency_key
 
@@ -517,21 +517,8 @@ def test_duplicate_delivery_of_every_message_applies_no_action_twice(
 @contextmanager
 def serve(platform: SandboxPlatform) -> Iterator[str]:
     """The sandbox's task API over ``platform`` under uvicorn in a thread; yields the API root URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(platform=platform), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the task API did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}{API_PREFIX}"
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
+    with serve_in_thread(create_app(platform=platform)) as server:
+        yield server.url + API_PREFIX
 
 
 class CrashAfterApplies:
@@ -573,15 +560,22 @@ class CrashBeforeDeferral(BusProducer):
         super().__init__(bootstrap, client_id="crashing-worker")
         self.n, self.marker, self.deferrals = n, marker, 0
 
-    def publish(
-        self, topic: str, payload: Payload, key: str | None, *, timeout: float = 10.0, message_id: str | None = None
-    ) -> Any:
+    def _maybe_crash(self, payload: Payload) -> None:
         if isinstance(payload, Deferral):
             self.deferrals += 1
             if self.deferrals >= self.n:
                 self.marker.write_text(json.dumps({"deferral_id": payload.deferral_id}))
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    def publish(
+        self, topic: str, payload: Payload, key: str | None, *, timeout: float = 10.0, message_id: str | None = None
+    ) -> Any:
+        self._maybe_crash(payload)
         return super().publish(topic, payload, key, timeout=timeout, message_id=message_id)
+
+    def publish_async(self, topic: str, payload: Payload, key: str | None, *, message_id: str | None = None) -> Any:
+        self._maybe_crash(payload)  # the worker sends a batch's deferrals this way
+        return super().publish_async(topic, payload, key, message_id=message_id)
 
 
 def child_main(mode: str, order_path: str, marker: str) -> None:

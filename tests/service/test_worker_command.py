@@ -28,7 +28,6 @@ from typing import IO, Any
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from critic.base import Candidate
 from critic.confidence import PolicyConfidenceCritic
@@ -45,6 +44,7 @@ from service.autonomy import AutonomyConfig, AutonomyStages
 from service.bus.broker import EmbeddedBroker, free_port
 from service.cli import main
 from service.runtime import Runtime, RuntimeSettings, session_id_for
+from service.serving import ServerThread
 from service.store import ACTIVE_STATUSES, TERMINAL_STATUSES
 
 torch.set_num_threads(1)
@@ -164,21 +164,11 @@ class TaskApi:
     """The sandbox's task API over ``platform`` under uvicorn in a thread; ``stop`` takes the BPM away."""
 
     def __init__(self, platform: SandboxPlatform) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(create_app(platform=platform), host="127.0.0.1", port=0, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10.0
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the task API did not start"
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}{API_PREFIX}"
+        self.server = ServerThread(create_app(platform=platform)).start()
+        self.url = self.server.url + API_PREFIX
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10.0)
+        self.server.stop()
 
 
 def _lines(stream: IO[str], into: queue.Queue[dict[str, Any]]) -> None:

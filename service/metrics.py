@@ -194,7 +194,7 @@ class StateCollector(Collector):
         )
         acceptance = GaugeMetricFamily(
             "autopilot_slice_audited_acceptance",
-            "Share of audited would-execute steps a human accepted, in the slice's current stage.",
+            "Share of audited would-execute steps a human accepted (store, last AUTOPILOT_AUDIT_WINDOW_H hours).",
             labels=labels,
         )
         error = GaugeMetricFamily(
@@ -202,7 +202,11 @@ class StateCollector(Collector):
             "1 - audited acceptance: the estimated error rate of auto-executed steps (compare with alpha).",
             labels=labels,
         )
-        audits = GaugeMetricFamily("autopilot_slice_audits", "Audited steps answered per slice.", labels=labels)
+        audits = GaugeMetricFamily(
+            "autopilot_slice_audits",
+            "Audited steps answered per slice (last AUTOPILOT_AUDIT_WINDOW_H hours).",
+            labels=labels,
+        )
         for item in self.sources.slices():
             key = [item.process_id, item.action_type]
             stage.add_metric(key, STAGE_VALUE[item.stage])

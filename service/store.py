@@ -1048,6 +1048,23 @@ class RuntimeStore:
         with self._read() as conn:
             return [Deferral.model_validate_json(payload) for payload in conn.execute(query).scalars()]
 
+    def audit_outcomes(self, since: datetime | None = None) -> dict[str, tuple[int, int]]:
+        """Per slice (``process/action_type``): (accepted, answered) audited steps, i.e. would-execute steps
+        deferred at random whose deferral a human answered, decided at or after ``since``. Read from the store, so
+        every process (an API without worker threads included) sees what all workers audited."""
+        c, d = decisions_table.c, deferrals_table.c
+        accepted = d.answer.like('%"verdict":"accept"%')
+        query = (
+            select(c.slice, func.count(), func.count().filter(accepted))
+            .select_from(decisions_table.join(deferrals_table, d.proposal_id == c.proposal_id))
+            .where(c.audit.is_(True), d.status == DeferralStatus.ANSWERED.value)
+            .group_by(c.slice)
+        )
+        if since is not None:
+            query = query.where(c.decided_at >= _naive_utc(since))
+        with self._read() as conn:
+            return {str(name): (int(ok or 0), int(n)) for name, n, ok in conn.execute(query)}
+
     def deferral_stats(self, now: datetime | None = None) -> dict[str, QueueStats]:
         """Per queue with pending deferrals: how many, and the age in seconds of the oldest one."""
         at = _naive_utc(now)

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +486,12 @@ class AutopilotService:
                 keys.setdefault(str(key), key)
         return [keys[name] for name in sorted(keys)]
 
+    def audit_outcomes(self) -> dict[str, tuple[int, int]]:
+        """Per slice, (accepted, answered) audited steps of the last ``AUTOPILOT_AUDIT_WINDOW_H`` hours, from the
+        store: what every worker audited, also in an API process that runs no worker itself."""
+        since = datetime.now(UTC) - timedelta(hours=self.settings.audit_window_h)
+        return self.store.audit_outcomes(since)
+
     def consumer_lag(self) -> dict[str, int]:
         lag: dict[str, int] = {}
         for worker in self.runtime.workers:
@@ -505,9 +512,10 @@ class AutopilotService:
             return None if ended == 0 else automated / ended
 
         def slices() -> list[SliceGauge]:
+            audits = self.audit_outcomes()
             result = []
             for state in self.stages.snapshot():
-                accepted, total = self.stages.audited_acceptance(state.slice)
+                accepted, total = audits.get(str(state.slice), (0, 0))
                 result.append(
                     SliceGauge(state.slice.process_id, state.slice.action_type.value, state.stage, accepted, total)
                 )

@@ -32,6 +32,9 @@ class ServiceSettings(RuntimeSettings):
     registry_poll_s: float = Field(
         default=30.0, ge=0, description="How often the registry's champion is checked for a hot reload (0: never)"
     )
+    audit_window_h: float = Field(
+        default=24.0, gt=0, description="Audited acceptance and realised error per slice over this many hours"
+    )
     inbox_poll_s: float = Field(default=0.2, gt=0, le=10, description="How often a live inbox checks the store")
     plots_dir: Path | None = Field(
         default=None, description="The champion critic's report plots; None: data_dir/critic_report"

@@ -778,3 +778,23 @@ def test_audit_log_newest_first(store: RuntimeStore) -> None:
     ]
     assert entries[0].at.tzinfo is UTC
     assert [e.id for e in store.audit_log()] == [third, second, first]
+
+
+def test_audit_outcomes_count_answered_audits_per_slice(store: RuntimeStore) -> None:
+    """Audited steps (would-execute steps deferred at random) with their answers, per slice, from any worker:
+    what the dashboard and the realised-error metric read. Unanswered and non-audit deferrals do not count."""
+    outcomes = []
+    for i, (audit, verdict) in enumerate([(True, Verdict.ACCEPT), (True, Verdict.REJECT), (False, Verdict.ACCEPT)]):
+        sid = _running(store, f"a{i}")
+        base = _deferral(sid, 0)
+        deferral = base.model_copy(update={"decision": base.decision.model_copy(update={"audit": audit})})
+        assert store.park(sid, deferral)
+        assert store.answer(_answer(deferral, verdict)).result == AnswerStatus.ACCEPTED
+        outcomes.append(deferral)
+    pending_sid = _running(store, "a-pending")
+    base = _deferral(pending_sid, 0)
+    assert store.park(
+        pending_sid, base.model_copy(update={"decision": base.decision.model_copy(update={"audit": True})})
+    )
+    assert store.audit_outcomes() == {"billing/click_control": (1, 2)}
+    assert store.audit_outcomes(since=datetime.now(UTC) + timedelta(hours=1)) == {}

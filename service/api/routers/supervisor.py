@@ -32,9 +32,12 @@ router = APIRouter(prefix="/api/v1/supervisor", tags=["supervisor"])
 ProcessId = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
-def _slice_info(service: AutopilotService, key: SliceKey) -> SliceInfo:
+def _slice_info(
+    service: AutopilotService, key: SliceKey, audits: dict[str, tuple[int, int]] | None = None
+) -> SliceInfo:
     state = service.stages.state(key)
-    accepted, total = service.stages.audited_acceptance(key)
+    # From the store (every worker's audits, whichever process runs them), over AUTOPILOT_AUDIT_WINDOW_H.
+    accepted, total = (audits if audits is not None else service.audit_outcomes()).get(str(key), (0, 0))
     corrected, answers = service.stages.correction_counts(key)
     return SliceInfo(
         slice=key,
@@ -85,6 +88,7 @@ def overview(service: ServiceDep, caller: Supervisor) -> Overview:
     durations = [(r.updated_at - r.started_at).total_seconds() for r in recent if r.status.value == "completed"]
     now = datetime.now(UTC)
     events = [e for e in service.stages.events() if e.from_stage != e.to_stage or e.actor != "system"]
+    audits = service.audit_outcomes()
     return Overview(
         sessions=store.counts_by_status(),
         sessions_ended=ended,
@@ -102,7 +106,7 @@ def overview(service: ServiceDep, caller: Supervisor) -> Overview:
             "completed_sessions_median_s": statistics.median(durations) if durations else None,
             "completed_sessions_mean_s": statistics.fmean(durations) if durations else None,
         },
-        slices=[_slice_info(service, key) for key in service.known_slices()],
+        slices=[_slice_info(service, key, audits) for key in service.known_slices()],
         recent_events=[_event(e) for e in events[-50:]][::-1],
         plots=[p.name for p in service.plots()],
     )
@@ -111,7 +115,8 @@ def overview(service: ServiceDep, caller: Supervisor) -> Overview:
 @router.get("/slices", response_model=list[SliceInfo])
 def slices(service: ServiceDep, caller: AnyRole) -> list[SliceInfo]:
     """Every known slice with its stage, threshold and guardrail state."""
-    return [_slice_info(service, key) for key in service.known_slices()]
+    audits = service.audit_outcomes()
+    return [_slice_info(service, key, audits) for key in service.known_slices()]
 
 
 @router.post("/slices/{process_id}/{action_type}/stage", response_model=SliceInfo)

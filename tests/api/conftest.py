@@ -177,3 +177,26 @@ def open_case_ids(running: Running, n: int) -> list[str]:
 def http(url: str, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, headers=headers, timeout=10.0)
+
+
+def drive_traffic(running: Running, url: str) -> dict[str, Any]:
+    """A copilot suggestion and one background session through the live API at ``url``, waiting for the worker's
+    first decision on it, so that every decision and session metric has a labelled series."""
+    platform = running.service.runtime.platform
+    assert platform is not None
+    case_id = open_case_ids(running, 1)[0]
+    state = platform.observe(case_id)
+    with httpx.Client(base_url=url, timeout=30.0) as client:
+        suggested = client.post(
+            "/api/v1/copilot/suggest",
+            json={"state": state.model_dump(mode="json")},
+            headers=running.tokens.header("operator"),
+        )
+        assert suggested.status_code == 200, suggested.text
+        started = client.post(
+            "/api/v1/sessions", json={"case_ids": [case_id]}, headers=running.tokens.header("service")
+        )
+        assert started.status_code == 202, started.text
+    session_id = started.json()["session_ids"][0]
+    wait_for(lambda: running.service.store.decisions(session_id), timeout=60.0, interval=0.1)
+    return {"suggestion": suggested.json(), "session_id": session_id}

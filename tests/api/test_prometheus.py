@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from service.metrics import METRIC_NAMES
-from tests.api.conftest import Running, open_case_ids, wait_for
+from tests.api.conftest import Running, drive_traffic, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -111,25 +111,7 @@ def _scalar(prometheus: str, promql: str) -> float | None:
 @pytest.fixture(scope="module")
 def traffic(running: Running, live_url: str) -> dict[str, Any]:
     """A copilot suggestion and one started background session, through the live API."""
-    platform = running.service.runtime.platform
-    assert platform is not None
-    case_id = open_case_ids(running, 1)[0]
-    state = platform.observe(case_id)
-    with httpx.Client(base_url=live_url, timeout=30.0) as client:
-        suggested = client.post(
-            "/api/v1/copilot/suggest",
-            json={"state": state.model_dump(mode="json")},
-            headers=running.tokens.header("operator"),
-        )
-        assert suggested.status_code == 200, suggested.text
-        started = client.post(
-            "/api/v1/sessions", json={"case_ids": [case_id]}, headers=running.tokens.header("service")
-        )
-        assert started.status_code == 202, started.text
-    session_id = started.json()["session_ids"][0]
-    # The worker's first decision on the session (the copilot one is counted already).
-    wait_for(lambda: running.service.store.decisions(session_id), timeout=60.0, interval=0.1)
-    return {"suggestion": suggested.json(), "session_id": session_id}
+    return drive_traffic(running, live_url)
 
 
 def test_prometheus_scrapes_the_service(prometheus: str, traffic: dict[str, Any]) -> None:

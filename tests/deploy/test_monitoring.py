@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.bus.broker import EmbeddedBroker
-from tests.api.conftest import open_case_ids, serve, start_service, wait_for
+from tests.api.conftest import drive_traffic, serve, start_service
 from tests.deploy.conftest import CHART, DEPLOY
 
 pytestmark = pytest.mark.integration
@@ -183,23 +183,8 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory, broker: EmbeddedBroke
     series yet still has its HELP and TYPE)."""
     running = start_service(tmp_path_factory.mktemp("deploy-service"), broker.bootstrap, models)
     try:
-        platform = running.service.runtime.platform
-        assert platform is not None
-        case_id = open_case_ids(running, 1)[0]
-        state = platform.observe(case_id)
         with serve(running.app) as url, httpx.Client(base_url=url, timeout=30.0) as client:
-            suggested = client.post(
-                "/api/v1/copilot/suggest",
-                json={"state": state.model_dump(mode="json")},
-                headers=running.tokens.header("operator"),
-            )
-            assert suggested.status_code == 200, suggested.text
-            started = client.post(
-                "/api/v1/sessions", json={"case_ids": [case_id]}, headers=running.tokens.header("service")
-            )
-            assert started.status_code == 202, started.text
-            session_id = started.json()["session_ids"][0]
-            wait_for(lambda: running.service.store.decisions(session_id), timeout=60.0, interval=0.1)
+            drive_traffic(running, url)
             response = client.get("/metrics")  # no token: scrapers carry none
             assert response.status_code == 200, response.text
     finally:

@@ -98,7 +98,8 @@ class RuntimeSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
     initial_stage: AutonomyStage = Field(
-        default=AutonomyStage.COPILOT, description="The stage every slice starts in (guardrail state is per process)"
+        default=AutonomyStage.COPILOT,
+        description="The stage every slice starts in (then promotions, demotions and overrides apply)",
     )
     # A worker in its own process (``autopilot worker``):
     policy_dir: Path | None = Field(default=None, description="A saved policy directory (LMPolicy.save)")
@@ -395,7 +396,8 @@ class Runtime:
 
 class WorkerSpec(BaseModel):
     """Everything a worker process needs, as JSON: where the bus, the store and the BPM (task API) are, and the
-    saved policy, critic and thresholds. Guardrail state (``AutonomyStages``) is per process."""
+    saved policy, critic and thresholds. Each process holds its own ``AutonomyStages``, kept in step with the others
+    through the store's stage-event log (``service.stage_sync``)."""
 
     model_config = ConfigDict(extra="forbid")
 

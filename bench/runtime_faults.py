@@ -82,8 +82,8 @@ from schemas.decision import RejectReason, Verdict
 from schemas.proposal import Proposal
 from service.autonomy import AutonomyConfig
 from service.bus.broker import EmbeddedBroker, LocalS3
-from service.bus.consumer import BusConsumer, MessageMeta
-from service.bus.envelope import decode, encode, header
+from service.bus.consumer import BusConsumer, MessageMeta, read_to_end
+from service.bus.envelope import encode, header
 from service.bus.producer import BusProducer
 from service.runtime import Runtime, RuntimeSettings, WorkerSpec, build_worker, run_worker_process, session_id_for
 from service.serving import serve_in_thread
@@ -98,7 +98,6 @@ from service.store import (
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka import KafkaConsumer, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -499,23 +498,8 @@ class StaleAnswers:
 
 
 def drain(bootstrap: str, topic: str, payload_type: type[P], timeout: float = 30.0) -> list[P]:
-    """Every message on ``topic``, read by partition up to the highwater mark (which Tansu reports right)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        out: list[P] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=100).values():
-                out.extend(decode(r.value, r.headers, payload_type) for r in records)
-            highs = [consumer.highwater(tp) for tp in partitions]
-            if all(h is not None and consumer.position(tp) >= h for tp, h in zip(partitions, highs, strict=True)):
-                return out
-        raise RuntimeError(f"could not read {topic} to its end within {timeout} s")
-    finally:
-        consumer.close()
+    """Every message on ``topic`` (``read_to_end``)."""
+    return read_to_end(bootstrap, topic, payload_type, timeout)
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------

@@ -178,20 +178,11 @@ def load_critic(registry_dir: Path, policy: Any) -> tuple[Any, str]:
     champion = registry.champion() if registry_dir.is_dir() else None
     if champion is not None:
         return load(registry.artifact_path(champion)), f"{champion} ({registry.manifest(champion).kind})"
-    from critic.base import Candidate
-    from critic.confidence import PolicyConfidenceCritic
+    from critic.confidence import fit_on_steps
     from sandbox.generate import iter_traces
-    from schemas.actions import action_key
 
     # It learns nothing; fitting only checks the inputs. A few sessions' proposals are enough.
-    steps = [step for trace in iter_traces(3, 77) for step in trace.steps]
-    proposals = policy.propose_batch([step.state for step in steps])
-    rows = [
-        (Candidate(s.state, p), int(action_key(p.action) == action_key(s.action)))
-        for s, p in zip(steps, proposals, strict=True)
-        if p
-    ]
-    critic = PolicyConfidenceCritic().fit([c for c, _ in rows], [y for _, y in rows])
+    critic = fit_on_steps(policy, [step for trace in iter_traces(3, 77) for step in trace.steps])
     return critic, "policy confidence (no registry champion)"
 
 

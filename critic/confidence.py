@@ -10,14 +10,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Self, get_args
+from typing import Literal, Protocol, Self, get_args
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from critic.base import CriticInput, NotFittedError
+from critic.base import Candidate, CriticInput, NotFittedError
 from critic.features import check_training_set
 from critic.persist import read_critic_meta, write_critic_dir
+from schemas.actions import action_key
+from schemas.proposal import Proposal
+from schemas.state import UIState
+from schemas.trace import TraceStep
+
+
+class ProposingPolicy(Protocol):
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]: ...
+
 
 KIND = "confidence"
 ConfidenceFeature = Literal["probability", "margin", "logprob"]
@@ -78,3 +87,16 @@ class PolicyConfidenceCritic(BaseEstimator):
         critic = cls(feature=params["feature"])
         critic.classes_ = np.array([0, 1], dtype=np.int64)
         return critic
+
+
+def fit_on_steps(policy: ProposingPolicy, steps: Sequence[TraceStep]) -> PolicyConfidenceCritic:
+    """The policy-confidence critic fitted on ``policy``'s proposals for ``steps`` (label: the proposal is the
+    step's action). It learns nothing; fitting checks the inputs. For benches and tests that need a critic
+    without copilot feedback."""
+    proposals = policy.propose_batch([step.state for step in steps])
+    rows = [
+        (Candidate(step.state, proposal), int(action_key(proposal.action) == action_key(step.action)))
+        for step, proposal in zip(steps, proposals, strict=True)
+        if proposal is not None
+    ]
+    return PolicyConfidenceCritic().fit([c for c, _ in rows], [y for _, y in rows])

@@ -39,7 +39,6 @@ class FeedbackSink:
         fetch_max_wait_ms: int = 10,
     ) -> None:
         self.store = store
-        self.written = 0
         self.last_lag = 0
         self._consumer = BusConsumer(
             bootstrap,
@@ -62,7 +61,7 @@ class FeedbackSink:
     def _on_record(self, topic: str, payload: Any, meta: MessageMeta) -> None:
         if not isinstance(payload, FeedbackRecord):
             raise ValueError(f"payload: expected a FeedbackRecord on {topic!r}, got {type(payload).__name__}")
-        self.written += self.store.add([payload])
+        self.store.add([payload])  # idempotent by record id: a redelivery writes nothing
 
     def run(self, stop_event: threading.Event, lag_every_s: float = 1.0) -> None:
         """Poll until ``stop_event`` is set; errors are logged and backed off (``BusConsumer.run``). The lag is

@@ -32,7 +32,7 @@ from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, RiskTier, SliceKey
 from schemas.state import UIState
-from service.api.auth import Principal
+from service.api.auth import Principal, Role
 from service.api.settings import ServiceSettings
 from service.autonomy import AutonomyConfig, AutonomyStages
 from service.feedback_sink import FeedbackSink
@@ -40,7 +40,7 @@ from service.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSou
 from service.router import SessionContext
 from service.runtime import Runtime, WorkerSetupError
 from service.stage_sync import StageSync
-from service.store import AnswerResult, AnswerStatus, DeferralStatus, RuntimeStore
+from service.store import AnswerResult, AnswerStatus, RuntimeStore
 from service.worker import AcceptanceCritic, ProposalPolicy
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ class AutopilotService:
 
     def visible_queues(self, principal: Principal) -> list[str] | None:
         """The queues whose deferrals the principal sees (None: all)."""
-        return None if principal.role.value == "supervisor" else list(principal.queues)
+        return None if principal.role == Role.SUPERVISOR else list(principal.queues)
 
     def answer(
         self,
@@ -424,10 +424,6 @@ class AutopilotService:
                 principal.name, f"answer:{verdict.value}", deferral_id, {"session_id": deferral.session_id}
             )
         return result
-
-    def deferral_status(self, deferral_id: str) -> DeferralStatus | None:
-        row = self.store.get_deferral(deferral_id)
-        return None if row is None else row.status
 
     # ---- sessions -------------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.base import Payload
 from service.bus.envelope import HEADER_MESSAGE_ID, PoisonMessage, decode, header
@@ -38,6 +38,8 @@ with warnings.catch_warnings():
     from kafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=Payload)
 
 HEADER_PARKED_ERROR = "parked-error"
 HEADER_PARKED_TOPIC = "parked-from-topic"
@@ -356,3 +358,25 @@ class BusConsumer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def read_to_end(bootstrap: str, topic: str, payload_type: type[P], timeout_s: float = 30.0) -> list[P]:
+    """Every message on ``topic`` from the beginning, read by partition without a group up to the highwater mark
+    (which Tansu reports right; its ListOffsets(latest) is wrong). For audits of a topic (benches, tests).
+    Raises TimeoutError when the end is not reached within ``timeout_s``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        out: list[P] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=100).values():
+                out.extend(decode(r.value, r.headers, payload_type) for r in records)
+            highs = [consumer.highwater(tp) for tp in partitions]
+            if all(h is not None and consumer.position(tp) >= h for tp, h in zip(partitions, highs, strict=True)):
+                return out
+        raise TimeoutError(f"could not read {topic} to its end within {timeout_s} s")
+    finally:
+        consumer.close()

@@ -17,14 +17,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from critic.base import Candidate
-from critic.confidence import PolicyConfidenceCritic
+from critic.confidence import PolicyConfidenceCritic, fit_on_steps
 from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
 from policy.model import ModelConfig
 from policy.policy import LMPolicy
 from policy.train import TrainConfig
 from sandbox.generate import iter_traces
-from schemas import AutonomyStage, action_key
+from schemas import AutonomyStage
 from service.api.app import create_app
 from service.api.auth import Role, TokenStore, issue_token
 from service.api.context import AutopilotService
@@ -54,14 +53,7 @@ class Tokens:
 def models() -> tuple[LMPolicy, PolicyConfidenceCritic, SliceThresholds]:
     traces = iter_traces(40, 5)
     policy = LMPolicy(model=TINY, training=QUICK, vocab_size=600, progress=False).fit(traces[:30])
-    steps = [step for trace in iter_traces(6, 77) for step in trace.steps]
-    proposals = policy.propose_batch([step.state for step in steps])
-    rows = [
-        (Candidate(s.state, p), int(action_key(p.action) == action_key(s.action)))
-        for s, p in zip(steps, proposals, strict=True)
-        if p
-    ]
-    critic = PolicyConfidenceCritic().fit([c for c, _ in rows], [y for _, y in rows])
+    critic = fit_on_steps(policy, [step for trace in iter_traces(6, 77) for step in trace.steps])
     result = ThresholdResult(THRESHOLD, 200, 100, 3, 0.03, 0.07, 0.5, "set by hand for the tests")
     thresholds = SliceThresholds(ThresholdConfig(granularity="global", alpha=0.1), {"*": result})
     return policy, critic, thresholds

@@ -30,8 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import torch
 
-from critic.base import Candidate
-from critic.confidence import PolicyConfidenceCritic
+from critic.confidence import PolicyConfidenceCritic, fit_on_steps
 from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
 from policy.model import ModelConfig
 from policy.policy import LMPolicy
@@ -53,13 +52,12 @@ from schemas import (
     SessionCommand,
     UIState,
     Verdict,
-    action_key,
 )
 from service.adapters.base import BpmAdapter, CaseOutcome
 from service.autonomy import AutonomyConfig, AutonomyStages
 from service.bus.broker import EmbeddedBroker
-from service.bus.consumer import BusConsumer, MessageMeta
-from service.bus.envelope import decode, encode, header
+from service.bus.consumer import BusConsumer, MessageMeta, read_to_end
+from service.bus.envelope import encode, header
 from service.bus.producer import BusProducer
 from service.runtime import Runtime, RuntimeSettings, WorkerSpec, build_worker, run_worker_process, session_id_for
 from service.serving import serve_in_thread
@@ -68,7 +66,6 @@ from service.worker import idempotency_key
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from kafka import KafkaConsumer, TopicPartition
 
 torch.set_num_threads(1)
 
@@ -104,14 +101,7 @@ def critic_dir(
 ) -> tuple[PolicyConfidenceCritic, Path]:
     """The policy-confidence critic, fitted (it learns nothing) on the policy's proposals for held-out steps."""
     policy, _ = policy_dir
-    steps = [step for trace in iter_traces(6, 77) for step in trace.steps]
-    proposals = policy.propose_batch([step.state for step in steps])
-    rows = [
-        (Candidate(s.state, p), int(action_key(p.action) == action_key(s.action)))
-        for s, p in zip(steps, proposals, strict=True)
-        if p
-    ]
-    critic = PolicyConfidenceCritic().fit([c for c, _ in rows], [y for _, y in rows])
+    critic = fit_on_steps(policy, [step for trace in iter_traces(6, 77) for step in trace.steps])
     return critic, critic.save(tmp_path_factory.mktemp("critic") / "critic")
 
 
@@ -183,23 +173,8 @@ def all_deferrals(store: RuntimeStore, session_ids: list[str]) -> list[Any]:
 
 
 def drain(bootstrap: str, topic: str, payload_type: type[P], timeout: float = 10.0) -> list[P]:
-    """Every message on ``topic`` (read by partition up to the highwater mark, which Tansu reports right)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        out: list[P] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=100).values():
-                out.extend(decode(r.value, r.headers, payload_type) for r in records)
-            highs = [consumer.highwater(tp) for tp in partitions]
-            if all(h is not None and consumer.position(tp) >= h for tp, h in zip(partitions, highs, strict=True)):
-                return out
-        raise AssertionError(f"could not read {topic} to its end within {timeout} s")
-    finally:
-        consumer.close()
+    """Every message on ``topic`` (``read_to_end``)."""
+    return read_to_end(bootstrap, topic, payload_type, timeout)
 
 
 def report(name: str, seconds: float, sessions: int, runtime_stats: dict[str, Any]) -> dict[str, Any]:

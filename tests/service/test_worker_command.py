@@ -29,8 +29,7 @@ import httpx
 import pytest
 import torch
 
-from critic.base import Candidate
-from critic.confidence import PolicyConfidenceCritic
+from critic.confidence import PolicyConfidenceCritic, fit_on_steps
 from critic.registry import CriticRegistry, Manifest, RowCounts, data_hash
 from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
 from policy.model import ModelConfig
@@ -39,7 +38,7 @@ from policy.train import TrainConfig
 from sandbox.api import API_PREFIX, create_app
 from sandbox.generate import iter_traces
 from sandbox.platform import SandboxPlatform
-from schemas import AutonomyStage, action_key
+from schemas import AutonomyStage
 from service.autonomy import AutonomyConfig, AutonomyStages
 from service.bus.broker import EmbeddedBroker, free_port
 from service.cli import main
@@ -68,21 +67,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[LMPolicy, PolicyCo
     policy = LMPolicy(model=TINY, training=QUICK, vocab_size=600, progress=False).fit(iter_traces(30, 5))
     policy_dir = policy.save(base / "policy")
     steps = [step for trace in iter_traces(4, 77) for step in trace.steps]
-    proposals = policy.propose_batch([step.state for step in steps])
-    rows = [
-        (Candidate(s.state, p), int(action_key(p.action) == action_key(s.action)))
-        for s, p in zip(steps, proposals, strict=True)
-        if p
-    ]
-    critic = PolicyConfidenceCritic().fit([c for c, _ in rows], [y for _, y in rows])
+    critic = fit_on_steps(policy, steps)
     now = datetime.now(UTC)
     manifest = Manifest(
         version="critic-test-1",
         kind=critic.name,
         window_start=now,
         window_end=now,
-        rows=RowCounts(train=len(rows), calibration=0, test=0),
-        data_hash=data_hash([str(i) for i in range(len(rows))], [y for _, y in rows]),
+        rows=RowCounts(train=len(steps), calibration=0, test=0),
+        data_hash=data_hash([str(i) for i in range(len(steps))], [1] * len(steps)),  # metadata only
         policy_version=policy.version_ or "tiny",
         alpha=0.05,
         delta=0.1,

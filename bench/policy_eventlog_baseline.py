@@ -33,8 +33,8 @@ from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT, environment, write_results
 from importers.xes import import_xes
+from policy.baselines.gbm import GradientBoostingBaseline
 from policy.evaluate import evaluate as evaluate_predictor
-from policy.gbm_baseline import GradientBoostingBaseline
 from policy.predictor import NextActionPredictor
 from schemas.trace import Trace, TraceStep
 

@@ -23,9 +23,9 @@ import torch
 
 from bench.common import environment, peak_rss_kib, write_results
 from bench.policy_eventlog_baseline import DATA, load_log
+from policy.baselines.floors import SuffixNGram
+from policy.baselines.gbm import GradientBoostingBaseline
 from policy.evaluate import EvalResult, evaluate
-from policy.floors import SuffixNGram
-from policy.gbm_baseline import GradientBoostingBaseline
 from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor
 from policy.train import TrainConfig

@@ -40,8 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
+from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
 from policy.evaluate import EvalResult, evaluate
-from policy.floors import MostFrequentPerScreen, SuffixNGram
 from policy.policy import LMPolicy
 from policy.train import TrainConfig
 from sandbox.generate import generate, read_traces

@@ -45,8 +45,8 @@ import torch
 
 from bench.common import environment, peak_rss_kib, write_results
 from importers.uilog import import_uilog
+from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
 from policy.evaluate import EvalResult, evaluate, render_table
-from policy.floors import MostFrequentPerScreen, SuffixNGram
 from policy.model import ModelConfig, parameter_count
 from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor, Prediction

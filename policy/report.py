@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
 from policy.evaluate import EvalResult, evaluate, render_table
-from policy.floors import MostFrequentPerScreen, SuffixNGram
 from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor
 from schemas.trace import Trace

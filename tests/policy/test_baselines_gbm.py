@@ -14,7 +14,7 @@ import pytest
 
 from importers.eventlog import RawCase, RawEvent, activity_screen, case_trace
 from importers.xes import import_xes
-from policy.gbm_baseline import BLOCK, GradientBoostingBaseline, learn_features
+from policy.baselines.gbm import BLOCK, GradientBoostingBaseline, learn_features
 from policy.predictor import NextActionPredictor
 from schemas.actions import ClickControl, CloseChat, action_key
 from schemas.state import Panel, UIState

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from policy.baselines.floors import START, MostFrequentPerScreen, SuffixNGram, _SlotTexts
 from policy.evaluate import evaluate
-from policy.floors import START, MostFrequentPerScreen, SuffixNGram, _SlotTexts
 from policy.predictor import NextActionPredictor
 from policy.serialise import action_text
 from schemas.actions import Action, ClickControl, CloseChat, FillField, SendTextToChat, action_key

@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import ROOT, environment, peak_rss_kib, write_results
+from sandbox.harness import service_runtime
 
 NAME = "api_load"
 TARGET_P99_MS = 50.0
@@ -125,12 +126,16 @@ def _build_service(data_dir: Path, bootstrap: str, tiny: bool) -> tuple[Any, str
         settings: ServiceSettings = service_settings(
             data_dir, bootstrap, policy_dir=DEMO_POLICY, registry_dir=DEMO_REGISTRY, **overrides
         )
-        return AutopilotService.from_settings(settings).start(), f"demo models ({DEMO_POLICY.relative_to(ROOT)})"
+        return AutopilotService.from_settings(
+            settings, service_runtime
+        ).start(), f"demo models ({DEMO_POLICY.relative_to(ROOT)})"
     from tests.api.conftest import models
 
     policy, critic, thresholds = models.__wrapped__()  # type: ignore[attr-defined]
     settings = service_settings(data_dir, bootstrap, **overrides)
-    service = AutopilotService.build(settings, policy, critic, thresholds, "critic-test-1").start()
+    service = AutopilotService.build(
+        settings, policy, critic, thresholds, "critic-test-1", runtime_factory=service_runtime
+    ).start()
     return service, "tiny test policy + policy-confidence critic (tests/api/conftest)"
 
 
@@ -139,7 +144,7 @@ def run(requests: int, concurrency: int, warmup: int, tiny: bool) -> dict[str, A
 
     from service.api.app import create_app
     from service.api.auth import Role, TokenStore, issue_token
-    from service.bus.broker import EmbeddedBroker
+    from service.runtime.bus.broker import EmbeddedBroker
     from tests.api.conftest import serve
 
     torch.set_num_threads(1)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
 from critic.base import accept_scores, labels, slice_of
 from critic.evaluate import Comparison, CriticScores, compare_critics
-from critic.feedback import collect_copilot_feedback, read_feedback, write_feedback
+from critic.feedback import read_feedback, write_feedback
 from critic.pipeline import (
     BASELINE_NAME,
     MAX_CANDIDATES,
@@ -43,6 +43,7 @@ from critic.pipeline import (
     train_critic,
 )
 from critic.thresholds import ThresholdConfig, fit_slice_thresholds, group_key
+from sandbox.feedback_collection import collect_copilot_feedback
 from schemas.feedback import FeedbackRecord
 from schemas.risk import SliceKey
 

@@ -40,11 +40,12 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
+from importers.jsonl import read_traces
 from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
 from policy.evaluate import EvalResult, evaluate
 from policy.policy import LMPolicy
 from policy.train import TrainConfig
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.trace import Trace
 

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
+from importers.jsonl import read_traces
 from policy.evaluate import EvalResult, render_table
 from policy.policy import LMPolicy
 from policy.report import compare_with_floors
 from policy.train import TrainConfig
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.trace import Trace
 

@@ -23,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 from bench.common import environment, peak_rss_kib, write_results
+from importers.jsonl import read_traces
 from policy.candidates import enumerate_candidates
 from policy.policy import LMPolicy
 from policy.serialise import serialise_state
-from sandbox.generate import read_traces
 from schemas.state import UIState
 
 NAME = "policy_speed"

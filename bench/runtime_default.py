@@ -8,8 +8,8 @@ copilot feedback on cases 2500..5499 (``bench.critic_sandbox``, cached in ``out/
 promoted to autopilot (``AutonomyStages.consider_promotion`` with the label counts of the feedback); then
 ``--sessions`` new cases (indices 5500.., seed 7) run as background sessions through the runtime (embedded Tansu
 broker, SQLite store, simulated operators answering deferrals, 5% audits), exactly as the demo's stage 5
-(``service.demo.run_autopilot_phase``). The same cases are worked all-manually once (``sandbox.generate``'s time
-model) and every run is measured against them (``service.autopilot_report``).
+(``lab.demo.run_autopilot_phase``). The same cases are worked all-manually once (``sandbox.generate``'s time
+model) and every run is measured against them (``lab.report``).
 
 Targets: >= 50% of sessions fully automated; handling time >= 40% lower than all-manual; correct resolution not
 lower than all-manual (the 95% Newcombe interval of the paired difference not entirely below 0); realised error
@@ -34,7 +34,7 @@ from critic.pipeline import MAX_CANDIDATES, PipelineConfig
 from critic.registry import CriticRegistry
 from critic.retrain import RetrainConfig, retrain
 from critic.thresholds import SliceThresholds, ThresholdConfig
-from service.autopilot_report import PAPER, AutopilotReport, plot_reports
+from lab.report import PAPER, AutopilotReport, plot_reports
 
 NAME = "runtime_default"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
@@ -64,8 +64,8 @@ def threshold_summary(registry_dir: Path) -> dict[str, Any]:
 def run_alpha(
     alpha: float, policy: Any, feedback_path: Path, feedback: list[Any], manual: list[Any], args: argparse.Namespace
 ) -> tuple[AutopilotReport, dict[str, Any]]:
+    from lab.demo import run_autopilot_phase
     from sandbox.scenario import scenario_by_name
-    from service.demo import run_autopilot_phase
 
     with tempfile.TemporaryDirectory(prefix="runtime-bench-registry-") as tmp:
         registry = Path(tmp) / "registry"
@@ -173,9 +173,9 @@ def main() -> None:
 
     import torch
 
+    from lab.demo import all_manual_run
     from policy.policy import LMPolicy
     from sandbox.scenario import scenario_by_name
-    from service.demo import all_manual_run
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -67,6 +67,7 @@ from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate, critic_label
 from critic.confidence import PolicyConfidenceCritic
 from critic.feedback import read_feedback
 from critic.thresholds import SliceThresholds
+from sandbox.harness import SandboxRuntime
 from sandbox.operators import SimOperator, acceptable, operator_pool
 from sandbox.platform import SandboxPlatform
 from sandbox.risk import DEFAULT_RISK_POLICY
@@ -77,10 +78,11 @@ from schemas.actions import Action, ActionType
 from schemas.decision import DecisionOutcome, Verdict
 from schemas.proposal import Proposal
 from schemas.risk import RiskTier, SliceKey
-from service.autonomy import AutonomyConfig, AutonomyStages, StageEvent
-from service.runtime import Runtime, RuntimeSettings, session_id_for
-from service.store import DeferralStatus
-from service.worker import ProposalPolicy
+from service.runtime.autonomy import AutonomyConfig, AutonomyStages, StageEvent
+from service.runtime.inprocess import Runtime, session_id_for
+from service.runtime.settings import RuntimeSettings
+from service.runtime.store import DeferralStatus
+from service.runtime.worker import ProposalPolicy
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +344,7 @@ def run(config: Config, work: Path) -> dict[str, Any]:
         **FAST_GROUP,
     )
     timeline = Timeline()
-    runtime = Runtime(platform, policy, critic, thresholds, settings, stages=stages, operators=operators)
+    runtime = SandboxRuntime(platform, policy, critic, thresholds, settings, stages=stages, operators=operators)
     segments = [
         ("before the drift", range(config.start, scenario.drift.at_case)),
         ("scenario drift (refund limit 150 -> 60)", range(scenario.drift.at_case, config.inject_at)),

@@ -76,18 +76,20 @@ from critic.base import Candidate, critic_label
 from critic.confidence import PolicyConfidenceCritic
 from critic.feedback import read_feedback
 from critic.thresholds import Granularity, SliceThresholds, ThresholdConfig, ThresholdResult, fit_slice_thresholds
+from sandbox.harness import SandboxRuntime
 from sandbox.platform import SandboxPlatform
 from schemas import AutonomyStage, Deferral, FeedbackRecord, OperatorDecision, Payload, SessionCommand, UIState
 from schemas.decision import RejectReason, Verdict
 from schemas.proposal import Proposal
-from service.autonomy import AutonomyConfig
-from service.bus.broker import EmbeddedBroker, LocalS3
-from service.bus.consumer import BusConsumer, MessageMeta, read_to_end
-from service.bus.envelope import encode, header
-from service.bus.producer import BusProducer
-from service.runtime import Runtime, RuntimeSettings, WorkerSpec, build_worker, run_worker_process, session_id_for
-from service.serving import serve_in_thread
-from service.store import (
+from service.api.server_thread import serve_in_thread
+from service.runtime.autonomy import AutonomyConfig
+from service.runtime.bus.broker import EmbeddedBroker, LocalS3
+from service.runtime.bus.consumer import BusConsumer, MessageMeta, read_to_end
+from service.runtime.bus.envelope import encode, header
+from service.runtime.bus.producer import BusProducer
+from service.runtime.inprocess import Runtime, session_id_for
+from service.runtime.settings import RuntimeSettings
+from service.runtime.store import (
     TERMINAL_STATUSES,
     DeferralRow,
     DeferralStatus,
@@ -95,6 +97,7 @@ from service.store import (
     SessionStatus,
     applied_actions_table,
 )
+from service.runtime.worker_process import WorkerSpec, build_worker, run_worker_process
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -638,7 +641,7 @@ def run_phase(config: Config, phase: Phase, models: Models, work: Path) -> dict[
                 fetch_max_wait_ms=phase.fetch_max_wait_ms,
             )
             autonomy = AutonomyConfig(initial_stage=AutonomyStage.AUTOPILOT, alpha=config.alpha)
-            runtime = Runtime(platform, WorkersElsewhere(), models.critic, models.thresholds, settings)
+            runtime = SandboxRuntime(platform, WorkersElsewhere(), models.critic, models.thresholds, settings)
             with runtime, serve(platform) as bpm_url:
                 store, producer, pool = runtime.store, runtime.producer, runtime.pool
                 assert store is not None and producer is not None and pool is not None

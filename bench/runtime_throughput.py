@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
+from sandbox.harness import SandboxRuntime
 
 NAME = "runtime_throughput"
 TARGETS = {"decision_p99_ms": 50.0, "deferral_p99_ms": 50.0, "concurrent_sessions": 1000}
@@ -88,7 +89,7 @@ def probe_main(bootstrap: str, topic: str, payload: str, out: str) -> None:
     from schemas.base import Payload
     from schemas.decision import Deferral
     from schemas.session import SessionCommand
-    from service.bus.consumer import BusConsumer, MessageMeta
+    from service.runtime.bus.consumer import BusConsumer, MessageMeta
 
     types: dict[str, type[Payload]] = {"Deferral": Deferral, "SessionCommand": SessionCommand}
     from_broker: list[float] = []
@@ -211,8 +212,8 @@ def run_config(
 ) -> dict[str, Any]:
     from sandbox.platform import SandboxPlatform
     from schemas.risk import AutonomyStage
-    from service.autonomy import AutonomyConfig, AutonomyStages
-    from service.runtime import Runtime, RuntimeSettings
+    from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+    from service.runtime.settings import RuntimeSettings
 
     label = f"{sessions} sessions, batch_size {batch_size}"
     platform = SandboxPlatform(seed=seed)
@@ -235,7 +236,7 @@ def run_config(
         fetch_max_wait_ms=10,
     )
     stages = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.AUTOPILOT))
-    runtime = Runtime(platform, policy, critic, thresholds, settings, stages=stages)
+    runtime = SandboxRuntime(platform, policy, critic, thresholds, settings, stages=stages)
     with runtime:
         assert runtime.store is not None
         worker = runtime.workers[0]
@@ -328,8 +329,8 @@ def run_config(
 def bus_round_trip(bootstrap: str, workdir: Path, messages: int) -> dict[str, Any]:
     """The bare bus: one small payload at a time, producer in this process -> the probe's consumer."""
     from schemas.session import SessionCommand, SessionCommandKind
-    from service.bus.producer import BusProducer
-    from service.bus.topics import ensure_topics
+    from service.runtime.bus.producer import BusProducer
+    from service.runtime.bus.topics import ensure_topics
 
     topic = f"bench-rtt-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [topic], 8)
@@ -485,7 +486,7 @@ def main() -> int:
         import torch
     torch.set_num_threads(1)
 
-    from service.bus.broker import EmbeddedBroker
+    from service.runtime.bus.broker import EmbeddedBroker
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     began = time.monotonic()

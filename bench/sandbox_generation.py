@@ -36,8 +36,9 @@ from SpiffWorkflow.util.task import TaskState
 from tqdm import tqdm
 
 from bench.common import environment, peak_rss_kib
+from importers.jsonl import read_traces
 from sandbox.ceiling import CeilingRow, ceiling_table, render_ceiling
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.processes.registry import PROCESSES, workflow_spec
 from sandbox.scenario import Scenario, scenario_by_name
 from sandbox.view import classify_operator_text

@@ -1,4 +1,4 @@
-"""``autopilot critic collect|train|evaluate|retrain|versions|promote|rollback``: the critic from the command line.
+"""``autopilot critic train|evaluate|retrain|versions|promote|rollback``: the critic from the command line.
 
 ``retrain`` is what the nightly Kubernetes CronJob runs. Every command exits 0 on success and non-zero with an
 ``error: ...`` line on bad input (unreadable or empty feedback, a wrong directory) without writing anything.
@@ -41,21 +41,6 @@ def _pipeline_config(args: argparse.Namespace) -> Any:
         time_budget_s=args.time_budget,
         seed=args.seed,
     )
-
-
-def _collect(args: argparse.Namespace) -> int:
-    from critic.feedback import collect_copilot_feedback, write_feedback
-    from policy.policy import LMPolicy
-    from sandbox.scenario import scenario_by_name
-
-    policy = LMPolicy.load(args.policy)
-    feedback = collect_copilot_feedback(
-        policy, args.sessions, args.seed, scenario_by_name(args.scenario), start_index=args.start_index
-    )
-    path = write_feedback(feedback.records, args.out, truth=feedback.truth)
-    print(json.dumps(feedback.summary(), indent=1))
-    print(f"{len(feedback.records)} feedback rows written to {path}")
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -216,15 +201,6 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     critic = commands.add_parser("critic", help="the acceptance critic, its thresholds and registry")
     sub = critic.add_subparsers(dest="critic_command", required=True, metavar="SUBCOMMAND")
-
-    collect = sub.add_parser("collect", help="sandbox copilot sessions: the policy proposes, operators review")
-    collect.add_argument("--policy", required=True, help="policy checkpoint directory")
-    collect.add_argument("--sessions", type=positive_int, required=True)
-    collect.add_argument("--seed", type=int, default=0)
-    collect.add_argument("--scenario", default="default")
-    collect.add_argument("--start-index", type=int, default=0, help="first case index (after the training cases)")
-    collect.add_argument("--out", required=True, help="feedback JSONL to write")
-    collect.set_defaults(handler=_collect)
 
     train = sub.add_parser("train", help="train, calibrate and threshold a critic on feedback")
     _add_training_options(train)

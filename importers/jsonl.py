@@ -49,3 +49,9 @@ def write_traces(path: Path, traces: Iterable[Trace]) -> WriteSummary:
             tmp.unlink()
         raise
     return WriteSummary(traces=n_traces, steps=n_steps, path=path)
+
+
+def read_traces(path: Path) -> list[Trace]:
+    """The traces of a JSONL file (one ``Trace`` per line; blank lines skipped)."""
+    with path.open(encoding="utf-8") as handle:
+        return [Trace.model_validate_json(line) for line in handle if line.strip()]

@@ -12,7 +12,7 @@ from schemas.argtypes import positive_int
 
 
 def _read_traces(path: str) -> list[Any]:
-    from sandbox.generate import read_traces
+    from importers.jsonl import read_traces
 
     source = Path(path)
     if not source.is_file():

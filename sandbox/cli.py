@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _ceiling(args: argparse.Namespace) -> int:
+    from importers.jsonl import read_traces
     from sandbox.ceiling import ceiling_table, render_ceiling
-    from sandbox.generate import read_traces
 
     print(render_ceiling(ceiling_table(read_traces(Path(args.traces)))))
     return 0
@@ -34,6 +35,22 @@ def _serve(args: argparse.Namespace) -> int:
     from sandbox.scenario import scenario_by_name
 
     uvicorn.run(create_app(scenario_by_name(args.scenario), args.seed), host=args.host, port=args.port)
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from critic.feedback import write_feedback
+    from policy.policy import LMPolicy
+    from sandbox.feedback_collection import collect_copilot_feedback
+    from sandbox.scenario import scenario_by_name
+
+    policy = LMPolicy.load(args.policy)
+    feedback = collect_copilot_feedback(
+        policy, args.sessions, args.seed, scenario_by_name(args.scenario), start_index=args.start_index
+    )
+    path = write_feedback(feedback.records, args.out, truth=feedback.truth)
+    print(json.dumps(feedback.summary(), indent=1))
+    print(f"{len(feedback.records)} feedback rows written to {path}")
     return 0
 
 
@@ -59,3 +76,12 @@ def register(commands: Any) -> None:
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--scenario", default="default")
     serve.set_defaults(handler=_serve)
+
+    collect = sub.add_parser("collect", help="copilot sessions: the policy proposes, operators review")
+    collect.add_argument("--policy", required=True, help="policy checkpoint directory")
+    collect.add_argument("--sessions", type=positive_int, required=True)
+    collect.add_argument("--seed", type=int, default=0)
+    collect.add_argument("--scenario", default="default")
+    collect.add_argument("--start-index", type=int, default=0, help="first case index (after the training cases)")
+    collect.add_argument("--out", required=True, help="feedback JSONL to write")
+    collect.set_defaults(handler=_collect)

@@ -116,8 +116,3 @@ def generate(
         raise
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def read_traces(path: Path) -> list[Trace]:
-    with path.open(encoding="utf-8") as handle:
-        return [Trace.model_validate_json(line) for line in handle if line.strip()]

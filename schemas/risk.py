@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from schemas.actions import ActionType
 from schemas.base import Payload, Strict
@@ -54,8 +55,14 @@ class RiskPolicy(Payload):
         }
     )
     overrides: list[RiskOverride] = Field(default_factory=list)
+    processes: list[str] | None = Field(
+        default=None,
+        description="The processes this deployment may automate; any other process is always-ask. None: every one.",
+    )
 
     def tier_for(self, process_id: str, action_type: ActionType, control_id: str | None = None) -> RiskTier:
+        if self.processes is not None and process_id not in self.processes:
+            return RiskTier.ALWAYS_ASK
         best: tuple[int, RiskTier] | None = None
         for rule in self.overrides:
             if rule.process_id is not None and rule.process_id != process_id:
@@ -70,3 +77,19 @@ class RiskPolicy(Payload):
         if best is not None:
             return best[1]
         return self.default_tiers.get(action_type, RiskTier.CRITICAL)
+
+
+def load_risk_policy(path: str | Path) -> RiskPolicy:
+    """A risk file (JSON, validated as ``RiskPolicy``): a user's tiers, always-ask actions and process list.
+    Raises ValueError naming the file and the offending field."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"risk_file: cannot read {source}: {exc.strerror or exc}") from exc
+    try:
+        return RiskPolicy.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise ValueError(f"risk_file: {source}: {where}: {first['msg']}") from exc

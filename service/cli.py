@@ -4,16 +4,27 @@ command starts fast and a broken optional part never breaks the others."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from critic.cli import register as register_critic
 from critic.registry import RegistryError
 from importers.cli import register as register_import
 from policy.cli import register as register_policy
-from sandbox.cli import register as register_sandbox
 from service.api.cli import register as register_api
-from service.demo import register as register_demo
+
+
+def sandbox_installed() -> bool:
+    """The sandbox extra (``pip install 'bpm-autopilot[sandbox]'``) brings the BPMN engine the simulator runs on."""
+    return importlib.util.find_spec("SpiffWorkflow") is not None
+
+
+def _sandbox_runtime_factory() -> Any:
+    from sandbox.harness import service_runtime
+
+    return service_runtime
 
 
 class CliError(Exception):
@@ -36,14 +47,9 @@ def _worker(args: argparse.Namespace) -> int:
     import json
     import logging
 
-    from service.bus.topics import Topics
-    from service.runtime import (
-        RuntimeSettings,
-        build_worker,
-        check_bus,
-        run_worker_process,
-        worker_spec_from_settings,
-    )
+    from service.runtime.bus.topics import Topics
+    from service.runtime.settings import RuntimeSettings
+    from service.runtime.worker_process import build_worker, check_bus, run_worker_process, worker_spec_from_settings
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -64,7 +70,7 @@ def _worker(args: argparse.Namespace) -> int:
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        from service.metrics import LagCollector, RuntimeMetrics
+        from service.runtime.metrics import LagCollector, RuntimeMetrics
 
         metrics = RuntimeMetrics()
         start_http_server(settings.metrics_port, registry=metrics.registry)
@@ -105,12 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(handler=_worker)
 
-    register_sandbox(commands)
+    with_sandbox = sandbox_installed()
+    if with_sandbox:  # the simulator and the lab's demo need it; the product's commands do not
+        from lab.demo import register as register_demo
+        from sandbox.cli import register as register_sandbox
+
+        register_sandbox(commands)
     register_import(commands)
     register_policy(commands)
     register_critic(commands)
-    register_demo(commands)
-    register_api(commands)
+    if with_sandbox:
+        register_demo(commands)
+    register_api(commands, _sandbox_runtime_factory if with_sandbox else None)
     return parser
 
 

@@ -18,11 +18,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from service.adapters.base import CaseNotFoundError
 from service.api.auth import TokenStore
 from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
 from service.api.models import ErrorDetail, ValidationErrorDetail
 from service.api.routers import copilot, health, inbox, pages, sessions, supervisor
+from service.runtime.adapters.base import CaseNotFoundError
 
 log = logging.getLogger(__name__)
 

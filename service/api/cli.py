@@ -6,8 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The sandbox's runtime factory, when the sandbox extra is installed: the composition root (``service.cli``) passes
+# a loader for it, so this module never imports the simulator.
+SandboxFactoryLoader = Callable[[], Any]
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -17,12 +22,13 @@ def _settings(args: argparse.Namespace) -> Any:
         "data_dir": args.data_dir,
         "host": args.host,
         "port": args.port,
+        "bpm_url": args.bpm_url,
         "simulated_operators": True if args.simulated_operators else None,
     }
     return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, sandbox_factory: SandboxFactoryLoader | None = None) -> int:
     import uvicorn
 
     from service.api.app import create_app
@@ -37,7 +43,16 @@ def _serve(args: argparse.Namespace) -> int:
     tokens_file = settings.resolved_tokens_file()
     if not tokens_file.is_file():
         raise ValueError(f"tokens_file: {tokens_file} does not exist; issue tokens with `autopilot tokens issue`")
-    service = AutopilotService.from_settings(settings)  # fails fast, naming the setting
+    runtime_factory = None
+    if args.sandbox:
+        if settings.bpm_url:
+            raise ValueError("sandbox: --sandbox and a BPM URL exclude each other; give one")
+        if sandbox_factory is None:
+            raise ValueError("sandbox: the sandbox extra is not installed (pip install 'bpm-autopilot[sandbox]')")
+        runtime_factory = sandbox_factory()
+    elif args.simulated_operators:
+        raise ValueError("simulated_operators: only with --sandbox (the simulated operators work sandbox cases)")
+    service = AutopilotService.from_settings(settings, runtime_factory)  # fails fast, naming the setting
     app = create_app(service, TokenStore(tokens_file), manage_service=True)
     print(
         json.dumps(
@@ -90,7 +105,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(commands: Any) -> None:
+def register(commands: Any, sandbox_factory: SandboxFactoryLoader | None = None) -> None:
     serve = commands.add_parser(
         "serve",
         help="run the API, the operator sidebar and the supervisor dashboard with the runtime (AUTOPILOT_* settings)",
@@ -105,10 +120,14 @@ def register(commands: Any) -> None:
     serve.add_argument("--data-dir", help="where make demo left the policy, registry and store (AUTOPILOT_DATA_DIR)")
     serve.add_argument("--host", help="AUTOPILOT_HOST (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="AUTOPILOT_PORT (default 8000)")
-    serve.add_argument("--simulated-operators", action="store_true", help="the sandbox's operators answer deferrals")
+    serve.add_argument("--bpm-url", help="your BPM's task API root (AUTOPILOT_BPM_URL); required unless --sandbox")
+    serve.add_argument("--sandbox", action="store_true", help="serve the embedded sandbox BPM (demo and trials)")
+    serve.add_argument(
+        "--simulated-operators", action="store_true", help="with --sandbox: the sandbox's operators answer deferrals"
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request (paths only; bodies never)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    serve.set_defaults(handler=_serve)
+    serve.set_defaults(handler=lambda args: _serve(args, sandbox_factory))
 
     tokens = commands.add_parser("tokens", help="issue, rotate, revoke and list API tokens (stored hashed)")
     sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="SUBCOMMAND")

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,16 +34,23 @@ from schemas.risk import AutonomyStage, RiskTier, SliceKey
 from schemas.state import UIState
 from service.api.auth import Principal, Role
 from service.api.settings import ServiceSettings
-from service.autonomy import AutonomyConfig, AutonomyStages
-from service.feedback_sink import FeedbackSink
-from service.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSources
-from service.router import SessionContext
-from service.runtime import Runtime, WorkerSetupError
-from service.stage_sync import StageSync
-from service.store import AnswerResult, AnswerStatus, RuntimeStore
-from service.worker import AcceptanceCritic, ProposalPolicy
+from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.feedback_sink import FeedbackSink
+from service.runtime.inprocess import Runtime
+from service.runtime.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSources
+from service.runtime.router import SessionContext, ThresholdSource
+from service.runtime.stage_sync import StageSync
+from service.runtime.store import AnswerResult, AnswerStatus, RuntimeStore
+from service.runtime.worker import AcceptanceCritic, ProposalPolicy
+from service.runtime.worker_process import WorkerSetupError
 
 log = logging.getLogger(__name__)
+
+# Builds the runtime the service drives from its settings and loaded models: the HTTP BPM by default; the sandbox
+# passes its own (``sandbox.harness.service_runtime``) when it is served explicitly.
+RuntimeFactory = Callable[
+    [ServiceSettings, ProposalPolicy, AcceptanceCritic, ThresholdSource, AutonomyStages, RuntimeMetrics], Runtime
+]
 
 
 class NotFoundError(LookupError):
@@ -109,7 +116,9 @@ class AutopilotService:
     # ---- wiring ---------------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> AutopilotService:
+    def from_settings(
+        cls, settings: ServiceSettings, runtime_factory: RuntimeFactory | None = None
+    ) -> AutopilotService:
         """Load the policy and the registry's champion and build the runtime (not started). Raises
         WorkerSetupError naming the setting when something is missing."""
         from critic.persist import load_critic
@@ -137,7 +146,7 @@ class AutopilotService:
         policy = LMPolicy.load(policy_dir)
         critic = load_critic(registry.artifact_path(champion))
         thresholds = SliceThresholds.from_dict(thresholds_data)
-        return cls.build(settings, policy, critic, thresholds, champion)
+        return cls.build(settings, policy, critic, thresholds, champion, runtime_factory=runtime_factory)
 
     @classmethod
     def build(
@@ -148,41 +157,25 @@ class AutopilotService:
         thresholds: SliceThresholds,
         critic_version: str | None,
         stages: AutonomyStages | None = None,
+        runtime_factory: RuntimeFactory | None = None,
     ) -> AutopilotService:
         """Wire a service around loaded models (tests pass small ones)."""
         metrics = RuntimeMetrics()
         # The guardrails' target acceptance is the thresholds' own 1 - alpha, so audits and thresholds agree.
         config = AutonomyConfig(initial_stage=settings.initial_stage, alpha=thresholds.config.alpha)
         stages = stages or AutonomyStages(config)
-        if settings.bpm_url:
-            from service.adapters.http import HttpBpmAdapter
+        if runtime_factory is not None:
+            runtime = runtime_factory(settings, policy, critic, thresholds, stages, metrics)
+        elif settings.bpm_url:
+            from service.runtime.adapters.http import HttpBpmAdapter
 
             runtime = Runtime(
-                None,
-                policy,
-                critic,
-                thresholds,
-                settings,
-                stages=stages,
-                with_operators=False,
-                adapter=HttpBpmAdapter(settings.bpm_url),
-                metrics=metrics,
+                HttpBpmAdapter(settings.bpm_url), policy, critic, thresholds, settings, stages=stages, metrics=metrics
             )
         else:
-            from sandbox.platform import SandboxPlatform
-
-            platform = SandboxPlatform(seed=settings.seed)
-            for _ in range(settings.sandbox_cases):
-                platform.open_case()
-            runtime = Runtime(
-                platform,
-                policy,
-                critic,
-                thresholds,
-                settings,
-                stages=stages,
-                with_operators=settings.simulated_operators,
-                metrics=metrics,
+            raise WorkerSetupError(
+                "bpm_url: not set; point AUTOPILOT_BPM_URL (or --bpm-url) at your BPM's task API, "
+                "or serve the embedded sandbox explicitly with `autopilot serve --sandbox`"
             )
         return cls(settings, runtime, policy, critic, thresholds, critic_version, metrics)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from service.runtime import RuntimeSettings
+from service.runtime.settings import RuntimeSettings
 
 
 class ServiceSettings(RuntimeSettings):

@@ -23,13 +23,14 @@ from policy.model import ModelConfig
 from policy.policy import LMPolicy
 from policy.train import TrainConfig
 from sandbox.generate import iter_traces
+from sandbox.harness import service_runtime
 from schemas import AutonomyStage
 from service.api.app import create_app
 from service.api.auth import Role, TokenStore, issue_token
 from service.api.context import AutopilotService
+from service.api.server_thread import serve_in_thread
 from service.api.settings import ServiceSettings
-from service.bus.broker import EmbeddedBroker
-from service.serving import serve_in_thread
+from service.runtime.bus.broker import EmbeddedBroker
 
 TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
 QUICK = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
@@ -104,7 +105,9 @@ class Running:
 def start_service(tmp: Path, bootstrap: str, models: Any, **overrides: Any) -> Running:
     policy, critic, thresholds = models
     settings = service_settings(tmp, bootstrap, **overrides)
-    service = AutopilotService.build(settings, policy, critic, thresholds, "critic-test-1").start()
+    service = AutopilotService.build(
+        settings, policy, critic, thresholds, "critic-test-1", runtime_factory=service_runtime
+    ).start()
     tokens_file = tmp / "tokens.json"
     tokens = issue_tokens(tokens_file)
     app = create_app(service, TokenStore(tokens_file, check_interval_s=0.0))

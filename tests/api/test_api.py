@@ -16,7 +16,7 @@ from schemas.actions import validate_action
 from schemas.decision import Decision, Deferral
 from schemas.proposal import Proposal
 from schemas.state import UIState
-from service.store import DeferralStatus
+from service.runtime.store import DeferralStatus
 from tests.api.conftest import QUEUES, Running, wait_for
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service.metrics import METRIC_NAMES
+from service.runtime.metrics import METRIC_NAMES
 from tests.api.conftest import Running, drive_traffic, wait_for
 
 pytestmark = pytest.mark.integration

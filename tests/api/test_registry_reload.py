@@ -12,10 +12,11 @@ from fastapi.testclient import TestClient
 
 from critic.registry import CriticRegistry, Manifest, RowCounts, data_hash
 from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
+from sandbox.harness import service_runtime
 from service.api.app import create_app
 from service.api.auth import TokenStore
 from service.api.context import AutopilotService
-from service.bus.broker import EmbeddedBroker
+from service.runtime.bus.broker import EmbeddedBroker
 from tests.api.conftest import issue_tokens, service_settings
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def test_a_new_champion_is_loaded_without_a_restart(
     registry = CriticRegistry(tmp_path / "registry")
     registry.promote(register(registry, critic, "critic-v1", global_thresholds, tmp_path), "first")
     settings = service_settings(tmp_path, broker.bootstrap, registry_poll_s=0)
-    service = AutopilotService.from_settings(settings).start()
+    service = AutopilotService.from_settings(settings, service_runtime).start()
     try:
         assert service.critic_version == "critic-v1"
         assert service.reload_champion() is False  # nothing new

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from importers.jsonl import read_traces
 from policy.policy import LMPolicy
 from sandbox.copilot import CopilotStep, bayes_policy, run_copilot
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from sandbox.simulate import StepModel
 from schemas import Action, FeedbackRecord, Proposal, ProposalFeatures, UIState, Verdict

@@ -16,7 +16,6 @@ from critic.base import critic_label
 from critic.feedback import (
     CopilotFeedback,
     FeedbackError,
-    collect_copilot_feedback,
     load_feedback_source,
     read_feedback,
     read_truth,
@@ -28,6 +27,7 @@ from critic.feedback import (
 from critic.store import FeedbackStore
 from policy.policy import LMPolicy
 from sandbox.copilot import bayes_policy, run_copilot, run_copilot_batched
+from sandbox.feedback_collection import collect_copilot_feedback
 from sandbox.simulate import StepModel
 from schemas import Action, FeedbackRecord, Proposal, UIState, Verdict
 from schemas.feedback import FeedbackSource

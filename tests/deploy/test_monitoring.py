@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.bus.broker import EmbeddedBroker
+from service.runtime.bus.broker import EmbeddedBroker
 from tests.api.conftest import drive_traffic, serve, start_service
 from tests.deploy.conftest import CHART, DEPLOY
 

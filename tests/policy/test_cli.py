@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.generate import generate, read_traces
+from importers.jsonl import read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.actions import validate_action
 from schemas.proposal import Proposal

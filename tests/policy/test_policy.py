@@ -10,13 +10,14 @@ from hypothesis import given, settings
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from importers.jsonl import read_traces
 from policy.candidates import TemplateBank, enumerate_candidates
 from policy.lora import LoraSettings
 from policy.model import ModelConfig
 from policy.policy import LMPolicy, NotFittedError
 from policy.serialise import serialise_state
 from policy.train import TrainConfig
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.actions import validate_action
 from schemas.state import UIState

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from importers.jsonl import read_traces
 from sandbox.copilot import run_copilot
-from sandbox.generate import generate, iter_traces, read_traces
+from sandbox.generate import generate, iter_traces
 from sandbox.operators import operator_pool
 from sandbox.platform import SandboxPlatform
 from sandbox.scenario import SCENARIOS, Scenario

@@ -10,7 +10,7 @@ import pytest
 
 from sandbox.api import API_PREFIX, create_app
 from schemas import UIState
-from service.serving import serve_in_thread
+from service.api.server_thread import serve_in_thread
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sandbox.adapter import SandboxAdapter, operator_clock
 from sandbox.api import API_PREFIX, create_app
 from sandbox.operators import READ_SECONDS, operator_pool
 from sandbox.platform import MAX_STEPS, SandboxPlatform
@@ -28,18 +29,16 @@ from schemas import (
     TransferChat,
     action_key,
 )
-from service.adapters import (
+from service.api.server_thread import serve_in_thread
+from service.runtime.adapters import (
     BpmAdapter,
     BpmUnavailableError,
     CaseEndedError,
     CaseNotFoundError,
     HttpBpmAdapter,
     InvalidActionError,
-    SandboxAdapter,
     StaleStateError,
-    operator_clock,
 )
-from service.serving import serve_in_thread
 
 ORDER = FillField(control_id="order_id", value="ORD-123456")  # valid on refund_damaged's first screen (rf_find)
 ASGIApp = Callable[..., Any]

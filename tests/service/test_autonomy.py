@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from schemas import ActionType, AutonomyStage, SliceKey
-from service.autonomy import SYSTEM_ACTOR, AutonomyConfig, AutonomyStages, StageEvent
+from service.runtime.autonomy import SYSTEM_ACTOR, AutonomyConfig, AutonomyStages, StageEvent
 
 FILL = SliceKey(process_id="billing_dispute", action_type=ActionType.FILL_FIELD)
 SELECT = SliceKey(process_id="billing_dispute", action_type=ActionType.SELECT_OPTION)

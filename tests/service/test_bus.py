@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from schemas import SCHEMA_VERSION, Decision, OperatorDecision, Payload, Verdict
-from service.bus.broker import BrokerStartError, EmbeddedBroker, LocalS3, free_port
-from service.bus.consumer import HEADER_PARKED_ERROR, HEADER_PARKED_OFFSET, BusConsumer, MessageMeta
-from service.bus.envelope import HEADER_MESSAGE_ID, HEADER_PAYLOAD_TYPE, PoisonMessage, decode, encode, header
-from service.bus.producer import BusProducer
-from service.bus.topics import (
+from service.runtime.bus.broker import BrokerStartError, EmbeddedBroker, LocalS3, free_port
+from service.runtime.bus.consumer import HEADER_PARKED_ERROR, HEADER_PARKED_OFFSET, BusConsumer, MessageMeta
+from service.runtime.bus.envelope import HEADER_MESSAGE_ID, HEADER_PAYLOAD_TYPE, PoisonMessage, decode, encode, header
+from service.runtime.bus.producer import BusProducer
+from service.runtime.bus.topics import (
     TopicMismatch,
     Topics,
     UnknownTopic,

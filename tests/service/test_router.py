@@ -22,8 +22,8 @@ from schemas import (
     SendTextToChat,
     SliceKey,
 )
-from service.autonomy import AutonomyConfig, AutonomyStages
-from service.router import Router, Rule, SessionContext, audit_draw, rule_of
+from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.router import Router, Rule, SessionContext, audit_draw, rule_of
 
 BILLING_FILL = SliceKey(process_id="billing_dispute", action_type=ActionType.FILL_FIELD)
 CLOSURE_CLICK = SliceKey(process_id="account_closure", action_type=ActionType.CLICK_CONTROL)

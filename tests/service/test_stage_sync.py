@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas import ActionType, AutonomyStage, SliceKey
-from service.autonomy import AutonomyConfig, AutonomyStages
-from service.stage_sync import StageSync
-from service.store import RuntimeStore
+from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.stage_sync import StageSync
+from service.runtime.store import RuntimeStore
 
 REFUND_SEND = SliceKey(process_id="refund_request", action_type=ActionType.SEND_TEXT_TO_CHAT)
 REFUND_CLICK = SliceKey(process_id="refund_request", action_type=ActionType.CLICK_CONTROL)

@@ -29,7 +29,7 @@ from schemas.proposal import Proposal, ProposalFeatures
 from schemas.risk import AutonomyStage, RiskTier, SliceKey
 from schemas.screen import ButtonControl, ChatControl, ScreenSchema
 from schemas.state import UIState
-from service.store import (
+from service.runtime.store import (
     AnswerStatus,
     ApplyRefusedError,
     DeferralRow,

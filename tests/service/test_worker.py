@@ -37,6 +37,7 @@ from policy.policy import LMPolicy
 from policy.train import TrainConfig
 from sandbox.api import API_PREFIX, create_app
 from sandbox.generate import iter_traces
+from sandbox.harness import SandboxRuntime
 from sandbox.platform import SandboxPlatform
 from schemas import (
     Action,
@@ -53,16 +54,18 @@ from schemas import (
     UIState,
     Verdict,
 )
-from service.adapters.base import BpmAdapter, CaseOutcome
-from service.autonomy import AutonomyConfig, AutonomyStages
-from service.bus.broker import EmbeddedBroker
-from service.bus.consumer import BusConsumer, MessageMeta, read_to_end
-from service.bus.envelope import encode, header
-from service.bus.producer import BusProducer
-from service.runtime import Runtime, RuntimeSettings, WorkerSpec, build_worker, run_worker_process, session_id_for
-from service.serving import serve_in_thread
-from service.store import DeferralStatus, RuntimeStore, SessionStatus
-from service.worker import idempotency_key
+from service.api.server_thread import serve_in_thread
+from service.runtime.adapters.base import BpmAdapter, CaseOutcome
+from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.bus.broker import EmbeddedBroker
+from service.runtime.bus.consumer import BusConsumer, MessageMeta, read_to_end
+from service.runtime.bus.envelope import encode, header
+from service.runtime.bus.producer import BusProducer
+from service.runtime.inprocess import session_id_for
+from service.runtime.settings import RuntimeSettings
+from service.runtime.store import DeferralStatus, RuntimeStore, SessionStatus
+from service.runtime.worker import idempotency_key
+from service.runtime.worker_process import WorkerSpec, build_worker, run_worker_process
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -223,7 +226,7 @@ def test_sessions_run_to_completion_with_executed_and_deferred_steps(
     platform = SandboxPlatform(seed=21)
     cases = open_cases(platform, 8)
     # No bootstrap: the runtime starts its own embedded broker.
-    runtime = Runtime(
+    runtime = SandboxRuntime(
         platform, policy_dir[0], critic_dir[0], thresholds(), settings(tmp_path, None), stages=autopilot_stages()
     )
     with runtime:
@@ -306,7 +309,7 @@ def test_stale_unknown_and_repeated_answers_change_nothing(
     cases = open_cases(platform, 2)
     copilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.COPILOT))  # every step is deferred
     config = settings(tmp_path, broker.bootstrap, workers=1)
-    runtime = Runtime(
+    runtime = SandboxRuntime(
         platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=copilot, with_operators=False
     )
     with runtime:
@@ -373,7 +376,7 @@ def test_a_reservation_the_bpm_never_applied_is_dropped_and_the_step_decided_aga
     assert proposal is not None
     config = settings(tmp_path, broker.bootstrap, workers=0)
     copilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.COPILOT))  # the next step parks
-    runtime = Runtime(
+    runtime = SandboxRuntime(
         platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=copilot, with_operators=False
     )
     with runtime:
@@ -384,7 +387,7 @@ def test_a_reservation_the_bpm_never_applied_is_dropped_and_the_step_decided_aga
         assert store.claim(session_id, "dead-worker", 0.01)
         key = idempotency_key(session_id, 0, proposal.action)
         code = (
-            "import os, sys; from schemas.actions import parse_action; from service.store import RuntimeStore; "
+            "import os, sys; from schemas.actions import parse_action; from service.runtime.store import RuntimeStore; "
             "RuntimeStore(sys.argv[1]).apply_once(sys.argv[2], sys.argv[3], 0, parse_action(sys.argv[4]), "
             "lambda: os._exit(3))"
         )
@@ -443,7 +446,7 @@ def test_duplicate_delivery_of_every_message_applies_no_action_twice(
     platform = SandboxPlatform(seed=23)
     cases = open_cases(platform, 8)
     config = settings(tmp_path, broker.bootstrap)
-    runtime = Runtime(platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=autopilot_stages())
+    runtime = SandboxRuntime(platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=autopilot_stages())
     with runtime:
         assert runtime.producer is not None and runtime.store is not None
         topics = runtime.topics
@@ -620,7 +623,7 @@ def test_killed_workers_are_replaced_without_double_actions_or_lost_deferrals(
     platform = SandboxPlatform(seed=24)
     cases = open_cases(platform, 8)
     config = settings(tmp_path, broker.bootstrap, workers=0, lease_s=2.0)
-    runtime = Runtime(platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=autopilot_stages())
+    runtime = SandboxRuntime(platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=autopilot_stages())
     with runtime, serve(platform) as bpm_url:
         store, pool = runtime.store, runtime.pool
         assert store is not None and pool is not None

@@ -37,14 +37,16 @@ from policy.policy import LMPolicy
 from policy.train import TrainConfig
 from sandbox.api import API_PREFIX, create_app
 from sandbox.generate import iter_traces
+from sandbox.harness import SandboxRuntime
 from sandbox.platform import SandboxPlatform
 from schemas import AutonomyStage
-from service.autonomy import AutonomyConfig, AutonomyStages
-from service.bus.broker import EmbeddedBroker, free_port
+from service.api.server_thread import ServerThread
 from service.cli import main
-from service.runtime import Runtime, RuntimeSettings, session_id_for
-from service.serving import ServerThread
-from service.store import ACTIVE_STATUSES, TERMINAL_STATUSES
+from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.bus.broker import EmbeddedBroker, free_port
+from service.runtime.inprocess import session_id_for
+from service.runtime.settings import RuntimeSettings
+from service.runtime.store import ACTIVE_STATUSES, TERMINAL_STATUSES
 
 torch.set_num_threads(1)
 
@@ -199,7 +201,7 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
         **FAST_GROUP,
     )
     autopilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.AUTOPILOT))
-    runtime = Runtime(platform, policy, critic, thresholds(), config, stages=autopilot)
+    runtime = SandboxRuntime(platform, policy, critic, thresholds(), config, stages=autopilot)
     environment = {name: value for name, value in os.environ.items() if not name.startswith("AUTOPILOT_")}
     metrics_port = free_port()
     environment |= {

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 
 from service.api.deps import OperatorOrSupervisor, ServiceDep
 from service.api.models import AnswerRequest, AnswerResponse, ErrorDetail, InboxItem, InboxResponse
-from service.store import AnswerStatus
+from service.runtime.store import AnswerStatus
 
 router = APIRouter(prefix="/api/v1/inbox", tags=["inbox"])
 

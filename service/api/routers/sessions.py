@@ -15,7 +15,7 @@ from service.api.models import (
     StartSessionsRequest,
     StartSessionsResponse,
 )
-from service.store import SessionRow, SessionStatus
+from service.runtime.store import SessionRow, SessionStatus
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["sessions"])
 

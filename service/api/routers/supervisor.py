@@ -25,7 +25,7 @@ from service.api.models import (
     StageEventInfo,
     StageRequest,
 )
-from service.autonomy import StageEvent
+from service.runtime.autonomy import StageEvent
 
 router = APIRouter(prefix="/api/v1/supervisor", tags=["supervisor"])
 

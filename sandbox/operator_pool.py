@@ -41,18 +41,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sandbox.adapter import SandboxAdapter
 from sandbox.operators import READ_SECONDS, Review, SimOperator, acceptable, review
 from sandbox.platform import MAX_STEPS, CaseNotFound, SandboxPlatform
 from sandbox.simulate import sample, step_model
 from schemas.decision import Deferral, OperatorDecision, RejectReason, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.state import ChatRole, UIState
-from service.adapters.base import AdapterError
-from service.adapters.sandbox_inprocess import SandboxAdapter
-from service.bus.consumer import BusConsumer, MessageMeta
-from service.bus.producer import BusProducer
-from service.bus.topics import Topics
-from service.worker import Reservoir
+from service.runtime.adapters.base import AdapterError
+from service.runtime.bus.consumer import BusConsumer, MessageMeta
+from service.runtime.bus.producer import BusProducer
+from service.runtime.bus.topics import Topics
+from service.runtime.worker import Reservoir
 
 log = logging.getLogger(__name__)
 

@@ -428,7 +428,7 @@ class AutonomyStages:
             return self._alarm(key, data, reason)
 
     def alarm(self, slice_key: SliceKey, reason: str) -> StageEvent:
-        """A guardrail elsewhere (another process's workers, see ``service.stage_sync``) demoted the slice: demote
+        """A guardrail elsewhere (another process's workers, see ``service.runtime.stage_sync``) demoted the slice: demote
         it here too (if in autopilot and not pinned), with the same cooldown."""
         _check_reason(reason)
         key = _key(slice_key)

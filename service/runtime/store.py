@@ -472,7 +472,7 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
 
-# Stage changes every process applies to its own AutonomyStages (``service.stage_sync``): supervisor overrides,
+# Stage changes every process applies to its own AutonomyStages (``service.runtime.stage_sync``): supervisor overrides,
 # unpins, the kill switch, and automatic demotions. Append-only; readers follow it by id.
 stage_events_table = Table(
     "stage_events",

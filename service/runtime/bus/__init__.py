@@ -4,11 +4,11 @@ JSON payloads keyed by session id (so one session's messages stay in order on on
 version, payload type and message id in headers. See ARCHITECTURE.md (Runtime) and notes/infrastructure.md.
 """
 
-from service.bus.broker import BrokerStartError, EmbeddedBroker, LocalS3, free_port
-from service.bus.consumer import BusConsumer, ConsumerStats, MessageMeta
-from service.bus.envelope import PoisonMessage, decode, encode
-from service.bus.producer import BusProducer, Published, PublishError
-from service.bus.topics import EnsureResult, TopicMismatch, Topics, UnknownTopic, ensure_topics, parked_topic
+from service.runtime.bus.broker import BrokerStartError, EmbeddedBroker, LocalS3, free_port
+from service.runtime.bus.consumer import BusConsumer, ConsumerStats, MessageMeta
+from service.runtime.bus.envelope import PoisonMessage, decode, encode
+from service.runtime.bus.producer import BusProducer, Published, PublishError
+from service.runtime.bus.topics import EnsureResult, TopicMismatch, Topics, UnknownTopic, ensure_topics, parked_topic
 
 __all__ = [
     "BrokerStartError",

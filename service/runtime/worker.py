@@ -21,7 +21,7 @@ it (kafka-python's consumer is not thread-safe). Kafka heartbeats run on kafka-p
 batch does not cost the group membership; leases are renewed between phases and ``batch_size`` bounds a phase.
 The cost: an operator's answer waits for the batch in progress (a few hundred ms with the small policy).
 
-Safety, given the store's guarantees (see ``service.store``):
+Safety, given the store's guarantees (see ``service.runtime.store``):
 
 - Side effects go through ``store.apply_once`` with the key ``"{session}:{step}:{sha256(action_key)[:16]}"``
   (``step`` = the UI state's step the action was decided on) and the adapter's ``expected_etag``; parking goes
@@ -66,7 +66,7 @@ from schemas.proposal import Proposal
 from schemas.risk import RiskTier
 from schemas.session import SessionCommand, SessionCommandKind
 from schemas.state import UIState
-from service.adapters.base import (
+from service.runtime.adapters.base import (
     AdapterError,
     BpmAdapter,
     BpmUnavailableError,
@@ -75,14 +75,14 @@ from service.adapters.base import (
     InvalidActionError,
     StaleStateError,
 )
-from service.autonomy import AutonomyStages
-from service.bus.consumer import BusConsumer, MessageMeta
-from service.bus.producer import BusProducer, Published
-from service.bus.topics import Topics
-from service.metrics import RuntimeMetrics
-from service.router import Router, SessionContext, ThresholdSource
-from service.stage_sync import StageSync
-from service.store import (
+from service.runtime.autonomy import AutonomyStages
+from service.runtime.bus.consumer import BusConsumer, MessageMeta
+from service.runtime.bus.producer import BusProducer, Published
+from service.runtime.bus.topics import Topics
+from service.runtime.metrics import RuntimeMetrics
+from service.runtime.router import Router, SessionContext, ThresholdSource
+from service.runtime.stage_sync import StageSync
+from service.runtime.store import (
     ACTIVE_STATUSES,
     AnswerStatus,
     ApplyRefusedError,

@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx
 
+from sandbox.harness import SandboxRuntime, service_runtime
 from sandbox.processes.registry import PROCESSES
 from service.api.app import create_app
 from service.api.auth import Principal, Role, TokenStore, demo_tokens
 from service.api.context import AutopilotService
+from service.api.server_thread import ServerThread
 from service.api.settings import ServiceSettings
-from service.serving import ServerThread
 
 DEMO_SESSIONS = 12
 
@@ -60,14 +61,14 @@ def serve_demo(
         plots_dir=out / "critic_report",
     )
     tokens = demo_tokens(settings.resolved_tokens_file(), sorted(PROCESSES))
-    service = AutopilotService.from_settings(settings)
+    service = AutopilotService.from_settings(settings, service_runtime)
     app = create_app(service, TokenStore(settings.resolved_tokens_file()), manage_service=True)
     server = ServerThread(app, host, port, name="api").start(timeout_s=60.0)  # the lifespan starts the service
     base = server.url
     checks: dict[str, Any] = {}
     try:
+        assert isinstance(service.runtime, SandboxRuntime)
         platform = service.runtime.platform
-        assert platform is not None
         case_ids = sorted(platform.cases)[:DEMO_SESSIONS]
         service.start_sessions(Principal("demo-service", Role.SERVICE, ()), case_ids)
         with httpx.Client(base_url=base, timeout=10.0) as client:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.base import Payload
-from service.bus.envelope import Headers, encode
-from service.bus.topics import UnknownTopic, missing_topics
+from service.runtime.bus.envelope import Headers, encode
+from service.runtime.bus.topics import UnknownTopic, missing_topics
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -27,9 +27,9 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from schemas.base import Payload
-from service.bus.envelope import HEADER_MESSAGE_ID, PoisonMessage, decode, header
-from service.bus.producer import BusProducer
-from service.bus.topics import UnknownTopic, missing_topics, parked_topic
+from service.runtime.bus.envelope import HEADER_MESSAGE_ID, PoisonMessage, decode, header
+from service.runtime.bus.producer import BusProducer
+from service.runtime.bus.topics import UnknownTopic, missing_topics, parked_topic
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

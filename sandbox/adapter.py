@@ -20,7 +20,7 @@ from SpiffWorkflow.exceptions import SpiffWorkflowException
 from sandbox.operators import READ_SECONDS, SimOperator
 from sandbox.platform import Case, CaseNotFound, SandboxPlatform
 from schemas import Action, ActionValidationError, ButtonControl, ChatRole, ClickControl, UIState, validate_action
-from service.adapters.base import (
+from service.runtime.adapters.base import (
     AdapterError,
     CaseEndedError,
     CaseNotFoundError,

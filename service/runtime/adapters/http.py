@@ -21,7 +21,7 @@ from typing import Any, Literal
 import httpx
 
 from schemas import Action, ActionValidationError, FillField, UIState, validate_action
-from service.adapters.base import (
+from service.runtime.adapters.base import (
     AdapterError,
     BpmUnavailableError,
     CaseEndedError,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.autopilot_report import (
+from lab.report import (
     AutopilotReport,
     ManualResult,
     PairedTable,

@@ -27,8 +27,8 @@ import uuid
 
 from schemas.actions import ActionType
 from schemas.risk import AutonomyStage, SliceKey
-from service.autonomy import AutonomyStages, StageEvent
-from service.store import RuntimeStore, StageEventRow
+from service.runtime.autonomy import AutonomyStages, StageEvent
+from service.runtime.store import RuntimeStore, StageEventRow
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from critic.store import FeedbackStore
 from schemas.feedback import FeedbackRecord
-from service.bus.consumer import BusConsumer, MessageMeta
-from service.bus.producer import BusProducer
-from service.bus.topics import Topics
+from service.runtime.bus.consumer import BusConsumer, MessageMeta
+from service.runtime.bus.producer import BusProducer
+from service.runtime.bus.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Protocol
 from schemas.decision import Decision, DecisionOutcome
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, RiskPolicy, RiskTier, SliceKey
-from service.autonomy import AutonomyStages
+from service.runtime.autonomy import AutonomyStages
 
 _TWO_64 = float(2**64)
 

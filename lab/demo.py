@@ -7,7 +7,7 @@ on the later ones (a time split) beside the two floors and the ceiling; (4) a co
 trained policy, whose feedback trains, calibrates and thresholds the critic (the nightly job, into a registry),
 printed beside the policy's own confidence; (5) the autopilot: slices with a holding threshold are promoted, and
 new cases run as background sessions through the runtime (embedded Kafka broker, SQLite store, simulated
-operators answering deferrals), measured against an all-manual run of the same cases (``service.autopilot_report``).
+operators answering deferrals), measured against an all-manual run of the same cases (``lab.report``).
 
 Stage 5's phase (``run_autopilot_phase``) is also what ``bench/runtime_default.py`` runs on the bench artefacts.
 Every stage's wall time is printed at the end: the whole demo is meant to finish within 15 minutes on two cores.
@@ -27,15 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sandbox.harness import SandboxRuntime
+
 if TYPE_CHECKING:  # the heavy imports stay lazy: `autopilot --help` must start fast
     from critic.thresholds import SliceThresholds
+    from lab.report import AutopilotReport, ManualResult
+    from sandbox.adapter import SandboxAdapter
     from sandbox.operators import SimOperator
     from sandbox.scenario import Scenario
     from schemas import FeedbackRecord, SliceKey
-    from service.adapters.sandbox_inprocess import SandboxAdapter
-    from service.autonomy import AutonomyStages
-    from service.autopilot_report import AutopilotReport, ManualResult
-    from service.worker import ProposalPolicy
+    from service.runtime.autonomy import AutonomyStages
+    from service.runtime.worker import ProposalPolicy
 
 SMALL_BATCH = 8  # states per policy call in the demo's LM stages (see _InBatchesOf for the measurement)
 DEMO_FRACTIONS = (0.35, 0.1, 0.45, 0.1)  # fit, calibrate, threshold, test (the nightly job's default: 50/15/20/15)
@@ -156,10 +158,10 @@ class _InBatchesOf:
 
 
 def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: int) -> dict[str, Any]:
+    from importers.jsonl import read_traces
     from policy.policy import LMPolicy
     from policy.report import compare_with_floors
     from policy.train import TrainConfig
-    from sandbox.generate import read_traces
 
     traces = read_traces(traces_path)
     # 97/3: training is bounded by its time budget, not by the data, and scoring the test steps with the LM is
@@ -191,7 +193,7 @@ def _service_stage(
 ) -> dict[str, Any]:
     import torch
 
-    from service.api.demo_service import serve_demo
+    from lab.demo_service import serve_demo
 
     torch.set_num_threads(1)
     return serve_demo(out, seed, port=port, keep_serving=keep_serving, on_ready=on_ready)
@@ -205,12 +207,13 @@ def _critic_stage(
     promote."""
     import torch
 
-    from critic.feedback import collect_copilot_feedback, write_feedback
+    from critic.feedback import write_feedback
     from critic.pipeline import MAX_CANDIDATES, PipelineConfig
     from critic.retrain import RetrainConfig, retrain
     from critic.store import FeedbackStore
     from critic.thresholds import ThresholdConfig
     from policy.policy import LMPolicy
+    from sandbox.feedback_collection import collect_copilot_feedback
     from sandbox.scenario import scenario_by_name
 
     print(
@@ -268,8 +271,8 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
     import torch
 
     from critic.feedback import read_feedback
+    from lab.report import plot_reports
     from policy.policy import LMPolicy
-    from service.autopilot_report import plot_reports
 
     print(
         f"\n[5/6] autopilot: promote the slices whose threshold holds, then {sessions} new cases (indices "
@@ -363,7 +366,7 @@ def finish_by_hand(
     from sandbox.platform import MAX_STEPS
     from sandbox.simulate import sample, step_model
     from schemas import ChatRole
-    from service.adapters.base import AdapterError
+    from service.runtime.adapters.base import AdapterError
 
     platform = adapter.platform
     posterior = {op.operator_id: 1.0 / len(operators) for op in operators}  # per_operator does not depend on it
@@ -392,8 +395,8 @@ def all_manual_run(
     sessions: int, seed: int, scenario: Scenario, start_index: int, progress: bool = True
 ) -> list[ManualResult]:
     """The same cases worked by hand (``sandbox.generate``: the same seed and case indices)."""
+    from lab.report import ManualResult
     from sandbox.generate import iter_traces
-    from service.autopilot_report import ManualResult
 
     traces = iter_traces(sessions, seed, scenario, start_index=start_index, progress=progress)
     return [
@@ -421,7 +424,7 @@ class _Finished:
 def _wait(runtime: Any, total: int, timeout_s: float, progress: bool) -> bool:
     from tqdm import tqdm
 
-    from service.store import TERMINAL_STATUSES
+    from service.runtime.store import TERMINAL_STATUSES
 
     terminal = {status.value for status in TERMINAL_STATUSES}
     deadline = time.monotonic() + timeout_s
@@ -463,13 +466,13 @@ def run_autopilot_phase(
     from critic.persist import load_critic
     from critic.registry import CriticRegistry
     from critic.thresholds import SliceThresholds, ThresholdConfig
+    from lab.report import AutopilotReport, SessionResult, SliceResult
     from sandbox.operators import operator_pool
     from sandbox.platform import SandboxPlatform
     from schemas import ChatRole, DecisionOutcome, Verdict
-    from service.autonomy import AutonomyConfig, AutonomyStages
-    from service.autopilot_report import AutopilotReport, SessionResult, SliceResult
-    from service.runtime import Runtime, RuntimeSettings
-    from service.worker import Reservoir
+    from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+    from service.runtime.settings import RuntimeSettings
+    from service.runtime.worker import Reservoir
 
     if sessions < 1:
         raise ValueError(f"sessions: must be >= 1, got {sessions}")
@@ -510,7 +513,7 @@ def run_autopilot_phase(
         operators=len(operators),
         seed=seed,
     )
-    runtime = Runtime(platform, policy, critic, thresholds, settings, stages=stages, operators=operators)
+    runtime = SandboxRuntime(platform, policy, critic, thresholds, settings, stages=stages, operators=operators)
     indices = list(range(start_index, start_index + sessions))
     finished: list[_Finished] = []
     with runtime:
@@ -577,7 +580,7 @@ def run_autopilot_phase(
         manual_steps = sum(1 for key in case.idempotency if key.startswith("manual:"))  # the pool's, after a reject
         if case.ended is None:
             operator, rng = case_operator(seed, item.case_index, operators)
-            from service.adapters.sandbox_inprocess import SandboxAdapter
+            from sandbox.adapter import SandboxAdapter
 
             assert isinstance(runtime.adapter, SandboxAdapter)  # the demo's runtime runs on the sandbox platform
             manual_steps += finish_by_hand(runtime.adapter, item.case_id, operator, operators, rng, item.read_messages)

@@ -1,0 +1,126 @@
+"""The runtime over the sandbox: the product's ``Runtime`` driving the in-process sandbox platform, plus the
+simulated operator pool answering its deferrals over Kafka (the demo, the benches and the tests use it).
+
+Background actions cost no operator time (``no_operator_time``); the operator pool charges what a simulated human
+actually does to the same adapter's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sandbox.adapter import SandboxAdapter
+from sandbox.operator_pool import OPERATOR_GROUP, SimulatedOperatorPool
+from sandbox.operators import SimOperator, operator_pool
+from sandbox.platform import SandboxPlatform
+from sandbox.risk import DEFAULT_RISK_POLICY
+from schemas.actions import Action
+from schemas.risk import RiskPolicy
+from service.api.settings import ServiceSettings
+from service.runtime.autonomy import AutonomyStages
+from service.runtime.inprocess import Runtime
+from service.runtime.metrics import RuntimeMetrics
+from service.runtime.router import ThresholdSource
+from service.runtime.settings import RuntimeSettings
+from service.runtime.worker import AcceptanceCritic, ProposalPolicy
+
+
+def no_operator_time(action: Action, new_customer_messages: int) -> float:
+    """The runtime's adapter clock: an action executed in the background costs no operator time. Operator time
+    is charged by the operator side (``SimulatedOperatorPool``) for what a human actually does."""
+    return 0.0
+
+
+class SandboxRuntime(Runtime):
+    """``Runtime`` over one sandbox platform with the sandbox's risk file and (unless ``with_operators`` is off)
+    its simulated operators. ``adapter`` replaces the in-process adapter (e.g. the HTTP task API)."""
+
+    def __init__(
+        self,
+        platform: SandboxPlatform,
+        policy: ProposalPolicy,
+        critic: AcceptanceCritic,
+        thresholds: ThresholdSource,
+        settings: RuntimeSettings | None = None,
+        *,
+        risk: RiskPolicy = DEFAULT_RISK_POLICY,
+        stages: AutonomyStages | None = None,
+        operators: Sequence[SimOperator] | None = None,
+        with_operators: bool = True,
+        queue_for: Callable[[str], str] = str,
+        adapter: SandboxAdapter | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        # One time account: workers apply through it (background actions cost nothing), operators charge it.
+        self.sandbox_adapter = adapter if adapter is not None else SandboxAdapter(platform, clock=no_operator_time)
+        super().__init__(
+            self.sandbox_adapter,
+            policy,
+            critic,
+            thresholds,
+            settings,
+            risk=risk,
+            stages=stages,
+            queue_for=queue_for,
+            metrics=metrics,
+        )
+        self.platform = platform
+        self.operators = (
+            list(operators) if operators is not None else operator_pool(self.settings.operators, self.settings.seed)
+        )
+        self.with_operators = with_operators
+        self.pool: SimulatedOperatorPool | None = None
+
+    def _start_extras(self) -> None:
+        if not self.with_operators:
+            return
+        assert self.producer is not None
+        settings = self.settings
+        self.pool = SimulatedOperatorPool(
+            self.platform,
+            self.operators,
+            self.producer,
+            self.topics,
+            self.bootstrap,
+            settings.seed,
+            settings.think_time_s,
+            adapter=self.sandbox_adapter,
+            group=self.topics.prefix + OPERATOR_GROUP,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
+        self.run_thread("operator-pool", self.pool.run)
+
+    def _stop_extras(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def _extra_stats(self) -> dict[str, Any]:
+        return {"operators": self.pool.stats() if self.pool is not None else None}
+
+
+def service_runtime(
+    settings: ServiceSettings,
+    policy: ProposalPolicy,
+    critic: AcceptanceCritic,
+    thresholds: ThresholdSource,
+    stages: AutonomyStages,
+    metrics: RuntimeMetrics,
+) -> Runtime:
+    """The API's runtime over an embedded sandbox (``autopilot serve --sandbox``, the demo's service): a platform
+    with ``settings.sandbox_cases`` open cases and, with ``settings.simulated_operators``, its operator pool."""
+    platform = SandboxPlatform(seed=settings.seed)
+    for _ in range(settings.sandbox_cases):
+        platform.open_case()
+    return SandboxRuntime(
+        platform,
+        policy,
+        critic,
+        thresholds,
+        settings,
+        stages=stages,
+        with_operators=settings.simulated_operators,
+        metrics=metrics,
+    )

@@ -216,7 +216,7 @@ def test_dockerfile() -> None:
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE)
     assert len(stages) >= 2, "multi-stage: a builder and the runtime"
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text and stages[-1][0] == "${PYTHON_IMAGE}"
-    assert "pip install -c constraints.txt ." in text  # torch pinned through the constraints file, as make does
+    assert "pip install -c constraints.txt '.[sandbox]'" in text  # torch pinned through the constraints file, as make does
     assert "download.pytorch.org/whl/cpu" in text  # the CPU build of torch
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     final = text[text.rindex("FROM ") :]
@@ -228,7 +228,7 @@ def test_dockerfile() -> None:
     assert 'ENTRYPOINT ["autopilot"]' in final and 'CMD ["serve"]' in final
     # The packages the image copies are the ones setuptools installs.
     copied = set(re.findall(r"^COPY (\w+) \./\1$", text, flags=re.MULTILINE))
-    assert copied == {"schemas", "policy", "critic", "service", "sandbox", "importers"}
+    assert copied == {"schemas", "policy", "critic", "service", "sandbox", "importers", "lab"}
     # The ignore file BuildKit uses for this Dockerfile and the documented deploy/.dockerignore are the same.
     assert (DEPLOY / "Dockerfile.dockerignore").read_text() == (DEPLOY / ".dockerignore").read_text()
     kept = [line[1:] for line in (DEPLOY / ".dockerignore").read_text().splitlines() if line.startswith("!")]

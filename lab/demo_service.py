@@ -96,7 +96,7 @@ def serve_demo(
             f"  {DEMO_SESSIONS} background sessions started; {checks['inbox_pending']} deferred step(s) wait in the "
             f"operator's inbox; {checks['slices_in_autopilot']} slices in autopilot; self-check {checks}"
         )
-        print(f"  again later: autopilot serve --data-dir {out} (the tokens above stay valid)")
+        print(f"  again later: autopilot serve --sandbox --data-dir {out} (the tokens above stay valid)")
         result = {"url": base, "checks": checks, "tokens_file": str(settings.resolved_tokens_file())}
         if on_ready is not None:
             on_ready(result)

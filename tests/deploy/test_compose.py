@@ -25,8 +25,10 @@ SETTINGS = {PREFIX + name.upper() for name in ServiceSettings.model_fields}
 # Documented differences between compose and the chart.
 # Commands compose runs that the chart does not: the sandbox's task API stands in for the real BPM on one machine.
 COMPOSE_ONLY_COMMANDS = {("sandbox", "serve")}
-# AUTOPILOT_* variables set on one side only (none today; add a name here with the reason).
-COMPOSE_ONLY_ENV: set[str] = set()
+# AUTOPILOT_* variables set on one side only, with the reason.
+# The risk file: compose serves the sandbox as its BPM and mounts the sandbox's rules; the chart renders a user's
+# rules from values.risk and sets the variable only when they are given.
+COMPOSE_ONLY_ENV: set[str] = {"AUTOPILOT_RISK_FILE"}
 CHART_ONLY_ENV: set[str] = set()
 
 
@@ -143,8 +145,8 @@ def test_same_settings(compose: dict[str, Any], default_release: Rendered) -> No
     chart_env = _chart_env(default_release)
     chart_api = next(env for key, env in chart_env.items() if key.endswith("-api/api"))
     chart_worker = next(env for key, env in chart_env.items() if key.endswith("-worker/worker"))
-    assert set(compose_env["api"]) == set(chart_api)
-    assert set(compose_env["worker"]) == set(chart_worker)
+    assert set(compose_env["api"]) - COMPOSE_ONLY_ENV == set(chart_api)
+    assert set(compose_env["worker"]) - COMPOSE_ONLY_ENV == set(chart_worker)
     assert compose_env["api"]["AUTOPILOT_WORKERS"] == chart_api["AUTOPILOT_WORKERS"] == "0"
     # What `autopilot worker` requires (docs/runtime.md, "Running a worker").
     required = {"KAFKA_BOOTSTRAP", "BPM_URL", "POLICY_DIR", "REGISTRY_DIR", "DATABASE_URL"}

@@ -297,3 +297,28 @@ def test_values_production_overrides_are_known(production_release: Rendered) -> 
     assert "," in values["kafka"]["bootstrap"]  # an external cluster
     assert values["metrics"]["serviceMonitor"]["enabled"] and values["metrics"]["prometheusRule"]["enabled"]
     assert _partitions(production_release) == values["kafka"]["partitions"]
+
+
+def test_risk_file_is_mounted_into_the_api_and_the_workers() -> None:
+    """values.risk (a RiskPolicy) becomes a ConfigMap file at AUTOPILOT_RISK_FILE in the API and the workers, and
+    the runtime loads it; without it no variable is set (every action critic-gated)."""
+    import json
+
+    from schemas.risk import RiskPolicy
+
+    risk = json.loads((CHART.parents[1] / "sandbox" / "risk.json").read_text())
+    rendered = render_chart({"risk": risk})
+    config = next(doc for doc in rendered.kinds("ConfigMap") if doc["metadata"]["name"].endswith("-config"))
+    assert config["data"]["AUTOPILOT_RISK_FILE"] == "/etc/autopilot/risk/risk.json"
+    risk_map = next(doc for doc in rendered.kinds("ConfigMap") if doc["metadata"]["name"].endswith("-risk"))
+    assert RiskPolicy.model_validate_json(risk_map["data"]["risk.json"]) == RiskPolicy.model_validate(risk)
+    for suffix in ("-api", "-worker"):
+        pod = rendered.one("Deployment", suffix)["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["risk"] == "/etc/autopilot/risk"
+        assert any(v["name"] == "risk" and "configMap" in v for v in pod["volumes"])
+        kubernetes_validate.validate(rendered.one("Deployment", suffix), KUBE_VERSION, strict=True)
+    plain = render_chart({})
+    plain_config = next(doc for doc in plain.kinds("ConfigMap") if doc["metadata"]["name"].endswith("-config"))
+    assert "AUTOPILOT_RISK_FILE" not in plain_config["data"]
+    assert not any(doc["metadata"]["name"].endswith("-risk") for doc in plain.kinds("ConfigMap"))

@@ -77,6 +77,13 @@ def _slice_key(group: str) -> SliceKey | None:
         return None
 
 
+def _no_bpm() -> WorkerSetupError:
+    return WorkerSetupError(
+        "bpm_url: not set; point AUTOPILOT_BPM_URL (or --bpm-url) at your BPM's task API, "
+        "or serve the embedded sandbox explicitly with `autopilot serve --sandbox`"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Suggestion:
     proposal: Proposal
@@ -124,6 +131,8 @@ class AutopilotService:
         from critic.persist import load_critic
         from policy.policy import LMPolicy
 
+        if runtime_factory is None and not settings.bpm_url:
+            raise _no_bpm()  # before anything is loaded
         policy_dir = settings.resolved_policy_dir()
         if not (policy_dir / "policy.json").is_file():
             raise WorkerSetupError(
@@ -173,10 +182,7 @@ class AutopilotService:
                 HttpBpmAdapter(settings.bpm_url), policy, critic, thresholds, settings, stages=stages, metrics=metrics
             )
         else:
-            raise WorkerSetupError(
-                "bpm_url: not set; point AUTOPILOT_BPM_URL (or --bpm-url) at your BPM's task API, "
-                "or serve the embedded sandbox explicitly with `autopilot serve --sandbox`"
-            )
+            raise _no_bpm()
         return cls(settings, runtime, policy, critic, thresholds, critic_version, metrics)
 
     def start(self) -> AutopilotService:

@@ -151,12 +151,16 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
             f"registry_dir: {settings.registry_dir} has no champion critic; register and promote one first "
             "(autopilot critic retrain, or autopilot critic promote VERSION)"
         )
+    try:
+        risk = settings.risk_policy()
+    except ValueError as exc:  # names the file and the field
+        raise WorkerSetupError(str(exc)) from exc
     thresholds = registry.thresholds(champion)
     if thresholds is None:
         raise WorkerSetupError(f"registry_dir: the champion {champion!r} has no thresholds; it cannot gate actions")
     return WorkerSpec(
         worker_id=settings.worker_id or new_worker_id(0),
-        risk=settings.risk_policy(),
+        risk=risk,
         bootstrap=settings.kafka_bootstrap,
         database_url=settings.store_url(),
         topic_prefix=settings.topic_prefix,

@@ -218,7 +218,9 @@ def test_dockerfile() -> None:
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.MULTILINE)
     assert len(stages) >= 2, "multi-stage: a builder and the runtime"
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text and stages[-1][0] == "${PYTHON_IMAGE}"
-    assert "pip install -c constraints.txt '.[sandbox]'" in text  # torch pinned through the constraints file, as make does
+    assert (
+        "pip install -c constraints.txt '.[sandbox]'" in text
+    )  # torch pinned through the constraints file, as make does
     assert "download.pytorch.org/whl/cpu" in text  # the CPU build of torch
     assert "COPY --from=builder /opt/venv /opt/venv" in text
     final = text[text.rindex("FROM ") :]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from critic.thresholds import SliceThresholds
 from sandbox.adapter import SandboxAdapter
 from sandbox.operator_pool import OPERATOR_GROUP, SimulatedOperatorPool
 from sandbox.operators import SimOperator, operator_pool
@@ -19,11 +20,11 @@ from schemas.actions import Action
 from schemas.risk import RiskPolicy
 from service.api.settings import ServiceSettings
 from service.runtime.autonomy import AutonomyStages
+from service.runtime.champion import AcceptanceCritic, Champion
 from service.runtime.inprocess import Runtime
 from service.runtime.metrics import RuntimeMetrics
-from service.runtime.router import ThresholdSource
 from service.runtime.settings import RuntimeSettings
-from service.runtime.worker import AcceptanceCritic, ProposalPolicy
+from service.runtime.worker import ProposalPolicy
 
 
 def no_operator_time(action: Action, new_customer_messages: int) -> float:
@@ -41,9 +42,10 @@ class SandboxRuntime(Runtime):
         platform: SandboxPlatform,
         policy: ProposalPolicy,
         critic: AcceptanceCritic,
-        thresholds: ThresholdSource,
+        thresholds: SliceThresholds,
         settings: RuntimeSettings | None = None,
         *,
+        critic_version: str | None = None,
         risk: RiskPolicy = DEFAULT_RISK_POLICY,
         stages: AutonomyStages | None = None,
         operators: Sequence[SimOperator] | None = None,
@@ -60,6 +62,7 @@ class SandboxRuntime(Runtime):
             critic,
             thresholds,
             settings,
+            critic_version=critic_version,
             risk=risk,
             stages=stages,
             queue_for=queue_for,
@@ -104,8 +107,7 @@ class SandboxRuntime(Runtime):
 def service_runtime(
     settings: ServiceSettings,
     policy: ProposalPolicy,
-    critic: AcceptanceCritic,
-    thresholds: ThresholdSource,
+    champion: Champion,
     stages: AutonomyStages,
     metrics: RuntimeMetrics,
 ) -> Runtime:
@@ -117,9 +119,10 @@ def service_runtime(
     return SandboxRuntime(
         platform,
         policy,
-        critic,
-        thresholds,
+        champion.critic,
+        champion.thresholds,
         settings,
+        critic_version=champion.version,
         stages=stages,
         with_operators=settings.simulated_operators,
         metrics=metrics,

@@ -38,6 +38,9 @@ class Decision(Payload):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     audit: bool = Field(default=False, description="A would-execute step deferred as a random audit.")
     reason: str = Field(min_length=1)
+    critic_version: str | None = Field(
+        default=None, description="The registry version of the critic (and its thresholds) the decision was made with."
+    )
     decided_at: datetime = Field(default_factory=_now)
 
 

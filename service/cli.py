@@ -49,7 +49,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     from service.runtime.bus.topics import Topics
     from service.runtime.settings import RuntimeSettings
-    from service.runtime.worker_process import build_worker, check_bus, run_worker_process, worker_spec_from_settings
+    from service.runtime.worker_process import build_worker_process, check_bus, worker_spec_from_settings
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -74,12 +74,13 @@ def _worker(args: argparse.Namespace) -> int:
 
         metrics = RuntimeMetrics()
         start_http_server(settings.metrics_port, registry=metrics.registry)
-    worker = build_worker(spec, metrics=metrics)
+    process = build_worker_process(spec, metrics=metrics)
+    worker = process.worker
     if metrics is not None:
         metrics.registry.register(LagCollector(lambda: {worker.group_id: int(worker.stats()["consumer"]["lag"])}))
     ready = {"event": "ready", "worker_id": spec.worker_id, "critic": spec.critic_path, "policy": spec.policy_path}
     print(json.dumps(ready), flush=True)
-    run_worker_process(worker)  # returns after SIGTERM/SIGINT, its sessions released and everything closed
+    process.run()  # returns after SIGTERM/SIGINT, its sessions released and everything closed
     print(json.dumps({"event": "stopped", "stats": worker.stats()}, default=str), flush=True)
     return 0
 

@@ -1,11 +1,14 @@
 """AutopilotService: what the API routes act on, wired from ``ServiceSettings``.
 
 It wraps a ``Runtime`` (broker or Kafka cluster, topics, store, session workers as threads, optionally the
-simulated operators) plus the loaded policy, the registry's champion critic and its thresholds, the feedback sink
-and the metrics. The BPM is the embedded sandbox (``AUTOPILOT_BPM_URL`` unset) or a task API over HTTP.
+simulated operators) plus the loaded policy, the registry's champion (critic and thresholds, held by the runtime's
+``ChampionHolder``), the registry watcher, the feedback sink and the metrics. The BPM is a task API over HTTP
+(``AUTOPILOT_BPM_URL``), or the sandbox when a runtime factory asks for it.
 
 Guardrail state (``AutonomyStages``) lives in this process and is shared with the in-process workers, so a
-supervisor's demotion or the kill switch takes effect on the next decision. See docs/decisions/0006.
+supervisor's demotion or the kill switch takes effect on the next decision. See docs/decisions/0006. Promotion
+rounds run here only when this process runs workers (``AUTOPILOT_WORKERS`` > 0); otherwise the worker processes
+run them and this process follows their promotions through the stage-event log (docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from critic.base import Candidate
-from critic.registry import CriticRegistry
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
 from schemas.actions import Action
@@ -35,22 +37,23 @@ from schemas.state import UIState
 from service.api.auth import Principal, Role
 from service.api.settings import ServiceSettings
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.champion import AcceptanceCritic, Champion, ChampionError, ChampionHolder, load_champion
 from service.runtime.feedback_sink import FeedbackSink
 from service.runtime.inprocess import Runtime
 from service.runtime.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSources
-from service.runtime.router import SessionContext, ThresholdSource
+from service.runtime.promotion import slice_of
+from service.runtime.registry_watch import RegistryWatcher
+from service.runtime.router import SessionContext
 from service.runtime.stage_sync import StageSync
-from service.runtime.store import AnswerResult, AnswerStatus, RuntimeStore
-from service.runtime.worker import AcceptanceCritic, ProposalPolicy
+from service.runtime.store import AnswerResult, AnswerStatus, RuntimeStore, WorkerHeartbeat
+from service.runtime.worker import ProposalPolicy
 from service.runtime.worker_process import WorkerSetupError
 
 log = logging.getLogger(__name__)
 
 # Builds the runtime the service drives from its settings and loaded models: the HTTP BPM by default; the sandbox
 # passes its own (``sandbox.harness.service_runtime``) when it is served explicitly.
-RuntimeFactory = Callable[
-    [ServiceSettings, ProposalPolicy, AcceptanceCritic, ThresholdSource, AutonomyStages, RuntimeMetrics], Runtime
-]
+RuntimeFactory = Callable[[ServiceSettings, ProposalPolicy, Champion, AutonomyStages, RuntimeMetrics], Runtime]
 
 
 class NotFoundError(LookupError):
@@ -63,18 +66,6 @@ class ConflictError(RuntimeError):
 
 class ForbiddenError(PermissionError):
     """403: the caller may not act on this (another operator's queue)."""
-
-
-def _slice_key(group: str) -> SliceKey | None:
-    """The slice of a threshold group key at slice granularity (``process/action_type``); None for coarser keys
-    (global ``*``, an action type or a process alone)."""
-    process_id, sep, action_type = group.partition("/")
-    if not sep:
-        return None
-    try:
-        return SliceKey(process_id=process_id, action_type=action_type)
-    except ValueError:
-        return None
 
 
 def _no_bpm() -> WorkerSetupError:
@@ -96,29 +87,37 @@ class AutopilotService:
     """The service's components; ``start`` brings the runtime and the feedback sink up, ``stop`` takes them down."""
 
     def __init__(
-        self,
-        settings: ServiceSettings,
-        runtime: Runtime,
-        policy: ProposalPolicy,
-        critic: AcceptanceCritic,
-        thresholds: SliceThresholds,
-        critic_version: str | None,
-        metrics: RuntimeMetrics,
+        self, settings: ServiceSettings, runtime: Runtime, policy: ProposalPolicy, metrics: RuntimeMetrics
     ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.policy = policy
-        self.critic = critic
-        self.thresholds = thresholds
-        self.critic_version = critic_version
         self.metrics = metrics
         self.sink: FeedbackSink | None = None
         self.feedback_store: FeedbackStore | None = None
+        self.watcher: RegistryWatcher | None = None
         self._sink_stop = threading.Event()
         self._sink_thread: threading.Thread | None = None
         self._watch_thread: threading.Thread | None = None
         self.started_at = time.time()
         metrics.registry.register(StateCollector(self._state_sources()))
+
+    @property
+    def champion(self) -> ChampionHolder:
+        """The champion the copilot route and the in-process workers use (the runtime's)."""
+        return self.runtime.champion
+
+    @property
+    def critic(self) -> AcceptanceCritic:
+        return self.champion.current.critic
+
+    @property
+    def thresholds(self) -> SliceThresholds:
+        return self.champion.current.thresholds
+
+    @property
+    def critic_version(self) -> str | None:
+        return self.champion.current.version
 
     # ---- wiring ---------------------------------------------------------------------------------------------------
 
@@ -128,7 +127,6 @@ class AutopilotService:
     ) -> AutopilotService:
         """Load the policy and the registry's champion and build the runtime (not started). Raises
         WorkerSetupError naming the setting when something is missing."""
-        from critic.persist import load_critic
         from policy.policy import LMPolicy
 
         if runtime_factory is None and not settings.bpm_url:
@@ -141,21 +139,18 @@ class AutopilotService:
         registry_dir = settings.resolved_registry_dir()
         if not registry_dir.is_dir():
             raise WorkerSetupError(f"registry_dir: {registry_dir} is not a critic registry; set AUTOPILOT_REGISTRY_DIR")
-        registry = CriticRegistry(registry_dir)
-        champion = registry.champion()
-        if champion is None:
-            raise WorkerSetupError(f"registry_dir: {registry_dir} has no champion critic (autopilot critic promote)")
-        thresholds_data = registry.thresholds(champion)
-        if thresholds_data is None:
-            raise WorkerSetupError(f"registry_dir: the champion {champion!r} has no thresholds")
+        try:
+            champion = load_champion(registry_dir)
+        except ChampionError as error:
+            raise WorkerSetupError(f"registry_dir: {error}") from None
         if settings.torch_threads is not None:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
         policy = LMPolicy.load(policy_dir)
-        critic = load_critic(registry.artifact_path(champion))
-        thresholds = SliceThresholds.from_dict(thresholds_data)
-        return cls.build(settings, policy, critic, thresholds, champion, runtime_factory=runtime_factory)
+        return cls.build(
+            settings, policy, champion.critic, champion.thresholds, champion.version, runtime_factory=runtime_factory
+        )
 
     @classmethod
     def build(
@@ -174,16 +169,23 @@ class AutopilotService:
         config = AutonomyConfig(initial_stage=settings.initial_stage, alpha=thresholds.config.alpha)
         stages = stages or AutonomyStages(config)
         if runtime_factory is not None:
-            runtime = runtime_factory(settings, policy, critic, thresholds, stages, metrics)
+            runtime = runtime_factory(settings, policy, Champion(critic, thresholds, critic_version), stages, metrics)
         elif settings.bpm_url:
             from service.runtime.adapters.http import HttpBpmAdapter
 
             runtime = Runtime(
-                HttpBpmAdapter(settings.bpm_url), policy, critic, thresholds, settings, stages=stages, metrics=metrics
+                HttpBpmAdapter(settings.bpm_url),
+                policy,
+                critic,
+                thresholds,
+                settings,
+                critic_version=critic_version,
+                stages=stages,
+                metrics=metrics,
             )
         else:
             raise _no_bpm()
-        return cls(settings, runtime, policy, critic, thresholds, critic_version, metrics)
+        return cls(settings, runtime, policy, metrics)
 
     def start(self) -> AutopilotService:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -204,72 +206,44 @@ class AutopilotService:
                 target=self.sink.run, args=(self._sink_stop,), name="feedback-sink", daemon=True
             )
             self._sink_thread.start()
+            feedback = self.feedback_store
+            self.watcher = RegistryWatcher(
+                self.champion,
+                self.stages,
+                self.settings.resolved_registry_dir() if self.critic_version is not None else None,
+                sync=self.runtime.stage_sync,
+                label_counts=feedback.counts_by_slice,
+                poll_s=self.settings.registry_poll_s,
+                # Where workers run elsewhere, they run the rounds; this process follows the stage-event log.
+                auto_promote=self.settings.auto_promote and self.settings.workers > 0,
+            )
             if self.settings.registry_poll_s > 0 and self.critic_version is not None:
-                self._watch_thread = threading.Thread(target=self._watch_registry, name="registry-watch", daemon=True)
+                self._watch_thread = threading.Thread(
+                    target=self.watcher.run, args=(self._sink_stop,), name="registry-watch", daemon=True
+                )
                 self._watch_thread.start()
-            if self.settings.auto_promote:
-                promoted = self.promote_from_registry()
-                log.info("slices in autopilot after the promotion round: %s", ", ".join(promoted) or "none")
+            promoted = self.watcher.initial_round()
+            log.info("slices in autopilot after the promotion round: %s", ", ".join(promoted) or "none")
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _watcher(self) -> RegistryWatcher:
+        if self.watcher is None:
+            raise RuntimeError("service: not started")
+        return self.watcher
+
     def promote_from_registry(self) -> list[str]:
-        """One promotion round (``AutonomyStages.consider_promotion``) over every slice with labels: the slices in
-        the feedback store, with their label counts, and the slices the champion's thresholds name (at slice
-        granularity, with the rows the threshold was fitted on when the store has none). Each slice's threshold
-        comes from the thresholds at their granularity. Pinned slices and slices in cooldown after a demotion stay
-        where they are. Returns the slices in autopilot afterwards."""
-        labels: dict[str, tuple[SliceKey, int]] = {}
-        if self.feedback_store is not None:
-            for (process_id, action_type), n in self.feedback_store.counts_by_slice().items():
-                key = _slice_key(f"{process_id}/{action_type}")
-                if key is not None:
-                    labels[str(key)] = (key, n)
-        for name in self.thresholds:
-            key = _slice_key(name)
-            if key is not None and str(key) not in labels:
-                labels[str(key)] = (key, self.thresholds[name].n_rows)
-        promoted = []
-        for key, n in (labels[name] for name in sorted(labels)):
-            state = self.stages.consider_promotion(key, self.thresholds.threshold_for(key), n)
-            if state.stage == AutonomyStage.AUTOPILOT:
-                promoted.append(str(key))
-        return promoted
+        """One promotion round (``service.runtime.promotion``) on the champion in use; returns the slices in
+        autopilot afterwards."""
+        return self._watcher().promote()
 
     def reload_champion(self) -> bool:
-        """Load the registry's champion if it changed (a nightly promotion or a rollback): the copilot route and
-        every in-process worker switch to it and its thresholds together, then holding slices are promoted.
-        Returns True if it changed."""
-        from critic.persist import load_critic
-
-        registry = CriticRegistry(self.settings.resolved_registry_dir())
-        champion = registry.champion()
-        if champion is None or champion == self.critic_version:
-            return False
-        thresholds_data = registry.thresholds(champion)
-        if thresholds_data is None:
-            log.error("registry champion %s has no thresholds; keeping %s", champion, self.critic_version)
-            return False
-        critic = load_critic(registry.artifact_path(champion))
-        thresholds = SliceThresholds.from_dict(thresholds_data)
-        self.critic, self.thresholds, self.critic_version = critic, thresholds, champion
-        self.runtime.critic, self.runtime.thresholds = critic, thresholds
-        self.runtime.router.thresholds = thresholds
-        for worker in self.runtime.workers:
-            worker.request_reload(critic, thresholds)
-        log.info("critic %s is in use now", champion)
-        if self.settings.auto_promote:
-            self.promote_from_registry()
-        return True
-
-    def _watch_registry(self) -> None:
-        while not self._sink_stop.wait(self.settings.registry_poll_s):
-            try:
-                self.reload_champion()
-            except Exception:  # a half-written registry or a bad artifact: keep the current critic, try again
-                log.exception("reloading the registry champion failed; keeping %s", self.critic_version)
+        """Swap in the registry's champion if it changed (a nightly promotion or a rollback): the copilot route
+        and every in-process worker use it and its thresholds from their next request or batch, then holding
+        slices are promoted (when this process runs workers). Returns True if it changed."""
+        return self._watcher().check()
 
     def stop(self) -> None:
         self._sink_stop.set()
@@ -316,12 +290,13 @@ class AutopilotService:
         tier = router.risk.tier_for(
             proposal.process_id, proposal.action.type, getattr(proposal.action, "control_id", None)
         )
+        champion = self.champion.current  # one read: the score and the threshold come from the same champion
         score: float | None = None
         if tier == RiskTier.CRITICAL:
-            probabilities = np.asarray(self.critic.predict_proba([Candidate(state, proposal)]), dtype=np.float64)
+            probabilities = np.asarray(champion.critic.predict_proba([Candidate(state, proposal)]), dtype=np.float64)
             value = float(probabilities[0, 1])
             score = min(1.0, max(0.0, value)) if np.isfinite(value) else None
-        decision = router.decide(proposal, score, SessionContext(proposal.session_id))
+        decision = router.decide(proposal, score, SessionContext(proposal.session_id), champion)
         elapsed = time.perf_counter() - started
         self.metrics.observe_decision(decision, elapsed, source="copilot")
         return Suggestion(proposal, score, decision, elapsed * 1000.0)
@@ -443,9 +418,11 @@ class AutopilotService:
     # ---- supervisor -----------------------------------------------------------------------------------------------
 
     def set_stage(self, principal: Principal, slice_key: SliceKey, stage: AutonomyStage, reason: str, pin: bool) -> Any:
-        before = self.stages.stage(slice_key)
-        event = self.stages.override(slice_key, stage, principal.name, reason, pin=pin)
-        self._sync().record_override(slice_key, stage, principal.name, reason, pin)
+        sync = self._sync()
+        with sync.local_change():  # in the log before any poll here can apply an older promotion over it
+            before = self.stages.stage(slice_key)
+            event = self.stages.override(slice_key, stage, principal.name, reason, pin=pin)
+            sync.record_override(slice_key, stage, principal.name, reason, pin)
         order = list(AutonomyStage)
         direction = "promote" if order.index(stage) > order.index(before) else "demote" if stage != before else "pin"
         self.metrics.stage_changes.labels(direction).inc()
@@ -458,9 +435,12 @@ class AutopilotService:
         return event
 
     def unpin(self, principal: Principal, slice_key: SliceKey) -> Any:
-        event = self.stages.unpin(slice_key, principal.name)
+        sync = self._sync()
+        with sync.local_change():
+            event = self.stages.unpin(slice_key, principal.name)
+            if event is not None:
+                sync.record_unpin(slice_key, principal.name)
         if event is not None:
-            self._sync().record_unpin(slice_key, principal.name)
             self.metrics.stage_changes.labels("unpin").inc()
             self.store.audit(principal.name, "stage:unpin", str(slice_key))
         return event
@@ -476,7 +456,7 @@ class AutopilotService:
         for state in self.stages.snapshot():
             keys[str(state.slice)] = state.slice
         for name in self.thresholds:
-            key = _slice_key(name)
+            key = slice_of(name)
             if key is not None:
                 keys.setdefault(str(key), key)
         return [keys[name] for name in sorted(keys)]
@@ -486,6 +466,16 @@ class AutopilotService:
         store: what every worker audited, also in an API process that runs no worker itself."""
         since = datetime.now(UTC) - timedelta(hours=self.settings.audit_window_h)
         return self.store.audit_outcomes(since)
+
+    def decision_counts(self) -> dict[str, int]:
+        """Decisions per outcome over the last ``AUTOPILOT_AUDIT_WINDOW_H`` hours, from the store: what every worker
+        decided, wherever it runs."""
+        return self.store.decision_counts(datetime.now(UTC) - timedelta(hours=self.settings.audit_window_h))
+
+    def worker_heartbeats(self, within_h: float = 1.0) -> list[WorkerHeartbeat]:
+        """The workers seen in the last ``within_h`` hours, from their heartbeat rows in the store (threads of this
+        process and worker processes alike)."""
+        return self.store.heartbeats(since=datetime.now(UTC) - timedelta(hours=within_h))
 
     def consumer_lag(self) -> dict[str, int]:
         lag: dict[str, int] = {}

@@ -163,6 +163,21 @@ class QueueInfo(BaseModel):
     oldest_age_s: float
 
 
+class WorkerInfo(BaseModel):
+    """A worker as its heartbeat row in the store shows it (wherever it runs)."""
+
+    worker_id: str
+    alive: bool = Field(description="Not stopped, and seen within three of its heartbeat intervals")
+    started_at: datetime
+    last_seen: datetime
+    critic_version: str | None
+    stage_event_id: int = Field(description="The stage-event log is applied up to this id")
+    kill_switch: bool
+    sessions: int
+    decisions: dict[str, int]
+    decision_latency_ms: dict[str, float | int | None]
+
+
 class Overview(BaseModel):
     sessions: dict[str, int]
     sessions_ended: int
@@ -174,6 +189,7 @@ class Overview(BaseModel):
     alpha: float | None
     decisions: dict[str, int]
     decision_latency_ms: dict[str, float | int | None]
+    workers: list[WorkerInfo] = Field(default_factory=list)
     handling: dict[str, float | None]
     slices: list[SliceInfo]
     recent_events: list[StageEventInfo]

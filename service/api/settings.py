@@ -22,16 +22,6 @@ class ServiceSettings(RuntimeSettings):
         default=False, description="Run the sandbox's simulated operator pool (it answers every deferral)"
     )
     sandbox_cases: int = Field(default=0, ge=0, description="Open this many sandbox cases at start (demo, tests)")
-    feedback_url: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL of the feedback store the nightly job reads; None: SQLite under data_dir",
-    )
-    auto_promote: bool = Field(
-        default=True, description="At start, promote slices whose champion threshold holds (with enough rows)"
-    )
-    registry_poll_s: float = Field(
-        default=30.0, ge=0, description="How often the registry's champion is checked for a hot reload (0: never)"
-    )
     audit_window_h: float = Field(
         default=24.0, gt=0, description="Audited acceptance and realised error per slice over this many hours"
     )
@@ -40,7 +30,7 @@ class ServiceSettings(RuntimeSettings):
         default=None, description="The champion critic's report plots; None: data_dir/critic_report"
     )
 
-    @field_validator("tokens_file", "feedback_url", "plots_dir", mode="before")
+    @field_validator("tokens_file", "plots_dir", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -53,9 +43,6 @@ class ServiceSettings(RuntimeSettings):
 
     def resolved_tokens_file(self) -> Path:
         return self.tokens_file or self.data_dir / "tokens.json"
-
-    def resolved_feedback_url(self) -> str:
-        return self.feedback_url or f"sqlite:///{self.data_dir / 'feedback.db'}"
 
     def resolved_plots_dir(self) -> Path:
         return self.plots_dir or self.data_dir / "critic_report"

@@ -341,28 +341,58 @@ class AutonomyStages:
     def consider_promotion(
         self, slice_key: SliceKey, threshold: float | None, labels: int, min_labels: int = 200
     ) -> SliceState:
-        """Promote the slice by at most one stage if it qualifies; return its state afterwards.
+        """Promote the slice by at most one stage if it qualifies (:meth:`promotion_due`); return its state
+        afterwards.
 
         ``threshold``: the registry's holding threshold for the slice (None: none holds); ``labels``: how many
         labels the registry has for the slice."""
+        key = _key(slice_key)
+        with self._lock:
+            due = self.promotion_due(slice_key, threshold, labels, min_labels)
+            if due is not None:
+                self.promote(slice_key, *due)
+            return self._data(key).state(key)
+
+    def promotion_due(
+        self, slice_key: SliceKey, threshold: float | None, labels: int, min_labels: int = 200
+    ) -> tuple[AutonomyStage, str] | None:
+        """The promotion the slice qualifies for now, as (stage, reason), without making it; None when there is
+        none: pinned, in cooldown after a demotion, in autopilot already, or short of labels or a threshold.
+        Rules: logging -> copilot with ``copilot_min_labels`` labels; copilot -> autopilot with a holding
+        threshold and ``min_labels`` labels."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold: must be in [0, 1] or None, got {threshold}")
         if labels < 0:
             raise ValueError(f"labels: must be >= 0, got {labels}")
         if min_labels < 1:
             raise ValueError(f"min_labels: must be >= 1, got {min_labels}")
+        with self._lock:
+            data = self._data(_key(slice_key))
+            if data.pinned_by is not None or data.cooldown_left > 0:
+                return None
+            if data.stage == AutonomyStage.LOGGING and labels >= self.config.copilot_min_labels:
+                return AutonomyStage.COPILOT, f"promoted: {labels} labels >= {self.config.copilot_min_labels}"
+            if data.stage == AutonomyStage.COPILOT and threshold is not None and labels >= min_labels:
+                reason = f"promoted: holding threshold {threshold:.4f} and {labels} labels >= {min_labels}"
+                return AutonomyStage.AUTOPILOT, reason
+            return None
+
+    def promote(
+        self, slice_key: SliceKey, stage: AutonomyStage, reason: str, actor: str = SYSTEM_ACTOR
+    ) -> StageEvent | None:
+        """Raise the slice to ``stage``: a promotion :meth:`promotion_due` found here, or one another process
+        made (``service.runtime.stage_sync``; its cooldown judged it, so the cooldown here is cleared). None, and
+        nothing changes, when the slice is pinned or at ``stage`` or above already."""
+        _check_actor(actor)
+        _check_reason(reason)
+        stage = AutonomyStage(stage)
         key = _key(slice_key)
         with self._lock:
             data = self._data(key)
-            if data.pinned_by is not None or data.cooldown_left > 0:
-                return data.state(key)
-            if data.stage == AutonomyStage.LOGGING and labels >= self.config.copilot_min_labels:
-                reason = f"promoted: {labels} labels >= {self.config.copilot_min_labels}"
-                self._change(key, data, AutonomyStage.COPILOT, reason, SYSTEM_ACTOR)
-            elif data.stage == AutonomyStage.COPILOT and threshold is not None and labels >= min_labels:
-                reason = f"promoted: holding threshold {threshold:.4f} and {labels} labels >= {min_labels}"
-                self._change(key, data, AutonomyStage.AUTOPILOT, reason, SYSTEM_ACTOR)
-            return data.state(key)
+            if data.pinned_by is not None or _ORDER[stage] <= _ORDER[data.stage]:
+                return None
+            data.cooldown_left = 0
+            return self._change(key, data, stage, reason, actor)
 
     def _alarm(self, key: _Key, data: _SliceData, reason: str) -> StageEvent:
         if data.pinned_by is not None:

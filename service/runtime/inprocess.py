@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self
 
+from critic.thresholds import SliceThresholds
 from schemas.risk import RiskPolicy
 from schemas.session import SessionCommand, SessionCommandKind
 from service.runtime.adapters.base import BpmAdapter
@@ -27,12 +28,13 @@ from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 from service.runtime.bus.broker import EmbeddedBroker
 from service.runtime.bus.producer import BusProducer, Published
 from service.runtime.bus.topics import Topics, ensure_topics
+from service.runtime.champion import AcceptanceCritic, Champion, ChampionHolder
 from service.runtime.metrics import RuntimeMetrics
-from service.runtime.router import Router, ThresholdSource
+from service.runtime.router import Router
 from service.runtime.settings import RuntimeSettings, new_worker_id
 from service.runtime.stage_sync import StageSync
 from service.runtime.store import TERMINAL_STATUSES, RuntimeStore
-from service.runtime.worker import WORKER_GROUP, AcceptanceCritic, ProposalPolicy, SessionWorker
+from service.runtime.worker import WORKER_GROUP, ProposalPolicy, SessionWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +47,21 @@ def session_id_for(case_id: str) -> str:
 class Runtime:
     """Broker, topics, store and session workers over one BPM adapter. ``start`` brings it up, ``stop`` takes it
     down (also as a context manager). Subclasses add components through ``_start_extras`` / ``_stop_extras`` and
-    ``_extra_stats`` (the sandbox's simulated operators)."""
+    ``_extra_stats`` (the sandbox's simulated operators).
+
+    ``critic`` and ``thresholds`` (with their registry ``critic_version``) become the ``champion`` every worker,
+    the router and the API's copilot route read; a new champion is swapped in there
+    (``service.runtime.registry_watch``)."""
 
     def __init__(
         self,
         adapter: BpmAdapter,
         policy: ProposalPolicy,
         critic: AcceptanceCritic,
-        thresholds: ThresholdSource,
+        thresholds: SliceThresholds,
         settings: RuntimeSettings | None = None,
         *,
+        critic_version: str | None = None,
         risk: RiskPolicy | None = None,
         stages: AutonomyStages | None = None,
         queue_for: Callable[[str], str] = str,
@@ -62,13 +69,12 @@ class Runtime:
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self.policy = policy
-        self.critic = critic
-        self.thresholds = thresholds
+        self.champion = ChampionHolder(Champion(critic, thresholds, critic_version))
         self.stages = stages or AutonomyStages(AutonomyConfig(initial_stage=self.settings.initial_stage))
         self.router = Router(
             risk if risk is not None else self.settings.risk_policy(),
             self.stages,
-            thresholds,
+            self.champion,
             audit_rate=self.settings.audit_rate,
             seed=self.settings.seed,
         )
@@ -109,6 +115,15 @@ class Runtime:
         thread.start()
         self._threads[name] = (thread, self._stop)
 
+    def _follow_stages(self, stop: threading.Event) -> None:
+        sync = self.stage_sync
+        assert sync is not None
+        while not stop.wait(sync.interval_s):
+            try:
+                sync.poll()
+            except Exception:  # the store away for a moment: the next poll catches up (the log is replayed by id)
+                log.warning("following the stage-event log failed", exc_info=True)
+
     @property
     def policy_lock(self) -> threading.Lock:
         """Held around every use of the policy (its tokenizer must not be used by two threads at once)."""
@@ -129,6 +144,9 @@ class Runtime:
             self.stage_sync = StageSync(self.store, self.stages)
             self.stage_sync.poll(force=True)  # replay: start with the overrides, kill switch and demotions so far
             self.producer = BusProducer(self.bootstrap, client_id="autopilot-runtime")
+            # Followed also without worker threads (an API whose workers run elsewhere): its dashboard and its
+            # copilot route see the other processes' stage changes.
+            self.run_thread("stage-sync", self._follow_stages)
             for _ in range(settings.workers):
                 self.add_worker()
             self._start_extras()
@@ -147,8 +165,7 @@ class Runtime:
             worker_id or new_worker_id(len(self.workers)),
             self.adapter,
             self.policy,
-            self.critic,
-            self.thresholds,
+            self.champion,
             self.router,
             self.stages,
             self.store,

@@ -41,6 +41,7 @@ from schemas.decision import Decision, DecisionOutcome
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, RiskPolicy, RiskTier, SliceKey
 from service.runtime.autonomy import AutonomyStages
+from service.runtime.champion import Champion
 
 _TWO_64 = float(2**64)
 
@@ -124,7 +125,13 @@ class Router:
         self.max_failures_per_step = max_failures_per_step
         self.seed = seed
 
-    def decide(self, proposal: Proposal, score: float | None, context: SessionContext) -> Decision:
+    def decide(
+        self, proposal: Proposal, score: float | None, context: SessionContext, champion: Champion | None = None
+    ) -> Decision:
+        """``score``: the critic's P(accept) for a critic-gated proposal. ``champion``: the champion ``score``
+        came from; its thresholds decide and its version is recorded (without it, the router's own thresholds
+        decide and no version is recorded)."""
+        thresholds = self.thresholds if champion is None else champion.thresholds
         if score is not None and not (0.0 <= score <= 1.0):  # also rejects NaN
             raise ValueError(f"score: must be in [0, 1] or None, got {score}")
         if context.session_id != proposal.session_id:
@@ -137,7 +144,7 @@ class Router:
         stage = self.stages.stage(slice_key)
         # Recorded on every critic-gated decision, copilot ones included, so "would it have executed" can be
         # read off the decision log.
-        threshold = self.thresholds.threshold_for(slice_key) if tier == RiskTier.CRITICAL else None
+        threshold = thresholds.threshold_for(slice_key) if tier == RiskTier.CRITICAL else None
         if threshold is not None and not (0.0 <= threshold <= 1.0):
             raise ValueError(f"threshold: the threshold source gave {threshold} for {slice_key}, not in [0, 1]")
         audit = False
@@ -194,4 +201,5 @@ class Router:
             threshold=threshold,
             audit=audit,
             reason=reason,
+            critic_version=None if champion is None else champion.version,
         )

@@ -64,6 +64,20 @@ class RuntimeSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="A worker process serves /metrics on this port (None: no endpoint)"
     )
+    # Every process that runs workers keeps the registry's champion and promotes slices (service.runtime.champion):
+    feedback_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the feedback store (labels per slice; the nightly job's input); None: SQLite "
+        "under data_dir",
+    )
+    auto_promote: bool = Field(
+        default=True,
+        description="Run a promotion round at start and on every new champion (slices whose threshold holds, with "
+        "enough labels, go to autopilot)",
+    )
+    registry_poll_s: float = Field(
+        default=30.0, ge=0, description="How often the registry's champion is checked for a hot reload (0: never)"
+    )
 
     @field_validator(
         "kafka_bootstrap",
@@ -73,6 +87,7 @@ class RuntimeSettings(BaseSettings):
         "bpm_url",
         "worker_id",
         "risk_file",
+        "feedback_url",
         mode="before",
     )
     @classmethod
@@ -82,6 +97,10 @@ class RuntimeSettings(BaseSettings):
 
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'runtime.db'}"
+
+    def resolved_feedback_url(self) -> str:
+        """The feedback store's URL: ``feedback_url``, or the SQLite file ``feedback.db`` under ``data_dir``."""
+        return self.feedback_url or f"sqlite:///{self.data_dir / 'feedback.db'}"
 
     def risk_policy(self) -> RiskPolicy:
         """The risk file's policy, or the built-in default (every action critic-gated) when none is set."""

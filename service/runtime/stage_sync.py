@@ -2,18 +2,26 @@
 
 Each process (the API with its worker threads, each ``autopilot worker``) holds its own ``AutonomyStages``: the
 router reads it lock-free on every decision. Changes that must reach every process are appended to the store's
-``stage_events`` log by the process that made them (after applying them itself):
+``stage_events`` log by the process that made them:
 
-- a supervisor's override, unpin and the kill switch (the API, ``record_*``);
-- an automatic demotion raised by a guardrail in a worker (``record_demotion``), so a slice demoted on one worker
-  is demoted on all of them (each then holds it in copilot for the cooldown).
+- a supervisor's override, unpin and the kill switch (the API, ``record_*``, after applying them itself);
+- an automatic demotion raised by a guardrail in a worker (``record_demotion``, after applying it), so a slice
+  demoted on one worker is demoted on all of them (each then holds it in copilot for the cooldown);
+- a promotion (``promote``, from a promotion round: ``service.runtime.promotion``), appended first with a
+  compare-and-set and applied only when the append succeeded: refused when the slice changed in the log since
+  this process last read it, so a promotion decided on a stale view (a demotion elsewhere it had not seen yet)
+  never lands after that demotion. The others apply it even if their own cooldown is still running (the cooldown
+  counts the answers each process sees, so the processes would disagree otherwise), unless the slice is pinned
+  or the receiving process changed the slice itself after the promotion was written (its own later event is in
+  the log after the promotion, so every process ends with that one).
 
 ``poll`` applies, in log order, every event another process wrote since the last poll. A process starting up
-replays the whole log first, so it begins with the current overrides, kill switch and recent demotions; a
-replayed demotion puts the slice into cooldown, which is the safe side (a supervisor can override). Promotions
-are not replicated: every process promotes from the same registry by the same rule.
+replays the whole log first, so it begins with the current overrides, kill switch, demotions and promotions; a
+replayed demotion puts the slice into cooldown, which is the safe side (a supervisor can override).
 
-Thread-safe (one lock); workers call ``poll`` from their maintenance phase, at most every ``interval_s``.
+Thread-safe (one re-entrant lock); workers call ``poll`` from their maintenance phase, at most every
+``interval_s``. A caller that changes its own stages and records the change holds ``local_change()`` around both,
+so a concurrent ``poll`` never sees the change before its log id is known.
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from schemas.actions import ActionType
 from schemas.risk import AutonomyStage, SliceKey
-from service.runtime.autonomy import AutonomyStages, StageEvent
+from service.runtime.autonomy import SYSTEM_ACTOR, AutonomyStages, StageEvent
 from service.runtime.store import RuntimeStore, StageEventRow
 
 log = logging.getLogger(__name__)
@@ -36,6 +46,7 @@ OVERRIDE = "override"
 UNPIN = "unpin"
 KILL_SWITCH = "kill_switch"
 DEMOTION = "demotion"
+PROMOTION = "promotion"
 _DEMOTED = "demoted: "
 
 
@@ -53,13 +64,30 @@ class StageSync:
         self.interval_s = interval_s
         self.applied = 0
         self._last_id = 0
+        self._own: dict[tuple[str, str], int] = {}  # per slice: the id of this process's latest event on it
         self._due = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    @property
+    def last_id(self) -> int:
+        """The stage-event log is applied up to this id (what a worker's heartbeat reports)."""
+        return self._last_id
+
+    @contextmanager
+    def local_change(self) -> Iterator[None]:
+        """Hold around changing this process's stages and recording the change: no poll runs in between."""
+        with self._lock:
+            yield
+
+    def _recorded(self, slice_key: SliceKey | None, event_id: int) -> None:
+        if slice_key is not None:
+            with self._lock:
+                self._own[(slice_key.process_id, slice_key.action_type.value)] = event_id
 
     # ---- writing --------------------------------------------------------------------------------------------------
 
     def record_override(self, slice_key: SliceKey, stage: AutonomyStage, actor: str, reason: str, pin: bool) -> None:
-        self.store.append_stage_event(
+        event_id = self.store.append_stage_event(
             self.origin,
             OVERRIDE,
             actor,
@@ -69,9 +97,10 @@ class StageSync:
             stage=AutonomyStage(stage).value,
             flag=pin,
         )
+        self._recorded(slice_key, event_id)
 
     def record_unpin(self, slice_key: SliceKey, actor: str) -> None:
-        self.store.append_stage_event(
+        event_id = self.store.append_stage_event(
             self.origin,
             UNPIN,
             actor,
@@ -79,6 +108,7 @@ class StageSync:
             process_id=slice_key.process_id,
             action_type=slice_key.action_type.value,
         )
+        self._recorded(slice_key, event_id)
 
     def record_kill_switch(self, on: bool, actor: str, reason: str) -> None:
         self.store.append_stage_event(self.origin, KILL_SWITCH, actor, reason, flag=on)
@@ -88,7 +118,7 @@ class StageSync:
         if event.from_stage == event.to_stage:
             return
         reason = event.reason[len(_DEMOTED) :] if event.reason.startswith(_DEMOTED) else event.reason
-        self.store.append_stage_event(
+        event_id = self.store.append_stage_event(
             self.origin,
             DEMOTION,
             event.actor,
@@ -97,6 +127,29 @@ class StageSync:
             action_type=event.slice.action_type.value,
             stage=event.to_stage.value,
         )
+        self._recorded(event.slice, event_id)
+
+    def promote(self, slice_key: SliceKey, stage: AutonomyStage, reason: str) -> StageEvent | None:
+        """Promote the slice here and everywhere: append the promotion to the log if no event on the slice came
+        after what this process has applied (compare-and-set), then apply it. None when refused (the next round,
+        on a fresh view, decides again) or when the stages here changed nothing."""
+        stage = AutonomyStage(stage)
+        with self._lock:
+            event_id = self.store.append_stage_event_if_latest(
+                self._last_id,
+                self.origin,
+                PROMOTION,
+                SYSTEM_ACTOR,
+                reason,
+                process_id=slice_key.process_id,
+                action_type=slice_key.action_type.value,
+                stage=stage.value,
+            )
+            if event_id is None:
+                log.info("stage sync: promotion of %s refused; the slice changed in the log meanwhile", slice_key)
+                return None
+            self._recorded(slice_key, event_id)
+            return self.stages.promote(slice_key, stage, reason)
 
     # ---- reading --------------------------------------------------------------------------------------------------
 
@@ -137,5 +190,9 @@ class StageSync:
             self.stages.unpin(slice_key, row.actor)
         elif row.kind == DEMOTION:
             self.stages.alarm(slice_key, f"{row.reason} (raised by {row.origin})")
+        elif row.kind == PROMOTION:
+            if self._own.get((slice_key.process_id, slice_key.action_type.value), 0) > row.id:
+                return  # this process changed the slice after the promotion was written: its own event wins
+            self.stages.promote(slice_key, AutonomyStage(str(row.stage)), f"{row.reason} (by {row.origin})", row.actor)
         else:
             raise ValueError(f"stage event {row.id}: unknown kind {row.kind!r}")

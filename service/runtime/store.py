@@ -97,6 +97,7 @@ _ACTION_CLASSES: tuple[type, ...] = get_args(get_args(Action)[0])  # Action = An
 _SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one before "database is locked"
 _WRITE = "autopilot_write"  # execution option that makes the SQLite BEGIN an IMMEDIATE one
 _PG_SCHEMA_LOCK = 0x5E55_1025  # advisory lock key: two processes creating the tables at once must not collide
+_PG_STAGE_EVENT_LOCK = 0x5E55_1026  # advisory lock key of the stage-event compare-and-set
 _ANSWER_ATTEMPTS = 3
 
 
@@ -504,6 +505,47 @@ class StageEventRow:
     reason: str
 
 
+# One row per worker incarnation, upserted by the worker itself (``service.runtime.worker``): what the supervisor's
+# overview and the readiness probe read, so workers in other processes and pods show like local ones.
+worker_heartbeats_table = Table(
+    "worker_heartbeats",
+    metadata,
+    Column("worker_id", String, primary_key=True),
+    Column("started_at", DateTime(timezone=False), nullable=False),
+    Column("last_seen", DateTime(timezone=False), nullable=False, index=True),
+    Column("interval_s", Float, nullable=False),  # the worker writes at least this often while it runs
+    Column("stopped_at", DateTime(timezone=False), nullable=True),  # set when it closed cleanly
+    Column("critic_version", String, nullable=True),  # the champion it decides with
+    Column("stage_event_id", Integer, nullable=False),  # the stage-event log applied up to here
+    Column("kill_switch", Boolean, nullable=False),
+    Column("sessions", Integer, nullable=False),  # held in memory
+    Column("decisions", Text, nullable=False),  # JSON {outcome: count} since it started
+    Column("latency", Text, nullable=False),  # JSON decision latency summary (ms): count, p50, p99, max
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat:
+    """A worker's latest report of itself (``RuntimeStore.heartbeat``)."""
+
+    worker_id: str
+    started_at: datetime
+    last_seen: datetime
+    interval_s: float
+    critic_version: str | None
+    stage_event_id: int
+    kill_switch: bool
+    sessions: int
+    decisions: dict[str, int]
+    decision_latency_ms: dict[str, float | int | None]
+    stopped_at: datetime | None = None
+
+    def alive(self, now: datetime | None = None, missed: float = 3.0) -> bool:
+        """Running: not stopped, and seen within ``missed`` of its own heartbeat intervals."""
+        at = now or datetime.now(UTC)
+        return self.stopped_at is None and (at - self.last_seen).total_seconds() <= missed * self.interval_s
+
+
 class RuntimeStore:
     """Sessions, proposals, decisions, deferrals, applied actions and the audit log in one database.
 
@@ -852,6 +894,15 @@ class RuntimeStore:
         query = select(d.payload).where(d.session_id == session_id).order_by(d.decided_at, d.decision_id)
         with self._read() as conn:
             return [Decision.model_validate_json(payload) for payload in conn.execute(query).scalars()]
+
+    def decision_counts(self, since: datetime | None = None) -> dict[str, int]:
+        """Decisions per outcome made at or after ``since`` (all of them without it), by every worker."""
+        d = decisions_table.c
+        query = select(d.outcome, func.count()).group_by(d.outcome)
+        if since is not None:
+            query = query.where(d.decided_at >= _naive_utc(since))
+        with self._read() as conn:
+            return {str(outcome): int(n) for outcome, n in conn.execute(query)}
 
     # ---- deferrals ------------------------------------------------------------------------------------------
 
@@ -1273,9 +1324,52 @@ class RuntimeStore:
         flag: bool = False,
     ) -> int:
         """Append a stage event; returns its id."""
+        row = self._stage_event_row(origin, kind, actor, reason, process_id, action_type, stage, flag)
+        with self._write() as conn:
+            return self._append_stage_event(conn, row)
+
+    def append_stage_event_if_latest(
+        self,
+        after_id: int,
+        origin: str,
+        kind: str,
+        actor: str,
+        reason: str,
+        *,
+        process_id: str,
+        action_type: str,
+        stage: str | None = None,
+        flag: bool = False,
+    ) -> int | None:
+        """Append a stage event on a slice only if no event on that slice has an id above ``after_id`` (the log as
+        far as the writer has applied it): a compare-and-set, so a change made on a stale view of the slice never
+        lands after one its writer had not seen. Returns the new id, or None when refused."""
+        row = self._stage_event_row(origin, kind, actor, reason, process_id, action_type, stage, flag)
+        t = stage_events_table.c
+        with self._write() as conn:
+            if self._postgres:  # READ COMMITTED: serialise the check and the insert (SQLite's BEGIN IMMEDIATE does)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_STAGE_EVENT_LOCK})
+            latest = conn.execute(
+                select(func.max(t.id)).where(t.process_id == process_id, t.action_type == action_type)
+            ).scalar_one_or_none()
+            if latest is not None and int(latest) > int(after_id):
+                return None
+            return self._append_stage_event(conn, row)
+
+    @staticmethod
+    def _stage_event_row(
+        origin: str,
+        kind: str,
+        actor: str,
+        reason: str,
+        process_id: str | None,
+        action_type: str | None,
+        stage: str | None,
+        flag: bool,
+    ) -> dict[str, Any]:
         for name, value in (("origin", origin), ("kind", kind), ("actor", actor)):
             _text(name, value)
-        row = {
+        return {
             "at": _utcnow(),
             "origin": origin,
             "kind": kind,
@@ -1286,9 +1380,11 @@ class RuntimeStore:
             "actor": actor,
             "reason": str(reason),
         }
-        with self._write() as conn:
-            result = conn.execute(stage_events_table.insert().values(**row).returning(stage_events_table.c.id))
-            return int(result.scalar_one())
+
+    @staticmethod
+    def _append_stage_event(conn: Connection, row: dict[str, Any]) -> int:
+        result = conn.execute(stage_events_table.insert().values(**row).returning(stage_events_table.c.id))
+        return int(result.scalar_one())
 
     def stage_events_after(self, after_id: int, limit: int = 500) -> list[StageEventRow]:
         """Stage events with an id above ``after_id``, oldest first."""
@@ -1325,6 +1421,57 @@ class RuntimeStore:
                 action=row["action"],
                 target=row["target"],
                 details=json.loads(row["details"]),
+            )
+            for row in rows
+        ]
+
+    # ---- worker heartbeats ----------------------------------------------------------------------------------
+
+    def heartbeat(self, beat: WorkerHeartbeat) -> None:
+        """Insert or replace the worker's heartbeat row."""
+        _text("worker_id", beat.worker_id)
+        row = {
+            "worker_id": beat.worker_id,
+            "started_at": _naive_utc(beat.started_at),
+            "last_seen": _naive_utc(beat.last_seen),
+            "interval_s": _seconds("interval_s", beat.interval_s),
+            "stopped_at": None if beat.stopped_at is None else _naive_utc(beat.stopped_at),
+            "critic_version": beat.critic_version,
+            "stage_event_id": int(beat.stage_event_id),
+            "kill_switch": bool(beat.kill_switch),
+            "sessions": _count("sessions", beat.sessions),
+            "decisions": json.dumps(beat.decisions, sort_keys=True),
+            "latency": json.dumps(beat.decision_latency_ms, sort_keys=True),
+        }
+        dialect = postgresql if self._postgres else sqlite
+        statement = dialect.insert(worker_heartbeats_table).values(**row)
+        statement = statement.on_conflict_do_update(
+            index_elements=["worker_id"], set_={k: v for k, v in row.items() if k != "worker_id"}
+        )
+        with self._write() as conn:
+            conn.execute(statement)
+
+    def heartbeats(self, since: datetime | None = None) -> list[WorkerHeartbeat]:
+        """The workers' heartbeat rows (seen at or after ``since``, when given), by worker id."""
+        h = worker_heartbeats_table.c
+        query = select(worker_heartbeats_table).order_by(h.worker_id)
+        if since is not None:
+            query = query.where(h.last_seen >= _naive_utc(since))
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            WorkerHeartbeat(
+                worker_id=row["worker_id"],
+                started_at=_aware_req(row["started_at"]),
+                last_seen=_aware_req(row["last_seen"]),
+                interval_s=float(row["interval_s"]),
+                critic_version=row["critic_version"],
+                stage_event_id=int(row["stage_event_id"]),
+                kill_switch=bool(row["kill_switch"]),
+                sessions=int(row["sessions"]),
+                decisions={str(k): int(v) for k, v in json.loads(row["decisions"]).items()},
+                decision_latency_ms=json.loads(row["latency"]),
+                stopped_at=_aware(row["stopped_at"]),
             )
             for row in rows
         ]

@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate, CriticInput
+from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate
 from schemas.actions import Action, action_key
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, Verdict
 from schemas.proposal import Proposal
@@ -75,10 +75,11 @@ from service.runtime.adapters.base import (
     InvalidActionError,
     StaleStateError,
 )
-from service.runtime.autonomy import AutonomyStages
+from service.runtime.autonomy import AutonomyStages, StageEvent
 from service.runtime.bus.consumer import BusConsumer, MessageMeta
 from service.runtime.bus.producer import BusProducer, Published
 from service.runtime.bus.topics import Topics
+from service.runtime.champion import AcceptanceCritic, Champion, ChampionHolder
 from service.runtime.metrics import RuntimeMetrics
 from service.runtime.router import Router, SessionContext, ThresholdSource
 from service.runtime.stage_sync import StageSync
@@ -90,6 +91,7 @@ from service.runtime.store import (
     LeaseLostError,
     RuntimeStore,
     SessionStatus,
+    WorkerHeartbeat,
 )
 
 log = logging.getLogger(__name__)
@@ -103,10 +105,7 @@ class ProposalPolicy(Protocol):
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]: ...
 
 
-class AcceptanceCritic(Protocol):
-    """What the worker needs of a critic: column 1 of ``predict_proba`` is P(accept) (every ``critic`` is one)."""
-
-    def predict_proba(self, X: Sequence[CriticInput]) -> np.ndarray: ...
+__all__ = ["WORKER_GROUP", "AcceptanceCritic", "ProposalPolicy", "Reservoir", "SessionWorker", "idempotency_key"]
 
 
 def idempotency_key(session_id: str, step: int, action: Action) -> str:
@@ -155,6 +154,16 @@ class _Applied(StrEnum):
     FAILED = "failed"  # not applied; counted as a failure on the step
     RETRY = "retry"  # the BPM was away: try again after the backoff
     LOST = "lost"  # the session is no longer this worker's
+
+
+class _Resume(StrEnum):
+    """Why a session comes back to the step queue (``SessionWorker._resume``); the values name the counters."""
+
+    START = "start"  # a start command for a session that exists already (a redelivery, or its worker died)
+    ANSWER = "answer"  # an accepted operator answer arrived on the bus
+    ANSWERED_ELSEWHERE = "answered_elsewhere"  # parked here, but answered through a worker that does not own it
+    TAKEOVER = "takeover"  # its owner's lease expired
+    OWNED = "owned"  # leased to this worker id but not in memory (a restart under the same id)
 
 
 class _Local(StrEnum):
@@ -218,8 +227,9 @@ class _Counts:
 class SessionWorker:
     """Runs the background sessions this worker owns; see the module docstring.
 
-    ``thresholds`` and ``critic`` are one pair (a registry champion and its thresholds): the worker installs the
-    thresholds in the router so the two never disagree, and ``reload_critic`` swaps both. ``stages`` must be the
+    ``champion`` holds the critic and its thresholds (``service.runtime.champion``): each step batch reads it
+    once and scores and decides with that pair, so a swap (a new registry champion) takes effect at the next
+    batch and never mixes a critic with another's thresholds. ``stages`` must be the
     router's, since the answers the worker feeds to the guardrails change the stages the router reads.
     ``queue_for`` maps a process id to the operator queue its deferrals go to. Consumer settings are keyword-only
     (tests use 2000/500/10, see notes/infrastructure.md); ``group_id`` defaults to ``workers`` (the Runtime scopes
@@ -230,8 +240,7 @@ class SessionWorker:
         worker_id: str,
         adapter: BpmAdapter,
         policy: ProposalPolicy,
-        critic: AcceptanceCritic,
-        thresholds: ThresholdSource,
+        champion: ChampionHolder,
         router: Router,
         stages: AutonomyStages,
         store: RuntimeStore,
@@ -252,6 +261,7 @@ class SessionWorker:
         backoff_max_s: float = 10.0,
         metrics: RuntimeMetrics | None = None,
         stage_sync: StageSync | None = None,
+        heartbeat_s: float = 5.0,
     ) -> None:
         if not isinstance(worker_id, str) or not worker_id.strip():
             raise ValueError("worker_id: must be a non-empty string")
@@ -268,10 +278,8 @@ class SessionWorker:
         self.worker_id = worker_id
         self.adapter = adapter
         self.policy = policy
-        self.critic = critic
-        self.thresholds = thresholds
+        self.champion = champion
         self.router = router
-        self.router.thresholds = thresholds
         self.stages = stages
         self.store = store
         self.producer = producer
@@ -287,7 +295,10 @@ class SessionWorker:
         if stage_sync is not None and stage_sync.stages is not stages:
             raise ValueError("stage_sync: must sync the worker's own AutonomyStages")
         self.stage_sync = stage_sync
-        self._pending_reload: tuple[AcceptanceCritic, ThresholdSource] | None = None
+        self.heartbeat_s = heartbeat_s
+        self._champion_in_use: Champion | None = None  # the champion of the last step batch
+        self._reported: tuple[int, str | None, bool] | None = None  # what the last heartbeat said
+        self._heartbeat_due = 0.0
         self._unpublished: list[_Session] = []  # parked in this batch, published at its end
         self._lag = 0  # the consumer's lag, read on this thread (the consumer is not thread-safe)
         self.group_id = group_id
@@ -303,6 +314,7 @@ class SessionWorker:
         self._renew_due = 0.0
         self._scan_due = 0.0
         self._started = time.monotonic()
+        self._started_at = datetime.now(UTC)
         self._closed = False
         self._consumer = BusConsumer(
             producer.bootstrap,
@@ -336,10 +348,6 @@ class SessionWorker:
 
     def run_once(self) -> None:
         """One round: maintenance (when due), one poll of the bus, one step batch."""
-        pending, self._pending_reload = self._pending_reload, None
-        if pending is not None:
-            self.reload_critic(*pending)
-            self._counts.add("critic_reloads")
         self._maintain()
         self._consumer.poll_once(timeout_ms=0 if self._has_ready() else self.idle_poll_ms)
         self._step()
@@ -363,18 +371,17 @@ class SessionWorker:
             self.producer.flush(timeout=5.0)
         except Exception:
             log.debug("flushing the producer failed", exc_info=True)
+        self._heartbeat(stopped=True)
 
-    def request_reload(self, critic: AcceptanceCritic, thresholds: ThresholdSource) -> None:
-        """Swap the critic and its thresholds at the start of the worker's next round (safe from any thread: a
-        batch in progress finishes with the pair it started with)."""
-        self._pending_reload = (critic, thresholds)
+    @property
+    def critic(self) -> AcceptanceCritic:
+        """The critic of the champion in use (read-only: a new champion is swapped in the holder)."""
+        return self.champion.current.critic
 
-    def reload_critic(self, critic: AcceptanceCritic, thresholds: ThresholdSource) -> None:
-        """Swap the critic and its thresholds together (a new registry champion). Call from the worker's thread
-        (between ``run_once`` rounds) or while it is stopped."""
-        self.critic = critic
-        self.thresholds = thresholds
-        self.router.thresholds = thresholds
+    @property
+    def thresholds(self) -> ThresholdSource:
+        """The thresholds of the champion in use."""
+        return self.champion.current.thresholds
 
     # ---- observation ---------------------------------------------------------------------------------------------
 
@@ -390,6 +397,7 @@ class SessionWorker:
         plain = {k: v for k, v in sorted(counts.items()) if ":" not in k}
         return {
             "worker_id": self.worker_id,
+            "critic_version": self.champion.current.version,
             "uptime_s": round(time.monotonic() - self._started, 3),
             "sessions": {
                 "ready": sum(1 for s in sessions if s.state == _Local.READY),
@@ -443,7 +451,7 @@ class SessionWorker:
         if not created:
             # A redelivery, or a start for a session whose worker died: adopting recovers it if it is claimable.
             self._counts.add("duplicate_starts")
-            self._adopt(session_id, "start")
+            self._resume(session_id, _Resume.START)
             return
         if not self.store.claim(session_id, self.worker_id, self.lease_s):
             return  # another worker's takeover scan got it first: it runs the session
@@ -475,16 +483,9 @@ class SessionWorker:
         deferral = result.deferral
         assert deferral is not None  # an accepted answer always names its deferral
         self._feed_stages(deferral, decision)
-        session = self._sessions.get(decision.session_id)
-        if session is None:
-            # Not ours in memory: adopt it if its owner is gone (adoption rebuilds this answer from the store);
-            # a live owner notices the answer in its next scan of parked sessions.
-            self._adopt(decision.session_id, "answer")
-            return
-        session.pending_answer = _Answer(deferral, decision)
-        session.state = _Local.READY
-        session.deferral = None
-        self._enqueue(session)
+        # Not ours in memory: adopted if its owner is gone (adoption rebuilds this answer from the store); a live
+        # owner notices the answer in its next scan of parked sessions.
+        self._resume(decision.session_id, _Resume.ANSWER, _Answer(deferral, decision))
 
     def _parked_on(self, decision: OperatorDecision) -> bool:
         session = self._sessions.get(decision.session_id)
@@ -497,22 +498,29 @@ class SessionWorker:
         )
 
     def _feed_stages(self, deferral: Deferral, decision: OperatorDecision) -> None:
+        if self.stage_sync is None:
+            self._record_answer(deferral, decision)
+            return
+        with self.stage_sync.local_change():  # a demotion is in the log before any poll can run
+            for event in self._record_answer(deferral, decision):
+                if event is not None and event.from_stage != event.to_stage:
+                    self.stage_sync.record_demotion(event)  # every other process demotes the slice too
+
+    def _record_answer(self, deferral: Deferral, decision: OperatorDecision) -> list[StageEvent | None]:
         slice_key = deferral.decision.slice
         events = [self.stages.record_answer(slice_key, corrected=decision.verdict != Verdict.ACCEPT)]
         if deferral.decision.audit:
             # The same label the critic is trained on, so audited acceptance and the thresholds measure one thing.
             acceptable = decision.verdict == Verdict.ACCEPT or decision.reason in LABEL_RULES[DEFAULT_LABEL]
             events.append(self.stages.record_audit(slice_key, acceptable))
-        if self.stage_sync is not None:
-            for event in events:
-                if event is not None and event.from_stage != event.to_stage:
-                    self.stage_sync.record_demotion(event)  # every other process demotes the slice too
+        return events
 
     # ---- maintenance ---------------------------------------------------------------------------------------------
 
     def _maintain(self, force: bool = False) -> None:
         if self.stage_sync is not None:
-            self.stage_sync.poll()  # at most once per its interval: other processes' overrides and demotions
+            self.stage_sync.poll()  # at most once per its interval: other processes' stage changes
+        self._heartbeat()
         now = time.monotonic()
         if force or now >= self._renew_due:
             self._renew()
@@ -538,7 +546,43 @@ class SessionWorker:
         for session_id in sorted(owned.difference(self._sessions)):
             # Leased to this worker id but not in memory (a restart under the same id): renewing it without
             # running it would keep it from everyone, so it is adopted.
-            self._adopt(session_id, "owned")
+            self._resume(session_id, _Resume.OWNED)
+
+    def _heartbeat(self, stopped: bool = False) -> None:
+        """Write this worker's heartbeat row (``RuntimeStore.heartbeat``) every ``heartbeat_s``, and at once when
+        the stage-event log it applied, its champion or the kill switch changed (so the supervisor sees a
+        change reach every worker). Never fatal: a failed write is counted and logged."""
+        now = time.monotonic()
+        reported = (
+            self.stage_sync.last_id if self.stage_sync is not None else 0,
+            self.champion.current.version,
+            self.stages.kill_switch,
+        )
+        if not stopped and now < self._heartbeat_due and reported == self._reported:
+            return
+        self._heartbeat_due = now + self.heartbeat_s
+        counts = self._counts.snapshot()
+        at = datetime.now(UTC)
+        beat = WorkerHeartbeat(
+            worker_id=self.worker_id,
+            started_at=self._started_at,
+            last_seen=at,
+            interval_s=self.heartbeat_s,
+            critic_version=reported[1],
+            stage_event_id=reported[0],
+            kill_switch=reported[2],
+            sessions=len(self._sessions),
+            decisions={k.partition(":")[2]: v for k, v in counts.items() if k.startswith("decision:")},
+            decision_latency_ms=self.latency.summary(),
+            stopped_at=at if stopped else None,
+        )
+        try:
+            self.store.heartbeat(beat)
+        except Exception:
+            self._counts.add("heartbeat_errors")
+            log.warning("worker %s: writing its heartbeat failed", self.worker_id, exc_info=True)
+            return
+        self._reported = reported
 
     def _holds_lease(self, session: _Session) -> bool:
         """True if this worker still holds the session, renewing the leases first when their safety margin is
@@ -554,7 +598,7 @@ class SessionWorker:
         now = datetime.now(UTC)
         for session_id in self.store.expired_sessions(now=now, limit=self.batch_size * 4, include_parked=True):
             if session_id not in self._sessions:
-                self._adopt(session_id, "takeover")
+                self._resume(session_id, _Resume.TAKEOVER)
         parked = set(self.store.owned_sessions(self.worker_id, status=SessionStatus.PARKED))
         for session in list(self._sessions.values()):
             if session.state != _Local.PARKED or session.session_id in parked:
@@ -566,18 +610,33 @@ class SessionWorker:
             if row.status == SessionStatus.PARKED:
                 continue  # still parked; only its lease lapsed for a moment (the next renewal restores it)
             # Answered through a worker that does not own it: complete the answer from the store.
-            session.pending_answer = self._last_answer(session.session_id)
+            self._resume(session.session_id, _Resume.ANSWERED_ELSEWHERE)
+            self._counts.add("answers_seen_in_store")
+
+    def _resume(self, session_id: str, why: _Resume, answer: _Answer | None = None) -> _Session | None:
+        """The one way a session comes back to the step queue after it waited for an answer or lost its worker.
+
+        - In memory and answered (``ANSWER``, with ``answer`` as the bus delivered it; ``ANSWERED_ELSEWHERE``,
+          rebuilt from the store): READY, with the answer to complete before its next observation.
+        - Not in memory (any ``why``): claimed and rebuilt from the store (``_adopt``). A parked session waits
+          for its answer (its deferral re-published if it never reached the topic); a running one first re-sends
+          its unconfirmed keys and completes the answer of its last deferral, rebuilt from the store.
+        - In memory otherwise (a start or a takeover of a session this worker runs already): nothing to do.
+
+        Returns the session held afterwards, None if it could not be claimed (another worker runs it, or it
+        ended)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return self._adopt(session_id, why)
+        if why in (_Resume.ANSWER, _Resume.ANSWERED_ELSEWHERE):
+            session.pending_answer = answer if answer is not None else self._last_answer(session_id)
             session.state = _Local.READY
             session.deferral = None
             self._enqueue(session)
-            self._counts.add("answers_seen_in_store")
+        return session
 
-    def _adopt(self, session_id: str, why: str) -> _Session | None:
-        """Claim a session and rebuild it from the store: parked ones wait for their answer (the deferral is
-        re-published), running ones first re-send unconfirmed keys and complete an answered deferral."""
-        existing = self._sessions.get(session_id)
-        if existing is not None:
-            return existing
+    def _adopt(self, session_id: str, why: _Resume) -> _Session | None:
+        """Claim a session not in memory and rebuild it from the store (see ``_resume``)."""
         if not self.store.claim(session_id, self.worker_id, self.lease_s):
             return None
         row = self.store.get_session(session_id)
@@ -592,8 +651,8 @@ class SessionWorker:
             needs_resend=True,
         )
         self._sessions[session_id] = session
-        self._counts.add(f"adopted:{why}")
-        if why == "takeover":
+        self._counts.add(f"adopted:{why.value}")
+        if why == _Resume.TAKEOVER:
             self._counts.add("takeovers")
         if row.status == SessionStatus.PARKED:
             session.state = _Local.PARKED
@@ -659,6 +718,11 @@ class SessionWorker:
         if not batch:
             return
         started = time.perf_counter()
+        champion = self.champion.current  # one champion for the whole batch: critic and thresholds together
+        if champion is not self._champion_in_use:
+            if self._champion_in_use is not None:
+                self._counts.add("critic_reloads")
+            self._champion_in_use = champion
         try:
             # What adoptions and answers left to do first, so the observations below are all fresh and the
             # decision latency (observe -> decision) does not include other sessions' side effects.
@@ -670,13 +734,13 @@ class SessionWorker:
                 self._propose(observed)
                 self._counts.add("propose_ms", int((time.perf_counter() - mark) * 1000))
                 mark = time.perf_counter()
-                self._score(observed)
+                self._score(observed, champion)
                 self._counts.add("score_ms", int((time.perf_counter() - mark) * 1000))
                 # Every decision first, then the side effects: a session's decision latency does not include the
                 # store writes and BPM calls of the sessions before it in the batch.
                 for item in observed:
                     try:
-                        self._decide(item)
+                        self._decide(item, champion)
                     except Exception:
                         self._session_error(item.session)
                 mark = time.perf_counter()
@@ -778,7 +842,7 @@ class SessionWorker:
                 proposal = proposal.model_copy(update={"session_id": item.session.session_id})
             item.proposal = proposal
 
-    def _score(self, observed: list[_Observed]) -> None:
+    def _score(self, observed: list[_Observed], champion: Champion) -> None:
         """Critic scores for critic-gated proposals (non-critical and always-ask ones are decided without it)."""
         gated = [
             item
@@ -793,7 +857,7 @@ class SessionWorker:
             return
         try:
             candidates = [Candidate(item.state, item.proposal) for item in gated if item.proposal is not None]
-            probabilities = np.asarray(self.critic.predict_proba(candidates), dtype=np.float64)[:, 1]
+            probabilities = np.asarray(champion.critic.predict_proba(candidates), dtype=np.float64)[:, 1]
         except Exception:
             self._counts.add("critic_errors")  # unscored proposals are deferred by the router (not_scored)
             log.exception("worker %s: the critic failed on %d candidates", self.worker_id, len(gated))
@@ -801,14 +865,14 @@ class SessionWorker:
         for item, p in zip(gated, probabilities, strict=True):
             item.score = float(min(1.0, max(0.0, p))) if math.isfinite(p) else None
 
-    def _decide(self, item: _Observed) -> None:
+    def _decide(self, item: _Observed, champion: Champion) -> None:
         session, proposal = item.session, item.proposal
         if proposal is None:
             reason = "the policy has no valid action for this screen"
             self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
             return
         context = SessionContext(session.session_id, session.actions_executed, session.failures)
-        item.decision = self.router.decide(proposal, item.score, context)
+        item.decision = self.router.decide(proposal, item.score, context, champion)
         elapsed = time.perf_counter() - item.started
         self.latency.add(elapsed * 1000.0)
         if self.metrics is not None:

@@ -1,13 +1,17 @@
 """A session worker in its own process (``autopilot worker``, what the Helm Deployment runs).
 
 ``worker_spec_from_settings`` turns ``RuntimeSettings`` (the environment of a deployment) into a ``WorkerSpec``:
-the policy directory, the critic registry's champion and its thresholds, the BPM's task API, the risk file;
-``build_worker`` loads what the spec names and ``run_worker_process`` runs it until SIGTERM. ``WorkerSetupError``
-says which setting is wrong before anything heavy is loaded; ``check_bus`` fails fast when no broker answers.
+the policy directory, the critic registry's champion and its thresholds, the BPM's task API, the risk file, the
+feedback store; ``build_worker_process`` loads what the spec names (``build_worker``: the worker alone) and
+``WorkerProcess.run`` runs it until SIGTERM, with a ``RegistryWatcher`` beside it that runs a promotion round at
+start, swaps in every new registry champion and promotes again, like the API does for its own workers.
+``WorkerSetupError`` says which setting is wrong before anything heavy is loaded; ``check_bus`` fails fast when no
+broker answers.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -18,24 +22,30 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from critic.registry import CriticRegistry
+from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
 from schemas.risk import RiskPolicy
 from service.runtime.adapters.base import BpmAdapter
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 from service.runtime.bus.producer import BusProducer
 from service.runtime.bus.topics import Topics, ensure_topics
+from service.runtime.champion import Champion, ChampionHolder
 from service.runtime.metrics import RuntimeMetrics
+from service.runtime.registry_watch import RegistryWatcher
 from service.runtime.router import Router
 from service.runtime.settings import RuntimeSettings, new_worker_id
 from service.runtime.stage_sync import StageSync
 from service.runtime.store import RuntimeStore
 from service.runtime.worker import WORKER_GROUP, SessionWorker
 
+log = logging.getLogger(__name__)
+
 
 class WorkerSpec(BaseModel):
     """Everything a worker process needs, as JSON: where the bus, the store and the BPM (task API) are, and the
-    saved policy, critic and thresholds. Each process holds its own ``AutonomyStages``, kept in step with the others
-    through the store's stage-event log (``service.runtime.stage_sync``)."""
+    saved policy, critic and thresholds, and the registry and feedback store it keeps them current from. Each
+    process holds its own ``AutonomyStages``, kept in step with the others through the store's stage-event log
+    (``service.runtime.stage_sync``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -57,6 +67,15 @@ class WorkerSpec(BaseModel):
     session_timeout_ms: int = Field(default=6000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    critic_version: str | None = Field(default=None, description="The registry version of critic_path")
+    registry_dir: str | None = Field(
+        default=None, description="The critic registry whose champion the process follows (None: critic_path for good)"
+    )
+    feedback_url: str | None = Field(
+        default=None, description="The feedback store: labels per slice for the promotion rounds (None: none)"
+    )
+    registry_poll_s: float = Field(default=30.0, ge=0, description="How often the registry is checked (0: never)")
+    auto_promote: bool = Field(default=True, description="Promotion rounds at start and on every new champion")
 
 
 def build_worker(
@@ -74,8 +93,10 @@ def build_worker(
     from service.runtime.adapters.http import HttpBpmAdapter
 
     stages = AutonomyStages(AutonomyConfig.from_dict(spec.autonomy))
-    thresholds = SliceThresholds.from_dict(spec.thresholds)
-    router = Router(spec.risk, stages, thresholds, audit_rate=spec.audit_rate, seed=spec.seed)
+    champion = ChampionHolder(
+        Champion(load_critic(spec.critic_path), SliceThresholds.from_dict(spec.thresholds), spec.critic_version)
+    )
+    router = Router(spec.risk, stages, champion, audit_rate=spec.audit_rate, seed=spec.seed)
     store = RuntimeStore(spec.database_url)
     stage_sync = StageSync(store, stages, origin=spec.worker_id)
     stage_sync.poll(force=True)  # replay the overrides, kill switch and demotions made so far
@@ -83,8 +104,7 @@ def build_worker(
         spec.worker_id,
         adapter if adapter is not None else HttpBpmAdapter(spec.bpm_url),
         LMPolicy.load(spec.policy_path),
-        load_critic(spec.critic_path),
-        thresholds,
+        champion,
         router,
         stages,
         store,
@@ -102,21 +122,79 @@ def build_worker(
     )
 
 
-def run_worker_process(worker: SessionWorker) -> None:
-    """Run ``worker`` in this process until SIGTERM or SIGINT, then close it (releasing its sessions)."""
-    stop = threading.Event()
+class WorkerProcess:
+    """A worker and what keeps its process current beside it: the registry watcher (on a thread of its own) and
+    the feedback store the promotion rounds count labels in."""
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def __init__(
+        self, worker: SessionWorker, watcher: RegistryWatcher | None = None, feedback: FeedbackStore | None = None
+    ) -> None:
+        self.worker = worker
+        self.watcher = watcher
+        self.feedback = feedback
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def run(self) -> None:
+        """Run until SIGTERM or SIGINT: a promotion round, the watcher's thread, the worker's loop; then close
+        everything (the worker releases its sessions)."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        watching: threading.Thread | None = None
+        try:
+            if self.watcher is not None:
+                try:
+                    promoted = self.watcher.initial_round()
+                    log.info("slices in autopilot after the promotion round: %s", ", ".join(promoted) or "none")
+                except Exception:  # the feedback store away: run without promoting; the next champion tries again
+                    log.exception("worker %s: the promotion round at start failed", self.worker.worker_id)
+                watching = threading.Thread(target=self.watcher.run, args=(stop,), name="registry-watch", daemon=True)
+                watching.start()
+            self.worker.run(stop)
+        finally:
+            stop.set()
+            if watching is not None:
+                watching.join(10.0)
+            self.worker.close()
+            self.worker.producer.close()
+            self.worker.store.close()
+            if self.feedback is not None:
+                self.feedback.close()
+
+
+def build_worker_process(spec: WorkerSpec, *, metrics: RuntimeMetrics | None = None) -> WorkerProcess:
+    """The worker of ``spec`` with its registry watcher and feedback store (opened first: a wrong URL fails
+    before the policy is loaded, as WorkerSetupError naming ``feedback_url``)."""
+    feedback: FeedbackStore | None = None
+    if spec.feedback_url:
+        try:
+            feedback = FeedbackStore(spec.feedback_url)
+        except Exception as exc:
+            raise WorkerSetupError(f"feedback_url: cannot open the feedback store: {exc}") from exc
     try:
-        worker.run(stop)
-    finally:
-        worker.close()
-        worker.producer.close()
-        worker.store.close()
+        worker = build_worker(spec, metrics=metrics)
+    except BaseException:
+        if feedback is not None:
+            feedback.close()
+        raise
+    watcher = RegistryWatcher(
+        worker.champion,
+        worker.stages,
+        spec.registry_dir,
+        sync=worker.stage_sync,
+        label_counts=feedback.counts_by_slice if feedback is not None else None,
+        poll_s=spec.registry_poll_s,
+        auto_promote=spec.auto_promote,
+    )
+    return WorkerProcess(worker, watcher, feedback)
+
+
+def run_worker_process(worker: SessionWorker) -> None:
+    """Run ``worker`` alone in this process until SIGTERM or SIGINT, then close it (releasing its sessions)."""
+    WorkerProcess(worker).run()
 
 
 class WorkerSetupError(ValueError):
@@ -168,6 +246,11 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         policy_path=str(settings.policy_dir),
         critic_path=str(registry.artifact_path(champion)),
         thresholds=thresholds,
+        critic_version=champion,
+        registry_dir=str(settings.registry_dir),
+        feedback_url=settings.resolved_feedback_url(),
+        registry_poll_s=settings.registry_poll_s,
+        auto_promote=settings.auto_promote,
         # The guardrails' target acceptance is the thresholds' own 1 - alpha, so audits and thresholds agree.
         autonomy=AutonomyConfig(
             initial_stage=settings.initial_stage, alpha=SliceThresholds.from_dict(thresholds).config.alpha

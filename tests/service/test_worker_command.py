@@ -211,6 +211,7 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
         "AUTOPILOT_METRICS_PORT": str(metrics_port),
         "AUTOPILOT_KAFKA_BOOTSTRAP": broker.bootstrap,
         "AUTOPILOT_DATABASE_URL": config.store_url(),
+        "AUTOPILOT_DATA_DIR": str(tmp_path),  # the feedback store it counts labels in: data_dir/feedback.db
         "AUTOPILOT_TOPIC_PREFIX": config.topic_prefix,
         "AUTOPILOT_PARTITIONS": str(config.partitions),
         "AUTOPILOT_LEASE_S": str(config.lease_s),

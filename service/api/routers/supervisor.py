@@ -24,6 +24,7 @@ from service.api.models import (
     SliceInfo,
     StageEventInfo,
     StageRequest,
+    WorkerInfo,
 )
 from service.runtime.autonomy import StageEvent
 
@@ -72,21 +73,33 @@ def _kill(service: AutopilotService) -> KillSwitchInfo:
 
 @router.get("/overview", response_model=Overview)
 def overview(service: ServiceDep, caller: Supervisor) -> Overview:
-    """Everything the dashboard shows, in one call."""
+    """Everything the dashboard shows, in one call. Decisions, latency and worker health come from the store
+    (the decisions table and the workers' heartbeat rows), so workers in other processes and pods show."""
     store = service.store
     automated, ended = store.automation_counts()
-    decisions: dict[str, int] = {}
-    latencies: list[float] = []
-    for worker in service.runtime.workers:
-        stats = worker.stats()
-        for outcome, count in stats["decisions"].items():
-            decisions[outcome] = decisions.get(outcome, 0) + count
-        p50 = stats["decision_latency_ms"].get("p50")
-        if isinstance(p50, int | float):
-            latencies.append(float(p50))
+    now = datetime.now(UTC)
+    workers = [
+        WorkerInfo(
+            worker_id=beat.worker_id,
+            alive=beat.alive(now),
+            started_at=beat.started_at,
+            last_seen=beat.last_seen,
+            critic_version=beat.critic_version,
+            stage_event_id=beat.stage_event_id,
+            kill_switch=beat.kill_switch,
+            sessions=beat.sessions,
+            decisions=beat.decisions,
+            decision_latency_ms=beat.decision_latency_ms,
+        )
+        for beat in service.worker_heartbeats()
+    ]
+    latencies = [
+        float(p50)
+        for worker in workers
+        if worker.alive and isinstance(p50 := worker.decision_latency_ms.get("p50"), int | float)
+    ]
     recent = store.sessions(limit=500)
     durations = [(r.updated_at - r.started_at).total_seconds() for r in recent if r.status.value == "completed"]
-    now = datetime.now(UTC)
     events = [e for e in service.stages.events() if e.from_stage != e.to_stage or e.actor != "system"]
     audits = service.audit_outcomes()
     return Overview(
@@ -100,8 +113,9 @@ def overview(service: ServiceDep, caller: Supervisor) -> Overview:
         kill_switch=_kill(service),
         critic_version=service.critic_version,
         alpha=service.thresholds.config.alpha,
-        decisions=decisions,
+        decisions=service.decision_counts(),
         decision_latency_ms={"p50_of_workers": statistics.median(latencies) if latencies else None},
+        workers=workers,
         handling={
             "completed_sessions_median_s": statistics.median(durations) if durations else None,
             "completed_sessions_mean_s": statistics.fmean(durations) if durations else None,

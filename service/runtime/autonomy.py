@@ -1,7 +1,9 @@
 """Autonomy stages per slice: logging -> copilot -> autopilot, promotion rules, guardrails and supervisor control.
 
 A slice (process, action type) starts in a configured stage (copilot, or logging for processes listed as
-logging-only) and climbs one stage per :meth:`AutonomyStages.consider_promotion` call:
+logging-only) and climbs one stage per :meth:`AutonomyStages.consider_promotion` call (or, split in two for a
+promotion that other processes must see first, :meth:`AutonomyStages.promotion_due` then
+:meth:`AutonomyStages.promote`; see ``service.runtime.promotion``):
 
 - logging -> copilot once the slice has ``copilot_min_labels`` labels (proposals are worth showing);
 - copilot -> autopilot once the critic registry holds a threshold for the slice (the Learn-then-Test guarantee

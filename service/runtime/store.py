@@ -547,7 +547,8 @@ class WorkerHeartbeat:
 
 
 class RuntimeStore:
-    """Sessions, proposals, decisions, deferrals, applied actions and the audit log in one database.
+    """Sessions, proposals, decisions, deferrals, applied actions, the audit log, the replicated stage-event log
+    and the workers' heartbeats in one database.
 
     ``url`` is any SQLAlchemy URL of SQLite (a file; created with its folder if missing) or PostgreSQL
     (``postgresql+psycopg://...``; a bare ``postgresql://`` uses psycopg 3 too). The tables are created if

@@ -3,9 +3,11 @@ resumes them from the store and the BPM after a crash.
 
 One loop, one thread. ``run`` alternates three phases until its stop event is set:
 
-1. maintenance (time-gated): renew this worker's leases every ``lease_s / 3``; every ``lease_s / 2`` take over
-   sessions whose lease expired (``store.expired_sessions(include_parked=True)``), notice parked sessions that
-   were answered through another worker, and re-send deferrals whose publish failed;
+1. maintenance (time-gated): apply other processes' stage changes (``StageSync.poll``, once a second); write this
+   worker's heartbeat row (``store.heartbeat``: every ``heartbeat_s``, and at once when the stage log it applied,
+   its champion or the kill switch changed); renew this worker's leases every ``lease_s / 3``; every
+   ``lease_s / 2`` take over sessions whose lease expired (``store.expired_sessions(include_parked=True)``),
+   notice parked sessions that were answered through another worker, and re-send deferrals whose publish failed;
 2. the bus: one ``BusConsumer.poll_once`` over ``sessions`` and ``operator-decisions`` (group ``workers``, or ``group_id``; both
    topics have the same partition count and key = session id, so the range assignor gives one member every
    message of a session). Handlers only touch the store and mark sessions ready; no BPM call happens here, so a
@@ -14,6 +16,12 @@ One loop, one thread. ``run`` alternates three phases until its stop event is se
    the approved action, hand over after a reject, re-send unconfirmed keys), then every session is observed,
    proposed for in one ``propose_batch`` call, scored in one critic call and routed, and only then executed
    (EXECUTE) or parked (DEFER, ALWAYS_ASK), so a session's decision latency excludes the others' side effects.
+   The batch reads the process's champion (``service.runtime.champion``) once: every proposal of the batch is
+   scored by its critic and decided on its thresholds, and the decision records its version.
+
+A session comes back to the step queue by one path, ``_resume``: an answer on the bus, an answer noticed in the
+store, a takeover of an expired lease, a restart under the same worker id, or a repeated start all go through it
+(in memory: ready with the answer to complete; not in memory: claimed and rebuilt from the store).
 
 Why one loop and not a consumer thread beside a step thread: the policy is not shared with another thread, a
 session is never touched by two threads (no per-session locks), and the consumer is used by the thread that made

@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
@@ -39,6 +40,7 @@ from service.runtime.store import (
     RuntimeStore,
     SessionRow,
     SessionStatus,
+    WorkerHeartbeat,
 )
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -798,3 +800,54 @@ def test_audit_outcomes_count_answered_audits_per_slice(store: RuntimeStore) -> 
     )
     assert store.audit_outcomes() == {"billing/click_control": (1, 2)}
     assert store.audit_outcomes(since=datetime.now(UTC) + timedelta(hours=1)) == {}
+
+
+# ---- heartbeats, decision counts and the stage-event compare-and-set -------------------------------------------
+
+
+def test_worker_heartbeats_are_replaced_in_place_and_tell_who_is_alive(store: RuntimeStore) -> None:
+    beat = WorkerHeartbeat(
+        worker_id="w1",
+        started_at=T0,
+        last_seen=T0 + timedelta(seconds=5),
+        interval_s=5.0,
+        critic_version="critic-1",
+        stage_event_id=3,
+        kill_switch=False,
+        sessions=2,
+        decisions={"execute": 4},
+        decision_latency_ms={"count": 4, "p50": 12.5, "p99": 20.0, "max": 21.0},
+    )
+    store.heartbeat(beat)
+    later = replace(beat, last_seen=T0 + timedelta(seconds=10), stage_event_id=7, decisions={"execute": 5, "defer": 1})
+    store.heartbeat(later)
+    store.heartbeat(replace(beat, worker_id="w2", critic_version=None, kill_switch=True))
+    assert [b.worker_id for b in store.heartbeats()] == ["w1", "w2"]
+    assert store.heartbeats()[0] == later
+    assert later.alive(T0 + timedelta(seconds=24)) and not later.alive(T0 + timedelta(seconds=26))
+    store.heartbeat(replace(later, stopped_at=T0 + timedelta(seconds=11)))
+    assert not store.heartbeats()[0].alive(T0 + timedelta(seconds=12))  # closed cleanly
+    assert [b.worker_id for b in store.heartbeats(since=T0 + timedelta(seconds=8))] == ["w1"]
+
+
+def test_decision_counts_by_outcome_since(store: RuntimeStore) -> None:
+    executed = _deferral("s1", 1).decision.model_copy(update={"decision_id": "x", "outcome": DecisionOutcome.EXECUTE})
+    old = _deferral("s1", 2).decision.model_copy(update={"decided_at": T0 - timedelta(days=2)})
+    for decision in (_deferral("s1", 0).decision, executed, old):
+        store.record_decision(decision)
+    assert store.decision_counts() == {"defer": 2, "execute": 1}
+    assert store.decision_counts(since=T0 - timedelta(days=1)) == {"defer": 1, "execute": 1}
+
+
+def test_a_stage_event_compare_and_set_refuses_a_stale_view_of_the_slice(store: RuntimeStore) -> None:
+    slice_args = {"process_id": "billing", "action_type": "click_control"}
+    first = store.append_stage_event_if_latest(
+        0, "w1", "promotion", "system", "promoted", stage="autopilot", **slice_args
+    )
+    assert first is not None
+    other = store.append_stage_event("w2", "override", "sam", "elsewhere", process_id="other", action_type="fill_field")
+    # Another slice's event does not make a view of this one stale; an event on this slice does.
+    assert store.append_stage_event_if_latest(first, "w1", "demotion", "system", "x", **slice_args) is not None
+    assert store.append_stage_event_if_latest(first, "w2", "promotion", "system", "late", **slice_args) is None
+    assert other > first
+    assert [e.origin for e in store.stage_events_after(0)] == ["w1", "w2", "w1"]

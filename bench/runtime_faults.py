@@ -80,6 +80,7 @@ from sandbox.harness import SandboxRuntime
 from sandbox.platform import SandboxPlatform
 from schemas import AutonomyStage, Deferral, FeedbackRecord, OperatorDecision, Payload, SessionCommand, UIState
 from schemas.decision import RejectReason, Verdict
+from schemas.files import atomic_write_text
 from schemas.proposal import Proposal
 from service.api.server_thread import serve_in_thread
 from service.runtime.autonomy import AutonomyConfig
@@ -247,9 +248,7 @@ def child_main(order_path: str, stats_path: str) -> None:
     stop = threading.Event()
 
     def dump() -> None:
-        tmp = stats.with_suffix(".tmp")
-        tmp.write_text(json.dumps(worker.stats()))
-        tmp.replace(stats)  # atomic: the benchmark never reads half a file
+        atomic_write_text(stats, json.dumps(worker.stats()))  # the benchmark never reads half a file
 
     def dump_loop() -> None:
         while not stop.wait(0.5):
@@ -311,9 +310,7 @@ class WorkerProcesses:
 
     def activate(self, spec: WorkerSpec) -> Child:
         child = self._standby.pop(0) if self._standby else self._spawn()
-        pending = child.order.with_suffix(".tmp")
-        pending.write_text(spec.model_dump_json())
-        pending.rename(child.order)  # atomic: the child never reads half an order
+        atomic_write_text(child.order, spec.model_dump_json())  # the child never reads half an order
         child.worker_id = spec.worker_id
         self.children.append(child)
         self._standby.append(self._spawn())

@@ -8,8 +8,6 @@ sidecar file, for analysis only: it is never a critic feature and never part of 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from pydantic import ValidationError
 
 from critic.base import labels
 from schemas.feedback import FeedbackRecord
+from schemas.files import atomic_file, atomic_write_text
 
 # Synthetic review times: case ``i`` starts ``i`` minutes after the epoch and its step ``s`` is reviewed ``s``
 # seconds later (a case has fewer than 60 steps), so time order = case order, then step order.
@@ -80,23 +79,6 @@ def truth_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".truth.json")
 
 
-def _write_temp(path: Path, lines: Iterable[str]) -> Path:
-    """Write ``lines`` to a new temporary file beside ``path`` (same file system, so it can be renamed over
-    ``path``). On any failure the temporary file is removed and ``path`` is untouched."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-                f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
 def write_feedback(records: Iterable[FeedbackRecord], path: str | Path, truth: Sequence[bool] | None = None) -> Path:
     """Write one FeedbackRecord JSON per line, atomically (temporary file + rename: a reader never sees half a
     file, and a failure midway leaves the previous file, or none, in place). ``truth`` (one flag per record)
@@ -104,18 +86,12 @@ def write_feedback(records: Iterable[FeedbackRecord], path: str | Path, truth: S
     with other rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-
-    def lines() -> Iterable[str]:
-        nonlocal count
-        for i, record in enumerate(records):
+    with atomic_file(path) as rows:  # the rows replace the file only after the sidecar is settled
+        count = 0
+        for count, record in enumerate(records, start=1):
             if not isinstance(record, FeedbackRecord):
-                raise ValueError(f"records[{i}]: expected a FeedbackRecord, got {type(record).__name__}")
-            count += 1
-            yield record.model_dump_json()
-
-    rows = _write_temp(path, lines())
-    try:
+                raise ValueError(f"records[{count - 1}]: expected a FeedbackRecord, got {type(record).__name__}")
+            rows.write(record.model_dump_json() + "\n")
         sidecar = truth_path(path)
         if truth is None:
             sidecar.unlink(missing_ok=True)
@@ -123,10 +99,7 @@ def write_feedback(records: Iterable[FeedbackRecord], path: str | Path, truth: S
             flags = [bool(t) for t in truth]
             if len(flags) != count:
                 raise ValueError(f"truth: {len(flags)} flags for {count} records")
-            os.replace(_write_temp(sidecar, [json.dumps(flags)]), sidecar)
-        os.replace(rows, path)
-    finally:
-        rows.unlink(missing_ok=True)
+            atomic_write_text(sidecar, json.dumps(flags) + "\n")
     return path
 
 

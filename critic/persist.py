@@ -8,15 +8,12 @@ renamed into place, so a reader never sees half a critic.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from critic.base import Critic
+from schemas.files import atomic_directory
 
 CRITIC_FILE = "critic.json"
 KINDS = ("feature", "confidence", "generative", "calibrated")
@@ -28,23 +25,10 @@ def write_critic_dir(path: str | Path, meta: dict[str, Any], write_files: Callab
     if "kind" not in meta:
         raise ValueError("meta: needs a 'kind' so that load_critic can dispatch on it")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         if write_files is not None:
             write_files(tmp)
         (tmp / CRITIC_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        if target.exists():
-            # os.replace cannot put a directory over a non-empty one: move the old one aside first.
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

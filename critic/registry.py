@@ -8,13 +8,13 @@ Layout under the registry root::
     versions/<version>/artifact/        the saved critic directory, copied as is
     versions/<version>/manifest.json    Manifest (artifact_hash filled in by the registry)
     versions/<version>/thresholds.json  (optional) the per-slice thresholds as JSON
-    versions/.tmp-<uuid>/               a register in progress, or the remains of one that crashed
+    versions/.tmp-<version>-<random>/   a register in progress, or the remains of one that crashed
     champion.json                       ChampionState: the champion, when and why, and the previous champions
     events.jsonl                        append-only log of register / promote / reject / rollback events
     .lock                               flock'ed around every mutating operation
 
-A version becomes visible in one ``os.replace`` of its fully written temporary directory, and the champion changes
-in one ``os.replace`` of ``champion.json``, so readers take no lock and never see half a version or half a
+A version becomes visible in one rename of its fully written temporary directory, and the champion changes in one
+rename of ``champion.json`` (``schemas.files``), so readers take no lock and never see half a version or half a
 champion. The version directories and ``champion.json`` are the truth; ``events.jsonl`` is the audit trail (a crash
 between the rename and the log write leaves a version without its register event).
 """
@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
 from schemas.base import Strict
+from schemas.files import TEMP_PREFIX, atomic_directory, atomic_write_text
 
 CRITIC_FILE = "critic.json"  # every critic's save() writes it; its absence means the wrong directory was passed
 ARTIFACT_DIR = "artifact"
@@ -50,7 +51,7 @@ THRESHOLDS_FILE = "thresholds.json"
 CHAMPION_FILE = "champion.json"
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = ".lock"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = TEMP_PREFIX  # what schemas.files names its temporaries
 
 # A version is a directory name: no separators, no leading dot (hidden names are the registry's own temporaries).
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -204,20 +205,6 @@ def _write_json(path: Path, payload: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; some network filesystems refuse fsync on a directory, which only costs durability."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class CriticRegistry:
     """Versions of critic artifacts under ``root`` (see the module docstring for the layout).
 
@@ -267,8 +254,8 @@ class CriticRegistry:
             final = self._version_dir(version)
             if final.exists():
                 raise ValueError(f"manifest.version: {version!r} is already registered")
-            tmp = self._versions_dir / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-            try:
+            # A hard crash skips atomic_directory's clean-up; gc_tmp() collects what it leaves.
+            with atomic_directory(final) as tmp:
                 shutil.copytree(source, tmp / ARTIFACT_DIR)
                 digest = artifact_hash(tmp / ARTIFACT_DIR)
                 if manifest.artifact_hash and manifest.artifact_hash != digest:
@@ -279,11 +266,6 @@ class CriticRegistry:
                 _write_json(tmp / MANIFEST_FILE, stored.model_dump_json(indent=1))
                 if thresholds_json is not None:
                     _write_json(tmp / THRESHOLDS_FILE, thresholds_json)
-                os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)  # a hard crash skips this; gc_tmp() collects what it leaves
-                raise
-            _fsync_dir(self._versions_dir)
             self._append_event("register", version)
         return version
 
@@ -336,23 +318,21 @@ class CriticRegistry:
         if not self._versions_dir.is_dir():
             return []
         with self._locked():  # a register in progress holds the lock, so its temporary is never collected
-            removed = [p for p in self._versions_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
+            removed = [
+                p
+                for folder in (self._versions_dir, self.root)
+                for p in folder.iterdir()
+                if p.name.startswith(TMP_PREFIX)
+            ]
             for path in removed:
                 if path.is_dir():
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-            champion_tmp = self.root / f"{CHAMPION_FILE}.tmp"
-            if champion_tmp.exists():
-                champion_tmp.unlink()
-                removed.append(champion_tmp)
         return removed
 
     def _write_champion(self, state: ChampionState) -> None:
-        tmp = self.root / f"{CHAMPION_FILE}.tmp"
-        _write_json(tmp, state.model_dump_json(indent=1))
-        os.replace(tmp, self.root / CHAMPION_FILE)
-        _fsync_dir(self.root)
+        atomic_write_text(self.root / CHAMPION_FILE, state.model_dump_json(indent=1))
 
     def _append_event(self, kind: EventKind, version: str, reason: str = "", previous: str | None = None) -> None:
         event = RegistryEvent(at=datetime.now(UTC), kind=kind, version=version, reason=reason, previous=previous)

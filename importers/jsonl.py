@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.files import atomic_file
 from schemas.trace import Trace
 
 
@@ -22,32 +20,20 @@ class WriteSummary:
 def write_traces(path: Path, traces: Iterable[Trace]) -> WriteSummary:
     """Write one ``Trace.model_dump_json()`` per line to ``path``.
 
-    The lines go to a temporary file in the target's own directory (so the final rename stays on one file
-    system and is atomic) that replaces ``path`` only once every trace has been written and flushed. Any error
-    while producing or writing traces, including an interrupt, removes the temporary file: a reader never sees a
-    partial import and a failed run leaves an existing output untouched.
+    Written atomically (``schemas.files.atomic_file``): any error while producing or writing traces, including
+    an interrupt, removes the temporary file, so a reader never sees a partial import and a failed run leaves an
+    existing output untouched.
     """
     directory = path.parent
     if not directory.is_dir():
         raise FileNotFoundError(f"output directory {str(directory)!r} does not exist")
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
     n_traces = n_steps = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
-            for trace in traces:
-                out.write(trace.model_dump_json())
-                out.write("\n")
-                n_traces += 1
-                n_steps += len(trace.steps)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an import is an ordinary data file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with atomic_file(path) as out:
+        for trace in traces:
+            out.write(trace.model_dump_json())
+            out.write("\n")
+            n_traces += 1
+            n_steps += len(trace.steps)
     return WriteSummary(traces=n_traces, steps=n_steps, path=path)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text
 from policy.tokenizer import PAD, train_tokenizer
 from policy.train import Example, TrainConfig, TrainHistory, train
 from schemas.actions import Action, action_key
+from schemas.files import atomic_directory
 from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.state import UIState
 from schemas.trace import Trace
@@ -283,10 +282,6 @@ class LMPolicy:
         """Write the policy directory atomically (a temporary sibling renamed into place)."""
         codec, model, bank = self._require()
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        model.save_pretrained(tmp)
-        codec.tokenizer.save_pretrained(tmp)
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "version": self.version_,
@@ -303,14 +298,10 @@ class LMPolicy:
             "history": asdict(self.history_) if self.history_ else None,
             "templates": bank.to_dict(),
         }
-        (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=1, default=str))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:6]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            _remove_tree(old)
-        else:
-            os.replace(tmp, target)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            codec.tokenizer.save_pretrained(tmp)
+            (tmp / POLICY_FILE).write_text(json.dumps(meta, indent=1, default=str))
         return target
 
     @classmethod
@@ -342,9 +333,3 @@ class LMPolicy:
             policy.history_ = TrainHistory(**meta["history"])
         policy.version_ = meta["version"]
         return policy
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()

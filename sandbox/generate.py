@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from sandbox.platform import SandboxPlatform
 from sandbox.scenario import Scenario
 from sandbox.simulate import work_case
 from schemas import Trace
+from schemas.files import atomic_file
 
 
 @dataclass
@@ -100,19 +99,13 @@ def generate(
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = GenerationSummary()
     started = time.perf_counter()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    with atomic_file(out) as handle:
 
-            def write(trace: Trace) -> None:
-                line = trace.model_dump_json() + "\n"
-                handle.write(line)
-                summary.add(trace, len(line))
+        def write(trace: Trace) -> None:
+            line = trace.model_dump_json() + "\n"
+            handle.write(line)
+            summary.add(trace, len(line))
 
-            _run(sessions, seed, scenario or Scenario(), start_index, progress, write)
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        _run(sessions, seed, scenario or Scenario(), start_index, progress, write)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -10,6 +10,7 @@ from pydantic import BaseModel, TypeAdapter
 from schemas.actions import Action
 from schemas.decision import Decision, Deferral, OperatorDecision
 from schemas.feedback import FeedbackRecord
+from schemas.files import atomic_write_text
 from schemas.proposal import Proposal
 from schemas.risk import RiskPolicy
 from schemas.screen import ScreenSchema
@@ -40,8 +41,6 @@ def export_json_schemas(directory: Path) -> list[Path]:
     schemas["Action"] = TypeAdapter(Action).json_schema()
     for name, schema in schemas.items():
         path = directory / f"{name}.schema.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(schema, indent=2, sort_keys=True) + "\n")
         written.append(path)
     return written

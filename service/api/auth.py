@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +145,7 @@ def _read_file(path: Path) -> TokenFile:
 def _write_file(path: Path, content: TokenFile) -> None:
     """Atomic replace with owner-only permissions (hashes are not secrets, but there is no reason to share)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content.model_dump_json(indent=2) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, content.model_dump_json(indent=2) + "\n", mode=0o600)
 
 
 def issue_token(path: Path, name: str, role: Role | str, queues: Sequence[str] = (), token: str | None = None) -> str:

@@ -54,6 +54,7 @@ from schemas import (
     UIState,
     Verdict,
 )
+from schemas.files import atomic_write_text
 from service.api.server_thread import serve_in_thread
 from service.runtime.adapters.base import BpmAdapter, CaseOutcome
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
@@ -601,9 +602,7 @@ def worker_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launc
 
     def launch(mode: str, n: int, spec: WorkerSpec) -> tuple[subprocess.Popen[bytes], Path]:
         child, order, marker = children[mode]
-        pending = order.with_suffix(".tmp")
-        pending.write_text(json.dumps({"n": n, "spec": spec.model_dump(mode="json")}))
-        pending.rename(order)  # atomic: the child never reads half an order
+        atomic_write_text(order, json.dumps({"n": n, "spec": spec.model_dump(mode="json")}))  # never half an order
         return child, marker
 
     yield launch

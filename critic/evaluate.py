@@ -16,7 +16,7 @@ a target risk against the oracle coverage (the share of proposals that were in f
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,10 +278,3 @@ def compare_critics(
             )
         )
     return comparison
-
-
-def scores_by_name(critics: Mapping[str, Any], X: Sequence[Any]) -> list[CriticScores]:
-    """Score the same inputs with several fitted critics (name -> critic)."""
-    from critic.base import accept_scores
-
-    return [CriticScores(name, accept_scores(c, X)) for name, c in critics.items()]

@@ -144,8 +144,3 @@ def enumerate_candidates(state: UIState, bank: TemplateBank | None = None) -> li
         for template in bank.templates(state.process_id, CHAT_TARGET):
             offer(f"send {template}")
     return list(out.values())
-
-
-def candidate_for(action: Action, state: UIState) -> Candidate:
-    """The candidate (slot form) of a given action, e.g. an operator's correction, for scoring it."""
-    return Candidate(text=action_text(action, state), action=action)

@@ -34,7 +34,3 @@ def merge_lora(model: PreTrainedModel) -> PreTrainedModel:
     if isinstance(model, PeftModel):
         return model.merge_and_unload()
     return model
-
-
-def trainable_parameters(model: PreTrainedModel) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -19,7 +19,7 @@ from typing import Any, Self
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from policy.candidates import Candidate, TemplateBank, candidate_for, enumerate_candidates
+from policy.candidates import Candidate, TemplateBank, enumerate_candidates
 from policy.codec import Codec
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
@@ -271,10 +271,6 @@ class LMPolicy:
                     raise ValueError(f"state {state.session_id}/{state.step} offers no valid action")
                 out.append(Prediction(proposal.action, proposal.features.probability))
         return out
-
-    def score_actions(self, state: UIState, actions: Sequence[Action]) -> list[float]:
-        """Sequence log-probabilities of given actions (e.g. an operator's correction) in ``state``."""
-        return self._score([state], [[candidate_for(a, state) for a in actions]])[0].logprobs
 
     # ---- persistence ---------------------------------------------------------------------------------------
 

@@ -141,7 +141,3 @@ def fill_slots(text: str, sources: Mapping[str, str]) -> str:
         return sources[name]
 
     return SLOT.sub(replace, text)
-
-
-def slot_names(text: str) -> list[str]:
-    return SLOT.findall(text)

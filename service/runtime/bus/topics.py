@@ -62,16 +62,12 @@ class Topics:
     def decisions(self) -> str:
         return self.prefix + "decisions"
 
-    @property
-    def traces(self) -> str:
-        return self.prefix + "traces"
-
     def parked(self, topic: str) -> str:
         return parked_topic(topic)
 
     def main(self) -> list[str]:
         """The topics that carry payloads."""
-        return [self.sessions, self.deferrals, self.operator_decisions, self.feedback, self.decisions, self.traces]
+        return [self.sessions, self.deferrals, self.operator_decisions, self.feedback, self.decisions]
 
     def all(self) -> list[str]:
         """Every topic, the parked one of each included."""

@@ -224,13 +224,19 @@ def test_deferrals_reach_the_inbox_of_the_right_operator_only(client: TestClient
     assert audited(client, running, "svc", "sessions:start", sessions[0])
 
 
+def duplicate_starts(running: Running) -> int:
+    """Start commands the workers have handled for a session that already existed."""
+    return sum(worker.stats().get("duplicate_starts", 0) for worker in running.service.runtime.workers)
+
+
 def test_starting_a_session_twice_is_the_same_session(client: TestClient, running: Running) -> None:
     cases = open_cases(running, MINE)
     first = start_sessions(client, running, cases)
+    before = duplicate_starts(running)
     again = start_sessions(client, running, cases)
     assert first == again
     deferral = pending_deferral(running, first[0])
-    time.sleep(0.5)
+    wait_for(lambda: duplicate_starts(running) > before)  # the second start has been handled, and ignored
     pending = [r for r in running.service.store.session_deferrals(first[0]) if r.status == DeferralStatus.PENDING]
     assert [r.deferral.deferral_id for r in pending] == [deferral.deferral_id]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -315,7 +315,9 @@ import sys, time
 from pathlib import Path
 from critic.registry import CriticRegistry, Manifest
 root, artifact, own, shared, start = sys.argv[1:6]
-while not Path(start).exists():
+deadline = time.monotonic() + 60
+while not Path(start).exists():  # poll: both processes start registering together
+    assert time.monotonic() < deadline, "the start file never came"
     time.sleep(0.005)
 registry = CriticRegistry(root)
 registry.register(artifact, Manifest.model_validate_json(Path(own).read_text()))
@@ -358,18 +360,37 @@ def test_concurrent_registers_from_two_processes(registry: CriticRegistry, tmp_p
     assert sorted(e.version for e in registry.events()) == versions
 
 
-def test_lock_serialises_mutations_across_threads(registry: CriticRegistry, tmp_path: Path) -> None:
+def test_lock_serialises_mutations_across_threads(
+    registry: CriticRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = make_artifact(tmp_path / "a")
     done = threading.Event()
+    asked = threading.Event()  # the worker thread is at its flock(LOCK_EX)
+    refused: list[bool] = []  # whether the lock was taken at that moment (a non-blocking try on the same handle)
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if threading.current_thread() is worker and operation == fcntl.LOCK_EX:
+            try:
+                real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                refused.append(False)
+                real_flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                refused.append(True)
+            asked.set()
+        real_flock(fd, operation)
 
     def register() -> None:
         registry.register(source, make_manifest("critic-a"))
         done.set()
 
+    worker = threading.Thread(target=register)
+    monkeypatch.setattr(fcntl, "flock", flock)
     with registry._locked():  # another job holding the lock
-        worker = threading.Thread(target=register)
         worker.start()
-        time.sleep(0.3)
+        assert asked.wait(10)
+        # The worker's flock blocks until the job lets go, so the register cannot have happened yet.
+        assert refused == [True]
         assert not done.is_set() and registry.versions() == []
     worker.join(timeout=10)
     assert done.is_set() and [m.version for m in registry.versions()] == ["critic-a"]

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -570,10 +571,15 @@ def test_apply_once_never_applies_a_key_twice_across_threads(store: RuntimeStore
     calls: list[int] = []
     barrier = threading.Barrier(8)
     outcomes: list[tuple[bool, str | None]] = []
+    overlapped: list[bool] = []
 
     def effect(i: int) -> str:
         calls.append(i)
-        threading.Event().wait(0.05)  # a slow BPM call: the others arrive while it runs
+        # A slow BPM call: it lasts until the seven others have been turned away (the key is reserved).
+        deadline = time.monotonic() + 30
+        while len(outcomes) < 7 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        overlapped.append(len(outcomes) == 7)
         return f"done by {i}"
 
     def run(i: int) -> None:
@@ -585,7 +591,7 @@ def test_apply_once_never_applies_a_key_twice_across_threads(store: RuntimeStore
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(calls) == 1
+    assert len(calls) == 1 and overlapped == [True]
     assert sorted(outcomes, key=lambda o: o[0]) == [(False, None)] * 7 + [(True, f"done by {calls[0]}")]
     assert store.is_applied("s1/3/click") and store.unconfirmed_keys(sid) == []
     assert _session(store, sid).actions_applied == 1

@@ -262,7 +262,9 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
                 return row is not None and row.owner == "cmd-worker"
 
             assert runtime.wait_until(claimed, 20)
-            time.sleep(0.5)  # a few failed observations
+            # Its first failed observation (the worker logs each one; its stats come only with "stopped").
+            unavailable = f"BPM unavailable for session {waiting}"
+            assert runtime.wait_until(lambda: unavailable in log.read_text(errors="replace"), 20), log.read_text()
 
             stopped_at = time.monotonic()
             process.send_signal(signal.SIGTERM)

@@ -91,7 +91,3 @@ def accept_scores(critic: Critic, X: Sequence[CriticInput]) -> np.ndarray:
     if len(X) == 0:
         return np.zeros(0, dtype=np.float64)
     return np.asarray(critic.predict_proba(X), dtype=np.float64)[:, 1]
-
-
-class NotFittedError(RuntimeError):
-    """A critic was used before ``fit`` (or ``load``)."""

@@ -16,8 +16,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from critic.base import Critic, CriticInput, NotFittedError, accept_scores
-from critic.persist import read_critic_meta, write_critic_dir
+from critic.artifact import read_critic_meta, write_critic_dir
+from critic.base import Critic, CriticInput, accept_scores
+from critic.errors import NotFittedError
 
 Method = Literal["auto", "isotonic", "sigmoid"]
 METHODS: tuple[str, ...] = get_args(Method)

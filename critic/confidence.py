@@ -15,9 +15,10 @@ from typing import Literal, Protocol, Self, get_args
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from critic.base import Candidate, CriticInput, NotFittedError
+from critic.artifact import read_critic_meta, write_critic_dir
+from critic.base import Candidate, CriticInput
+from critic.errors import NotFittedError
 from critic.features import check_training_set
-from critic.persist import read_critic_meta, write_critic_dir
 from schemas.actions import action_key
 from schemas.proposal import Proposal
 from schemas.state import UIState

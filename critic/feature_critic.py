@@ -21,9 +21,10 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
 
-from critic.base import CriticInput, NotFittedError
+from critic.artifact import read_critic_meta, write_critic_dir
+from critic.base import CriticInput
+from critic.errors import NotFittedError
 from critic.features import CriticFeaturizer, check_training_set
-from critic.persist import read_critic_meta, write_critic_dir
 
 KIND = "feature"
 MODEL_FILE = "model.joblib"

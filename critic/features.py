@@ -56,7 +56,8 @@ from typing import Self
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from critic.base import CriticInput, NotFittedError
+from critic.base import CriticInput
+from critic.errors import NotFittedError
 from policy.values import MAX_ROWS, MIN_SOURCE_CHARS
 from schemas.actions import (
     ClickControl,

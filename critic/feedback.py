@@ -19,23 +19,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from critic.base import labels
+from critic.errors import FeedbackError, validation_message
 from schemas.feedback import FeedbackRecord
 from schemas.files import atomic_file, atomic_write_text
 
 # Synthetic review times: case ``i`` starts ``i`` minutes after the epoch and its step ``s`` is reviewed ``s``
 # seconds later (a case has fewer than 60 steps), so time order = case order, then step order.
 SYNTHETIC_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FeedbackError(ValueError):
-    """A feedback row (a JSONL line or a database row) is missing or invalid; the message says where and why."""
-
-
-def validation_message(error: ValidationError) -> str:
-    """``field: message`` of the first error: what a reader needs to fix the producer."""
-    first = error.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "(record)"
-    return f"{loc}: {first['msg']}"
 
 
 # --- collection --------------------------------------------------------------------------------------------------

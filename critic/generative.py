@@ -42,8 +42,9 @@ from tokenizers import AddedToken
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from critic.base import CriticInput, NotFittedError
-from critic.persist import read_critic_meta, write_critic_dir
+from critic.artifact import read_critic_meta, write_critic_dir
+from critic.base import CriticInput
+from critic.errors import NotFittedError
 from policy.codec import Codec
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import load_model
@@ -419,7 +420,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
 
     def save(self, path: str | Path) -> Path:
         """A directory: the transformers checkpoint and tokenizer, plus ``critic.json`` (written atomically by
-        ``critic.persist``)."""
+        ``critic.artifact``)."""
         model, codec, marker, pad_id = self._require()
         params = self.get_params()
         params["policy_dir"] = None if self.policy_dir is None else str(self.policy_dir)

@@ -1,59 +1,24 @@
-"""Critic directories: an atomic writer, the ``critic.json`` reader, and ``load_critic`` dispatching on its kind.
+"""``load_critic``: load any saved critic, dispatching on the ``kind`` its ``critic.json`` names.
 
-A saved critic is a directory holding ``critic.json`` (``{"kind": ..., "params": ...}`` plus whatever the kind
-needs) and any model files beside it. The directory is written complete under a temporary sibling name and
-renamed into place, so a reader never sees half a critic.
+The directory format (writer and reader) is ``critic.artifact``'s; the kinds import that module, and this one
+imports the kinds, only when a directory of that kind is loaded.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from critic.artifact import read_critic_meta
 from critic.base import Critic
-from schemas.files import atomic_directory
 
-CRITIC_FILE = "critic.json"
 KINDS = ("feature", "confidence", "generative", "calibrated")
-
-
-def write_critic_dir(path: str | Path, meta: dict[str, Any], write_files: Callable[[Path], None] | None = None) -> Path:
-    """Write ``meta`` as ``critic.json`` (and, through ``write_files(tmp_dir)``, any model files) into ``path``,
-    replacing an existing directory there only once the new one is complete."""
-    if "kind" not in meta:
-        raise ValueError("meta: needs a 'kind' so that load_critic can dispatch on it")
-    target = Path(path)
-    with atomic_directory(target) as tmp:
-        if write_files is not None:
-            write_files(tmp)
-        (tmp / CRITIC_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-    return target
-
-
-def read_critic_meta(path: str | Path, kind: str | None = None) -> dict[str, Any]:
-    """``critic.json`` of a critic directory; ValueError naming the path if it is missing, unreadable, or (with
-    ``kind``) of another kind."""
-    meta_path = Path(path) / CRITIC_FILE
-    if not meta_path.is_file():
-        raise ValueError(f"{path}: not a critic directory (no {CRITIC_FILE})")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{meta_path}: unreadable ({exc})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("kind"), str):
-        raise ValueError(f"{meta_path}: expected a JSON object with a string 'kind'")
-    if kind is not None and meta["kind"] != kind:
-        raise ValueError(f"{meta_path}: kind {meta['kind']!r}, expected {kind!r}")
-    return meta
 
 
 def load_critic(path: str | Path) -> Critic:
     """Load any saved critic, dispatching on the ``kind`` in its ``critic.json``."""
     kind = read_critic_meta(path)["kind"]
-    # Imported here: the critic modules use this module's writer and reader, and the heavier kinds (the
-    # generative critic pulls in torch) should cost nothing to a caller that loads a feature critic.
+    # Imported here: the heavier kinds (the generative critic pulls in torch) should cost nothing to a caller
+    # that loads a feature critic.
     if kind == "feature":
         from critic.feature_critic import FeatureCritic
 

@@ -41,10 +41,11 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, Field, FiniteFloat, ValidationError, field_validator, model_validator
 
+from critic.artifact import CRITIC_FILE  # every critic's save() writes it; without it, the wrong directory
+from critic.errors import RegistryError
 from schemas.base import Strict
 from schemas.files import TEMP_PREFIX, atomic_directory, atomic_write_text
 
-CRITIC_FILE = "critic.json"  # every critic's save() writes it; its absence means the wrong directory was passed
 ARTIFACT_DIR = "artifact"
 MANIFEST_FILE = "manifest.json"
 THRESHOLDS_FILE = "thresholds.json"
@@ -58,10 +59,6 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = r"^[0-9a-f]{64}$"
 _PACKAGE = "bpm-autopilot"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-class RegistryError(RuntimeError):
-    """The registry's stored state is missing, inconsistent or corrupted, or an operation has nothing to act on."""
 
 
 def _check_version(version: str, field: str = "version") -> str:

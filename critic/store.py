@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,16 +23,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     func,
-    insert,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from critic.feedback import FeedbackError, validation_message
+from critic.database import open_engine
+from critic.errors import FeedbackError, validation_message
 from schemas.feedback import FeedbackRecord
 
 _CHUNK = 500  # ids per IN (...) query: far below every backend's bound-parameter limit
@@ -80,18 +76,11 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 class FeedbackStore:
-    """Feedback records in a SQL database (any SQLAlchemy URL: ``sqlite:///feedback.db``,
-    ``postgresql+psycopg://...``). The table is created if missing."""
+    """Feedback records in a SQL database (a URL ``critic.database.open_engine`` accepts: ``sqlite:///feedback.db``,
+    ``postgresql://...``). The table is created if missing."""
 
     def __init__(self, url: str) -> None:
-        try:
-            parsed = make_url(url)
-        except ArgumentError as error:
-            raise ValueError(f"url: not a database URL ({url!r}): {error}") from None
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.url = url
-        self.engine = create_engine(parsed)
+        self.engine, self.url = open_engine(url, allow_memory=True)  # self.url: the password hidden
         metadata.create_all(self.engine)
 
     def __enter__(self) -> Self:
@@ -105,13 +94,8 @@ class FeedbackStore:
     def _insert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         # The existing-id check runs first; ON CONFLICT DO NOTHING also covers a concurrent writer that inserts
         # the same record between that check and this insert (SQLite and PostgreSQL both support it).
-        backend = conn.dialect.name
-        if backend == "sqlite":
-            conn.execute(sqlite.insert(feedback_table).on_conflict_do_nothing(index_elements=["record_id"]), rows)
-        elif backend == "postgresql":
-            conn.execute(postgresql.insert(feedback_table).on_conflict_do_nothing(index_elements=["record_id"]), rows)
-        else:
-            conn.execute(insert(feedback_table), rows)
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql  # the two open_engine accepts
+        conn.execute(dialect.insert(feedback_table).on_conflict_do_nothing(index_elements=["record_id"]), rows)
 
     def add(self, records: Iterable[FeedbackRecord]) -> int:
         """Insert the records not stored yet, in one transaction; return how many were new. A record whose

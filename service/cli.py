@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from critic.cli import register as register_critic
-from critic.registry import RegistryError
+from critic.errors import RegistryError
 from importers.cli import register as register_import
 from policy.cli import register as register_policy
 from service.api.cli import register as register_api

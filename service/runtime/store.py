@@ -54,7 +54,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar, get_args
 
@@ -71,7 +70,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     delete,
     event,
     false,
@@ -83,9 +81,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.engine import RowMapping
 
+from critic.database import SQLITE_BUSY_TIMEOUT_S, open_engine
 from schemas.actions import Action, parse_action
 from schemas.decision import Decision, Deferral, OperatorDecision
 from schemas.proposal import Proposal
@@ -94,7 +92,6 @@ T = TypeVar("T")
 
 _ACTION_CLASSES: tuple[type, ...] = get_args(get_args(Action)[0])  # Action = Annotated[A | B | ..., discriminator]
 
-_SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another one before "database is locked"
 _WRITE = "autopilot_write"  # execution option that makes the SQLite BEGIN an IMMEDIATE one
 _PG_SCHEMA_LOCK = 0x5E55_1025  # advisory lock key: two processes creating the tables at once must not collide
 _PG_STAGE_EVENT_LOCK = 0x5E55_1026  # advisory lock key of the stage-event compare-and-set
@@ -415,38 +412,11 @@ def _same_answer(stored: str, decision: OperatorDecision) -> bool:
     )
 
 
-_URL_HINT = "expected e.g. sqlite:///path/to/runtime.db or postgresql+psycopg://user:password@host/dbname"
-
-
 def _make_engine(url: str) -> tuple[Engine, str]:
-    """Build the engine; return it with the URL as it may be shown (password hidden)."""
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"url: must be a non-empty database URL; {_URL_HINT}")
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ValueError(f"url: not a database URL; {_URL_HINT}") from None  # the value may hold a password
-    backend = parsed.get_backend_name()
-    shown = parsed.render_as_string(hide_password=True)
-    if backend == "postgresql":
-        if parsed.drivername == "postgresql":  # SQLAlchemy's default driver (psycopg2) is not installed
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        options: dict[str, Any] = {"pool_pre_ping": True}
-    elif backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
-            # Every pooled connection would get its own empty database: nothing would be shared or durable.
-            raise ValueError(f"url: {shown!r} is an in-memory SQLite database; the store needs a file")
-        if not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        options = {"connect_args": {"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}}
-    else:
-        raise ValueError(f"url: unsupported database {backend!r} in {shown!r}; {_URL_HINT}")
-    try:
-        engine = create_engine(parsed, **options)
-    except (ArgumentError, NoSuchModuleError, ImportError) as error:
-        raise ValueError(f"url: cannot open {shown!r}: {error}") from None
-    if backend == "sqlite":
+    """Build the engine (``critic.database``, shared with the feedback store) with this store's SQLite
+    transactions; return it with the URL as it may be shown (password hidden)."""
+    engine, shown = open_engine(url)
+    if engine.dialect.name == "sqlite":
         _sqlite_transactions(engine)
     return engine, shown
 
@@ -462,7 +432,7 @@ def _sqlite_transactions(engine: Engine) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA journal_mode = WAL")  # persistent in the file; readers never block writers
         # Per connection: with WAL, NORMAL survives a process crash; see the module docstring for power loss.
         cursor.execute("PRAGMA synchronous = NORMAL")

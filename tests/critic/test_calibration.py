@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from critic.base import Critic, CriticInput, NotFittedError, labels
+from critic.base import Critic, CriticInput, labels
 from critic.calibration import CalibratedCritic, ScoreCalibrator
+from critic.errors import NotFittedError
 from critic.metrics import brier, expected_calibration_error
 from schemas import FeedbackRecord
 

@@ -14,11 +14,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from critic.base import Candidate, NotFittedError, labels
+from critic.artifact import CRITIC_FILE
+from critic.base import Candidate, labels
 from critic.confidence import PolicyConfidenceCritic
+from critic.errors import NotFittedError
 from critic.feature_critic import FeatureCritic
 from critic.features import FEATURE_NAMES, UNKNOWN, CriticFeaturizer
-from critic.persist import CRITIC_FILE, load_critic
+from critic.persist import load_critic
 from sandbox.copilot import run_copilot
 from sandbox.simulate import StepModel
 from schemas import Action, FeedbackRecord, UIState, Verdict

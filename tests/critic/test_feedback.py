@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from critic.base import critic_label
+from critic.errors import FeedbackError
 from critic.feedback import (
     CopilotFeedback,
-    FeedbackError,
     load_feedback_source,
     read_feedback,
     read_truth,

@@ -13,7 +13,8 @@ from sklearn.base import clone
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from critic.base import Critic, NotFittedError, accept_scores, labels
+from critic.base import Critic, accept_scores, labels
+from critic.errors import NotFittedError
 from critic.generative import SPECIAL_LABELS, GenerativeCritic
 from critic.persist import load_critic
 from policy.lora import LoraSettings

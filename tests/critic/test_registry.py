@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from critic.errors import RegistryError
 from critic.registry import (
     CriticRegistry,
     Manifest,
-    RegistryError,
     code_version,
     data_hash,
     decide_promotion,

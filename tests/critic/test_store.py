@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from critic.feedback import FeedbackError
+from critic.errors import FeedbackError
 from critic.store import FeedbackStore
 from schemas import FeedbackRecord
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from critic.store import FeedbackStore
 from schemas.actions import ActionType, ClickControl, TransferChat
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, RejectReason, Verdict
 from schemas.proposal import Proposal, ProposalFeatures
@@ -295,6 +296,19 @@ def test_bad_url_is_a_value_error_naming_url(bad: str) -> None:
     with pytest.raises(ValueError, match=r"^url:") as caught:
         RuntimeStore(bad)
     assert "secret" not in str(caught.value)  # a password in the URL is never echoed
+
+
+@pytest.mark.integration
+def test_the_runtime_and_feedback_stores_open_a_bare_postgresql_url_alike(postgres_server: _Postgres) -> None:
+    url = postgres_server.new_database().replace("postgresql+psycopg://", "postgresql://")
+    runtime = RuntimeStore(url)
+    feedback = FeedbackStore(url)  # the nightly job's store, on the same database
+    try:
+        assert runtime.engine.url.drivername == feedback.engine.url.drivername == "postgresql+psycopg"
+        assert feedback.count() == 0 and runtime.get_session("none") is None
+    finally:
+        feedback.close()
+        runtime.close()
 
 
 # ---- leases --------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.policy_eventlog_baseline                 # both logs, writes bench/results/...json
     .venv/bin/python -m bench.policy_eventlog_baseline --logs bpi2013 --importance --results /tmp/bench
 
-Protocol (../shared/data/README.md): fit on ``train_val_<log>.xes.gz``, evaluate on ``test_<log>.xes.gz``; micro
+Protocol (docs/data.md): fit on ``train_val_<log>.xes.gz``, evaluate on ``test_<log>.xes.gz``; micro
 accuracy over every test prefix of length >= 1 (step 0, the state before the first event, is left out, as in the
 reference numbers), end of case counted as a target (the importer's final ``CloseChat("case_end")`` step).
 Reported beside it: accuracy on prefixes seen / unseen in training (a prefix is the sequence of ``type:target``
@@ -48,7 +48,7 @@ REFERENCE = {
     "bpi2013": {"test_prefixes": 8735, "bigram": 0.5390, "longest_suffix": 0.5578, "activity_ceiling": 0.8008},
     "bpi2012w": {"test_prefixes": 13236, "bigram": 0.6576, "longest_suffix": 0.6610, "activity_ceiling": 0.7233},
 }
-"""Activity-only reference numbers of ../shared/data/README.md (test split, every prefix, end of case included)."""
+"""Activity-only reference numbers of docs/data.md (test split, every prefix, end of case included)."""
 
 COVERAGE = 0.5
 

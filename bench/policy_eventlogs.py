@@ -1,6 +1,6 @@
 """Next activity on the real event logs: the LM policy beside the two floors and a gradient-boosting baseline.
 
-Protocol of ``shared/data/README.md``: train on ``train_val_<log>``, test on ``test_<log>`` (ordered splits of
+Protocol of ``docs/data.md``: train on ``train_val_<log>``, test on ``test_<log>`` (ordered splits of
 the Rama-Maneiro et al. benchmark); micro accuracy over every test prefix (``min_prefix=1``), end of case counted
 as a target; accuracy on prefixes unseen in training separately; selective accuracy at 50% coverage using each
 predictor's own confidence. The LM gets a wall-clock training budget per log (one thread). The gradient-boosting
@@ -77,7 +77,7 @@ def render(result: dict[str, Any]) -> str:
         "# Next activity on the real event logs",
         "",
         "Train on `train_val_*`, test on `test_*`; micro accuracy over every test prefix, end of case counted. "
-        "Floors and ceiling from `shared/data/README.md` in brackets.",
+        "Floors and ceiling from `docs/data.md` in brackets.",
         "",
         "| log | predictor | accuracy | unseen-prefix acc | selective acc @50% | fit s |",
         "|---|---|---:|---:|---:|---:|",

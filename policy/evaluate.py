@@ -18,8 +18,8 @@ of the earlier steps of its trace, per process) occurs in the training traces. S
 ``c``: the action accuracy on the most confident share ``c`` of the steps (ties in confidence count at their
 mean accuracy, so the order of the test steps does not matter).
 
-``min_prefix``: steps with fewer earlier steps are not scored. The event-log benchmark of
-``../shared/data/README.md`` scores every non-empty prefix (``min_prefix=1``; the end of the case is a target);
+``min_prefix``: steps with fewer earlier steps are not scored. The event-log benchmark
+(``docs/data.md``) scores every non-empty prefix (``min_prefix=1``; the end of the case is a target);
 the default 0 scores every step.
 """
 

@@ -32,7 +32,7 @@ that is known to be complete (as many recent actions as the state's step number)
 from the same actions seen mid-case."""
 
 REFERENCE_MAX_N = 6
-"""The longest suffix of the reference n-gram floor of ``../shared/data/README.md``: ``SuffixNGram(max_n=6)``
+"""The longest suffix of the reference n-gram floor (``docs/data.md``): ``SuffixNGram(max_n=6)``
 reproduces its test-split numbers (BPI 2013 incidents 0.5578 = 0.5578; BPI 2012 W 0.6608 against 0.6610, three
 test prefixes whose training counts tie: the reference breaks ties by first occurrence, this class by text
 order), while longer suffixes score lower there (max_n=16: 0.5527 / 0.6510) and shorter ones too (max_n=3:

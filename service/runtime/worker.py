@@ -240,7 +240,7 @@ class SessionWorker:
     batch and never mixes a critic with another's thresholds. ``stages`` must be the
     router's, since the answers the worker feeds to the guardrails change the stages the router reads.
     ``queue_for`` maps a process id to the operator queue its deferrals go to. Consumer settings are keyword-only
-    (tests use 2000/500/10, see notes/infrastructure.md); ``group_id`` defaults to ``workers`` (the Runtime scopes
+    (tests use 2000/500/10, see docs/runtime.md); ``group_id`` defaults to ``workers`` (the Runtime scopes
     it with the topic prefix, so deployments sharing a cluster never rebalance each other)."""
 
     def __init__(

@@ -261,7 +261,7 @@ BPI_2013 = "bpi_challenge_2013_incidents.xes.gz"
 
 @pytest.mark.integration
 def test_floors_reproduce_the_bpi_2013_reference_numbers() -> None:
-    """README of ../shared/data: on the test split, trained on train_val, micro accuracy over every non-empty
+    """docs/data.md: on the test split, trained on train_val, micro accuracy over every non-empty
     prefix with the end of the case as a target: last-activity bigram 0.5390, longest-suffix n-gram 0.5578."""
     if not DATA.is_dir():
         pytest.skip(f"real data not available: {DATA} is missing (the shared data folder sits beside the repo)")

@@ -295,7 +295,7 @@ def test_a_field_with_many_values_is_coded_in_blocks_of_254() -> None:
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eventlogs"
 BPI_2013 = "bpi_challenge_2013_incidents"
-LONGEST_SUFFIX_FLOOR_2013 = 0.5578  # ../shared/data/README.md, activity-only, full train_val
+LONGEST_SUFFIX_FLOOR_2013 = 0.5578  # docs/data.md, activity-only, full train_val
 
 
 @pytest.mark.integration

@@ -52,7 +52,7 @@ def consumer_for(
     producer: BusProducer | None,
     max_poll_records: int = 100,
 ) -> BusConsumer:
-    """A consumer of OperatorDecisions with the test settings of notes/infrastructure.md (a group join takes
+    """A consumer of OperatorDecisions with the test settings of docs/runtime.md (a group join takes
     session_timeout_ms / 2 on Tansu)."""
     return BusConsumer(
         bootstrap,

@@ -1,7 +1,7 @@
 """The Kafka bus of the runtime: an embedded broker, topic names, the message envelope, producer and consumer.
 
 JSON payloads keyed by session id (so one session's messages stay in order on one partition), with schema
-version, payload type and message id in headers. See ARCHITECTURE.md (Runtime) and notes/infrastructure.md.
+version, payload type and message id in headers. See docs/runtime.md (Topics, and the broker's quirks).
 """
 
 from service.runtime.bus.broker import BrokerStartError, EmbeddedBroker, LocalS3, free_port

@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from importers.jsonl import read_traces
 from policy.policy import LMPolicy
 from sandbox.copilot import CopilotStep, bayes_policy, run_copilot
-from sandbox.generate import generate
-from sandbox.scenario import scenario_by_name
+from sandbox.generate import iter_traces
 from sandbox.simulate import StepModel
 from schemas import Action, FeedbackRecord, Proposal, ProposalFeatures, UIState, Verdict
 from schemas.feedback import FeedbackSource
@@ -28,10 +26,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def critic_traces(tmp_path_factory: pytest.TempPathFactory) -> list[Trace]:
-    path = tmp_path_factory.mktemp("critic_traces") / "t.jsonl"
-    generate(40, 5, path, scenario_by_name("default"), progress=False)
-    return list(read_traces(path))
+def critic_traces() -> list[Trace]:
+    return iter_traces(40, 5)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 from sklearn.base import clone
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from critic.base import Critic, accept_scores, labels
 from critic.errors import NotFittedError
@@ -20,9 +18,10 @@ from critic.persist import load_critic
 from policy.lora import LoraSettings
 from policy.policy import LMPolicy
 from policy.serialise import serialise_state
-from policy.train import TrainConfig
 from schemas import FeedbackRecord
 from schemas.trace import Trace
+from tests.policy.checkpoints import tiny_pretrained_checkpoint
+from tests.policy.test_policy import QUICK
 
 
 @pytest.fixture(scope="module")
@@ -151,30 +150,9 @@ def test_pretrained_qwen2_checkpoint_uses_lora_and_text_verdicts(
     """A tiny random Qwen2 "pretrained" checkpoint whose tokenizer has " accept"/" reject" as single tokens, as a
     real pretrained BPE does: the critic keeps those tokens, tunes LoRA adapters only, and saves a plain model."""
     texts = [serialise_state(step.state) for trace in critic_traces[:10] for step in trace.steps]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(texts + [" accept reject"] * 500, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
-    base = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    base.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    quick = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
+    _, tokenizer = tiny_pretrained_checkpoint(texts + [" accept reject"] * 500, tmp_path / "base")
     policy = LMPolicy(
-        training=quick, pretrained=str(tmp_path / "base"), lora=LoraSettings(r=4, alpha=8), progress=False
+        training=QUICK, pretrained=str(tmp_path / "base"), lora=LoraSettings(r=4, alpha=8), progress=False
     )
     policy_dir = policy.fit(critic_traces[:8]).save(tmp_path / "policy")
     assert policy.model_ is not None

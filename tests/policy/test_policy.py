@@ -7,21 +7,19 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
-from importers.jsonl import read_traces
 from policy.candidates import TemplateBank, enumerate_candidates
 from policy.lora import LoraSettings
 from policy.model import ModelConfig
 from policy.policy import LMPolicy, NotFittedError
 from policy.serialise import serialise_state
 from policy.train import TrainConfig
-from sandbox.generate import generate
-from sandbox.scenario import scenario_by_name
+from sandbox.generate import iter_traces
 from schemas.actions import validate_action
 from schemas.state import UIState
 from schemas.trace import Trace
+from tests.policy.checkpoints import tiny_pretrained_checkpoint
 from tests.schemas.strategies import ui_states
 
 TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
@@ -29,10 +27,8 @@ QUICK = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, thre
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory: pytest.TempPathFactory) -> list[Trace]:
-    path = tmp_path_factory.mktemp("traces") / "t.jsonl"
-    generate(40, 3, path, scenario_by_name("default"), progress=False)
-    return list(read_traces(path))
+def traces() -> list[Trace]:
+    return iter_traces(40, 3)
 
 
 @pytest.fixture(scope="module")
@@ -94,27 +90,8 @@ def test_pretrained_checkpoint_with_lora(tmp_path: Path, traces: list[Trace]) ->
     """The paper's path (a pretrained Qwen2 checkpoint + LoRA) on a tiny randomly initialised Qwen2 built from a
     config: its own tokenizer is kept, adapters train, the merged result saves and loads without peft."""
     texts = [serialise_state(step.state) for trace in traces[:10] for step in trace.steps]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    backend.train_from_iterator(texts, trainer=trainer)  # a "pretrained" tokenizer: none of our special tokens
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
-    base = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
-    base.save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
+    # A "pretrained" tokenizer: none of our special tokens.
+    base, tokenizer = tiny_pretrained_checkpoint(texts, tmp_path / "base")
     before = {k: v.clone() for k, v in base.state_dict().items()}
     policy = LMPolicy(
         training=QUICK, pretrained=str(tmp_path / "base"), lora=LoraSettings(r=4, alpha=8), progress=False

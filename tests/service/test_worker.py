@@ -674,9 +674,12 @@ def test_killed_workers_are_replaced_without_double_actions_or_lost_deferrals(
         # Only deferrals not acknowledged by the broker were published again: the one the worker died on and any
         # other of its last batch (a batch's deferrals are sent together at its end). One queued just before the
         # crash may have reached the topic all the same; the operators drop that second copy by deferral id.
+        # On a loaded machine the other doomed worker may outlive doomed-b's 2 s lease, adopt its parked session
+        # and re-publish the lost deferral before dying itself; then the replacement has nothing left to re-publish.
+        # What must hold either way: the lost deferral reached the operators and was answered (asserted below).
         republished = stats.get("republished_deferrals", 0)
-        assert 1 <= republished <= 16  # at most one batch (batch_size 16)
-        assert pool.stats()["duplicates"] <= republished - 1
+        assert republished <= 16  # at most one batch (batch_size 16)
+        assert pool.stats()["duplicates"] <= max(republished - 1, 1)
 
         statuses = {store.get_session(s).status for s in session_ids}  # type: ignore[union-attr]
         assert statuses <= {SessionStatus.COMPLETED, SessionStatus.HANDED_OVER}

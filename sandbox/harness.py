@@ -1,5 +1,6 @@
 """The runtime over the sandbox: the product's ``Runtime`` driving the in-process sandbox platform, plus the
-simulated operator pool answering its deferrals over Kafka (the demo, the benches and the tests use it).
+simulated operator pool answering its deferrals over Kafka and the simulated QA reviewers reviewing its executed
+audited steps after the fact (the demo, the benches and the tests use it).
 
 Background actions cost no operator time (``no_operator_time``); the operator pool charges what a simulated human
 actually does to the same adapter's clock.
@@ -15,6 +16,7 @@ from sandbox.adapter import SandboxAdapter
 from sandbox.operator_pool import OPERATOR_GROUP, SimulatedOperatorPool
 from sandbox.operators import SimOperator, operator_pool
 from sandbox.platform import SandboxPlatform
+from sandbox.qa_reviewers import QA_REVIEWER_GROUP, SimulatedQAReviewers, SnapshottingAdapter
 from sandbox.risk import DEFAULT_RISK_POLICY
 from schemas.actions import Action
 from schemas.risk import RiskPolicy
@@ -54,8 +56,9 @@ class SandboxRuntime(Runtime):
         adapter: SandboxAdapter | None = None,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
-        # One time account: workers apply through it (background actions cost nothing), operators charge it.
-        self.sandbox_adapter = adapter if adapter is not None else SandboxAdapter(platform, clock=no_operator_time)
+        # One time account: workers apply through it (background actions cost nothing), operators charge it. It
+        # keeps what each case looked like before every action, for the after-the-fact reviewers.
+        self.sandbox_adapter = adapter if adapter is not None else SnapshottingAdapter(platform, clock=no_operator_time)
         super().__init__(
             self.sandbox_adapter,
             policy,
@@ -74,6 +77,7 @@ class SandboxRuntime(Runtime):
         )
         self.with_operators = with_operators
         self.pool: SimulatedOperatorPool | None = None
+        self.qa_reviewers: SimulatedQAReviewers | None = None
 
     def _start_extras(self) -> None:
         if not self.with_operators:
@@ -95,13 +99,32 @@ class SandboxRuntime(Runtime):
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         self.run_thread("operator-pool", self.pool.run)
+        if isinstance(self.sandbox_adapter, SnapshottingAdapter):
+            self.qa_reviewers = SimulatedQAReviewers(
+                self.sandbox_adapter,
+                self.operators,
+                self.producer,
+                self.topics,
+                self.bootstrap,
+                settings.seed,
+                group=self.topics.prefix + QA_REVIEWER_GROUP,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            )
+            self.run_thread("qa-reviewers", self.qa_reviewers.run)
 
     def _stop_extras(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        if self.qa_reviewers is not None:
+            self.qa_reviewers.close()
 
     def _extra_stats(self) -> dict[str, Any]:
-        return {"operators": self.pool.stats() if self.pool is not None else None}
+        return {
+            "operators": self.pool.stats() if self.pool is not None else None,
+            "qa_reviewers": self.qa_reviewers.stats() if self.qa_reviewers is not None else None,
+        }
 
 
 def service_runtime(

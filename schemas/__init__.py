@@ -22,6 +22,7 @@ from schemas.base import SCHEMA_VERSION, Payload
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, RejectReason, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
+from schemas.qa import QAAnswer, QAItem, QALabel, qa_label
 from schemas.risk import AutonomyStage, RiskPolicy, RiskTier, SliceKey
 from schemas.screen import (
     ButtonControl,
@@ -72,6 +73,9 @@ __all__ = [
     "Payload",
     "Proposal",
     "ProposalFeatures",
+    "QAAnswer",
+    "QAItem",
+    "QALabel",
     "RejectReason",
     "RiskPolicy",
     "RiskTier",
@@ -96,5 +100,6 @@ __all__ = [
     "Verdict",
     "action_key",
     "parse_action",
+    "qa_label",
     "validate_action",
 ]

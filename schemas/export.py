@@ -12,6 +12,7 @@ from schemas.decision import Decision, Deferral, OperatorDecision
 from schemas.feedback import FeedbackRecord
 from schemas.files import atomic_write_text
 from schemas.proposal import Proposal
+from schemas.qa import QAAnswer, QAItem
 from schemas.risk import RiskPolicy
 from schemas.screen import ScreenSchema
 from schemas.session import SessionCommand
@@ -30,6 +31,8 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "TraceStep": TraceStep,
     "Trace": Trace,
     "SessionCommand": SessionCommand,
+    "QAItem": QAItem,
+    "QAAnswer": QAAnswer,
 }
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from service.api.auth import TokenStore
 from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
 from service.api.models import ErrorDetail, ValidationErrorDetail
-from service.api.routers import copilot, health, inbox, pages, sessions, supervisor
+from service.api.routers import blockers, copilot, health, inbox, pages, qa, sessions, supervisor
 from service.runtime.adapters.base import CaseNotFoundError
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
         403: {"model": ErrorDetail, "description": "the caller's role may not do this"},
         422: {"model": ValidationErrorDetail, "description": "the request breaks a schema rule (the field is named)"},
     }
-    for module in (copilot, inbox, sessions, supervisor):
+    for module in (copilot, inbox, qa, sessions, supervisor, blockers):
         app.include_router(module.router, responses=protected)  # type: ignore[arg-type]
     for module in (health, pages):
         app.include_router(module.router)

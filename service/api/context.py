@@ -42,6 +42,8 @@ from service.runtime.feedback_sink import FeedbackSink
 from service.runtime.inprocess import Runtime
 from service.runtime.metrics import RuntimeMetrics, SliceGauge, StateCollector, StateSources
 from service.runtime.promotion import slice_of
+from service.runtime.qa import QAReviews
+from service.runtime.qa_store import QAStore
 from service.runtime.registry_watch import RegistryWatcher
 from service.runtime.router import SessionContext
 from service.runtime.stage_sync import StageSync
@@ -99,6 +101,7 @@ class AutopilotService:
         self._sink_stop = threading.Event()
         self._sink_thread: threading.Thread | None = None
         self._watch_thread: threading.Thread | None = None
+        self._qa: QAReviews | None = None
         self.started_at = time.time()
         metrics.registry.register(StateCollector(self._state_sources()))
 
@@ -255,6 +258,7 @@ class AutopilotService:
             self.sink.close()
             self.sink = None
         self.runtime.stop()
+        self._qa = None  # bound to the runtime's store, which is closed now
         if self.feedback_store is not None:
             self.feedback_store.close()
             self.feedback_store = None
@@ -273,6 +277,20 @@ class AutopilotService:
     @property
     def stages(self) -> AutonomyStages:
         return self.runtime.stages
+
+    @property
+    def qa(self) -> QAReviews:
+        """The QA queue of after-the-fact audits: people's reviews are recorded here (``service.runtime.qa``)."""
+        if self._qa is None:
+            self._qa = QAReviews(
+                QAStore(self.store),
+                self.stages,
+                self.runtime.producer,
+                self.runtime.topics,
+                stage_sync=self._sync(),
+                on_record=lambda item, label: self.metrics.observe_qa_review(label.value),
+            )
+        return self._qa
 
     # ---- copilot --------------------------------------------------------------------------------------------------
 
@@ -514,4 +532,5 @@ class AutopilotService:
             critic_version=lambda: self.critic_version,
             consumer_lag=self.consumer_lag,
             kill_switch=lambda: self.stages.kill_switch,
+            qa_pending=lambda: {q: s.depth for q, s in self.qa.store.pending_stats().items()},
         )

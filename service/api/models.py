@@ -12,6 +12,7 @@ from schemas.decision import Decision, Deferral, RejectReason, Verdict
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, SliceKey
 from schemas.state import UIState
+from service.api.qa_models import BlockerInfo, QAOverview
 
 
 class ErrorDetail(BaseModel):
@@ -194,6 +195,10 @@ class Overview(BaseModel):
     slices: list[SliceInfo]
     recent_events: list[StageEventInfo]
     plots: list[str]
+    blockers: list[BlockerInfo] = Field(
+        default_factory=list, description="Why sessions needed a human (top 10; /api/v1/supervisor/blockers)"
+    )
+    qa: QAOverview | None = Field(default=None, description="QA queue and realised error (/api/v1/qa/summary)")
 
 
 class AuditEntryInfo(BaseModel):

@@ -77,6 +77,7 @@ class Runtime:
             self.champion,
             audit_rate=self.settings.audit_rate,
             seed=self.settings.seed,
+            audit_mode=self.settings.audit_mode,
         )
         self.queue_for = queue_for
         self.topics = Topics(self.settings.topic_prefix)

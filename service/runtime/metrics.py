@@ -54,6 +54,9 @@ METRIC_NAMES = (
     "autopilot_kafka_consumer_lag",
     "autopilot_kill_switch",
     "autopilot_stage_changes_total",
+    "autopilot_session_blockers_total",
+    "autopilot_qa_reviews_total",
+    "autopilot_qa_pending",
 )
 
 
@@ -97,6 +100,19 @@ class RuntimeMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.blockers = Counter(
+            "autopilot_session_blockers",
+            "Sessions by the first thing that made them need a human: kind (deferral, always_ask, blocked, hand_over, "
+            "failed, stopped), the router or hand-over rule, and the slice (action_type * for a hand-over).",
+            ["kind", "rule", "process", "action_type"],
+            registry=self.registry,
+        )
+        self.qa_reviews = Counter(
+            "autopilot_qa_reviews",
+            "After-the-fact reviews of executed steps recorded, by label (acceptable, unacceptable, excluded).",
+            ["label"],
+            registry=self.registry,
+        )
         self.stage_changes = Counter(
             "autopilot_stage_changes",
             "Stage changes made through the supervisor API, by direction (promote, demote, pin, unpin).",
@@ -113,6 +129,13 @@ class RuntimeMetrics:
 
     def observe_proposals(self, latency_s: float, source: str = "worker") -> None:
         self.proposal_latency.labels(source).observe(latency_s)
+
+    def observe_blocker(self, kind: str, rule: str, process_id: str, action_type: str) -> None:
+        """A session needed a human for the first time; see ``service.runtime.blockers``."""
+        self.blockers.labels(kind, rule, process_id, action_type).inc()
+
+    def observe_qa_review(self, label: str) -> None:
+        self.qa_reviews.labels(label).inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +158,7 @@ class StateSources:
     critic_version: Callable[[], str | None]
     consumer_lag: Callable[[], Mapping[str, int]] = field(default=lambda: {})
     kill_switch: Callable[[], bool] = field(default=lambda: False)
+    qa_pending: Callable[[], Mapping[str, int]] = field(default=lambda: {})
 
 
 class StateCollector(Collector):
@@ -155,6 +179,7 @@ class StateCollector(Collector):
             self._critic,
             self._lag,
             self._kill,
+            self._qa,
         ):
             try:
                 yield from build()
@@ -238,6 +263,14 @@ class StateCollector(Collector):
     def _kill(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("autopilot_kill_switch", "1 while the global kill switch is on.")
         family.add_metric([], 1.0 if self.sources.kill_switch() else 0.0)
+        yield family
+
+    def _qa(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "autopilot_qa_pending", "Executed steps waiting for an after-the-fact review, per queue.", labels=["queue"]
+        )
+        for queue, count in sorted(self.sources.qa_pending().items()):
+            family.add_metric([queue], count)
         yield family
 
 

@@ -14,7 +14,9 @@ Rules, first match wins; each has its own :class:`Rule`, which prefixes the deci
  8. ``not_scored``      no critic score                                     -> DEFER
  9. ``no_threshold``    no holding threshold for the slice                  -> DEFER
 10. ``below_threshold`` score < threshold                                   -> DEFER
-11. ``audit``           a random ``audit_rate`` share of would-execute steps -> DEFER with ``audit=True``
+11. ``audit``           a random ``audit_rate`` share of would-execute steps -> EXECUTE with ``audit=True``
+                        (``audit_mode`` after, the default: reviewed after the fact in the QA queue) or DEFER with
+                        ``audit=True`` (``audit_mode`` before: a human approves it first)
 12. ``confident``       score >= threshold                                  -> EXECUTE
 
 Why this order: the stop-everything guards come before anything that could execute; an always-ask action is
@@ -23,7 +25,10 @@ session even for non-critical actions; audits are drawn only among critic-gated 
 to label what the critic lets through.
 
 The audit draw is a hash of (seed, proposal id), not a stateful generator, so a redelivered proposal gets the
-same draw on any worker, and the share over many proposals is ``audit_rate``.
+same draw on any worker, and the share over many proposals is ``audit_rate``. It does not look at the score: the
+audited steps are a uniform sample of the would-execute steps with a known inclusion probability, which is what
+keeps the realised-error estimate unbiased (``service.runtime.realised_error``). After-the-fact audits (the
+default) sample exactly the same steps as pre-execution ones, but interrupt no session (``service.runtime.qa``).
 
 Latency: decide() does a few comparisons, a tier lookup over the risk overrides, a dict lookup for the stage,
 one hash and builds the Decision: tens of microseconds (measured in the tests).
@@ -50,6 +55,11 @@ class ThresholdSource(Protocol):
     """Where the router gets a slice's auto-execution threshold; ``critic.thresholds.SliceThresholds`` is one."""
 
     def threshold_for(self, slice_key: SliceKey, /) -> float | None: ...
+
+
+class AuditMode(StrEnum):
+    AFTER = "after"  # the audited step runs; an operator reviews it afterwards in the QA queue
+    BEFORE = "before"  # the audited step is deferred: an operator approves it before it runs
 
 
 class Rule(StrEnum):
@@ -110,6 +120,7 @@ class Router:
         max_actions_per_session: int = 40,
         max_failures_per_step: int = 2,
         seed: int = 0,
+        audit_mode: AuditMode | str = AuditMode.AFTER,
     ) -> None:
         if not 0.0 <= audit_rate < 1.0:
             raise ValueError(f"audit_rate: must be in [0, 1), got {audit_rate}")
@@ -124,6 +135,10 @@ class Router:
         self.max_actions_per_session = max_actions_per_session
         self.max_failures_per_step = max_failures_per_step
         self.seed = seed
+        try:
+            self.audit_mode = AuditMode(audit_mode)
+        except ValueError:
+            raise ValueError(f"audit_mode: must be one of after, before; got {audit_mode!r}") from None
 
     def decide(
         self, proposal: Proposal, score: float | None, context: SessionContext, champion: Champion | None = None
@@ -180,10 +195,17 @@ class Router:
             reason = f"{Rule.BELOW_THRESHOLD}: critic score {score:.4f} < threshold {threshold:.4f}"
         elif self.audit_rate > 0.0 and audit_draw(self.seed, proposal.proposal_id) < self.audit_rate:
             audit = True
-            reason = (
-                f"{Rule.AUDIT}: critic score {score:.4f} >= threshold {threshold:.4f}, deferred as a random "
-                f"audit ({self.audit_rate:.1%} of would-execute steps)"
-            )
+            if self.audit_mode == AuditMode.AFTER:
+                outcome = DecisionOutcome.EXECUTE
+                reason = (
+                    f"{Rule.AUDIT}: critic score {score:.4f} >= threshold {threshold:.4f}, executed and sampled "
+                    f"for review after the fact ({self.audit_rate:.1%} of would-execute steps)"
+                )
+            else:
+                reason = (
+                    f"{Rule.AUDIT}: critic score {score:.4f} >= threshold {threshold:.4f}, deferred as a random "
+                    f"audit ({self.audit_rate:.1%} of would-execute steps)"
+                )
         else:
             outcome = DecisionOutcome.EXECUTE
             reason = f"{Rule.CONFIDENT}: critic score {score:.4f} >= threshold {threshold:.4f}"

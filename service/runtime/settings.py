@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.risk import AutonomyStage, RiskPolicy, load_risk_policy
+from service.runtime.router import AuditMode
 
 
 def new_worker_id(index: int) -> str:
@@ -40,6 +41,10 @@ class RuntimeSettings(BaseSettings):
     lease_s: float = Field(default=30.0, gt=0)
     max_steps: int = Field(default=40, ge=1)
     audit_rate: float = Field(default=0.05, ge=0.0, lt=1.0)
+    audit_mode: AuditMode = Field(
+        default=AuditMode.AFTER,
+        description="after: audited steps run and are reviewed in the QA queue; before: a human approves them first",
+    )
     operators: int = Field(default=12, ge=1, description="Simulated operators in the pool")
     think_time_s: float = Field(default=0.0, ge=0.0, description="Wall-clock seconds an operator spends per review")
     seed: int = 0

@@ -71,6 +71,7 @@ from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate
 from schemas.actions import Action, action_key
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, Verdict
 from schemas.proposal import Proposal
+from schemas.qa import QAAnswer, QALabel
 from schemas.risk import RiskTier
 from schemas.session import SessionCommand, SessionCommandKind
 from schemas.state import UIState
@@ -84,11 +85,23 @@ from service.runtime.adapters.base import (
     StaleStateError,
 )
 from service.runtime.autonomy import AutonomyStages, StageEvent
+from service.runtime.blockers import (
+    MAX_STEPS,
+    NO_PROPOSAL,
+    OPERATOR_TOOK_OVER,
+    RESEND_FAILED,
+    STEP_FAILURES,
+    Blocker,
+    blocker_of_decision,
+    blocker_of_end,
+)
 from service.runtime.bus.consumer import BusConsumer, MessageMeta
 from service.runtime.bus.producer import BusProducer, Published
 from service.runtime.bus.topics import Topics
 from service.runtime.champion import AcceptanceCritic, Champion, ChampionHolder
 from service.runtime.metrics import RuntimeMetrics
+from service.runtime.qa import QAReviews
+from service.runtime.qa_store import QAStore
 from service.runtime.router import Router, SessionContext, ThresholdSource
 from service.runtime.stage_sync import StageSync
 from service.runtime.store import (
@@ -206,6 +219,7 @@ class _Session:
     pending_answer: _Answer | None = None
     deferral: Deferral | None = None  # while parked
     deferral_published: bool = True
+    interrupted: bool = False  # a human had to act on it already (its first blocker is counted)
 
 
 @dataclass(slots=True)
@@ -270,6 +284,7 @@ class SessionWorker:
         metrics: RuntimeMetrics | None = None,
         stage_sync: StageSync | None = None,
         heartbeat_s: float = 5.0,
+        qa: QAReviews | None = None,
     ) -> None:
         if not isinstance(worker_id, str) or not worker_id.strip():
             raise ValueError("worker_id: must be a non-empty string")
@@ -307,6 +322,11 @@ class SessionWorker:
         self._champion_in_use: Champion | None = None  # the champion of the last step batch
         self._reported: tuple[int, str | None, bool] | None = None  # what the last heartbeat said
         self._heartbeat_due = 0.0
+        # After-the-fact audits: executed audited steps are queued for review; reviews sent over the bus (an
+        # operator gateway's) are recorded here, as the API records people's.
+        self.qa = qa or QAReviews(
+            QAStore(store), stages, producer, topics, stage_sync=stage_sync, on_record=self._on_qa_recorded
+        )
         self._unpublished: list[_Session] = []  # parked in this batch, published at its end
         self._lag = 0  # the consumer's lag, read on this thread (the consumer is not thread-safe)
         self.group_id = group_id
@@ -327,8 +347,8 @@ class SessionWorker:
         self._consumer = BusConsumer(
             producer.bootstrap,
             group_id,
-            [topics.sessions, topics.operator_decisions],
-            {topics.sessions: SessionCommand, topics.operator_decisions: OperatorDecision},
+            [topics.sessions, topics.operator_decisions, topics.qa_answers],
+            {topics.sessions: SessionCommand, topics.operator_decisions: OperatorDecision, topics.qa_answers: QAAnswer},
             self._on_message,
             producer,
             session_timeout_ms=session_timeout_ms,
@@ -440,6 +460,8 @@ class SessionWorker:
             self._on_command(payload)
         elif isinstance(payload, OperatorDecision):
             self._on_answer(payload)
+        elif isinstance(payload, QAAnswer):
+            self._on_qa_answer(payload)
         else:  # the consumer decodes by topic, so this is a wiring error: park the message
             raise ValueError(f"payload: unexpected {type(payload).__name__} on {topic!r}")
 
@@ -495,6 +517,17 @@ class SessionWorker:
         # owner notices the answer in its next scan of parked sessions.
         self._resume(decision.session_id, _Resume.ANSWER, _Answer(deferral, decision))
 
+    def _on_qa_answer(self, answer: QAAnswer) -> None:
+        """A review of an executed step from an operator gateway: recorded once (the store decides), then it feeds
+        the guardrails and the nightly retraining (``QAReviews.record``)."""
+        result = self.qa.record(answer)
+        self._counts.add(f"qa_result:{result.result.value}")
+
+    def _on_qa_recorded(self, item: Any, label: QALabel) -> None:
+        self._counts.add(f"qa_reviewed:{label.value}")
+        if self.metrics is not None:
+            self.metrics.observe_qa_review(label.value)
+
     def _parked_on(self, decision: OperatorDecision) -> bool:
         session = self._sessions.get(decision.session_id)
         return (
@@ -539,6 +572,11 @@ class SessionWorker:
             for session in list(self._sessions.values()):
                 if session.state == _Local.PARKED and not session.deferral_published:
                     self._publish_deferral(session)
+            try:
+                # QA items whose worker died (or lost the broker) between queueing and publishing them.
+                self._counts.add("qa_republished", self.qa.republish(older_than_s=self.lease_s))
+            except Exception:
+                log.warning("worker %s: re-sending QA items failed", self.worker_id, exc_info=True)
 
     def _renew(self) -> None:
         started = time.monotonic()
@@ -657,6 +695,7 @@ class SessionWorker:
             step=row.step,
             actions_executed=row.actions_applied,
             needs_resend=True,
+            interrupted=not row.automated,
         )
         self._sessions[session_id] = session
         self._counts.add(f"adopted:{why.value}")
@@ -815,11 +854,12 @@ class SessionWorker:
         if state.step != session.failure_step:
             session.failure_step, session.failures = state.step, 0
         if state.step >= self.max_steps:
-            self._finish(session, SessionStatus.HANDED_OVER, {"reason": f"max_steps: {self.max_steps} steps reached"})
+            outcome = {"reason": f"max_steps: {self.max_steps} steps reached", "rule": MAX_STEPS}
+            self._finish(session, SessionStatus.HANDED_OVER, outcome)
             return None
         if session.failures > self.handover_after_failures:
             reason = f"step {state.step} failed {session.failures} times"
-            self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
+            self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason, "rule": STEP_FAILURES})
             return None
         return _Observed(session, state, started)
 
@@ -877,7 +917,7 @@ class SessionWorker:
         session, proposal = item.session, item.proposal
         if proposal is None:
             reason = "the policy has no valid action for this screen"
-            self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
+            self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason, "rule": NO_PROPOSAL})
             return
         context = SessionContext(session.session_id, session.actions_executed, session.failures)
         item.decision = self.router.decide(proposal, item.score, context, champion)
@@ -898,6 +938,7 @@ class SessionWorker:
             self._defer(session, state, proposal, decision)
         else:  # BLOCKED: nothing may happen in the background; a human takes the case
             self._record_decision(proposal, decision)
+            self._interrupted(session, blocker_of_decision(decision))
             self._finish(session, SessionStatus.HANDED_OVER, {"reason": decision.reason})
 
     def _record_decision(self, proposal: Proposal, decision: Decision) -> None:
@@ -920,6 +961,18 @@ class SessionWorker:
         self._publish_decision(decision)
         if result == _Applied.APPLIED:
             self._counts.add("executed")
+            if decision.audit:
+                self._queue_qa(session, state, proposal, decision)
+
+    def _queue_qa(self, session: _Session, state: UIState, proposal: Proposal, decision: Decision) -> None:
+        """An audited step ran (after-the-fact audit): queue it for an operator's review. A failure here loses
+        one review, never the step; it does not depend on the step's label, so the sample stays unbiased."""
+        try:
+            if self.qa.queue(state, proposal, decision, self.queue_for(session.process_id)) is not None:
+                self._counts.add("qa_queued")
+        except Exception:
+            self._counts.add("qa_errors")
+            log.warning("worker %s: queueing QA for %s failed", self.worker_id, proposal.proposal_id, exc_info=True)
 
     def _apply(
         self,
@@ -991,6 +1044,7 @@ class SessionWorker:
         session.deferral = deferral
         session.deferral_published = False
         self._counts.add("deferred")  # park counted it and set the step in the store
+        self._interrupted(session, blocker_of_decision(decision))
         self._publish_decision(decision)
         self._unpublished.append(session)  # sent together after the batch's side effects (_publish_parked)
 
@@ -1005,6 +1059,7 @@ class SessionWorker:
             session.pending_answer = None
             outcome = {
                 "reason": "the operator took the case over",
+                "rule": OPERATOR_TOOK_OVER,
                 "operator_id": decision.operator_id,
                 "reject_reason": decision.reason.value if decision.reason else None,
             }
@@ -1069,7 +1124,7 @@ class SessionWorker:
                 self._counts.add("resend_failures")
                 log.error("worker %s: unconfirmed key %s cannot be re-sent: %s", self.worker_id, key, exc)
                 reason = f"an unconfirmed action ({key}) could not be re-sent: {exc}"
-                self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason})
+                self._finish(session, SessionStatus.HANDED_OVER, {"reason": reason, "rule": RESEND_FAILED})
                 return False
             if self.store.confirm(key):
                 self._counts.add("resent_keys")
@@ -1160,9 +1215,20 @@ class SessionWorker:
 
     def _finish(self, session: _Session, status: SessionStatus, outcome: dict[str, Any]) -> None:
         self.store.bump(session.session_id, step=session.step)
+        if status != SessionStatus.COMPLETED:
+            self._interrupted(session, blocker_of_end(session.process_id, status, outcome))
         self.store.finish(session.session_id, status, outcome)
         self._forget(session.session_id)
         self._counts.add(f"finished:{status.value}")
+
+    def _interrupted(self, session: _Session, blocker: Blocker | None) -> None:
+        """Count the first thing that made the session need a human (the metric; the store keeps the truth)."""
+        if blocker is None or session.interrupted:
+            return
+        session.interrupted = True
+        self._counts.add(f"blocker:{blocker.kind.value}:{blocker.rule}")
+        if self.metrics is not None:
+            self.metrics.observe_blocker(blocker.kind.value, blocker.rule, blocker.process_id, blocker.action_type)
 
     def _lost(self, session: _Session, error: BaseException) -> None:
         """The store refused to act for this worker on the session (another worker owns it, or it ended)."""

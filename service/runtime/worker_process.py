@@ -32,7 +32,7 @@ from service.runtime.bus.topics import Topics, ensure_topics
 from service.runtime.champion import Champion, ChampionHolder
 from service.runtime.metrics import RuntimeMetrics
 from service.runtime.registry_watch import RegistryWatcher
-from service.runtime.router import Router
+from service.runtime.router import AuditMode, Router
 from service.runtime.settings import RuntimeSettings, new_worker_id
 from service.runtime.stage_sync import StageSync
 from service.runtime.store import RuntimeStore
@@ -60,6 +60,7 @@ class WorkerSpec(BaseModel):
     risk: RiskPolicy = Field(default_factory=RiskPolicy)
     autonomy: dict[str, Any] = Field(default_factory=dict, description="AutonomyConfig.to_dict()")
     audit_rate: float = Field(default=0.05, ge=0.0, lt=1.0)
+    audit_mode: AuditMode = AuditMode.AFTER
     seed: int = 0
     batch_size: int = Field(default=32, ge=1)
     lease_s: float = Field(default=30.0, gt=0)
@@ -96,7 +97,7 @@ def build_worker(
     champion = ChampionHolder(
         Champion(load_critic(spec.critic_path), SliceThresholds.from_dict(spec.thresholds), spec.critic_version)
     )
-    router = Router(spec.risk, stages, champion, audit_rate=spec.audit_rate, seed=spec.seed)
+    router = Router(spec.risk, stages, champion, audit_rate=spec.audit_rate, seed=spec.seed, audit_mode=spec.audit_mode)
     store = RuntimeStore(spec.database_url)
     stage_sync = StageSync(store, stages, origin=spec.worker_id)
     stage_sync.poll(force=True)  # replay the overrides, kill switch and demotions made so far
@@ -256,6 +257,7 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
             initial_stage=settings.initial_stage, alpha=SliceThresholds.from_dict(thresholds).config.alpha
         ).to_dict(),
         audit_rate=settings.audit_rate,
+        audit_mode=settings.audit_mode,
         seed=settings.seed,
         batch_size=settings.batch_size,
         lease_s=settings.lease_s,

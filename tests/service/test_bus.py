@@ -136,7 +136,7 @@ def test_topic_names() -> None:
     assert topics.sessions == "autopilot.sessions"
     assert topics.operator_decisions == "autopilot.operator-decisions"
     assert topics.parked(topics.deferrals) == "autopilot.deferrals.parked" == parked_topic(topics.deferrals)
-    assert len(topics.main()) == 5 and len(set(topics.all())) == 10
+    assert len(topics.main()) == 7 and len(set(topics.all())) == 14
     with pytest.raises(ValueError, match="prefix"):
         Topics(prefix="bad prefix/")
 

@@ -23,7 +23,7 @@ from schemas import (
     SliceKey,
 )
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
-from service.runtime.router import Router, Rule, SessionContext, audit_draw, rule_of
+from service.runtime.router import AuditMode, Router, Rule, SessionContext, audit_draw, rule_of
 
 BILLING_FILL = SliceKey(process_id="billing_dispute", action_type=ActionType.FILL_FIELD)
 CLOSURE_CLICK = SliceKey(process_id="account_closure", action_type=ActionType.CLICK_CONTROL)
@@ -69,8 +69,10 @@ def autopilot(*slices: SliceKey, logging_only: frozenset[str] = frozenset()) -> 
     return stages
 
 
-def router(stages: AutonomyStages, audit_rate: float = 0.0, seed: int = 0) -> Router:
-    return Router(DEFAULT_RISK_POLICY, stages, thresholds(), audit_rate=audit_rate, seed=seed)
+def router(
+    stages: AutonomyStages, audit_rate: float = 0.0, seed: int = 0, audit_mode: AuditMode = AuditMode.AFTER
+) -> Router:
+    return Router(DEFAULT_RISK_POLICY, stages, thresholds(), audit_rate=audit_rate, seed=seed, audit_mode=audit_mode)
 
 
 def test_confident_critic_gated_step_executes_with_its_evidence() -> None:
@@ -231,20 +233,25 @@ def test_every_rule_is_reachable_and_has_a_distinct_reason() -> None:
     assert len(set(first.values())) == len(Rule)
 
 
-def test_audit_share_is_close_to_the_rate_and_deterministic_per_proposal() -> None:
+@pytest.mark.parametrize("mode", list(AuditMode))
+def test_audit_share_is_close_to_the_rate_and_deterministic_per_proposal(mode: AuditMode) -> None:
+    """Both audit modes sample the same steps; after the fact they execute, before they wait for a human."""
     stages = autopilot(BILLING_FILL)
-    r = router(stages, audit_rate=0.05, seed=7)
+    r = router(stages, audit_rate=0.05, seed=7, audit_mode=mode)
     ids = [f"proposal-{i}" for i in range(10_000)]
     decisions = [r.decide(proposal(FILL, proposal_id=pid), 0.95, CTX) for pid in ids]
     audited = [d.audit for d in decisions]
     share = sum(audited) / len(audited)
     # Binomial standard deviation is 0.0022: four of them either side.
     assert 0.041 <= share <= 0.059, share
+    audited_outcome = DecisionOutcome.EXECUTE if mode == AuditMode.AFTER else DecisionOutcome.DEFER
     for d in decisions:
-        assert d.outcome == (DecisionOutcome.DEFER if d.audit else DecisionOutcome.EXECUTE)
+        assert d.outcome == (audited_outcome if d.audit else DecisionOutcome.EXECUTE)
         assert rule_of(d) == (Rule.AUDIT if d.audit else Rule.CONFIDENT)
-    # A redelivered proposal gets the same draw, on a fresh router (another worker) with the same seed.
-    again = router(stages, audit_rate=0.05, seed=7)
+        assert ("after the fact" in d.reason) == (d.audit and mode == AuditMode.AFTER)
+    # A redelivered proposal gets the same draw, on a fresh router (another worker) with the same seed, whatever
+    # the mode: the draw does not depend on it (nor on the score).
+    again = router(stages, audit_rate=0.05, seed=7, audit_mode=AuditMode.BEFORE)
     assert [again.decide(proposal(FILL, proposal_id=pid), 0.95, CTX).audit for pid in ids[:2000]] == audited[:2000]
     # Another seed draws another sample.
     other = router(stages, audit_rate=0.05, seed=8)
@@ -279,6 +286,8 @@ def test_bad_input_names_the_field() -> None:
         Router(DEFAULT_RISK_POLICY, AutonomyStages(), thresholds(), audit_rate=1.0)
     with pytest.raises(ValueError, match="max_failures_per_step"):
         Router(DEFAULT_RISK_POLICY, AutonomyStages(), thresholds(), max_failures_per_step=0)
+    with pytest.raises(ValueError, match="audit_mode"):
+        Router(DEFAULT_RISK_POLICY, AutonomyStages(), thresholds(), audit_mode="during")
 
 
 def test_decide_takes_microseconds() -> None:

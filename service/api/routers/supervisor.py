@@ -26,6 +26,9 @@ from service.api.models import (
     StageRequest,
     WorkerInfo,
 )
+from service.api.qa_models import QAOverview
+from service.api.routers.blockers import blocker_table
+from service.api.routers.qa import qa_summary
 from service.runtime.autonomy import StageEvent
 
 router = APIRouter(prefix="/api/v1/supervisor", tags=["supervisor"])
@@ -123,6 +126,18 @@ def overview(service: ServiceDep, caller: Supervisor) -> Overview:
         slices=[_slice_info(service, key, audits) for key in service.known_slices()],
         recent_events=[_event(e) for e in events[-50:]][::-1],
         plots=[p.name for p in service.plots()],
+        blockers=blocker_table(service, limit=10).blockers,
+        qa=_qa_overview(service),
+    )
+
+
+def _qa_overview(service: AutopilotService) -> QAOverview:
+    summary = qa_summary(service)
+    return QAOverview(
+        pending=summary.pending,
+        answered=summary.answered,
+        realised_error=summary.realised_error,
+        realised_error_accept_label=summary.realised_error_accept_label,
     )
 
 

@@ -62,12 +62,30 @@ class Topics:
     def decisions(self) -> str:
         return self.prefix + "decisions"
 
+    @property
+    def qa(self) -> str:
+        """Executed steps sampled for an after-the-fact review (``QAItem``), for the operator side."""
+        return self.prefix + "qa"
+
+    @property
+    def qa_answers(self) -> str:
+        """Reviews of QA items (``QAAnswer``) from an operator gateway, for the workers to record."""
+        return self.prefix + "qa-answers"
+
     def parked(self, topic: str) -> str:
         return parked_topic(topic)
 
     def main(self) -> list[str]:
         """The topics that carry payloads."""
-        return [self.sessions, self.deferrals, self.operator_decisions, self.feedback, self.decisions]
+        return [
+            self.sessions,
+            self.deferrals,
+            self.operator_decisions,
+            self.feedback,
+            self.decisions,
+            self.qa,
+            self.qa_answers,
+        ]
 
     def all(self) -> list[str]:
         """Every topic, the parked one of each included."""

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
+from schemas.decision import Verdict
 from schemas.qa import QAAnswer, QALabel
 from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
 from service.api.deps import OperatorOrSupervisor, ServiceDep, Supervisor
@@ -76,6 +77,7 @@ def answer(qa_id: QAId, body: QAAnswerRequest, service: ServiceDep, caller: Oper
         raise ForbiddenError(f"qa_id: {qa_id!r} is in queue {item.queue!r}, not one of yours")
     if body.proposal_id != item.proposal.proposal_id:
         raise ConflictError(f"proposal_id: the QA item is for proposal {item.proposal.proposal_id!r}")
+    _check(body)
     review = QAAnswer(
         qa_id=qa_id,
         proposal_id=body.proposal_id,
@@ -100,6 +102,22 @@ def answer(qa_id: QAId, body: QAAnswerRequest, service: ServiceDep, caller: Oper
         )
     kind: Literal["accepted", "duplicate"] = "accepted" if result.result == AnswerStatus.ACCEPTED else "duplicate"
     return QAAnswerResponse(result=kind, session_id=item.session_id, label=review.label)
+
+
+def _check(body: QAAnswerRequest) -> None:
+    """The review's own consistency, named by field (answered 422 with ``["body", field]``)."""
+    if body.verdict == Verdict.ACCEPT:
+        if body.reason is not None:
+            raise ValueError("reason: must be empty when the verdict is accept")
+        if body.corrected_action is not None:
+            raise ValueError("corrected_action: must be empty when the verdict is accept")
+        return
+    if body.reason is None:
+        raise ValueError(f"reason: required when the verdict is {body.verdict.value}")
+    if body.verdict == Verdict.CORRECT and body.corrected_action is None:
+        raise ValueError("corrected_action: required when the verdict is correct")
+    if body.verdict == Verdict.REJECT and body.corrected_action is not None:
+        raise ValueError("corrected_action: must be empty when the verdict is reject (use correct)")
 
 
 def qa_summary(service: AutopilotService) -> QASummary:

@@ -295,6 +295,17 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
     report.notes.append(ALPHA_NOTE)
     markdown = report.markdown(f"Autopilot phase ({sessions} sessions, alpha {report.alpha:g})")
     print(markdown)
+    # The headline: this run's figures under the operators' label, the accept label's beside them (the same run:
+    # only the realised error differs), and the critic benches' coverage and time to autonomy (not this run's).
+    from lab.report import critic_figures, headline_markdown
+
+    figures, figure_notes = critic_figures(Path(__file__).resolve().parents[1] / "bench" / "results", report.alpha)
+    headline = {**report.headline(), **figures}
+    accept = {**report.headline("accept"), **figures}
+    print("### Headline\n")
+    print(headline_markdown(headline, accept))
+    for note in figure_notes:
+        print(f"- {note}")
     report_md = out / "autopilot_report.md"
     report_json = out / "autopilot_report.json"
     report_md.write_text(markdown)
@@ -311,6 +322,9 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
         "handling_time_reduction": summary["handling_time_reduction"],
         "correct_resolution": summary["correct_resolution"],
         "audited_error": summary["audited_error"],
+        "headline": headline,
+        "headline_accept_label": accept,
+        "blockers": report.blockers[:15],
         "targets": [{"name": t.name, "measured": t.measured, "met": t.met} for t in report.targets()],
         "run": report.run,
     }
@@ -454,6 +468,7 @@ def run_autopilot_phase(
     data_dir: Path,
     manual: list[ManualResult] | None = None,
     audit_rate: float = 0.05,
+    audit_mode: str = "after",
     workers: int = 2,
     batch_size: int = SMALL_BATCH,
     timeout_s: float = 1800.0,
@@ -466,11 +481,13 @@ def run_autopilot_phase(
     from critic.persist import load_critic
     from critic.registry import CriticRegistry
     from critic.thresholds import SliceThresholds, ThresholdConfig
-    from lab.report import AutopilotReport, SessionResult, SliceResult
+    from lab.report import AutopilotReport, ReviewLabel, SessionResult, SliceResult
     from sandbox.operators import operator_pool
     from sandbox.platform import SandboxPlatform
-    from schemas import ChatRole, DecisionOutcome, Verdict
+    from schemas import ChatRole, DecisionOutcome, Verdict, qa_label
     from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+    from service.runtime.blockers import first_blockers, rank
+    from service.runtime.qa_store import QAStore
     from service.runtime.settings import RuntimeSettings
     from service.runtime.worker import Reservoir
 
@@ -510,6 +527,7 @@ def run_autopilot_phase(
         workers=workers,
         batch_size=batch_size,
         audit_rate=audit_rate,
+        audit_mode=audit_mode,
         operators=len(operators),
         seed=seed,
     )
@@ -535,8 +553,15 @@ def run_autopilot_phase(
             )
             runtime.stop_sessions([s for s in session_ids if not runtime.finished([s])])
             runtime.wait_until(lambda: runtime.finished(session_ids), 30.0)
+        # After-the-fact reviews of the last executed steps may still be on their way: wait for the QA queue to
+        # drain (bounded), so the realised error covers the whole run and the review time is charged to its cases.
+        qa = QAStore(store)
+        qa_drained = runtime.wait_until(lambda: qa.counts()["pending"] == 0, 120.0, interval=0.2)
+        if not qa_drained:
+            print(f"warning: {qa.counts()['pending']} QA reviews were still pending when the run was measured")
         workers_stats = [w.stats() for w in runtime.workers]
         pool_stats = runtime.pool.stats()
+        reviewer_stats = runtime.qa_reviewers.stats() if runtime.qa_reviewers is not None else {}
         for index, case_id, session_id in zip(indices, case_ids, session_ids, strict=True):
             row = store.get_session(session_id)
             decisions = store.decisions(session_id)
@@ -556,10 +581,11 @@ def run_autopilot_phase(
                     read,
                 )
             )
-        # Per slice: what the router decided, and the audits' answers (the unbiased sample of auto-execution).
+        # Per slice: what the router decided, and the reviews of audited steps (the unbiased sample of
+        # auto-execution): after the fact from the QA queue, or the answers of pre-execution audits.
         per_slice: dict[str, Counter[str]] = defaultdict(Counter)
         slice_keys: dict[str, SliceKey] = {}
-        audit_labels: list[bool] = []
+        reviews: list[ReviewLabel] = []
         for session_id in session_ids:
             for d in store.decisions(session_id):
                 name = str(d.slice)
@@ -567,11 +593,15 @@ def run_autopilot_phase(
                 per_slice[name]["executed" if d.outcome == DecisionOutcome.EXECUTE else "deferred"] += 1
             for r in store.session_deferrals(session_id):
                 if r.deferral.decision.audit and r.answer is not None:
-                    ok = r.answer.verdict == Verdict.ACCEPT
-                    audit_labels.append(ok)
-                    name = str(r.deferral.decision.slice)
-                    per_slice[name]["audits"] += 1
-                    per_slice[name]["audit_errors"] += not ok
+                    label = qa_label(r.answer.verdict, r.answer.reason).value
+                    reviews.append(ReviewLabel(session_id, label, r.answer.verdict == Verdict.ACCEPT))
+                    per_slice[str(r.deferral.decision.slice)]["audits"] += 1
+                    per_slice[str(r.deferral.decision.slice)]["audit_errors"] += label == "unacceptable"
+        for reviewed in qa.labels(session_ids=session_ids):
+            reviews.append(ReviewLabel(reviewed.session_id, reviewed.label.value, reviewed.accepted))
+            per_slice[reviewed.slice]["audits"] += 1
+            per_slice[reviewed.slice]["audit_errors"] += reviewed.label.value == "unacceptable"
+        blockers = [b.to_dict() for b in rank(v for k, v in first_blockers(store).items() if k in set(session_ids))]
 
     # The runtime is down: cases it handed over (or that never ended) are worked to the end by hand.
     results: list[SessionResult] = []
@@ -627,7 +657,9 @@ def run_autopilot_phase(
         deferral_latency_ms=pool_stats["deferral_latency_ms"],
         publish_latency_ms=pool_stats["publish_latency_ms"],
         decision_latency_ms=latency.summary(),
-        audit_labels=audit_labels,
+        audit_labels=[r.accepted for r in reviews],
+        reviews=reviews,
+        blockers=blockers,
         run={
             "critic_version": version,
             "seed": seed,
@@ -635,6 +667,8 @@ def run_autopilot_phase(
             "workers": workers,
             "batch_size": batch_size,
             "audit_rate": audit_rate,
+            "audit_mode": audit_mode,
+            "qa_reviews": {"drained": qa_drained, **reviewer_stats},
             "operators": len(operators),
             "promoted": promoted,
             "run_seconds": round(run_seconds, 1),

@@ -13,9 +13,16 @@ same customer and the same case). From the two:
   form values), with a Newcombe interval for the paired difference (Newcombe 1998, "Improved confidence intervals
   for the difference between binomial proportions based on paired data", method 10: Wilson score limits of both
   rates combined through the correlation of the paired outcomes);
-- realised error among auto-executed steps: the router defers a random share of would-execute steps as audits,
-  so their answers are an unbiased sample of what autopilot executes; error = the operator did not accept (the
-  critic's default label); exact two-sided Clopper-Pearson interval;
+- realised error among auto-executed steps: the router samples a random share of would-execute steps for review
+  (after the fact by default, in the QA queue; or deferred before execution), so the reviews are an unbiased sample
+  of what autopilot executes. Under the operators' label an error is a review graded model error or other
+  (acceptable alternatives are not errors, environment rejections are left out); under the paper's accept label
+  anything but accept is one. Two-sided Clopper-Pearson interval, sessions as clusters
+  (``service.runtime.realised_error``);
+- non-inferiority of correct resolution: the autopilot's point estimate minus all-manual at least 0 and the lower
+  95% bound at least -3 points (``NON_INFERIORITY_MARGIN``);
+- why a session needed a human: the first rule and slice that interrupted each session, ranked
+  (``service.runtime.blockers``);
 - deferral latency (published -> in an operator's inbox), decision latency (observe -> decision), the stage of
   every slice at the end and the stage events (promotions, demotions and their reasons).
 """
@@ -31,8 +38,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import beta, norm
 
+from service.runtime.realised_error import RealisedError, realised_error
+
 TARGET_FULLY_AUTOMATED = 0.50
 TARGET_HANDLING_REDUCTION = 0.40
+NON_INFERIORITY_MARGIN = 0.03  # the lower 95% bound of autopilot - all-manual correct resolution may not be below -3 pt
 PAPER = "the paper: 45% of sessions fully automated, handling time -39%"
 
 
@@ -253,6 +263,26 @@ class AuditedError:
         return {"audits": self.audits, "errors": self.errors, **self.interval.to_dict()}
 
 
+@dataclass(frozen=True, slots=True)
+class ReviewLabel:
+    """One reviewed auto-executed step: its session, the operators' label (acceptable, unacceptable, excluded:
+    ``schemas.qa.qa_label``) and whether the verdict was accept (the paper's label)."""
+
+    session_id: str
+    label: str
+    accepted: bool
+
+
+def realised_errors(reviews: Sequence[ReviewLabel], confidence: float = 0.95) -> dict[str, RealisedError]:
+    """The realised error under the operators' label (``operators``: unacceptable among reviews, environment left
+    out) and the paper's (``accept``: anything but accept), each with sessions as clusters."""
+    operators = realised_error(
+        ((r.session_id, r.label == "unacceptable") for r in reviews if r.label != "excluded"), confidence
+    )
+    accept = realised_error(((r.session_id, not r.accepted) for r in reviews), confidence)
+    return {"operators": operators, "accept": accept}
+
+
 def audited_error(accepted: Sequence[bool], confidence: float = 0.95) -> AuditedError:
     """The realised error among auto-executed steps, estimated from audit answers (``accepted`` per audit)."""
     errors = sum(1 for a in accepted if not a)
@@ -295,6 +325,8 @@ class AutopilotReport:
     publish_latency_ms: dict[str, Any] = field(default_factory=dict)
     decision_latency_ms: dict[str, Any] = field(default_factory=dict)
     audit_labels: list[bool] = field(default_factory=list)
+    reviews: list[ReviewLabel] = field(default_factory=list)
+    blockers: list[dict[str, Any]] = field(default_factory=list)  # service.runtime.blockers.BlockerCount.to_dict()
     run: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.95
@@ -336,6 +368,38 @@ class AutopilotReport:
     def error(self) -> AuditedError:
         return audited_error(self.audit_labels, self.confidence)
 
+    @property
+    def realised(self) -> dict[str, RealisedError]:
+        """The realised error from the reviews under both labels (see ``realised_errors``)."""
+        return realised_errors(self.reviews, self.confidence)
+
+    @property
+    def non_inferior(self) -> bool:
+        """Correct resolution not lower than all-manual: estimate >= 0 and lower bound >= -margin."""
+        q = self.quality_difference
+        return bool(q.estimate >= 0.0 and q.low >= -NON_INFERIORITY_MARGIN)
+
+    def headline(self, label: str = "operators") -> dict[str, float | None]:
+        """The run's headline figures (``label``: ``operators`` or ``accept`` for the realised error): fully
+        automated share, handling-time reduction, quality difference and its lower 95% bound, realised error and
+        its upper 95% bound, alpha."""
+        reduction = self.handling_reduction
+        quality = self.quality_difference
+        error = self.realised[label]
+
+        def number(value: float | None) -> float | None:
+            return None if value is None or math.isnan(value) else round(float(value), 6)
+
+        return {
+            "fully_automated": number(self.fully_automated),
+            "handling_time_reduction": number(reduction.estimate),
+            "quality_difference": number(quality.estimate),
+            "quality_difference_low": number(quality.low),
+            "realised_error": number(error.estimate),
+            "realised_error_high": number(error.high),
+            "alpha": self.alpha,
+        }
+
     def summary(self) -> dict[str, Any]:
         n = len(self.sessions)
         auto_time = sum(s.handling_time_s for s in self.sessions) / n
@@ -366,6 +430,8 @@ class AutopilotReport:
                 "paired_table": asdict(self.quality_table),
             },
             "audited_error": self.error.to_dict(),
+            "realised_error": {name: value.to_dict() for name, value in self.realised.items()},
+            "non_inferior": self.non_inferior,
             "deferral_latency_ms": self.deferral_latency_ms,
             "publish_latency_ms": self.publish_latency_ms,
             "decision_latency_ms": self.decision_latency_ms,
@@ -376,6 +442,7 @@ class AutopilotReport:
         quality = self.quality_difference
         error = self.error
         level = f"{self.confidence:.0%}"
+        realised = self.realised["operators"]
         return [
             Target(
                 "fully automated sessions",
@@ -391,19 +458,29 @@ class AutopilotReport:
             ),
             Target(
                 "correct resolution vs all-manual",
-                f"not lower ({level} CI of the difference not entirely below 0)",
+                f"non-inferior: estimate >= 0 and lower {level} bound >= -{NON_INFERIORITY_MARGIN * 100:g} points",
                 f"{quality.estimate * 100:+.1f} points ({level} CI {quality.low * 100:+.1f} .. "
                 f"{quality.high * 100:+.1f})",
-                quality.high >= 0.0,
+                self.non_inferior,
             ),
             Target(
                 "realised error among auto-executed steps (audits)",
-                f"<= alpha = {self.alpha:g}",
+                f"<= alpha = {self.alpha:g} (accept label)",
                 "no audits (nothing auto-executed under a threshold)"
                 if error.audits == 0
                 else f"{error.errors}/{error.audits} = {_pct(error.interval.estimate)} ({level} CI "
                 f"{_pct(error.interval.low)} .. {_pct(error.interval.high)})",
                 None if error.audits == 0 else error.interval.estimate <= self.alpha,
+            ),
+            Target(
+                "realised unacceptable-action rate among auto-executed steps (reviews)",
+                f"<= alpha = {self.alpha:g} (model error or other; environment left out)",
+                "no reviews"
+                if realised.estimate is None
+                else f"{realised.errors}/{realised.reviewed} = {_pct(realised.estimate)} ({level} CI "
+                f"{_pct(realised.low)} .. {_pct(realised.high)}; {realised.sessions} sessions, design effect "
+                f"{realised.design_effect:g})",
+                realised.within(self.alpha),
             ),
         ]
 
@@ -415,9 +492,19 @@ class AutopilotReport:
             "targets": [asdict(t) for t in self.targets()],
             "slices": [{**asdict(s), "automation": s.automation} for s in self.slices],
             "events": self.events,
+            "blockers": self.blockers,
+            "headline": self.headline(),
+            "headline_accept_label": self.headline("accept"),
             "run": self.run,
             "notes": self.notes,
         }
+
+    def blocker_markdown(self, limit: int = 15) -> list[str]:
+        """The ranked blocker table (why sessions needed a human) as markdown lines."""
+        lines = ["### Why sessions needed a human", ""]
+        if not self.blockers:
+            return [*lines, "No blocker recorded (every session ran without a human, or none was measured)."]
+        return lines + _blocker_lines(self.blockers, len(self.sessions), limit)
 
     def markdown(self, title: str = "Autopilot phase") -> str:
         s = self.summary()
@@ -471,7 +558,7 @@ class AutopilotReport:
                 f"| {sl.slice} | {sl.stage} | {threshold} | {sl.labels} | {sl.executed} | {sl.deferred} | "
                 f"{sl.audits} ({sl.audit_errors}) | {_pct(sl.automation)} |"
             )
-        lines += ["", "### Stage events (promotions, demotions, alarms)", ""]
+        lines += ["", *self.blocker_markdown(), "", "### Stage events (promotions, demotions, alarms)", ""]
         if not self.events:
             lines.append("none")
         for e in self.events:
@@ -481,6 +568,116 @@ class AutopilotReport:
         demotions = [e for e in self.events if e["from"] == "autopilot" and e["to"] != "autopilot"]
         lines += ["", f"Demoted during the run: {len(demotions)} slice(s)."]
         return "\n".join(lines) + "\n"
+
+
+HEADLINE_ROWS = (
+    ("fully_automated", "sessions fully automated (no human step)"),
+    ("handling_time_reduction", "handling time saved vs all-manual"),
+    ("quality_difference", "correct resolution, autopilot - all-manual"),
+    ("quality_difference_low", "... its lower 95% bound"),
+    ("realised_error", "realised error among auto-executed steps"),
+    ("realised_error_high", "... its upper 95% bound"),
+    ("alpha", "alpha"),
+    ("coverage_share_of_oracle", "coverage at alpha, share of the oracle's"),
+    ("sessions_to_autonomy_new_process", "copilot sessions to autonomy, new process"),
+)
+
+
+def _figure(key: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if key == "sessions_to_autonomy_new_process":
+        return str(value)
+    if key.startswith("quality_difference"):
+        return f"{float(value) * 100:+.1f} pt"
+    return _pct(float(value))
+
+
+def non_inferiority(headline: Mapping[str, Any]) -> bool | None:
+    """The non-inferiority rule on a headline: estimate >= 0 and lower 95% bound >= -3 points (None: not measured)."""
+    estimate, low = headline.get("quality_difference"), headline.get("quality_difference_low")
+    if estimate is None or low is None:
+        return None
+    return bool(estimate >= 0.0 and low >= -NON_INFERIORITY_MARGIN)
+
+
+def critic_figures(results_dir: str | Path, alpha: float) -> tuple[dict[str, Any], list[str]]:
+    """``coverage_share_of_oracle`` and ``sessions_to_autonomy_new_process`` at ``alpha`` from the critic benches'
+    results (``critic_sandbox.json``, ``critic_time_to_autonomy.json``; a ``headline`` object in them wins), each
+    None with a note when a file or figure is missing."""
+    import json
+
+    folder = Path(results_dir)
+    key = f"{alpha:g}"
+    figures: dict[str, Any] = {"coverage_share_of_oracle": None, "sessions_to_autonomy_new_process": None}
+    notes: list[str] = []
+
+    def load(name: str) -> dict[str, Any] | None:
+        path = folder / name
+        if not path.is_file():
+            notes.append(f"{name}: not found; run its bench")
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as error:
+            notes.append(f"{name}: unreadable ({error})")
+            return None
+        return data if isinstance(data, dict) else None
+
+    sandbox = load("critic_sandbox.json")
+    if sandbox is not None:
+        coverage = (sandbox.get("headline") or {}).get("coverage_share_of_oracle")
+        if coverage is None:
+            coverage = ((sandbox.get("coverage") or {}).get("feature") or {}).get("share_of_oracle")
+        figures["coverage_share_of_oracle"] = coverage
+        if coverage is None:
+            notes.append("critic_sandbox.json: no coverage share of the oracle in it")
+    autonomy = load("critic_time_to_autonomy.json")
+    if autonomy is not None:
+        sessions = (autonomy.get("headline") or {}).get("sessions_to_autonomy_new_process")
+        if sessions is None:
+            sessions = (autonomy.get("first_holding_threshold_sessions") or {}).get(key)
+        figures["sessions_to_autonomy_new_process"] = sessions
+        if sessions is None:
+            notes.append(f"critic_time_to_autonomy.json: no holding threshold for the new process at alpha {key}")
+    return figures, notes
+
+
+def headline_markdown(headline: Mapping[str, Any], accept: Mapping[str, Any] | None = None) -> str:
+    """The headline figures as a table, with the accept label's beside them, and the non-inferiority verdict."""
+    lines = ["| figure | operators' label (unacceptable = model error or other) | accept label (the paper's) |",
+             "|---|---:|---:|"]  # fmt: skip
+    for key, name in HEADLINE_ROWS:
+        other = "" if accept is None else _figure(key, accept.get(key))
+        lines.append(f"| {name} | {_figure(key, headline.get(key))} | {other} |")
+    verdicts = {None: "not measured", True: "**pass**", False: "**fail**"}
+    lines += [
+        "",
+        f"Non-inferiority of correct resolution (estimate >= 0 and lower 95% bound >= "
+        f"-{NON_INFERIORITY_MARGIN * 100:g} points): {verdicts[non_inferiority(headline)]}"
+        + ("" if accept is None else f" (accept label: {verdicts[non_inferiority(accept)]})"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _blocker_lines(blockers: Sequence[Mapping[str, Any]], sessions: int, limit: int) -> list[str]:
+    interrupted = sum(int(b["sessions"]) for b in blockers)
+    lines = [
+        f"{interrupted} of {sessions} sessions needed a human; the first rule and slice that stopped each, most "
+        "first (deferral: the router's rule; hand_over: the worker's):",
+        "",
+        "| # | kind | rule | slice | sessions | of interrupted | of all |",
+        "|---:|---|---|---|---:|---:|---:|",
+    ]
+    for i, b in enumerate(blockers[:limit], 1):
+        lines.append(
+            f"| {i} | {b['kind']} | {b['rule']} | {b['slice']} | {b['sessions']} | {_pct(b['share'])} | "
+            f"{_pct(int(b['sessions']) / sessions if sessions else None)} |"
+        )
+    if len(blockers) > limit:
+        rest = sum(int(b["sessions"]) for b in blockers[limit:])
+        lines.append(f"| | | {len(blockers) - limit} more | | {rest} | {_pct(rest / interrupted)} | |")
+    return lines
 
 
 def plot_reports(reports: Mapping[str, AutopilotReport], path: str | Path, title: str = "Selective autopilot") -> Path:

@@ -481,9 +481,17 @@ class AutopilotService:
 
     def audit_outcomes(self) -> dict[str, tuple[int, int]]:
         """Per slice, (accepted, answered) audited steps of the last ``AUTOPILOT_AUDIT_WINDOW_H`` hours, from the
-        store: what every worker audited, also in an API process that runs no worker itself."""
+        store: what every worker audited, also in an API process that runs no worker itself; pre-execution audits
+        and after-the-fact reviews (acceptable among those not left out) together."""
         since = datetime.now(UTC) - timedelta(hours=self.settings.audit_window_h)
-        return self.store.audit_outcomes(since)
+        outcomes = dict(self.store.audit_outcomes(since))  # pre-execution audits (AUTOPILOT_AUDIT_MODE=before)
+        # After-the-fact reviews: acceptable of the reviews that say something about the proposal (environment
+        # rejections left out), the operators' label.
+        for name, counts in self.qa.store.outcomes(since).items():
+            ok, total = outcomes.get(name, (0, 0))
+            reviewed = counts["acceptable"] + counts["unacceptable"]
+            outcomes[name] = (ok + counts["acceptable"], total + reviewed)
+        return outcomes
 
     def decision_counts(self) -> dict[str, int]:
         """Decisions per outcome over the last ``AUTOPILOT_AUDIT_WINDOW_H`` hours, from the store: what every worker

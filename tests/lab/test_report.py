@@ -14,6 +14,7 @@ from lab.report import (
     AutopilotReport,
     ManualResult,
     PairedTable,
+    ReviewLabel,
     SessionResult,
     SliceResult,
     audited_error,
@@ -21,7 +22,9 @@ from lab.report import (
     fully_automated_share,
     handling_time_reduction,
     handling_time_reduction_interval,
+    headline_markdown,
     newcombe_difference,
+    non_inferiority,
     paired_newcombe_difference,
     plot_reports,
     wilson_interval,
@@ -205,8 +208,10 @@ def test_report_pairs_cases_by_index_and_judges_the_targets(tmp_path: Path) -> N
     assert met == {
         "fully automated sessions": True,
         "handling time vs all-manual": True,
-        "correct resolution vs all-manual": True,
+        # A 0-point difference on four cases: its lower 95% bound is far below -3 points, so not shown non-inferior.
+        "correct resolution vs all-manual": False,
         "realised error among auto-executed steps (audits)": False,  # 1/3 > 0.1
+        "realised unacceptable-action rate among auto-executed steps (reviews)": None,  # no reviews given
     }
     assert {t.name: t.met for t in small_report([]).targets()}[
         "realised error among auto-executed steps (audits)"
@@ -226,3 +231,42 @@ def test_report_refuses_unpaired_runs() -> None:
         AutopilotReport(0.1, [session(1)], [ManualResult(2, True, 10.0)], [])
     with pytest.raises(ValueError, match="alpha"):
         AutopilotReport(0.0, [session(1)], [ManualResult(1, True, 10.0)], [])
+
+
+def test_headline_reviews_blockers_and_non_inferiority() -> None:
+    reviews = [
+        ReviewLabel("s1", "acceptable", True),
+        ReviewLabel("s1", "acceptable", False),  # an acceptable alternative: not an error, but not accepted
+        ReviewLabel("s2", "excluded", False),  # environment: left out of the operators' estimate
+        ReviewLabel("s3", "unacceptable", False),
+    ]
+    report = small_report([r.accepted for r in reviews])
+    report.reviews = reviews
+    report.blockers = [
+        {"kind": "deferral", "rule": "no_threshold", "slice": "refund_damaged/send_text_to_chat", "sessions": 1,
+         "share": 0.5},
+        {"kind": "hand_over", "rule": "max_steps", "slice": "refund_damaged/*", "sessions": 1, "share": 0.5},
+    ]  # fmt: skip
+    realised = report.realised
+    assert (realised["operators"].errors, realised["operators"].reviewed) == (1, 3)
+    assert (realised["accept"].errors, realised["accept"].reviewed) == (3, 4)
+    headline = report.headline()
+    assert set(headline) == {
+        "fully_automated", "handling_time_reduction", "quality_difference", "quality_difference_low",
+        "realised_error", "realised_error_high", "alpha",
+    }  # fmt: skip
+    assert headline["realised_error"] == pytest.approx(1 / 3) and report.headline("accept")["realised_error"] == 0.75
+    assert headline["quality_difference"] == pytest.approx(0.0) and headline["quality_difference_low"] < -0.03
+    assert (
+        non_inferiority(headline) is False
+        and non_inferiority({"quality_difference": 0.01, "quality_difference_low": -0.029}) is True
+    )
+    assert non_inferiority({"quality_difference": -0.001, "quality_difference_low": 0.0}) is False
+    assert non_inferiority({"quality_difference": None, "quality_difference_low": None}) is None
+    text = report.markdown("Run")
+    assert "### Why sessions needed a human" in text and "| 1 | deferral | no_threshold |" in text
+    assert "2 of 4 sessions needed a human" in text
+    payload = report.to_dict()
+    assert payload["headline"] == headline and payload["headline_accept_label"]["realised_error"] == 0.75
+    table = headline_markdown({**headline, "coverage_share_of_oracle": None}, report.headline("accept"))
+    assert "| realised error among auto-executed steps | 33.3% | 75.0% |" in table and "**fail**" in table

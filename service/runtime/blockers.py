@@ -149,6 +149,15 @@ def first_blockers(store: RuntimeStore, since: datetime | None = None) -> dict[s
     return result
 
 
+def sessions_started(store: RuntimeStore, since: datetime | None = None) -> int:
+    """Sessions started at or after ``since`` (all if None): the denominator of the blocker shares."""
+    query = select(func.count()).select_from(sessions_table)
+    if since is not None:
+        query = query.where(sessions_table.c.started_at >= since.astimezone(UTC).replace(tzinfo=None))
+    with store._read() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
 def rank(blockers: Iterable[Blocker], limit: int | None = None) -> list[BlockerCount]:
     """The ranked table: (kind, rule, slice) by sessions stopped first, most first (ties by name)."""
     counts = Counter(blockers)

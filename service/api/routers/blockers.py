@@ -7,13 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
 
 from service.api.context import AutopilotService
 from service.api.deps import ServiceDep, Supervisor
 from service.api.qa_models import BlockerInfo, BlockerTable
-from service.runtime.blockers import first_blockers, rank
-from service.runtime.store import sessions_table
+from service.runtime.blockers import first_blockers, rank, sessions_started
 
 router = APIRouter(prefix="/api/v1/supervisor", tags=["supervisor"])
 
@@ -21,15 +19,10 @@ router = APIRouter(prefix="/api/v1/supervisor", tags=["supervisor"])
 def blocker_table(service: AutopilotService, hours: float | None = None, limit: int = 20) -> BlockerTable:
     """The ranked blockers of sessions started in the last ``hours`` (the audit window by default)."""
     since = datetime.now(UTC) - timedelta(hours=hours if hours is not None else service.settings.audit_window_h)
-    store = service.store
-    blockers = first_blockers(store, since)
-    with store._read() as conn:
-        started = conn.execute(
-            select(func.count()).where(sessions_table.c.started_at >= since.replace(tzinfo=None))
-        ).scalar_one()
+    blockers = first_blockers(service.store, since)
     return BlockerTable(
         since=since,
-        sessions=int(started),
+        sessions=sessions_started(service.store, since),
         interrupted=len(blockers),
         blockers=[BlockerInfo(**row.to_dict()) for row in rank(blockers.values(), limit)],
     )

@@ -41,6 +41,8 @@ from schemas import (
     Panel,
     Proposal,
     ProposalFeatures,
+    QAAnswer,
+    QAItem,
     RejectReason,
     RiskPolicy,
     RiskTier,
@@ -511,6 +513,38 @@ def feedback_records(draw: st.DrawFn) -> FeedbackRecord:
     )
 
 
+@st.composite
+def qa_items(draw: st.DrawFn) -> QAItem:
+    state = draw(ui_states())
+    proposal = draw(proposals(state))
+    return QAItem(
+        qa_id=draw(nonempty_text(max_size=12)),
+        session_id=state.session_id,
+        queue=draw(nonempty_text(max_size=12)),
+        state=state,
+        proposal=proposal,
+        decision=draw(decisions(proposal)),
+        executed_at=draw(datetimes()),
+    )
+
+
+@st.composite
+def qa_answers(draw: st.DrawFn) -> QAAnswer:
+    """Consistent reviews: accept (no action, no reason), correct (action + reason), reject (reason)."""
+    verdict = draw(enums(Verdict))
+    return QAAnswer(
+        qa_id=draw(nonempty_text(max_size=12)),
+        proposal_id=draw(nonempty_text(max_size=12)),
+        session_id=draw(nonempty_text(max_size=12)),
+        verdict=verdict,
+        reason=None if verdict == Verdict.ACCEPT else draw(enums(RejectReason)),
+        corrected_action=draw(actions()) if verdict == Verdict.CORRECT else None,
+        note=draw(optional(st.text(max_size=40))),
+        operator_id=draw(nonempty_text(max_size=12)),
+        decided_at=draw(datetimes()),
+    )
+
+
 # --- traces and risk ------------------------------------------------------------------------------------------
 
 
@@ -590,5 +624,7 @@ PAYLOADS: dict[type[BaseModel], st.SearchStrategy[Any]] = {
         issued_by=st.text(min_size=1, max_size=20),
         issued_at=st.datetimes(timezones=st.just(UTC)),
     ),
+    QAItem: qa_items(),
+    QAAnswer: qa_answers(),
 }
 """A strategy per payload model that ``schemas.export`` exports."""

@@ -18,6 +18,8 @@ from schemas import (
     OperatorDecision,
     Payload,
     Proposal,
+    QAAnswer,
+    QAItem,
     RejectReason,
     RiskPolicy,
     ScreenSchema,
@@ -146,6 +148,22 @@ VALID: dict[type[BaseModel], dict[str, Any]] = {
         "case_id": "case-1",
         "process_id": "refund",
         "issued_by": "demo",
+    },
+    QAItem: {
+        "qa_id": "qa-1",
+        "session_id": "sess-1",
+        "queue": "refund",
+        "proposal": proposal(),
+        "decision": decision(),
+        "state": STATE,
+    },
+    QAAnswer: {
+        "qa_id": "qa-1",
+        "proposal_id": "prop-1",
+        "session_id": "sess-1",
+        "verdict": "reject",
+        "reason": "model_error",
+        "operator_id": "op-7",
     },
 }
 

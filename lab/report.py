@@ -626,12 +626,16 @@ def critic_figures(results_dir: str | Path, alpha: float) -> tuple[dict[str, Any
 
     sandbox = load("critic_sandbox.json")
     if sandbox is not None:
-        coverage = (sandbox.get("headline") or {}).get("coverage_share_of_oracle")
-        if coverage is None:
-            coverage = ((sandbox.get("coverage") or {}).get("feature") or {}).get("share_of_oracle")
-        figures["coverage_share_of_oracle"] = coverage
-        if coverage is None:
+        top = sandbox.get("headline") or {}
+        feature = (sandbox.get("coverage") or {}).get("feature") or {}
+        measured_at = top.get("alpha", ((feature.get("thresholds") or {}).get("config") or {}).get("alpha"))
+        coverage = top.get("coverage_share_of_oracle", feature.get("share_of_oracle"))
+        if measured_at is not None and abs(float(measured_at) - alpha) > 1e-9:
+            notes.append(f"critic_sandbox.json: coverage measured at alpha {measured_at:g}, not {key}")
+            coverage = None
+        elif coverage is None:
             notes.append("critic_sandbox.json: no coverage share of the oracle in it")
+        figures["coverage_share_of_oracle"] = coverage
     autonomy = load("critic_time_to_autonomy.json")
     if autonomy is not None:
         sessions = (autonomy.get("headline") or {}).get("sessions_to_autonomy_new_process")

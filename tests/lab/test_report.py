@@ -19,6 +19,7 @@ from lab.report import (
     SliceResult,
     audited_error,
     clopper_pearson_interval,
+    critic_figures,
     fully_automated_share,
     handling_time_reduction,
     handling_time_reduction_interval,
@@ -270,3 +271,27 @@ def test_headline_reviews_blockers_and_non_inferiority() -> None:
     assert payload["headline"] == headline and payload["headline_accept_label"]["realised_error"] == 0.75
     table = headline_markdown({**headline, "coverage_share_of_oracle": None}, report.headline("accept"))
     assert "| realised error among auto-executed steps | 33.3% | 75.0% |" in table and "**fail**" in table
+
+
+def test_critic_figures_come_from_the_critic_benches_at_the_same_alpha(tmp_path: Path) -> None:
+    import json
+
+    figures, notes = critic_figures(tmp_path, 0.05)
+    assert figures == {"coverage_share_of_oracle": None, "sessions_to_autonomy_new_process": None}
+    assert len(notes) == 2 and all("not found" in n for n in notes)
+    sandbox = {"coverage": {"feature": {"share_of_oracle": 0.93, "thresholds": {"config": {"alpha": 0.05}}}}}
+    (tmp_path / "critic_sandbox.json").write_text(json.dumps(sandbox))
+    (tmp_path / "critic_time_to_autonomy.json").write_text(
+        json.dumps({"first_holding_threshold_sessions": {"0.05": 250, "0.1": 120}})
+    )
+    assert critic_figures(tmp_path, 0.05) == (
+        {"coverage_share_of_oracle": 0.93, "sessions_to_autonomy_new_process": 250},
+        [],
+    )
+    figures, notes = critic_figures(tmp_path, 0.1)  # coverage was measured at 0.05 only: not passed off as 0.1's
+    assert figures == {"coverage_share_of_oracle": None, "sessions_to_autonomy_new_process": 120}
+    assert notes == ["critic_sandbox.json: coverage measured at alpha 0.05, not 0.1"]
+    (tmp_path / "critic_sandbox.json").write_text(
+        json.dumps({"headline": {"coverage_share_of_oracle": 0.9, "alpha": 0.1}})
+    )
+    assert critic_figures(tmp_path, 0.1)[0]["coverage_share_of_oracle"] == 0.9

@@ -339,6 +339,9 @@ def run(config: Config, work: Path) -> dict[str, Any]:
         lease_s=30.0,
         max_steps=40,
         audit_rate=config.audit_rate,
+        # Pre-execution audits: this bench reads the audits' answers from the deferrals and judges them against
+        # its drifting policy's own truth (after-the-fact reviews feed the guardrails the same way).
+        audit_mode="before",
         operators=scenario.operators,
         seed=config.seed,
         **FAST_GROUP,

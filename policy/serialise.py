@@ -15,7 +15,8 @@ Prompt (one line per section, sections in this order, absent sections omitted)::
 A select lists, after ``~``, the options the customer's messages name (typos allowed): see
 ``mentioned_options``.
 
-Truncation rule (documented in docs/policy.md): the chat keeps its last ``chat_messages`` messages, each cut to
+Truncation rule (documented in docs/policy.md): option hints read the last ``policy.values.CHAT_WINDOW`` messages
+(as the value sources do); the chat keeps its last ``chat_messages`` messages, each cut to
 ``message_chars`` characters; the history keeps the last ``history`` actions, each cut to ``action_chars``;
 a panel keeps ``MAX_ROWS`` table rows and every value is cut to ``value_chars``. Durations (panel fields whose
 name ends in ``_s``) are written as coarse log-scale buckets, which a small model can use and raw seconds it
@@ -36,7 +37,7 @@ import re
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 
-from policy.values import MAX_ROWS, fill_slots, mask_entities, to_slots, value_sources
+from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, to_slots, value_sources
 from schemas.actions import (
     Action,
     ClickControl,
@@ -139,7 +140,7 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
     """The prompt for one state (without the action marker)."""
     cfg = config or SerialConfig()
     screen = state.screen
-    customer_words = sorted({w for m in state.chat if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
+    customer_words = sorted({w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
     lines = [f"process {state.process_id} | screen {screen.screen_id}"]
     controls: list[str] = []
     for control in screen.controls:

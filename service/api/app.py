@@ -1,14 +1,16 @@
 """create_app: the FastAPI application around a started ``AutopilotService``.
 
 Errors are answered, never raised as 500s for bad input: request validation -> 422 naming the field (FastAPI's
-own), a payload that fails a schema rule inside a route -> 422 with the field, an unknown thing -> 404, a stale
-one -> 409, another operator's queue -> 403. Anything else is a bug: logged with its traceback, answered 500
-without details.
+own), a payload that fails a rule checked in the service (``InputError``: a limit, an action the screen does not
+allow) -> 422 naming the field, a body over the size limit -> 413, an unknown thing -> 404, a stale one -> 409,
+another operator's queue -> 403. Anything else is a bug, also an internal ValueError: logged with its traceback
+and an error id, answered 500 with that id and no details.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +21,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.api.auth import TokenStore
-from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
+from service.api.context import AutopilotService
+from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from service.api.limits import BodySizeLimit
 from service.api.models import ErrorDetail, ValidationErrorDetail
 from service.api.routers import blockers, copilot, health, inbox, pages, qa, sessions, supervisor
 from service.runtime.adapters.base import CaseNotFoundError
@@ -61,18 +65,27 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content=jsonable_encoder({"detail": _detail(exc)})
         )
 
-    @app.exception_handler(ValueError)
-    async def value_error(request: Request, exc: ValueError) -> JSONResponse:
-        # Our rules raise "field: message"; answered in FastAPI's own 422 shape, so clients parse one format.
-        field, sep, _ = str(exc).partition(": ")
-        loc = ["body", field] if sep and field.replace("_", "").replace(".", "").isalnum() else ["body"]
-        detail = [{"loc": loc, "msg": str(exc), "type": "value_error"}]
-        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError) -> JSONResponse:
+        # FastAPI's own 422 shape, so clients parse one format.
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": exc.detail()})
 
     @app.exception_handler(NotFoundError)
     @app.exception_handler(CaseNotFoundError)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": str(exc).strip("'\"")})
+        # A LookupError's str() is the repr of its message (quotes around it); args[0] is the message itself.
+        message = str(exc.args[0]) if exc.args else str(exc)
+        return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": message})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's fault: the id ties the answer to the log line with the traceback.
+        error_id = uuid.uuid4().hex[:12]
+        log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+            content={"detail": f"internal error {error_id}", "error_id": error_id},
+        )
 
     @app.exception_handler(ConflictError)
     async def conflict(request: Request, exc: ConflictError) -> JSONResponse:
@@ -91,4 +104,6 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
         app.include_router(module.router, responses=protected)  # type: ignore[arg-type]
     for module in (health, pages):
         app.include_router(module.router)
+    # Outermost: an oversized body is refused before anything reads it.
+    app.add_middleware(BodySizeLimit, max_bytes=service.settings.max_body_bytes)
     return app

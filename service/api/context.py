@@ -35,6 +35,7 @@ from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, RiskTier, SliceKey
 from schemas.state import UIState
 from service.api.auth import Principal, Role
+from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from service.api.settings import ServiceSettings
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 from service.runtime.champion import AcceptanceCritic, Champion, ChampionError, ChampionHolder, load_champion
@@ -56,18 +57,6 @@ log = logging.getLogger(__name__)
 # Builds the runtime the service drives from its settings and loaded models: the HTTP BPM by default; the sandbox
 # passes its own (``sandbox.harness.service_runtime``) when it is served explicitly.
 RuntimeFactory = Callable[[ServiceSettings, ProposalPolicy, Champion, AutonomyStages, RuntimeMetrics], Runtime]
-
-
-class NotFoundError(LookupError):
-    """404: the named thing does not exist."""
-
-
-class ConflictError(RuntimeError):
-    """409: the request names a state that is no longer current (a stale deferral, an ended session)."""
-
-
-class ForbiddenError(PermissionError):
-    """403: the caller may not act on this (another operator's queue)."""
 
 
 def _no_bpm() -> WorkerSetupError:
@@ -330,11 +319,11 @@ class AutopilotService:
     ) -> FeedbackRecord:
         """A copilot accept/correct as a critic training row, published on ``feedback`` (the sink stores it)."""
         if verdict == Verdict.ACCEPT and (corrected_action is not None or reason is not None):
-            raise ValueError("reason: must be empty when the verdict is accept")
+            raise InputError(("reason",), "must be empty when the verdict is accept")
         if verdict != Verdict.ACCEPT and reason is None:
-            raise ValueError(f"reason: required when the verdict is {verdict.value}")
+            raise InputError(("reason",), f"required when the verdict is {verdict.value}")
         if verdict == Verdict.CORRECT and corrected_action is None:
-            raise ValueError("corrected_action: required when the verdict is correct")
+            raise InputError(("corrected_action",), "required when the verdict is correct")
         record = FeedbackRecord(
             record_id=f"copilot-{uuid.uuid4().hex}",
             source=FeedbackSource.COPILOT,

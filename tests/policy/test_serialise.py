@@ -146,3 +146,33 @@ def test_to_slots_then_fill_is_identity(text: str, values: dict[str, str]) -> No
     if "⟦" in text or "⟧" in text:
         return
     assert fill_slots(to_slots(text, sources), sources) == text
+
+
+# ---- bounded work on a huge chat (issue 17, finding 1) ---------------------------------------------------------------
+
+
+def _entity_heavy(i: int) -> str:
+    parts = [
+        f"ORD-{1000 + i * 97 + j}, {j + 1} Baker Street, x{i}.{j}@mail.com, 2026-0{1 + j % 9}-1{j % 10}"
+        for j in range(60)
+    ]
+    return ", ".join(parts)[:4000]
+
+
+def test_a_huge_chat_costs_the_work_of_its_last_messages_only() -> None:
+    import time
+
+    from policy.values import CHAT_WINDOW
+
+    chat = [ChatMessage(role=ChatRole.CUSTOMER, text=_entity_heavy(i)) for i in range(600)]
+    huge = _state(chat=chat)
+    window = _state(chat=chat[-CHAT_WINDOW:])
+    started = time.perf_counter()
+    sources = value_sources(huge)
+    prompt = serialise_state(huge)
+    elapsed = time.perf_counter() - started
+    # The documented rule: the policy reads the last CHAT_WINDOW messages; older ones change nothing.
+    assert sources == value_sources(window)
+    assert prompt == serialise_state(window)
+    # Before the rule, 600 such messages took ~25 s here (a quadratic entity scan over every message).
+    assert elapsed < 2.0, elapsed

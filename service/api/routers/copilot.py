@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from service.api.deps import AnyRole, OperatorOrSupervisor, ServiceDep
+from service.api.limits import check_state, limits_of
 from service.api.models import FeedbackRequest, FeedbackResponse, SuggestRequest, SuggestResponse
 
 router = APIRouter(prefix="/api/v1/copilot", tags=["copilot"])
@@ -13,7 +14,9 @@ router = APIRouter(prefix="/api/v1/copilot", tags=["copilot"])
 @router.post("/suggest", response_model=SuggestResponse)
 def suggest(body: SuggestRequest, service: ServiceDep, caller: AnyRole) -> SuggestResponse:
     """The policy's next action for ``state`` with its critic score, and what the router would decide for it in
-    a background session (execute, defer and why)."""
+    a background session (execute, defer and why). A state over a limit (chat messages, controls, prompt
+    characters) is refused with a 422 naming the field and the limit."""
+    check_state(body.state, limits_of(service.settings))
     suggestion = service.suggest(body.state, k=body.k)
     if suggestion is None:
         return SuggestResponse(proposal=None, latency_ms=0.0)
@@ -29,6 +32,7 @@ def suggest(body: SuggestRequest, service: ServiceDep, caller: AnyRole) -> Sugge
 def feedback(body: FeedbackRequest, service: ServiceDep, caller: OperatorOrSupervisor) -> FeedbackResponse:
     """The operator accepted the suggestion, or corrected it (with the action taken and a graded reason). Stored
     as a critic training row through the ``feedback`` topic."""
+    check_state(body.state, limits_of(service.settings))
     record = service.record_feedback(
         caller, body.state, body.proposal, body.verdict, body.corrected_action, body.reason
     )

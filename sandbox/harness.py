@@ -82,7 +82,7 @@ class SandboxRuntime(Runtime):
     def _start_extras(self) -> None:
         if not self.with_operators:
             return
-        assert self.producer is not None
+        assert self.producer is not None and self.store is not None
         settings = self.settings
         self.pool = SimulatedOperatorPool(
             self.platform,
@@ -91,6 +91,7 @@ class SandboxRuntime(Runtime):
             self.topics,
             self.bootstrap,
             settings.seed,
+            self.store,
             settings.think_time_s,
             adapter=self.sandbox_adapter,
             group=self.topics.prefix + OPERATOR_GROUP,

@@ -13,10 +13,11 @@ run them and this process follows their promotions through the stage-event log (
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,15 +29,17 @@ import numpy as np
 from critic.base import Candidate
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
-from schemas.actions import Action
+from schemas.actions import Action, ActionValidationError, validate_action
 from schemas.decision import Decision, OperatorDecision, RejectReason, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, RiskTier, SliceKey
+from schemas.screen import ScreenSchema
 from schemas.state import UIState
 from service.api.auth import Principal, Role
 from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from service.api.settings import ServiceSettings
+from service.runtime.answers import answer_deferral
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 from service.runtime.champion import AcceptanceCritic, Champion, ChampionError, ChampionHolder, load_champion
 from service.runtime.feedback_sink import FeedbackSink
@@ -48,7 +51,7 @@ from service.runtime.qa_store import QAStore
 from service.runtime.registry_watch import RegistryWatcher
 from service.runtime.router import SessionContext
 from service.runtime.stage_sync import StageSync
-from service.runtime.store import AnswerResult, AnswerStatus, RuntimeStore, WorkerHeartbeat
+from service.runtime.store import AnswerResult, AnswerStatus, IssuedStatus, RuntimeStore, WorkerHeartbeat
 from service.runtime.worker import ProposalPolicy
 from service.runtime.worker_process import WorkerSetupError
 
@@ -64,6 +67,14 @@ def _no_bpm() -> WorkerSetupError:
         "bpm_url: not set; point AUTOPILOT_BPM_URL (or --bpm-url) at your BPM's task API, "
         "or serve the embedded sandbox explicitly with `autopilot serve --sandbox`"
     )
+
+
+def check_action(action: Action, screen: ScreenSchema, field: str) -> None:
+    """InputError (422 naming ``field`` and the action's offending part) unless ``action`` fits ``screen``."""
+    try:
+        validate_action(action, screen)
+    except ActionValidationError as error:
+        raise InputError((field, error.field), error.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,7 @@ class AutopilotService:
         self._watch_thread: threading.Thread | None = None
         self._qa: QAReviews | None = None
         self.started_at = time.time()
+        self._prune_due = 0.0
         metrics.registry.register(StateCollector(self._state_sources()))
 
     @property
@@ -308,6 +320,15 @@ class AutopilotService:
         self.metrics.observe_decision(decision, elapsed, source="copilot")
         return Suggestion(proposal, score, decision, elapsed * 1000.0)
 
+    def record_issued(self, principal: Principal, proposal: Proposal) -> None:
+        """Remember a suggestion issued to ``principal``: copilot feedback is accepted for it alone (decision
+        0009). Proposals older than ``AUTOPILOT_ISSUED_PROPOSALS_H`` are pruned, at most once a minute."""
+        self.store.record_issued(proposal, principal.name)
+        now = time.monotonic()
+        if now >= self._prune_due:
+            self._prune_due = now + 60.0
+            self.store.prune_issued(datetime.now(UTC) - timedelta(hours=self.settings.issued_proposals_h))
+
     def record_feedback(
         self,
         principal: Principal,
@@ -317,15 +338,47 @@ class AutopilotService:
         corrected_action: Action | None,
         reason: RejectReason | None,
     ) -> FeedbackRecord:
-        """A copilot accept/correct as a critic training row, published on ``feedback`` (the sink stores it)."""
+        """A copilot accept/correct as a critic training row, published on ``feedback`` (the sink stores it).
+
+        Accepted only for a proposal this service issued to this caller (``record_issued``) within the retention,
+        unchanged, for the state it was issued for, in one of the caller's queues, once (the same feedback again
+        is harmless), and with a correction that fits the screen. Raises InputError (422), ForbiddenError (403),
+        NotFoundError (404: never issued, or expired) or ConflictError (409: other feedback given already, or a
+        proposal that differs from the one issued)."""
         if verdict == Verdict.ACCEPT and (corrected_action is not None or reason is not None):
             raise InputError(("reason",), "must be empty when the verdict is accept")
         if verdict != Verdict.ACCEPT and reason is None:
             raise InputError(("reason",), f"required when the verdict is {verdict.value}")
         if verdict == Verdict.CORRECT and corrected_action is None:
             raise InputError(("corrected_action",), "required when the verdict is correct")
+        if not principal.may_answer(proposal.process_id):
+            raise ForbiddenError(f"proposal.process_id: {proposal.process_id!r} is not one of your queues")
+        if state.etag != proposal.state_etag:
+            raise InputError(("state",), "not the state the proposal was issued for (its etag differs)")
+        check_action(proposal.action, state.screen, "proposal")
+        if corrected_action is not None:
+            check_action(corrected_action, state.screen, "corrected_action")
+        said = {
+            "verdict": verdict.value,
+            "corrected_action": None if corrected_action is None else corrected_action.model_dump(mode="json"),
+            "reason": None if reason is None else reason.value,
+        }
+        digest = hashlib.sha256(json.dumps(said, sort_keys=True).encode()).hexdigest()
+        issued_after = datetime.now(UTC) - timedelta(hours=self.settings.issued_proposals_h)
+        claim = self.store.claim_issued(proposal, principal.name, digest, issued_after=issued_after)
+        if claim.status == IssuedStatus.UNKNOWN:
+            raise NotFoundError(
+                f"proposal.proposal_id: {proposal.proposal_id!r} was not suggested by this service "
+                f"in the last {self.settings.issued_proposals_h:g} h"
+            )
+        if claim.status == IssuedStatus.OTHER_CALLER:
+            raise ForbiddenError(f"proposal.proposal_id: {proposal.proposal_id!r} was suggested to another caller")
+        if claim.status == IssuedStatus.DIFFERENT:
+            raise ConflictError("proposal: differs from the proposal suggested under this id")
+        if claim.status == IssuedStatus.USED:
+            raise ConflictError(f"proposal.proposal_id: other feedback was given for {proposal.proposal_id!r}")
         record = FeedbackRecord(
-            record_id=f"copilot-{uuid.uuid4().hex}",
+            record_id=f"copilot-{proposal.proposal_id}",  # one row per proposal: a retry writes the same row
             source=FeedbackSource.COPILOT,
             state=state,
             proposal=proposal,
@@ -338,7 +391,8 @@ class AutopilotService:
         producer = self.runtime.producer
         assert producer is not None
         producer.publish(self.runtime.topics.feedback, record, proposal.session_id, message_id=record.record_id)
-        self.metrics.feedback.labels(proposal.process_id, proposal.action.type.value, verdict.value).inc()
+        if claim.status == IssuedStatus.CLAIMED:
+            self.metrics.feedback.labels(proposal.process_id, proposal.action.type.value, verdict.value).inc()
         return record
 
     # ---- inbox ----------------------------------------------------------------------------------------------------
@@ -357,9 +411,11 @@ class AutopilotService:
         corrected_action: Action | None,
         reason: RejectReason | None,
     ) -> AnswerResult:
-        """Record an operator's answer to a deferral in the store (exactly one answer per deferral is accepted),
-        then announce it on ``operator-decisions`` (the owning worker resumes the session) and publish the
-        feedback row. Raises NotFoundError, ForbiddenError or ConflictError (stale)."""
+        """Answer a deferral by the one answer protocol (``service.runtime.answers``): the store's
+        compare-and-set with its audit entry in one transaction (exactly one answer per deferral is accepted),
+        then the announcement on ``operator-decisions`` (the owning worker resumes the session) and the feedback
+        row. Raises NotFoundError, ForbiddenError, ConflictError (stale) or InputError (a corrected action that
+        does not fit the deferral's screen)."""
         row = self.store.get_deferral(deferral_id)
         if row is None:
             raise NotFoundError(f"deferral_id: no deferral {deferral_id!r}")
@@ -368,6 +424,8 @@ class AutopilotService:
             raise ForbiddenError(f"deferral_id: {deferral_id!r} is in queue {deferral.queue!r}, not one of yours")
         if proposal_id != deferral.proposal.proposal_id:
             raise ConflictError(f"proposal_id: the deferral is for proposal {deferral.proposal.proposal_id!r}")
+        if corrected_action is not None:  # the action the session will apply: it must fit the screen it was shown
+            check_action(corrected_action, deferral.state.screen, "corrected_action")
         decision = OperatorDecision(
             proposal_id=proposal_id,
             session_id=deferral.session_id,
@@ -377,33 +435,14 @@ class AutopilotService:
             reason=reason,
             operator_id=principal.name,
         )
-        result = self.store.answer(decision)
+        producer = self.runtime.producer
+        assert producer is not None
+        result = answer_deferral(self.store, producer, self.runtime.topics, deferral, decision)
         self.metrics.answers.labels(result.result.value).inc()
         if result.result == AnswerStatus.UNKNOWN:
             raise NotFoundError(f"deferral_id: {result.reason}")
         if result.result == AnswerStatus.STALE:
             raise ConflictError(f"state_etag: {result.reason}")
-        producer = self.runtime.producer
-        assert producer is not None
-        topics = self.runtime.topics
-        # The message ids make a double click (a DUPLICATE here) harmless downstream as well.
-        producer.publish(topics.operator_decisions, decision, deferral.session_id, message_id=f"answer:{deferral_id}")
-        feedback = FeedbackRecord(
-            record_id=f"deferral-{deferral_id}",
-            source=FeedbackSource.AUDIT if deferral.decision.audit else FeedbackSource.DEFERRAL,
-            state=deferral.state,
-            proposal=deferral.proposal,
-            accepted=verdict == Verdict.ACCEPT,
-            reason=reason,
-            operator_action=corrected_action if verdict == Verdict.CORRECT else None,
-            operator_id=principal.name,
-            slice=deferral.decision.slice,
-        )
-        producer.publish(topics.feedback, feedback, deferral.session_id, message_id=f"feedback:{deferral_id}")
-        if result.result == AnswerStatus.ACCEPTED:
-            self.store.audit(
-                principal.name, f"answer:{verdict.value}", deferral_id, {"session_id": deferral.session_id}
-            )
         return result
 
     # ---- sessions -------------------------------------------------------------------------------------------------

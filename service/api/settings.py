@@ -33,6 +33,9 @@ class ServiceSettings(RuntimeSettings):
     max_prompt_chars: int = Field(
         default=200_000, ge=1000, description="Characters of chat, field values and panels of a state sent by a client"
     )
+    issued_proposals_h: float = Field(
+        default=24.0, gt=0, description="Copilot feedback is accepted for a suggestion issued this many hours ago"
+    )
     plots_dir: Path | None = Field(
         default=None, description="The champion critic's report plots; None: data_dir/critic_report"
     )

@@ -438,6 +438,7 @@ class SessionWorker:
             "unknown_answers": counts.get("answer_result:unknown", 0),
             "duplicates": counts.get("answer_result:duplicate", 0) + counts.get("duplicate_starts", 0),
             "duplicate_answers": counts.get("answer_result:duplicate", 0),
+            "answers_elsewhere": counts.get("answers_elsewhere", 0),  # announced here, owned by a live worker
             "decision_latency_ms": self.latency.summary(),
             "consumer": {
                 "group": self.group_id,
@@ -491,13 +492,15 @@ class SessionWorker:
         self._counts.add("started")
 
     def _on_answer(self, decision: OperatorDecision) -> None:
-        result = self.store.answer(decision)
-        if result.result == AnswerStatus.DUPLICATE and self._parked_on(decision):
-            # The answer was accepted by the store through another path (the API records an operator's answer
-            # itself so it can say 409 at once) and this is its announcement: resume the session now.
-            result = replace(result, result=AnswerStatus.ACCEPTED)
+        """An answer announced on ``operator-decisions`` (``service.runtime.answers``): whoever answered recorded
+        it in the store first, so the worker only checks that it is the recorded answer and resumes the session.
+        An announcement nobody recorded (unknown), one that lost to another answer (stale) or one this worker
+        has acted on already (duplicate: a redelivery, or the scan saw the answer first) changes nothing."""
+        result = self.store.recorded_answer(decision)
+        session = self._sessions.get(decision.session_id)
+        if result.result == AnswerStatus.ACCEPTED and session is not None and not self._parked_on(decision):
+            result = replace(result, result=AnswerStatus.DUPLICATE, reason="the session has resumed already")
         if result.result != AnswerStatus.ACCEPTED:
-            # stale (another etag, or answered differently), unknown, or a redelivery: the store changed nothing.
             self._counts.add(f"answer_result:{result.result.value}")
             log.info(
                 "worker %s: %s answer for proposal %s of session %s: %s",
@@ -508,14 +511,18 @@ class SessionWorker:
                 result.reason,
             )
             return
-        self._counts.add("answer_result:accepted")
-        self._counts.add(f"answer:{decision.verdict.value}")
         deferral = result.deferral
         assert deferral is not None  # an accepted answer always names its deferral
+        # Not ours in memory: adopt it if its owner is gone (adoption rebuilds this answer from the store); a live
+        # owner acts on it (and tells the guardrails) in its next scan of parked sessions.
+        if session is None and self._adopt(decision.session_id, _Resume.ANSWER) is None:
+            self._counts.add("answers_elsewhere")
+            return
+        self._counts.add("answer_result:accepted")
+        self._counts.add(f"answer:{decision.verdict.value}")
         self._feed_stages(deferral, decision)
-        # Not ours in memory: adopted if its owner is gone (adoption rebuilds this answer from the store); a live
-        # owner notices the answer in its next scan of parked sessions.
-        self._resume(decision.session_id, _Resume.ANSWER, _Answer(deferral, decision))
+        if session is not None:
+            self._resume(decision.session_id, _Resume.ANSWER, _Answer(deferral, decision))
 
     def _on_qa_answer(self, answer: QAAnswer) -> None:
         """A review of an executed step from an operator gateway: recorded once (the store decides), then it feeds
@@ -655,8 +662,13 @@ class SessionWorker:
                 continue
             if row.status == SessionStatus.PARKED:
                 continue  # still parked; only its lease lapsed for a moment (the next renewal restores it)
-            # Answered through a worker that does not own it: complete the answer from the store.
-            self._resume(session.session_id, _Resume.ANSWERED_ELSEWHERE)
+            # Answered, and the scan saw it before the announcement did (or that was lost): complete the answer from
+            # the store. The guardrails hear of it here; the announcement, arriving later, is then a duplicate.
+            answer = self._last_answer(session.session_id)
+            if answer is not None:
+                self._counts.add(f"answer:{answer.decision.verdict.value}")
+                self._feed_stages(answer.deferral, answer.decision)
+            self._resume(session.session_id, _Resume.ANSWERED_ELSEWHERE, answer)
             self._counts.add("answers_seen_in_store")
 
     def _resume(self, session_id: str, why: _Resume, answer: _Answer | None = None) -> _Session | None:

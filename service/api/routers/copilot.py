@@ -20,6 +20,7 @@ def suggest(body: SuggestRequest, service: ServiceDep, caller: AnyRole) -> Sugge
     suggestion = service.suggest(body.state, k=body.k)
     if suggestion is None:
         return SuggestResponse(proposal=None, latency_ms=0.0)
+    service.record_issued(caller, suggestion.proposal)  # feedback is accepted for issued proposals only
     return SuggestResponse(
         proposal=suggestion.proposal,
         score=suggestion.score,
@@ -31,7 +32,8 @@ def suggest(body: SuggestRequest, service: ServiceDep, caller: AnyRole) -> Sugge
 @router.post("/feedback", response_model=FeedbackResponse, status_code=status.HTTP_201_CREATED)
 def feedback(body: FeedbackRequest, service: ServiceDep, caller: OperatorOrSupervisor) -> FeedbackResponse:
     """The operator accepted the suggestion, or corrected it (with the action taken and a graded reason). Stored
-    as a critic training row through the ``feedback`` topic."""
+    as a critic training row through the ``feedback`` topic. Only for a proposal this service suggested to the
+    caller (unchanged, for that state, in one of the caller's queues), once; see docs/operations.md."""
     check_state(body.state, limits_of(service.settings))
     record = service.record_feedback(
         caller, body.state, body.proposal, body.verdict, body.corrected_action, body.reason

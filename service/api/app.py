@@ -23,9 +23,11 @@ from pydantic import ValidationError
 from service.api.auth import TokenStore
 from service.api.context import AutopilotService
 from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from service.api.inbox_hub import InboxHub
 from service.api.limits import BodySizeLimit
 from service.api.models import ErrorDetail, ValidationErrorDetail
 from service.api.routers import blockers, copilot, health, inbox, pages, qa, sessions, supervisor
+from service.api.routers.inbox import inbox_items
 from service.runtime.adapters.base import CaseNotFoundError
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,11 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
     app = FastAPI(title="bpm-autopilot", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.service = service
     app.state.tokens = tokens
+    hub = InboxHub(
+        lambda queues, limit: inbox_items(service, queues, limit), tokens, resync_s=service.settings.inbox_poll_s
+    )
+    service.on_inbox_change(hub.changed)
+    app.state.inbox_hub = hub
 
     @app.exception_handler(ValidationError)
     async def schema_error(request: Request, exc: ValidationError) -> JSONResponse:

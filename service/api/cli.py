@@ -89,7 +89,7 @@ def _tokens_file(args: argparse.Namespace) -> Path:
 def _issue(args: argparse.Namespace) -> int:
     from service.api.auth import issue_token
 
-    token = issue_token(_tokens_file(args), args.name, args.role, args.queue or [])
+    token = issue_token(_tokens_file(args), args.name, args.role, args.queue or [], ttl_h=args.ttl_h)
     print(token)
     return 0
 
@@ -139,6 +139,7 @@ def register(commands: Any, sandbox_factory: SandboxFactoryLoader | None = None)
     issue.add_argument("--name", required=True)
     issue.add_argument("--role", required=True, choices=["operator", "supervisor", "service"])
     issue.add_argument("--queue", action="append", help="an operator's queue (repeat for several)")
+    issue.add_argument("--ttl-h", type=float, help="the token expires this many hours from now (default: never)")
     revoke = sub.add_parser("revoke", help="remove a token; takes effect within a second, no restart")
     revoke.add_argument("--name", required=True)
     listing = sub.add_parser("list", help="names, roles and queues (never the tokens)")

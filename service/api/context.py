@@ -41,6 +41,7 @@ from service.api.errors import ConflictError, ForbiddenError, InputError, NotFou
 from service.api.settings import ServiceSettings
 from service.runtime.answers import answer_deferral
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.bus.watch import TopicWatcher
 from service.runtime.champion import AcceptanceCritic, Champion, ChampionError, ChampionHolder, load_champion
 from service.runtime.feedback_sink import FeedbackSink
 from service.runtime.inprocess import Runtime
@@ -102,6 +103,9 @@ class AutopilotService:
         self._sink_thread: threading.Thread | None = None
         self._watch_thread: threading.Thread | None = None
         self._qa: QAReviews | None = None
+        self._inbox_watcher: TopicWatcher | None = None
+        self._inbox_thread: threading.Thread | None = None
+        self._inbox_listeners: list[Callable[[], None]] = []
         self.started_at = time.time()
         self._prune_due = 0.0
         metrics.registry.register(StateCollector(self._state_sources()))
@@ -205,6 +209,7 @@ class AutopilotService:
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
                 fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                idle_fetch_max_wait_ms=self.settings.idle_fetch_max_wait_ms,
             )
             self._sink_thread = threading.Thread(
                 target=self.sink.run, args=(self._sink_stop,), name="feedback-sink", daemon=True
@@ -221,6 +226,20 @@ class AutopilotService:
                 # Where workers run elsewhere, they run the rounds; this process follows the stage-event log.
                 auto_promote=self.settings.auto_promote and self.settings.workers > 0,
             )
+            # One watcher for the live inboxes of this process: a record on any of these topics may change one.
+            topics = self.runtime.topics
+            self._inbox_watcher = TopicWatcher(
+                self.runtime.bootstrap,
+                [topics.deferrals, topics.operator_decisions, topics.sessions],
+                self.inbox_changed,
+                fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                idle_fetch_max_wait_ms=self.settings.idle_fetch_max_wait_ms,
+                client_id="inbox-watcher",
+            )
+            self._inbox_thread = threading.Thread(
+                target=self._inbox_watcher.run, args=(self._sink_stop,), name="inbox-watcher", daemon=True
+            )
+            self._inbox_thread.start()
             if self.settings.registry_poll_s > 0 and self.critic_version is not None:
                 self._watch_thread = threading.Thread(
                     target=self.watcher.run, args=(self._sink_stop,), name="registry-watch", daemon=True
@@ -251,10 +270,13 @@ class AutopilotService:
 
     def stop(self) -> None:
         self._sink_stop.set()
-        for thread in (self._sink_thread, self._watch_thread):
+        for thread in (self._sink_thread, self._watch_thread, self._inbox_thread):
             if thread is not None:
                 thread.join(10.0)
-        self._sink_thread = self._watch_thread = None
+        self._sink_thread = self._watch_thread = self._inbox_thread = None
+        if self._inbox_watcher is not None:
+            self._inbox_watcher.close()
+            self._inbox_watcher = None
         if self.sink is not None:
             self.sink.close()
             self.sink = None
@@ -397,6 +419,15 @@ class AutopilotService:
 
     # ---- inbox ----------------------------------------------------------------------------------------------------
 
+    def on_inbox_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from any thread) whenever an inbox may have changed: this process's own answers and
+        stops at once, and every record on the deferrals, operator-decisions and sessions topics."""
+        self._inbox_listeners.append(listener)
+
+    def inbox_changed(self) -> None:
+        for listener in list(self._inbox_listeners):
+            listener()
+
     def visible_queues(self, principal: Principal) -> list[str] | None:
         """The queues whose deferrals the principal sees (None: all)."""
         return None if principal.role == Role.SUPERVISOR else list(principal.queues)
@@ -439,6 +470,7 @@ class AutopilotService:
         assert producer is not None
         result = answer_deferral(self.store, producer, self.runtime.topics, deferral, decision)
         self.metrics.answers.labels(result.result.value).inc()
+        self.inbox_changed()
         if result.result == AnswerStatus.UNKNOWN:
             raise NotFoundError(f"deferral_id: {result.reason}")
         if result.result == AnswerStatus.STALE:
@@ -460,6 +492,7 @@ class AutopilotService:
             raise ConflictError(f"session_id: the session has ended ({row.status.value})")
         self.runtime.stop_sessions([session_id], issued_by=principal.name)
         self.store.audit(principal.name, "sessions:stop", session_id)
+        self.inbox_changed()
 
     # ---- supervisor -----------------------------------------------------------------------------------------------
 

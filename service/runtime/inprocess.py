@@ -138,7 +138,8 @@ class Runtime:
             if settings.kafka_bootstrap:
                 self.bootstrap = settings.kafka_bootstrap
             else:
-                self.broker = EmbeddedBroker().start()
+                # The pid file lets a restart find (and kill) a broker a crashed predecessor left behind.
+                self.broker = EmbeddedBroker(pid_file=settings.data_dir / "broker.pid").start()
                 self.bootstrap = self.broker.bootstrap
             ensure_topics(self.bootstrap, self.topics, settings.partitions)
             self.store = RuntimeStore(settings.store_url())
@@ -181,6 +182,7 @@ class Runtime:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms,
             metrics=self.metrics,
             stage_sync=self.stage_sync,
         )

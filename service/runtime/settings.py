@@ -51,6 +51,12 @@ class RuntimeSettings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    idle_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="A consumer's fetch wait after 2 s without records (the bus costs ~nothing when idle; the "
+        "first record after a quiet spell waits at most this long)",
+    )
     initial_stage: AutonomyStage = Field(
         default=AutonomyStage.COPILOT,
         description="The stage every slice starts in (then promotions, demotions and overrides apply)",

@@ -118,6 +118,7 @@ from service.runtime.store import (
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "workers"
+QUIET_POLL_MS = 250  # the bus poll of a worker with nothing to step (see ``_poll_timeout_ms``)
 
 
 class ProposalPolicy(Protocol):
@@ -278,6 +279,7 @@ class SessionWorker:
         session_timeout_ms: int = 6000,
         heartbeat_interval_ms: int = 1000,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_max_wait_ms: int | None = None,
         idle_poll_ms: int = 50,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
@@ -354,6 +356,7 @@ class SessionWorker:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=idle_fetch_max_wait_ms,
             max_poll_records=max(100, batch_size),
             client_id=f"worker-{worker_id}",
         )
@@ -377,7 +380,7 @@ class SessionWorker:
     def run_once(self) -> None:
         """One round: maintenance (when due), one poll of the bus, one step batch."""
         self._maintain()
-        self._consumer.poll_once(timeout_ms=0 if self._has_ready() else self.idle_poll_ms)
+        self._consumer.poll_once(timeout_ms=self._poll_timeout_ms())
         self._step()
 
     def close(self, release: bool = True) -> None:
@@ -744,6 +747,16 @@ class SessionWorker:
         if not session.queued:
             session.queued = True
             self._ready.append(session.session_id)
+
+    def _poll_timeout_ms(self) -> int:
+        """0 with a session ready now; ``idle_poll_ms`` with one waiting for its backoff; a quarter second with
+        only parked sessions or none (a record on the bus ends a poll at once, so this costs no latency; a short
+        timeout would only spin the loop of an idle worker)."""
+        if self._has_ready():
+            return 0
+        if self._ready:
+            return self.idle_poll_ms
+        return max(self.idle_poll_ms, QUIET_POLL_MS)
 
     def _has_ready(self) -> bool:
         now = time.monotonic()

@@ -98,6 +98,7 @@ class SandboxRuntime(Runtime):
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms,
         )
         self.run_thread("operator-pool", self.pool.run)
         if isinstance(self.sandbox_adapter, SnapshottingAdapter):

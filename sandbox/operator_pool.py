@@ -100,6 +100,7 @@ class SimulatedOperatorPool:
         session_timeout_ms: int = 6000,
         heartbeat_interval_ms: int = 1000,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_max_wait_ms: int | None = None,
     ) -> None:
         if not operators:
             raise ValueError("operators: the pool needs at least one operator")
@@ -145,6 +146,7 @@ class SimulatedOperatorPool:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=idle_fetch_max_wait_ms,
             client_id="operator-pool",
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -65,6 +66,13 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
     )
     service.on_inbox_change(hub.changed)
     app.state.inbox_hub = hub
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape without the offending input: it may be large (echoing a 1 MB body back) or not even
+        # JSON-encodable (1e309 parses as infinity), which would turn a client error into a 500.
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, content={"detail": detail})
 
     @app.exception_handler(ValidationError)
     async def schema_error(request: Request, exc: ValidationError) -> JSONResponse:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 
 from schemas.decision import Verdict
 from schemas.qa import QAAnswer, QALabel
-from service.api.context import AutopilotService
+from service.api.context import AutopilotService, check_action
 from service.api.deps import OperatorOrSupervisor, ServiceDep, Supervisor
 from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from service.api.models import ErrorDetail
@@ -79,6 +79,8 @@ def answer(qa_id: QAId, body: QAAnswerRequest, service: ServiceDep, caller: Oper
     if body.proposal_id != item.proposal.proposal_id:
         raise ConflictError(f"proposal_id: the QA item is for proposal {item.proposal.proposal_id!r}")
     _check(body)
+    if body.corrected_action is not None:  # a training row: the correction must fit the screen it was made on
+        check_action(body.corrected_action, item.state.screen, "corrected_action")
     review = QAAnswer(
         qa_id=qa_id,
         proposal_id=body.proposal_id,

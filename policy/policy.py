@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from policy.candidates import Candidate, TemplateBank, enumerate_candidates
 from policy.codec import Codec
+from policy.fast_scoring import PACK_TOKENS, score_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.predictor import Prediction
@@ -36,7 +37,7 @@ from schemas.trace import Trace
 
 POLICY_FILE = "policy.json"
 FORMAT_VERSION = 1
-MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per scoring pass: bounds the attention mask's memory
+MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 
 
 class NotFittedError(RuntimeError):
@@ -72,6 +73,7 @@ class LMPolicy:
     prune_logprob: float | None = 9.0  # see _prune; None scores every candidate in full
     pretrained: str | None = None
     lora: LoraSettings | None = None
+    fast_scoring: bool = True  # policy.fast_scoring where the model's layout allows; False = the reference path
     progress: bool = True
     name: str = "lm"
 
@@ -163,27 +165,49 @@ class LMPolicy:
             raise NotFittedError("this LMPolicy is not fitted: call fit() or LMPolicy.load()")
         return self.codec_, self.model_, self.bank_
 
+    @staticmethod
+    def _groups(prompts: list[list[int]], encoded: list[list[list[int]]], budget: int) -> list[tuple[int, int]]:
+        """Consecutive ranges of states whose packed tokens stay under ``budget`` per pass."""
+        out: list[tuple[int, int]] = []
+        i = 0
+        while i < len(prompts):
+            j, tokens = i, 0
+            while j < len(prompts):
+                size = len(prompts[j]) + sum(len(c) for c in encoded[j])
+                if j > i and tokens + size > budget:
+                    break
+                tokens += size
+                j += 1
+            out.append((i, j))
+            i = j
+        return out
+
     def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
         codec, model, _ = self._require()
         prompts = [codec.encode_prompt(serialise_state(s, self.serial)) for s in states]
         encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
+        if not (self.fast_scoring and supports(model)):
+            return self._score_reference(prompts, candidate_lists, encoded)
+        results: list[_Scored] = []
+        for i, j in self._groups(prompts, encoded, PACK_TOKENS):
+            scored = score_states(model, prompts[i:j], encoded[i:j], self.prune_logprob)
+            for cands, item in zip(candidate_lists[i:j], scored, strict=True):
+                results.append(_Scored([cands[c] for c in item.kept], item.logprobs))
+        return results
+
+    def _score_reference(
+        self, prompts: list[list[int]], candidate_lists: Sequence[list[Candidate]], encoded: list[list[list[int]]]
+    ) -> list[_Scored]:
+        """The reference path (policy.scoring): a pruning pass, then prompt and candidates packed in one pass."""
+        _, model, _ = self._require()
         candidate_lists, encoded = self._prune(prompts, candidate_lists, encoded)
         results: list[_Scored] = []
-        i = 0
-        while i < len(states):  # group states so one packed pass stays under the token budget
-            j, tokens = i, 0
-            while j < len(states):
-                size = len(prompts[j]) + sum(len(c) for c in encoded[j])
-                if j > i and tokens + size > MAX_TOKENS_PER_BATCH:
-                    break
-                tokens += size
-                j += 1
+        for i, j in self._groups(prompts, encoded, MAX_TOKENS_PER_BATCH):
             live = [b for b in range(i, j) if encoded[b]]
             scores = score_candidates(model, [prompts[b] for b in live], [encoded[b] for b in live])
             by_state = dict(zip(live, scores, strict=True))
             for b in range(i, j):
                 results.append(_Scored(list(candidate_lists[b]), by_state.get(b, [])))
-            i = j
         return results
 
     def _prune(

@@ -11,12 +11,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from importers.jsonl import read_traces
 from policy.fast_scoring import PackedDecoder, build_tree, last_hidden_states, score_states, supports
 from policy.model import Architecture, ModelConfig, build_model
 from policy.policy import LMPolicy
 from policy.scoring import next_token_logprobs, score_candidates
 from policy.train import TrainConfig
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.trace import Trace
 

@@ -27,7 +27,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
+
+from schemas.proposal import Proposal
+from schemas.state import UIState
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -243,3 +246,74 @@ class MicroBatcher(Generic[T, R]):
         stats.batch_seconds_ewma = elapsed if stats.batches == 1 else 0.8 * stats.batch_seconds_ewma + 0.2 * elapsed
         for request, result in zip(batch, results, strict=True):
             request.future.set_result(result)
+
+
+# ---- the policy behind a micro-batcher -------------------------------------------------------------------------
+
+
+class _Proposer(Protocol):
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalJob:
+    state: UIState
+    k: int = 5
+
+
+def top_k(proposal: Proposal | None, k: int) -> Proposal | None:
+    """``proposal`` cut to its top ``k`` actions: what ``propose_batch(..., k)`` returns, given a larger k."""
+    if proposal is None or len(proposal.alternatives) <= k - 1:
+        return proposal
+    return proposal.model_copy(update={"alternatives": proposal.alternatives[: max(0, k - 1)]})
+
+
+class BatchedProposer:
+    """A policy whose calls from many threads are gathered into one ``propose_batch`` (a ``MicroBatcher`` of
+    ``ProposalJob``): the session workers' steps and the copilot's suggestions scored together. ``lock``, when
+    given, is held around each batched call (other users of the policy take it too)."""
+
+    def __init__(
+        self,
+        policy: _Proposer,
+        *,
+        lock: threading.Lock | None = None,
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 512,
+        timeout_s: float = 10.0,
+        name: str = "policy-batcher",
+    ) -> None:
+        self.policy = policy
+        self._lock = lock
+        self.batcher: MicroBatcher[ProposalJob, Proposal | None] = MicroBatcher(
+            self._run,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            timeout_s=timeout_s,
+            name=name,
+        )
+
+    def _run(self, jobs: list[ProposalJob]) -> list[Proposal | None]:
+        k = max(job.k for job in jobs)
+        states = [job.state for job in jobs]
+        if self._lock is None:
+            proposals = self.policy.propose_batch(states, k=k)
+        else:
+            with self._lock:
+                proposals = self.policy.propose_batch(states, k=k)
+        return [top_k(p, job.k) for p, job in zip(proposals, jobs, strict=True)]
+
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
+        """Blocking, like ``LMPolicy.propose_batch``; raises ``BatcherFull`` when the queue has no room for all
+        of ``states`` and ``TimeoutError`` past the batcher's timeout."""
+        if not states:
+            return []
+        return self.batcher.run_many([ProposalJob(s, k) for s in states])
+
+    def submit(self, state: UIState, k: int = 5) -> Future[Proposal | None]:
+        return self.batcher.submit(ProposalJob(state, k))
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -3,13 +3,15 @@
 Errors are answered, never raised as 500s for bad input: request validation -> 422 naming the field (FastAPI's
 own), a payload that fails a rule checked in the service (``InputError``: a limit, an action the screen does not
 allow) -> 422 naming the field, a body over the size limit -> 413, an unknown thing -> 404, a stale one -> 409,
-another operator's queue -> 403. Anything else is a bug, also an internal ValueError: logged with its traceback
-and an error id, answered 500 with that id and no details.
+another operator's queue -> 403, a full policy queue -> 429 and a request that waited past the policy timeout
+-> 503 (both with Retry-After). Anything else is a bug, also an internal ValueError: logged with its traceback and
+an error id, answered 500 with that id and no details.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from policy.batching import BatcherFull
 from service.api.auth import TokenStore
 from service.api.context import AutopilotService
-from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError, ServiceBusyError
 from service.api.inbox_hub import InboxHub
 from service.api.limits import BodySizeLimit
 from service.api.models import ErrorDetail, ValidationErrorDetail
@@ -109,6 +112,23 @@ def create_app(service: AutopilotService, tokens: TokenStore, *, manage_service:
     @app.exception_handler(ForbiddenError)
     async def forbidden(request: Request, exc: ForbiddenError) -> JSONResponse:
         return JSONResponse(status_code=status.HTTP_403_FORBIDDEN, content={"detail": str(exc)})
+
+    @app.exception_handler(BatcherFull)
+    async def busy(request: Request, exc: BatcherFull) -> JSONResponse:
+        # Backpressure instead of an unbounded wait: the client is told when to come back (whole seconds).
+        return JSONResponse(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+        )
+
+    @app.exception_handler(ServiceBusyError)
+    async def overloaded(request: Request, exc: ServiceBusyError) -> JSONResponse:
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+        )
 
     protected = {
         401: {"model": ErrorDetail, "description": "no token, or an unknown or revoked one"},

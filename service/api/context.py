@@ -13,13 +13,14 @@ run them and this process follows their promotions through the stage-event log (
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 from critic.base import Candidate
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
+from policy.batching import MicroBatcher, ProposalJob, top_k
 from schemas.actions import Action, ActionValidationError, validate_action
 from schemas.decision import Decision, OperatorDecision, RejectReason, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
@@ -37,7 +39,7 @@ from schemas.risk import AutonomyStage, RiskTier, SliceKey
 from schemas.screen import ScreenSchema
 from schemas.state import UIState
 from service.api.auth import Principal, Role
-from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError, ServiceBusyError
 from service.api.settings import ServiceSettings
 from service.runtime.answers import answer_deferral
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
@@ -108,6 +110,9 @@ class AutopilotService:
         self._inbox_listeners: list[Callable[[], None]] = []
         self.started_at = time.time()
         self._prune_due = 0.0
+        # Concurrent suggestions are gathered for a few milliseconds and answered in one batch (policy, critic,
+        # router); a full queue answers 429 (BatcherFull) at once.
+        self.suggester = self._new_suggester()
         metrics.registry.register(StateCollector(self._state_sources()))
 
     @property
@@ -128,6 +133,17 @@ class AutopilotService:
         return self.champion.current.version
 
     # ---- wiring ---------------------------------------------------------------------------------------------------
+
+    def _new_suggester(self) -> MicroBatcher[ProposalJob, Suggestion | None]:
+        settings = self.settings
+        return MicroBatcher(
+            self._suggest_batch,
+            max_batch=settings.policy_max_batch,
+            max_wait_ms=settings.policy_max_wait_ms,
+            max_queue=settings.policy_max_queue,
+            timeout_s=settings.policy_timeout_s,
+            name="copilot-batcher",
+        )
 
     @classmethod
     def from_settings(
@@ -196,6 +212,8 @@ class AutopilotService:
         return cls(settings, runtime, policy, metrics)
 
     def start(self) -> AutopilotService:
+        if self.suggester.closed:  # started again after a stop
+            self.suggester = self._new_suggester()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.runtime.start()
         try:
@@ -269,6 +287,7 @@ class AutopilotService:
         return self._watcher().check()
 
     def stop(self) -> None:
+        self.suggester.close()
         self._sink_stop.set()
         for thread in (self._sink_thread, self._watch_thread, self._inbox_thread):
             if thread is not None:
@@ -317,30 +336,67 @@ class AutopilotService:
 
     # ---- copilot --------------------------------------------------------------------------------------------------
 
-    def suggest(self, state: UIState, k: int = 5) -> Suggestion | None:
-        """The policy's proposal for ``state``, its critic score and what the router would decide; None when the
-        policy has no valid action for the screen."""
+    def _suggest_batch(self, jobs: list[ProposalJob]) -> list[Suggestion | None]:
+        """One micro-batch of suggestions: one policy call for every state, one critic call for the critical
+        proposals, the router's decision for each (on the batcher's thread)."""
         started = time.perf_counter()
         with self.runtime.policy_lock:
-            proposals = self.policy.propose_batch([state], k=k)
+            proposals = self.policy.propose_batch([job.state for job in jobs], k=max(job.k for job in jobs))
         self.metrics.observe_proposals(time.perf_counter() - started, source="copilot")
-        proposal = proposals[0] if proposals else None
-        if proposal is None:
-            return None
+        proposals = [top_k(p, job.k) for p, job in zip(proposals, jobs, strict=True)]
         router = self.runtime.router
-        tier = router.risk.tier_for(
-            proposal.process_id, proposal.action.type, getattr(proposal.action, "control_id", None)
-        )
-        champion = self.champion.current  # one read: the score and the threshold come from the same champion
-        score: float | None = None
-        if tier == RiskTier.CRITICAL:
-            probabilities = np.asarray(champion.critic.predict_proba([Candidate(state, proposal)]), dtype=np.float64)
-            value = float(probabilities[0, 1])
-            score = min(1.0, max(0.0, value)) if np.isfinite(value) else None
-        decision = router.decide(proposal, score, SessionContext(proposal.session_id), champion)
+        champion = self.champion.current  # one read: the scores and the thresholds come from the same champion
+        critical = [
+            i
+            for i, p in enumerate(proposals)
+            if p is not None
+            and router.risk.tier_for(p.process_id, p.action.type, getattr(p.action, "control_id", None))
+            == RiskTier.CRITICAL
+        ]
+        scores: dict[int, float | None] = {}
+        if critical:
+            inputs = [Candidate(jobs[i].state, p) for i in critical if (p := proposals[i]) is not None]
+            probabilities = np.asarray(champion.critic.predict_proba(inputs), dtype=np.float64)[:, 1]
+            for i, value in zip(critical, probabilities, strict=True):
+                scores[i] = min(1.0, max(0.0, float(value))) if np.isfinite(value) else None
+        out: list[Suggestion | None] = []
+        for i, proposal in enumerate(proposals):
+            if proposal is None:
+                out.append(None)
+                continue
+            decision = router.decide(proposal, scores.get(i), SessionContext(proposal.session_id), champion)
+            out.append(Suggestion(proposal, scores.get(i), decision, 0.0))
+        return out
+
+    def _finish_suggestion(self, suggestion: Suggestion | None, started: float) -> Suggestion | None:
+        if suggestion is None:
+            return None
         elapsed = time.perf_counter() - started
-        self.metrics.observe_decision(decision, elapsed, source="copilot")
-        return Suggestion(proposal, score, decision, elapsed * 1000.0)
+        self.metrics.observe_decision(suggestion.decision, elapsed, source="copilot")
+        return replace(suggestion, latency_ms=elapsed * 1000.0)
+
+    def suggest(self, state: UIState, k: int = 5) -> Suggestion | None:
+        """The policy's proposal for ``state``, its critic score and what the router would decide; None when the
+        policy has no valid action for the screen. Concurrent calls are gathered into micro-batches
+        (``suggester``). Raises ``BatcherFull`` when the queue is full, ``ServiceBusyError`` past the timeout."""
+        started = time.perf_counter()
+        try:
+            suggestion = self.suggester.run(ProposalJob(state, k))
+        except TimeoutError:
+            raise ServiceBusyError(self.settings.policy_timeout_s) from None
+        return self._finish_suggestion(suggestion, started)
+
+    async def suggest_async(self, state: UIState, k: int = 5) -> Suggestion | None:
+        """``suggest`` for an event loop: the request waits on its future, no thread is held while it queues."""
+        started = time.perf_counter()
+        future = self.suggester.submit(ProposalJob(state, k))
+        limit = self.settings.policy_timeout_s
+        try:
+            # past the queue deadline the batcher fails the request itself; the margin covers a started batch
+            suggestion = await asyncio.wait_for(asyncio.wrap_future(future), timeout=limit + 1.0)
+        except TimeoutError:
+            raise ServiceBusyError(limit) from None
+        return self._finish_suggestion(suggestion, started)
 
     def record_issued(self, principal: Principal, proposal: Proposal) -> None:
         """Remember a suggestion issued to ``principal``: copilot feedback is accepted for it alone (decision

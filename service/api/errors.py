@@ -19,6 +19,14 @@ class ForbiddenError(PermissionError):
     """403: the caller may not act on this (another operator's queue)."""
 
 
+class ServiceBusyError(RuntimeError):
+    """503: a request waited past its deadline (the queue was not full, but the policy fell behind)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"no suggestion within {timeout_s:g} s: the policy is overloaded")
+        self.retry_after_s = timeout_s
+
+
 class InputError(Exception):
     """422: the request is well-formed but breaks a rule checked in the service (a limit, an action the screen
     does not allow). ``loc`` is the field's path in the body, as FastAPI's own validation errors name it.

@@ -67,6 +67,14 @@ class RuntimeSettings(BaseSettings):
     bpm_url: str | None = Field(default=None, description="The BPM task API root, e.g. http://bpm:8000/api/v1")
     worker_id: str | None = Field(default=None, description="None: host name, process id and a random suffix")
     torch_threads: int | None = Field(default=None, ge=1, description="Threads of the policy; None: torch's default")
+    # The policy's micro-batcher (policy.batching): the workers' steps and the copilot's suggestions are gathered
+    # for at most policy_max_wait_ms (or policy_max_batch states) and proposed for in one batched call.
+    policy_max_batch: int = Field(default=64, ge=1, description="States per batched policy call")
+    policy_max_wait_ms: float = Field(default=2.0, ge=0.0, description="How long a batch waits for more states")
+    policy_max_queue: int = Field(
+        default=256, ge=1, description="States waiting for the policy beyond which callers get 429 / back off"
+    )
+    policy_timeout_s: float = Field(default=5.0, gt=0, description="A queued state's deadline (then it fails)")
     bus_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting worker waits for the broker")
     risk_file: Path | None = Field(
         default=None,

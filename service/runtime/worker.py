@@ -14,7 +14,9 @@ One loop, one thread. ``run`` alternates three phases until its stop event is se
    slow BPM never delays the commit of a batch;
 3. one step batch of up to ``batch_size`` READY sessions: first what an answer or an adoption left to do (apply
    the approved action, hand over after a reject, re-send unconfirmed keys), then every session is observed,
-   proposed for in one ``propose_batch`` call, scored in one critic call and routed, and only then executed
+   proposed for in one ``propose_batch`` call (in a Runtime, through its ``BatchedProposer``: the steps of
+   concurrent workers are gathered into one batched policy call on the batcher's thread; a full queue backs the
+   sessions off, counted as ``policy_busy``), scored in one critic call and routed, and only then executed
    (EXECUTE) or parked (DEFER, ALWAYS_ASK), so a session's decision latency excludes the others' side effects.
    The batch reads the process's champion (``service.runtime.champion``) once: every proposal of the batch is
    scored by its critic and decided on its thresholds, and the decision records its version.
@@ -23,9 +25,9 @@ A session comes back to the step queue by one path, ``_resume``: an answer on th
 store, a takeover of an expired lease, a restart under the same worker id, or a repeated start all go through it
 (in memory: ready with the answer to complete; not in memory: claimed and rebuilt from the store).
 
-Why one loop and not a consumer thread beside a step thread: the policy is not shared with another thread, a
-session is never touched by two threads (no per-session locks), and the consumer is used by the thread that made
-it (kafka-python's consumer is not thread-safe). Kafka heartbeats run on kafka-python's own thread, so a long
+Why one loop and not a consumer thread beside a step thread: a session is never touched by two threads (no
+per-session locks), and the consumer is used by the thread that made it (kafka-python's consumer is not
+thread-safe). Kafka heartbeats run on kafka-python's own thread, so a long
 batch does not cost the group membership; leases are renewed between phases and ``batch_size`` bounds a phase.
 The cost: an operator's answer waits for the batch in progress (a few hundred ms with the small policy).
 
@@ -68,6 +70,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate
+from policy.batching import BatcherFull
 from schemas.actions import Action, action_key
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, Verdict
 from schemas.proposal import Proposal
@@ -901,6 +904,14 @@ class SessionWorker:
                 self.metrics.observe_proposals(time.perf_counter() - started)
             if len(proposals) != len(states):
                 raise ValueError(f"propose_batch: {len(proposals)} proposals for {len(states)} states")
+        except BatcherFull:
+            # The shared policy's queue is full (the copilot's suggestions and other workers' steps): not an
+            # error of this batch; its sessions retry after a back-off.
+            self._counts.add("policy_busy")
+            for item in observed:
+                self._back_off(item.session)
+            observed.clear()
+            return
         except Exception:
             self._counts.add("policy_errors")
             log.exception("worker %s: the policy failed on a batch of %d states", self.worker_id, len(states))

@@ -24,8 +24,9 @@ Scores equal the reference path's within float rounding (tests/policy/test_fast_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2"})
-HEAD_CHUNK_ELEMENTS = 1 << 24  # logits held per head call: rows x vocabulary stays under 64 MiB of fp32
+HEAD_CHUNK_ELEMENTS = 1 << 24  # logits held per head call on a CPU: rows x vocabulary under 64 MiB of fp32
+HEAD_CHUNK_ELEMENTS_GPU = 1 << 28  # on a GPU fewer, larger head calls (1 GiB of fp32 logits at most)
 # Tokens per packed pass. On CPU a larger pass buys nothing (the projections are compute-bound from ~100 rows
 # on) and its activations fall out of cache; the bound also keeps one pass's masks small.
 PACK_TOKENS = 4096
@@ -46,6 +48,18 @@ class ScoredState:
 
     kept: list[int]
     logprobs: list[float]
+
+
+class CandidateScorer(Protocol):
+    """The scoring interface: ``PackedDecoder`` (weights in process) and ``policy.remote.SGLangScorer`` (a GPU
+    server) both have it."""
+
+    def score(
+        self,
+        prompts: Sequence[Sequence[int]],
+        candidates: Sequence[Sequence[Sequence[int]]],
+        prune_logprob: float | None = None,
+    ) -> list[ScoredState]: ...
 
 
 @dataclass
@@ -110,17 +124,17 @@ def _causal_block(n: int) -> np.ndarray:
 
 @dataclass
 class _Segment:
-    """One state's span of the packed row and its attention mask (None: plain causal)."""
+    """One state's span of the packed row and its additive attention mask (None: plain causal)."""
 
     start: int
     length: int
-    mask: torch.Tensor | None
+    mask: np.ndarray | None
 
 
 class PackedDecoder:
     """A lean, inference-only forward over packed sequences that reuses a Llama/Qwen2 model's own modules."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, padded_attention: bool | None = None) -> None:
         if not supports(model):
             raise TypeError(f"{type(model).__name__} ({model.config.model_type}): no lean forward for this layout")
         decoder = model.get_decoder()
@@ -138,6 +152,8 @@ class PackedDecoder:
         self.kv_heads = int(model.config.num_key_value_heads)
         self.device = head.weight.device
         self.dtype = head.weight.dtype
+        self.padded_attention = padded_attention  # None: padded on a GPU, state by state on a CPU
+        self.head_chunk_elements = HEAD_CHUNK_ELEMENTS if self.device.type == "cpu" else HEAD_CHUNK_ELEMENTS_GPU
 
     # ---- the forward ---------------------------------------------------------------------------------------
 
@@ -147,34 +163,84 @@ class PackedDecoder:
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
     def forward(self, tokens: list[int], positions: list[int], segments: Sequence[_Segment]) -> torch.Tensor:
-        """Final hidden states (after the decoder's norm) of a packed row, shape (tokens, hidden)."""
+        """Final hidden states (after the decoder's norm) of a packed row, shape (tokens, hidden). Segments must
+        be contiguous and in order, covering the row."""
         n = len(tokens)
         hidden = self.embed(torch.tensor([tokens], dtype=torch.long, device=self.device))
         cos, sin = self.rotary(hidden, torch.tensor([positions], dtype=torch.long, device=self.device))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        gqa = self.kv_heads != self.heads
+        attend = self._padded_attention(segments) if self._pad(segments) else self._segment_attention(segments)
         for layer in self.layers:
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
             q = self._rope(attn.q_proj(x).view(1, n, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = self._rope(attn.k_proj(x).view(1, n, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
             v = attn.v_proj(x).view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            attended = attend(q, k, v)
+            hidden = hidden + attn.o_proj(attended.transpose(1, 2).reshape(1, n, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.norm(hidden[0])
+
+    def _pad(self, segments: Sequence[_Segment]) -> bool:
+        if self.padded_attention is not None:
+            return self.padded_attention and len(segments) > 1
+        # Auto: on a GPU one padded attention call per layer beats a kernel launch per state; on a CPU the loop
+        # does no work on padding and its per-call overhead is small beside the projections.
+        return self.device.type != "cpu" and len(segments) > 1
+
+    def _segment_attention(self, segments: Sequence[_Segment]) -> Callable[..., torch.Tensor]:
+        """Attention state by state over the packed row (each its own SDPA call)."""
+        masks = [
+            None if s.mask is None else torch.from_numpy(s.mask).to(device=self.device, dtype=self.dtype)
+            for s in segments
+        ]
+        gqa = self.kv_heads != self.heads
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             parts = [
                 F.scaled_dot_product_attention(
                     q[:, :, s.start : s.start + s.length],
                     k[:, :, s.start : s.start + s.length],
                     v[:, :, s.start : s.start + s.length],
-                    attn_mask=s.mask,
-                    is_causal=s.mask is None,
+                    attn_mask=mask,
+                    is_causal=mask is None,
                     scale=self.scaling,
                     enable_gqa=gqa,
                 )
-                for s in segments
+                for s, mask in zip(segments, masks, strict=True)
             ]
-            attended = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-            hidden = hidden + attn.o_proj(attended.transpose(1, 2).reshape(1, n, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.norm(hidden[0])
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+        return attend
+
+    def _padded_attention(self, segments: Sequence[_Segment]) -> Callable[..., torch.Tensor]:
+        """Attention for all states in one SDPA call: the packed row gathered into a padded (states, heads,
+        longest, dim) batch with one additive mask, and scattered back."""
+        width = max(s.length for s in segments)
+        total = segments[-1].start + segments[-1].length
+        index = np.full((len(segments), width), total, dtype=np.int64)  # ``total``: a zero row appended below
+        mask = np.full((len(segments), 1, width, width), -np.inf, dtype=np.float32)
+        mask[:, :, :, 0] = 0.0  # padding rows see one key: no all -inf row, no NaN (their output is dropped)
+        for b, s in enumerate(segments):
+            index[b, : s.length] = np.arange(s.start, s.start + s.length)
+            mask[b, 0, : s.length, : s.length] = _causal_block(s.length) if s.mask is None else s.mask
+            mask[b, 0, : s.length, s.length :] = -np.inf
+        gather = torch.from_numpy(index).to(self.device)
+        valid = torch.from_numpy(index < total).to(self.device)
+        additive = torch.from_numpy(mask).to(device=self.device, dtype=self.dtype)
+        gqa = self.kv_heads != self.heads
+
+        def padded(x: torch.Tensor) -> torch.Tensor:  # (1, h, n, d) -> (states, h, width, d)
+            x = torch.cat((x, x.new_zeros(1, x.shape[1], 1, x.shape[3])), dim=2)[0]
+            return x[:, gather].transpose(0, 1)
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = F.scaled_dot_product_attention(
+                padded(q), padded(k), padded(v), attn_mask=additive, scale=self.scaling, enable_gqa=gqa
+            )
+            return out.transpose(0, 1)[:, valid].unsqueeze(0)  # segments in order: the packed order again
+
+        return attend
 
     def last_hidden(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """The final hidden state (after the norm) at each sequence's last token, shape (len(seqs), hidden):
@@ -197,7 +263,7 @@ class PackedDecoder:
         where = {row: i for i, row in enumerate(distinct)}
         local = torch.tensor([where[r] for r in rows], device=self.device)
         wanted = torch.tensor(list(tokens), device=self.device)
-        chunk = max(1, HEAD_CHUNK_ELEMENTS // int(self.head.weight.shape[0]))
+        chunk = max(1, self.head_chunk_elements // int(self.head.weight.shape[0]))
         out = torch.empty(len(rows), dtype=torch.float32, device=self.device)
         for start in range(0, len(distinct), chunk):
             index = torch.tensor(distinct[start : start + chunk], device=self.device)
@@ -217,7 +283,7 @@ class PackedDecoder:
 
     # ---- candidate scoring ---------------------------------------------------------------------------------
 
-    def _tree_mask(self, prompt_length: int, tree: _Tree) -> torch.Tensor:
+    def _tree_mask(self, prompt_length: int, tree: _Tree) -> np.ndarray:
         """Additive mask over the prompt + tree span: causal on the prompt, prompt + ancestors for a node. Built
         in numpy: a few array operations instead of hundreds of small tensor ones."""
         p, size = prompt_length, prompt_length + len(tree.tokens)
@@ -228,7 +294,7 @@ class PackedDecoder:
         rows = np.repeat(np.arange(p, size), depth)
         cols = p + np.fromiter((a for anc in tree.ancestors for a in anc), dtype=np.int64, count=int(depth.sum()))
         mask[rows, cols] = 0.0
-        return torch.from_numpy(mask).to(device=self.device, dtype=self.dtype)
+        return mask
 
     def score(
         self,
@@ -295,12 +361,16 @@ def score_states(
     prompts: Sequence[Sequence[int]],
     candidates: Sequence[Sequence[Sequence[int]]],
     prune_logprob: float | None = None,
+    *,
+    padded_attention: bool | None = None,
 ) -> list[ScoredState]:
     """The fast path for a supported model (``supports``): see ``PackedDecoder.score``."""
-    return PackedDecoder(model).score(prompts, candidates, prune_logprob)
+    return PackedDecoder(model, padded_attention).score(prompts, candidates, prune_logprob)
 
 
 @torch.inference_mode()
-def last_hidden_states(model: PreTrainedModel, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+def last_hidden_states(
+    model: PreTrainedModel, seqs: Sequence[Sequence[int]], *, padded_attention: bool | None = None
+) -> torch.Tensor:
     """The fast path's final hidden state at each sequence's last token (after the decoder's norm)."""
-    return PackedDecoder(model).last_hidden(seqs)
+    return PackedDecoder(model, padded_attention).last_hidden(seqs)

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from policy.candidates import Candidate, TemplateBank, enumerate_candidates
 from policy.codec import Codec
-from policy.fast_scoring import PACK_TOKENS, score_states, supports
+from policy.fast_scoring import PACK_TOKENS, CandidateScorer, score_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.predictor import Prediction
@@ -74,6 +74,7 @@ class LMPolicy:
     pretrained: str | None = None
     lora: LoraSettings | None = None
     fast_scoring: bool = True  # policy.fast_scoring where the model's layout allows; False = the reference path
+    scorer: CandidateScorer | None = field(default=None, repr=False)  # e.g. a GPU server (policy.remote)
     progress: bool = True
     name: str = "lm"
 
@@ -182,10 +183,23 @@ class LMPolicy:
             i = j
         return out
 
+    def _require_serving(self) -> tuple[Codec, TemplateBank]:
+        """What proposing needs: the codec and the bank, and the weights unless a ``scorer`` holds them."""
+        if self.codec_ is None or self.bank_ is None or (self.model_ is None and self.scorer is None):
+            raise NotFittedError("this LMPolicy is not fitted: call fit() or LMPolicy.load()")
+        return self.codec_, self.bank_
+
     def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
-        codec, model, _ = self._require()
+        codec, _ = self._require_serving()
         prompts = [codec.encode_prompt(serialise_state(s, self.serial)) for s in states]
         encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
+        if self.scorer is not None:
+            remote = self.scorer.score(prompts, encoded, self.prune_logprob)
+            return [
+                _Scored([cands[c] for c in item.kept], item.logprobs)
+                for cands, item in zip(candidate_lists, remote, strict=True)
+            ]
+        _, model, _ = self._require()
         if not (self.fast_scoring and supports(model)):
             return self._score_reference(prompts, candidate_lists, encoded)
         results: list[_Scored] = []
@@ -250,7 +264,7 @@ class LMPolicy:
 
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
         """The top-``k`` proposal of each state (None for a state with no valid candidate action)."""
-        _, _, bank = self._require()
+        _, bank = self._require_serving()
         scored = self._score(states, [enumerate_candidates(s, bank) for s in states])
         out: list[Proposal | None] = []
         for state, item in zip(states, scored, strict=True):
@@ -325,7 +339,8 @@ class LMPolicy:
         return target
 
     @classmethod
-    def load(cls, path: str | Path, *, progress: bool = False) -> LMPolicy:
+    def load(cls, path: str | Path, *, progress: bool = False, scorer: CandidateScorer | None = None) -> LMPolicy:
+        """The saved policy; with ``scorer`` (a server holding the same checkpoint) its weights are not loaded."""
         root = Path(path)
         meta_path = root / POLICY_FILE
         if not meta_path.is_file():
@@ -344,10 +359,11 @@ class LMPolicy:
             pretrained=meta["pretrained"],
             lora=LoraSettings(**meta["lora"]) if meta.get("lora") else None,
             progress=progress,
+            scorer=scorer,
         )
         tokenizer = AutoTokenizer.from_pretrained(str(root))
         policy.codec_ = Codec.for_tokenizer(tokenizer, policy.max_prompt_tokens)
-        policy.model_ = load_model(root)
+        policy.model_ = None if scorer is not None else load_model(root)
         policy.bank_ = TemplateBank.from_dict(meta["templates"])
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])

@@ -109,12 +109,15 @@ MODELS = {
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("prune", [None, 1.5])
-def test_packed_batch_equals_reference(name: str, prune: float | None) -> None:
+@pytest.mark.parametrize("padded", [False, True], ids=["state-by-state", "padded"])
+def test_packed_batch_equals_reference(name: str, prune: float | None, padded: bool) -> None:
+    """Both attention layouts of a packed batch (state by state: the CPU default; padded: the GPU default)."""
     model = MODELS[name]()
     assert supports(model)
     prompts, candidates = _inputs(seed=len(name), states=7)
     assert any(not c for c in candidates) and any(c for c in candidates)
-    fast = [(s.kept, s.logprobs) for s in score_states(model, prompts, candidates, prune)]
+    scored = score_states(model, prompts, candidates, prune, padded_attention=padded)
+    fast = [(s.kept, s.logprobs) for s in scored]
     _assert_equal(fast, _reference(model, prompts, candidates, prune), f"{name} packed")
     if prune is not None:  # the rule must have pruned something, or this case tests nothing beyond the other
         assert sum(len(k) for k, _ in fast) < sum(len(c) for c in candidates)
@@ -154,6 +157,7 @@ def test_last_hidden_equals_the_transformers_forward() -> None:
     model = _untied_qwen2_with_bias()
     seqs = [[5, 6, 7], [9], [3, 4, 5, 6, 7, 8, 9, 10]]
     packed = last_hidden_states(model, seqs)
+    torch.testing.assert_close(last_hidden_states(model, seqs, padded_attention=True), packed, atol=1e-5, rtol=1e-5)
     for i, seq in enumerate(seqs):
         with torch.no_grad():
             alone = model.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]

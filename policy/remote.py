@@ -116,3 +116,8 @@ class SGLangScorer:
 
     def close(self) -> None:
         self._client.close()
+
+
+def remote_scorer(url: str | None) -> SGLangScorer | None:
+    """The scorer for a configured server URL (``AUTOPILOT_POLICY_SERVER_URL``); None keeps the weights in process."""
+    return SGLangScorer(url) if url else None

@@ -152,6 +152,7 @@ class AutopilotService:
         """Load the policy and the registry's champion and build the runtime (not started). Raises
         WorkerSetupError naming the setting when something is missing."""
         from policy.policy import LMPolicy
+        from policy.remote import remote_scorer
 
         if runtime_factory is None and not settings.bpm_url:
             raise _no_bpm()  # before anything is loaded
@@ -171,7 +172,7 @@ class AutopilotService:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        policy = LMPolicy.load(policy_dir)
+        policy = LMPolicy.load(policy_dir, scorer=remote_scorer(settings.policy_server_url))
         return cls.build(
             settings, policy, champion.critic, champion.thresholds, champion.version, runtime_factory=runtime_factory
         )

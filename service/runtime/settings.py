@@ -75,6 +75,10 @@ class RuntimeSettings(BaseSettings):
         default=256, ge=1, description="States waiting for the policy beyond which callers get 429 / back off"
     )
     policy_timeout_s: float = Field(default=5.0, gt=0, description="A queued state's deadline (then it fails)")
+    policy_server_url: str | None = Field(
+        default=None,
+        description="An SGLang server holding the policy's checkpoint (docs/deploy.md); None: the weights in process",
+    )
     bus_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting worker waits for the broker")
     risk_file: Path | None = Field(
         default=None,
@@ -107,6 +111,7 @@ class RuntimeSettings(BaseSettings):
         "worker_id",
         "risk_file",
         "feedback_url",
+        "policy_server_url",
         mode="before",
     )
     @classmethod

@@ -242,6 +242,7 @@ class PackedDecoder:
 
         return attend
 
+    @torch.inference_mode()
     def last_hidden(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """The final hidden state (after the norm) at each sequence's last token, shape (len(seqs), hidden):
         sequences packed without padding, each causal on its own."""
@@ -296,6 +297,7 @@ class PackedDecoder:
         mask[rows, cols] = 0.0
         return mask
 
+    @torch.inference_mode()
     def score(
         self,
         prompts: Sequence[Sequence[int]],
@@ -355,7 +357,6 @@ class PackedDecoder:
         return [ScoredState(kept.get(b, []), totals.get(b, [])) for b in range(len(prompts))]
 
 
-@torch.inference_mode()
 def score_states(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
@@ -368,7 +369,6 @@ def score_states(
     return PackedDecoder(model, padded_attention).score(prompts, candidates, prune_logprob)
 
 
-@torch.inference_mode()
 def last_hidden_states(
     model: PreTrainedModel, seqs: Sequence[Sequence[int]], *, padded_attention: bool | None = None
 ) -> torch.Tensor:

@@ -217,3 +217,14 @@ def test_policy_proposals_are_the_same_on_both_paths(architecture: Architecture,
         assert [x.action for x in a.alternatives] == [x.action for x in b.alternatives]
         assert a.features.logprob == pytest.approx(b.features.logprob, abs=TOLERANCE)
         assert a.features.probability == pytest.approx(b.features.probability, abs=TOLERANCE)
+
+
+def test_vocabulary_head_in_chunks_equals_one_call() -> None:
+    model = _model("llama")
+    prompts, candidates = _inputs(seed=4, states=5)
+    decoder = PackedDecoder(model)
+    whole = decoder.score(prompts, candidates, None)
+    decoder.head_chunk_elements = VOCAB * 3  # three rows of logits per head call
+    chunked = decoder.score(prompts, candidates, None)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.kept == b.kept and a.logprobs == pytest.approx(b.logprobs, abs=1e-6)

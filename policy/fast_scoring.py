@@ -3,7 +3,7 @@
 ``policy.scoring`` (the reference) runs one pass over the prompt for the first-token pruning, then a second
 pass over the prompt and every surviving candidate packed behind it, through the ``transformers`` forward with
 a dense 4-D mask, and runs the vocabulary head once per candidate token. Measured on the default policy
-(docs/decisions/0007-fast-candidate-scoring.md), most of a proposal's time went to the second encoding of the
+(docs/decisions/0010-fast-candidate-scoring.md), most of a proposal's time went to the second encoding of the
 prompt, the framework's per-call overhead (mask building, output capturing, kernel lookups) and the vocabulary
 head. This path:
 

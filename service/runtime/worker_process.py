@@ -72,6 +72,9 @@ class WorkerSpec(BaseModel):
     session_timeout_ms: int = Field(default=6000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    idle_fetch_max_wait_ms: int | None = Field(
+        default=500, ge=0, description="The fetch wait after 2 s without records (None: always fetch_max_wait_ms)"
+    )
     critic_version: str | None = Field(default=None, description="The registry version of critic_path")
     registry_dir: str | None = Field(
         default=None, description="The critic registry whose champion the process follows (None: critic_path for good)"
@@ -123,6 +126,7 @@ def build_worker(
         session_timeout_ms=spec.session_timeout_ms,
         heartbeat_interval_ms=spec.heartbeat_interval_ms,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=spec.idle_fetch_max_wait_ms,
         stage_sync=stage_sync,
         metrics=metrics,
     )
@@ -271,6 +275,7 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms,
     )
 
 

@@ -16,7 +16,7 @@ a text taken from the process or global fallback never followed that key, so its
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Self, TypeVar
 
 from policy.predictor import Prediction
@@ -65,10 +65,9 @@ class _Fallbacks:
         self.all[text] += 1
 
 
-def _choose(state: UIState, levels: Sequence[Ranked]) -> Prediction | None:
-    """The first text (level by level, rank by rank) that parses in ``state``. ``levels[0]`` is the matched
-    key's ranking: a text chosen there has its frequency as confidence; a text from a later level never followed
-    the key (or it would have been tried at level 0), so its confidence is 0."""
+def _choices(state: UIState, levels: Sequence[Ranked]) -> Iterator[tuple[Action, float, int]]:
+    """(action, relative frequency, level) of every text (level by level, rank by rank) that parses in
+    ``state``, each text once: the first one is the prediction."""
     sources: dict[str, str] | None = None
     tried: set[str] = set()
     for level, ranked in enumerate(levels):
@@ -82,8 +81,31 @@ def _choose(state: UIState, levels: Sequence[Ranked]) -> Prediction | None:
                 action = parse_action_text(text, state, sources)
             except ActionTextError:
                 continue
-            return Prediction(action=action, confidence=freq if level == 0 else 0.0)
+            yield action, freq, level
+
+
+def _choose(state: UIState, levels: Sequence[Ranked]) -> Prediction | None:
+    """The first text (level by level, rank by rank) that parses in ``state``. ``levels[0]`` is the matched
+    key's ranking: a text chosen there has its frequency as confidence; a text from a later level never followed
+    the key (or it would have been tried at level 0), so its confidence is 0."""
+    for action, freq, level in _choices(state, levels):
+        return Prediction(action=action, confidence=freq if level == 0 else 0.0)
     return None
+
+
+def _ranked_choices(state: UIState, levels: Sequence[Ranked], k: int) -> list[tuple[Action, float]]:
+    """The ``k`` most frequent actions of the first level that has a text parsing in ``state``, with their
+    relative frequencies at that level (a distribution over what followed the matched key; the texts that do
+    not fill into the state are left out, so it may sum to less than one)."""
+    out: list[tuple[Action, float]] = []
+    first_level: int | None = None
+    for action, freq, level in _choices(state, levels):
+        if first_level is None:
+            first_level = level
+        if level != first_level or len(out) >= k:
+            break
+        out.append((action, freq))
+    return out
 
 
 class _SlotTexts:
@@ -250,3 +272,25 @@ class SuffixNGram:
                 return prediction
         levels = ((), self.process_ranked_.get(process_id, ()), self.global_ranked_)
         return _predicted(state, levels)
+
+    def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
+        """Per state the ``k`` most frequent next actions after the longest matched suffix that has one filling
+        into the state, with their relative frequencies there (the process or global fallback when no suffix
+        matches); ``predict``'s action is the first."""
+        if not self.global_ranked_:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        slot_texts = _SlotTexts()
+        out: list[list[tuple[Action, float]]] = []
+        for state in states:
+            process_id, screen_id = _screen_key(state)
+            history = self._history(state, slot_texts)
+            ranked_here: list[tuple[Action, float]] = []
+            for n in range(min(self.max_n, len(history)), -1, -1):
+                ranked = self.table_.get((process_id, screen_id, history[len(history) - n :]))
+                if ranked is not None and (ranked_here := _ranked_choices(state, (ranked,), k)):
+                    break
+            if not ranked_here:
+                levels = (self.process_ranked_.get(process_id, ()), self.global_ranked_)
+                ranked_here = _ranked_choices(state, levels, k)
+            out.append(ranked_here)
+        return out

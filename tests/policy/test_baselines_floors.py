@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
+from bench.common import shared_data_dir
 from policy.baselines.floors import START, MostFrequentPerScreen, SuffixNGram, _SlotTexts
 from policy.evaluate import evaluate
 from policy.predictor import NextActionPredictor
@@ -255,7 +255,7 @@ def test_memoised_slot_texts_equal_action_text() -> None:
 
 # --- the real log --------------------------------------------------------------------------------------------------
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eventlogs"
+DATA = shared_data_dir() / "eventlogs"
 BPI_2013 = "bpi_challenge_2013_incidents.xes.gz"
 
 

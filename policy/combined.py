@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -61,6 +61,10 @@ FORMAT_VERSION = 1
 BLEND = "blend"
 LM = "lm"
 TIMING_FIELDS = ("elapsed_s", "since_last_s", "hour", "weekday")
+LM_SETTINGS = frozenset(
+    {"hidden_size", "layers", "architecture", "epochs", "batch_size", "learning_rate", "vocab_size"}
+)
+"""What ``lm_settings`` may fix in the LM's plan (``policy.sizing``); the rest stays as planned."""
 RANK_K = 5
 
 
@@ -200,7 +204,8 @@ class CombinedPolicy:
       held-out steps every member is scored on (a seeded sample of held-out cases), the LM's scoring being the
       costly part.
     * ``time_budget_s``: the whole fit's wall-clock budget; the LM gets what the other members leave of it
-      (at least ``min_lm_budget_s``). ``lm=False`` leaves the LM out.
+      (at least ``min_lm_budget_s``). ``lm=False`` leaves the LM out; ``lm_threads`` fixes its torch threads
+      (default: probe one against two); ``lm_settings`` fixes parts of its plan (``LM_SETTINGS``).
     * ``gbm_max_classes``: the gradient-boosting members are left out when the training targets have more
       distinct actions than this (a chat process's literal replies: one class per customer).
     * ``z``, ``min_group_steps``: how clearly a predictor must win a group (``policy.routing``).
@@ -213,6 +218,7 @@ class CombinedPolicy:
     min_lm_budget_s: float = 60.0
     lm: bool = True
     lm_threads: int | None = None
+    lm_settings: dict[str, Any] | None = None
     gbm: bool = True
     gbm_max_classes: int = 100
     gbm_max_samples: int | None = 100_000
@@ -380,11 +386,22 @@ class CombinedPolicy:
             budget = max(self.min_lm_budget_s, 0.8 * left)
         serial = SerialConfig.for_traces(fit_part)
         plan = plan_lm(n_examples, serial, budget, seed=self.seed, threads=self.lm_threads)
+        settings = dict(self.lm_settings or {})
+        unknown = set(settings) - LM_SETTINGS
+        if unknown:
+            raise ValueError(f"lm_settings: unknown {sorted(unknown)}; known: {sorted(LM_SETTINGS)}")
+        model_keys = {"hidden_size", "layers", "architecture"}
+        model = replace(plan.model, **{k: v for k, v in settings.items() if k in model_keys})
+        if "hidden_size" in settings:  # keep the heads and MLP in proportion to a chosen width
+            heads = max(1, model.hidden_size // 32)
+            model = replace(model, heads=heads, kv_heads=max(1, heads // 2), intermediate_size=2 * model.hidden_size)
+        training_keys = {"epochs", "batch_size", "learning_rate"}
+        training = replace(plan.training, **{k: v for k, v in settings.items() if k in training_keys})
         lm = LMPolicy(
-            model=plan.model,
-            training=plan.training,
+            model=model,
+            training=training,
             serial=plan.serial,
-            vocab_size=plan.vocab_size,
+            vocab_size=int(settings.get("vocab_size", plan.vocab_size)),
             prune_logprob=plan.prune_logprob,
             progress=self.progress,
         )
@@ -617,6 +634,7 @@ class CombinedPolicy:
                         "min_lm_budget_s",
                         "lm",
                         "lm_threads",
+                        "lm_settings",
                         "gbm",
                         "gbm_max_classes",
                         "gbm_max_samples",
@@ -674,4 +692,4 @@ def load_policy(path: str | Path, *, progress: bool = False) -> CombinedPolicy |
         return CombinedPolicy.load(root, progress=progress)
     if (root / POLICY_FILE).is_file():
         return LMPolicy.load(root, progress=progress)
-    raise FileNotFoundError(f"{root} holds no saved policy ({COMBINED_FILE} or {POLICY_FILE})")
+    raise FileNotFoundError(f"{root} is not a policy directory (no {COMBINED_FILE} or {POLICY_FILE})")

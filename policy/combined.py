@@ -11,7 +11,7 @@ A user's own log gets one trained policy that is never (knowingly) worse than it
 3. Every member ranks the next actions of the held-out steps; a ``blend`` (a weighted mix of the best members'
    probabilities, weights on a grid) is one more candidate.
 4. ``policy.routing`` chooses per group of states (all, process, screen, prefix length) the candidate that is
-   *clearly* better there than the parent group's choice, starting from the best n-gram.
+   *clearly* better there than the parent group's choice, starting from the longest-suffix n-gram.
 5. Each chosen candidate's confidence is calibrated on the held-out steps it answers (isotonic): the
    proposal's ``probability`` is P(right), which the critic and selective automation rely on.
 6. The cheap members are refitted on all the cases (the LM keeps the held-out cases for its early stopping).
@@ -97,6 +97,10 @@ def _gbm_members(max_samples: int | None) -> dict[str, Callable[[], RankingPredi
     }
 
 
+def _capped(limit: int | None, cap: int | None) -> int | None:
+    return cap if limit is None else limit if cap is None else min(limit, cap)
+
+
 def _start(trace: Trace) -> str:
     started = trace.attributes.get("case_start")
     if started:
@@ -113,6 +117,16 @@ def time_split(traces: Sequence[Trace], val_fraction: float) -> tuple[list[Trace
         return ordered, []
     n_val = min(len(ordered) - 1, max(1, round(val_fraction * len(ordered))))
     return ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
+
+
+def _refit_seconds(fit_s: float, n_fit: int, n_all: int, name: str, policy: CombinedPolicy) -> float:
+    """Expected seconds to refit a member on all ``n_all`` steps, from its fit on ``n_fit`` (a GBM's rows
+    capped by ``gbm_select_samples`` then and by ``gbm_max_samples`` now; counting members are instant)."""
+    if not name.startswith("gbm"):
+        return 0.0
+    before = n_fit if policy.gbm_select_samples is None else min(n_fit, policy.gbm_select_samples)
+    after = n_all if policy.gbm_max_samples is None else min(n_all, policy.gbm_max_samples)
+    return 1.2 * fit_s * after / max(before, 1)
 
 
 def _sample_cases(traces: Sequence[Trace], max_steps: int, seed: int) -> list[Trace]:
@@ -208,6 +222,9 @@ class CombinedPolicy:
       (default: probe one against two); ``lm_settings`` fixes parts of its plan (``LM_SETTINGS``).
     * ``gbm_max_classes``: the gradient-boosting members are left out when the training targets have more
       distinct actions than this (a chat process's literal replies: one class per customer).
+      ``gbm_select_samples`` caps their training rows while they are compared (a seeded sample),
+      ``gbm_max_samples`` when the chosen ones are refitted on every case. A refit that the time budget cannot
+      afford is skipped (the member fitted for the comparison stays; the report says so).
     * ``z``, ``min_group_steps``: how clearly a predictor must win a group (``policy.routing``).
     """
 
@@ -222,6 +239,7 @@ class CombinedPolicy:
     gbm: bool = True
     gbm_max_classes: int = 100
     gbm_max_samples: int | None = 100_000
+    gbm_select_samples: int | None = 30_000
     blend: bool = True
     z: float = 1.64
     min_group_steps: int = 30
@@ -254,14 +272,18 @@ class CombinedPolicy:
             "left_out": {},
         }
         members: dict[str, RankingPredictor] = {}
-        factories = _simple_members()
+        # choosing between the GBM variants needs less data than the final model: they are compared on at most
+        # ``gbm_select_samples`` rows, and the chosen ones are refitted on everything (at most gbm_max_samples)
+        selecting = _simple_members()
+        final = _simple_members()
         n_classes = len({action_key(s.action) for t in fit_part for s in t.steps})
         if self.gbm:
             if n_classes <= self.gbm_max_classes:
-                factories |= _gbm_members(self.gbm_max_samples)
+                selecting |= _gbm_members(_capped(self.gbm_max_samples, self.gbm_select_samples))
+                final |= _gbm_members(self.gbm_max_samples)
             else:
                 report["left_out"]["gbm"] = f"{n_classes} distinct actions > gbm_max_classes {self.gbm_max_classes}"
-        for name, make in factories.items():
+        for name, make in selecting.items():
             tick = time.perf_counter()
             try:
                 members[name] = make().fit(fit_part)
@@ -272,6 +294,7 @@ class CombinedPolicy:
         if not members:
             raise ValueError(f"no member could be fitted: {report['left_out']}")
 
+        n_fit = sum(len(t.steps) for t in fit_part)
         scored_cases = _sample_cases(held_out, self.max_val_steps, self.seed)
         self.lm_ = None
         if self.lm:
@@ -320,8 +343,9 @@ class CombinedPolicy:
                 "validation_accuracy": round(float(correct[BLEND].mean()), 4),
             }
 
-        floors = [n for n in _simple_members() if n in correct]
-        default = max(floors, key=lambda n: float(correct[n].mean()) if len(correct[n]) else 0.0)
+        # The reference n-gram answers wherever nothing is clearly better, the other floors included: with a
+        # handful of held-out steps (a new process) no choice among them would be more than noise.
+        default = "ngram" if "ngram" in correct else next(n for n in _simple_members() if n in correct)
         paths = [group_path(s) for s in states]
         self.routing_ = choose_routes(paths, correct, default, z=self.z, min_steps=self.min_group_steps)
 
@@ -356,15 +380,20 @@ class CombinedPolicy:
         if self.blend_ is not None and BLEND in used:
             used |= set(self.blend_["members"])
         self.members_ = {}
+        n_all = sum(len(t.steps) for t in traces)
         for name, member in members.items():
-            if name == LM:
+            if name == LM or name not in used:
                 continue
-            if name in used and self.refit and held_out:
-                tick = time.perf_counter()
-                member = factories[name]().fit(list(traces))
-                report["members"][name]["refit_s"] = round(time.perf_counter() - tick, 2)
-            if name in used:
-                self.members_[name] = member
+            if self.refit and held_out:
+                expected = _refit_seconds(report["members"][name]["fit_s"], n_fit, n_all, name, self)
+                left = None if self.time_budget_s is None else self.time_budget_s - (time.perf_counter() - started)
+                if left is None or expected <= left:
+                    tick = time.perf_counter()
+                    member = final[name]().fit(list(traces))
+                    report["members"][name]["refit_s"] = round(time.perf_counter() - tick, 2)
+                else:
+                    report["members"][name]["refit_s"] = f"skipped: ~{expected:.0f} s expected, {left:.0f} s left"
+            self.members_[name] = member
         if self.lm_ is not None and LM not in used:
             report["members"][LM]["kept"] = "saved for the critic and the preference updates, not routed to"
         report["fit_s"] = round(time.perf_counter() - started, 2)
@@ -381,9 +410,16 @@ class CombinedPolicy:
             return None
         budget = None
         if self.time_budget_s is not None:
-            # keep a fifth of what is left for scoring the held-out steps, refitting and calibrating
-            left = self.time_budget_s - (time.perf_counter() - started)
-            budget = max(self.min_lm_budget_s, 0.8 * left)
+            # what is left, less the refits of the GBMs (if they are chosen: assume they are) and a tenth of the
+            # budget for scoring the held-out steps and calibrating
+            n_all = n_examples + sum(len(t.steps) for t in held_out)
+            refits = sum(
+                _refit_seconds(info["fit_s"], n_examples, n_all, name, self)
+                for name, info in report["members"].items()
+                if name.startswith("gbm")
+            )
+            left = self.time_budget_s - (time.perf_counter() - started) - refits - 0.1 * self.time_budget_s
+            budget = max(self.min_lm_budget_s, left)
         serial = SerialConfig.for_traces(fit_part)
         plan = plan_lm(n_examples, serial, budget, seed=self.seed, threads=self.lm_threads)
         settings = dict(self.lm_settings or {})
@@ -638,6 +674,7 @@ class CombinedPolicy:
                         "gbm",
                         "gbm_max_classes",
                         "gbm_max_samples",
+                        "gbm_select_samples",
                         "blend",
                         "z",
                         "min_group_steps",

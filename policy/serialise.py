@@ -81,8 +81,8 @@ class SerialConfig:
       candidates are the buttons anyway).
     * ``bare_clicks``: a click in the history is written as its control id alone and never cut (the activity
       sequence of an event log, where ``action_chars`` would cut long activity names to the same prefix).
-    * ``counts``: a ``counts`` line with how often each action occurs in the kept history (most frequent first):
-      loops and rework are what the next activity of a long case depends on.
+    * ``counts``: a ``repeats`` line with how often each action that occurs more than once in the kept history
+      does (most frequent first): loops and rework are what the next activity of a long case depends on.
     * ``drop_fields``: panel fields (``name`` or ``panel.name``) left out, such as event timestamps and ids,
       whose values never recur and only cost tokens.
     """
@@ -126,10 +126,13 @@ class SerialConfig:
         )
 
 
-def rare_fields(states: Sequence[UIState], *, top: int = 254, min_coverage: float = 0.2) -> tuple[str, ...]:
+def rare_fields(
+    states: Sequence[UIState], *, top: int = 254, min_coverage: float = 0.2, max_singletons: float = 0.8
+) -> tuple[str, ...]:
     """Panel fields (``panel.name``) whose ``top`` most frequent values cover under ``min_coverage`` of the
-    states that show the field: timestamps and ids, which a model cannot learn from. Durations (``*_s``) are
-    bucketed when written, so they stay."""
+    states that show the field, or whose values are seen once on more than ``max_singletons`` of them:
+    timestamps and ids, which a model cannot learn from. Durations (``*_s``) are bucketed when written, so
+    they stay."""
     values: dict[str, Counter[str]] = defaultdict(Counter)
     for state in states:
         for panel_id, panel in state.panels.items():
@@ -138,8 +141,10 @@ def rare_fields(states: Sequence[UIState], *, top: int = 254, min_coverage: floa
                     values[f"{panel_id}.{name}"][value] += 1
     rare = []
     for key, counts in sorted(values.items()):
+        rows = sum(counts.values())
         covered = sum(n for _, n in counts.most_common(top))
-        if covered < min_coverage * sum(counts.values()):
+        singletons = sum(1 for n in counts.values() if n == 1)
+        if covered < min_coverage * rows or singletons > max_singletons * rows:
             rare.append(key)
     return tuple(rare)
 
@@ -246,9 +251,9 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
     if state.recent_actions and cfg.history > 0:
         recent = [_history_text(a, cfg) for a in state.recent_actions[-cfg.history :]]
         lines.append("history " + " / ".join(recent))
-        if cfg.counts:
-            counted = sorted(Counter(recent).items(), key=lambda item: (-item[1], item[0]))
-            lines.append("counts " + " ; ".join(f"{text}={n}" for text, n in counted))
+        repeated = sorted(((t, n) for t, n in Counter(recent).items() if n > 1), key=lambda item: (-item[1], item[0]))
+        if cfg.counts and repeated:
+            lines.append("repeats " + " ; ".join(f"{text}={n}" for text, n in repeated))
     lines.append(f"step {state.step}")
     return "\n".join(lines)
 

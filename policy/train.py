@@ -40,7 +40,8 @@ class TrainConfig:
     # Fit the plan to the time budget (needs ``time_budget_s``): after ``probe_steps`` timed steps the schedule is
     # cut to the steps the budget affords, and when that is under ``min_epochs`` epochs the training examples are
     # subsampled so that ``min_epochs`` whole epochs fit (a model that saw a sixth of its data once is worse than
-    # one that saw a well-mixed half twice). Without it a budget only stops the run.
+    # one that saw a well-mixed half twice). Such a plan may overrun its budget by half to finish its
+    # ``min_epochs`` (a load change can make the probe's estimate short). Without it a budget only stops the run.
     fit_to_budget: bool = False
     min_epochs: float = 1.0
     probe_steps: int = 12
@@ -143,6 +144,16 @@ def _lr(step: int, total: int, cfg: TrainConfig) -> float:
     )
 
 
+def _deadline(cfg: TrainConfig, budgeted: bool, epochs_done: float) -> float:
+    """Seconds after which training stops. A plan fitted to the budget may overrun it by half until its
+    ``min_epochs`` are done (the probe's estimate can be off on a machine whose load changes): a plan that
+    stops short of one epoch is the failure it exists to prevent."""
+    assert cfg.time_budget_s is not None
+    if budgeted and epochs_done < cfg.min_epochs:
+        return 1.5 * cfg.time_budget_s
+    return cfg.time_budget_s
+
+
 def _probe_thread_counts() -> list[int]:
     """1 and the most threads torch may use (one entry when that is 1)."""
     most = max(1, torch.get_num_threads(), min(os.cpu_count() or 1, 2))
@@ -240,8 +251,9 @@ def train(
         history.threads = fastest
         if budgeted and medians:
             assert cfg.time_budget_s is not None
-            # 10% of what is left goes to the periodic validations
-            affordable = step + int(0.9 * (cfg.time_budget_s - (time.perf_counter() - started)) / medians[fastest])
+            # a fifth of what is left goes to the periodic validations and to steps slower than the probe's
+            mean_step = statistics.fmean(timings[fastest])
+            affordable = step + int(0.8 * (cfg.time_budget_s - (time.perf_counter() - started)) / mean_step)
             if affordable < total:
                 total = max(step + 1, affordable)
                 needed = math.ceil(cfg.min_epochs * steps_per_epoch)
@@ -259,7 +271,9 @@ def train(
             if step % cfg.eval_every == 0 and validate():
                 history.stopped = "early stopping"
                 stop = True
-            elif cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
+            elif cfg.time_budget_s is not None and time.perf_counter() - started > _deadline(
+                cfg, budgeted, step / steps_per_epoch
+            ):
                 history.stopped = "time budget"
                 stop = True
             elif step >= total:

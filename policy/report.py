@@ -10,7 +10,7 @@ from typing import Any
 
 from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
 from policy.combined import CombinedPolicy, load_policy
-from policy.evaluate import EvalResult, evaluate, render_table
+from policy.evaluate import BATCH_SIZE, EvalResult, evaluate, render_table
 from policy.predictor import NextActionPredictor
 from schemas.trace import Trace
 
@@ -26,17 +26,22 @@ class Report:
 
 
 def compare_with_floors(
-    predictor: NextActionPredictor, test: Sequence[Trace], train: Sequence[Trace] | None = None, name: str = "lm policy"
+    predictor: NextActionPredictor,
+    test: Sequence[Trace],
+    train: Sequence[Trace] | None = None,
+    name: str = "lm policy",
+    batch_size: int = BATCH_SIZE,
 ) -> Report:
     """Evaluate a fitted predictor on ``test`` under ``name``; with ``train``, also the two floors fitted on it and
     the split of the test steps by whether their prefix occurs in training. For a ``CombinedPolicy`` the markdown
     ends with which predictor it chose where and the held-out figures behind the choice (``choice_markdown``):
-    what the demo prints beside the floors."""
+    what the demo prints beside the floors. ``batch_size``: states per ``predict`` call (smaller keeps an LM's
+    packed scoring passes small)."""
     results: dict[str, EvalResult] = {}
     if train:
         for floor in (MostFrequentPerScreen().fit(train), SuffixNGram().fit(train)):
             results[floor.name] = evaluate(floor, test, train)
-    results[name] = evaluate(predictor, test, train)
+    results[name] = evaluate(predictor, test, train, batch_size=batch_size)
     markdown = render_table(results)
     if isinstance(predictor, CombinedPolicy):
         markdown += "\n\n## Which predictor answers where (chosen on held-out training cases)\n\n"

@@ -20,6 +20,7 @@ from policy.combined import CombinedPolicy, choose_blend, load_policy, time_spli
 from policy.evaluate import evaluate
 from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor
+from policy.report import compare_with_floors
 from policy.routing import ROOT, choose_routes, clearly_better, group_path, length_bucket
 from schemas.actions import ClickControl, action_key, validate_action
 from schemas.trace import Trace, TraceSource
@@ -196,3 +197,11 @@ def test_save_load_round_trip_with_the_lm(toy: tuple[list[Trace], list[Trace]], 
     assert LMPolicy.load(tmp_path / "policy").version_ == combined.lm_.version_
     assert len(loaded.score_actions(states[1], [test[0].steps[1].action])) == 1
     assert "combined policy" in loaded.choice_markdown().lower()
+
+
+def test_the_floor_comparison_shows_the_choice(toy: tuple[list[Trace], list[Trace]]) -> None:
+    train, test = toy
+    combined = CombinedPolicy(lm=False).fit(train)
+    report = compare_with_floors(combined, test, train, name="combined policy", batch_size=16)
+    assert {"most_frequent_per_screen", "suffix_ngram_6", "combined policy"} <= set(report.results)
+    assert "Which predictor answers where" in report.markdown and "**gbm" in report.markdown

@@ -79,4 +79,7 @@ def plan_lm(
         min_epochs=1.0,
         probe_threads=probe,
     )
-    return LMPlan(ModelConfig(), training, 4096, serial, prune)
+    # chat replies need the default vocabulary (it was tuned on the sandbox); an activity log's prompts are
+    # activity ids and attribute values, for which half of it is plenty
+    vocab = 4096 if serial.bare_clicks else 8192
+    return LMPlan(ModelConfig(), training, vocab, serial, prune)

@@ -5,13 +5,15 @@ A user's own log gets one trained policy that is never (knowingly) worse than it
 1. ``fit`` splits the traces by case start: the latest ``val_fraction`` of the cases are held out (never the
    test data: the caller's test split is not seen at all).
 2. The members train on the earlier cases: the last-action bigram and the longest-suffix n-grams (counting
-   only, seconds), the gradient-boosting model on event attributes and timing (with and without timing fields:
+   only, seconds; with several processes also one that backs off to every process's contexts, a prior for a
+   new process), the gradient-boosting model on event attributes and timing (with and without timing fields:
    clock times may not carry over to a later period), and the LM (size and budget per data size:
    ``policy.sizing``). A member that fails, or an LM that stopped before one whole epoch, is left out and said so.
 3. Every member ranks the next actions of the held-out steps; a ``blend`` (a weighted mix of the best members'
    probabilities, weights on a grid) is one more candidate.
 4. ``policy.routing`` chooses per group of states (all, process, screen, prefix length) the candidate that is
-   *clearly* better there than the parent group's choice, starting from the longest-suffix n-gram.
+   *clearly* better there than the parent group's choice, starting from the longest-suffix n-gram (the pooled
+   one when there are several processes).
 5. Each chosen candidate's confidence is calibrated on the held-out steps it answers (isotonic): the
    proposal's ``probability`` is P(right), which the critic and selective automation rely on.
 6. The cheap members are refitted on all the cases (the LM keeps the held-out cases for its early stopping).
@@ -276,6 +278,8 @@ class CombinedPolicy:
         # ``gbm_select_samples`` rows, and the chosen ones are refitted on everything (at most gbm_max_samples)
         selecting = _simple_members()
         final = _simple_members()
+        if len({t.process_id for t in fit_part}) > 1:  # other processes' screens are a prior for a new one
+            selecting["ngram_pooled"] = final["ngram_pooled"] = lambda: SuffixNGram(pooled=True)
         n_classes = len({action_key(s.action) for t in fit_part for s in t.steps})
         if self.gbm:
             if n_classes <= self.gbm_max_classes:
@@ -343,9 +347,11 @@ class CombinedPolicy:
                 "validation_accuracy": round(float(correct[BLEND].mean()), 4),
             }
 
-        # The reference n-gram answers wherever nothing is clearly better, the other floors included: with a
-        # handful of held-out steps (a new process) no choice among them would be more than noise.
-        default = "ngram" if "ngram" in correct else next(n for n in _simple_members() if n in correct)
+        # The longest-suffix n-gram answers wherever nothing is clearly better, the other floors included: with a
+        # handful of held-out steps (a new process) no choice among them would be more than noise. With several
+        # processes it is the pooled one, whose back-off to the other processes' contexts is the prior a new
+        # process has.
+        default = next(n for n in ("ngram_pooled", "ngram", *_simple_members()) if n in correct)
         paths = [group_path(s) for s in states]
         self.routing_ = choose_routes(paths, correct, default, z=self.z, min_steps=self.min_group_steps)
 

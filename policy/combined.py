@@ -68,6 +68,7 @@ LM_SETTINGS = frozenset(
 )
 """What ``lm_settings`` may fix in the LM's plan (``policy.sizing``); the rest stays as planned."""
 RANK_K = 5
+MIN_SCORED_STEPS = 1000
 
 
 class RankingPredictor(Protocol):
@@ -308,6 +309,7 @@ class CombinedPolicy:
             self.lm_ = self._fit_lm(fit_part, lm_val, started, report)
             if self.lm_ is not None:
                 members[LM] = self.lm_
+                scored_cases = self._affordable_cases(scored_cases, started, report)
 
         states = [s.state for t in scored_cases for s in t.steps]
         gold = [action_key(s.action) for t in scored_cases for s in t.steps]
@@ -407,6 +409,21 @@ class CombinedPolicy:
         self.version_ = self._version()
         return self
 
+    def _affordable_cases(self, cases: list[Trace], started: float, report: dict[str, Any]) -> list[Trace]:
+        """The held-out cases the LM can score in half of what is left of the budget (at least
+        ``MIN_SCORED_STEPS`` steps), timed on a first batch: scoring a chat state costs tens of milliseconds on a
+        loaded CPU, and 5,000 of them would overrun a short budget."""
+        if self.time_budget_s is None or self.lm_ is None or not cases:
+            return cases
+        sample = [s.state for t in cases for s in t.steps][:32]
+        tick = time.perf_counter()
+        self.lm_.rank(sample, RANK_K)
+        per_state = (time.perf_counter() - tick) / max(len(sample), 1)
+        left = self.time_budget_s - (time.perf_counter() - started)
+        affordable = max(MIN_SCORED_STEPS, int(0.5 * left / max(per_state, 1e-6)))
+        report["validation_scoring"] = {"lm_ms_per_state": round(1000 * per_state, 2), "affordable": affordable}
+        return _sample_cases(cases, affordable, self.seed)
+
     def _fit_lm(
         self, fit_part: Sequence[Trace], held_out: Sequence[Trace], started: float, report: dict[str, Any]
     ) -> LMPolicy | None:
@@ -416,7 +433,7 @@ class CombinedPolicy:
             return None
         budget = None
         if self.time_budget_s is not None:
-            # what is left, less the refits of the GBMs (if they are chosen: assume they are) and a tenth of the
+            # what is left, less the refits of the GBMs (if they are chosen: assume they are) and a fifth of the
             # budget for scoring the held-out steps and calibrating
             n_all = n_examples + sum(len(t.steps) for t in held_out)
             refits = sum(
@@ -424,7 +441,7 @@ class CombinedPolicy:
                 for name, info in report["members"].items()
                 if name.startswith("gbm")
             )
-            left = self.time_budget_s - (time.perf_counter() - started) - refits - 0.1 * self.time_budget_s
+            left = self.time_budget_s - (time.perf_counter() - started) - refits - 0.2 * self.time_budget_s
             budget = max(self.min_lm_budget_s, left)
         serial = SerialConfig.for_traces(fit_part)
         plan = plan_lm(n_examples, serial, budget, seed=self.seed, threads=self.lm_threads)

@@ -17,11 +17,13 @@ from sklearn.isotonic import IsotonicRegression
 
 MIN_STEPS = 30
 """Below this many held-out steps, no curve: the map is their accuracy, flat."""
+TIE_BREAK = 1e-3
 
 
 @dataclass
 class IsotonicCalibrator:
-    """``calibrate(raw)`` = interpolated P(right | raw confidence); non-decreasing, within [0, 1].
+    """``calibrate(raw)`` = interpolated P(right | raw confidence); increasing with the raw confidence (see
+    ``TIE_BREAK``), within [0, 1].
 
     Learned: ``x_`` and ``y_`` (the breakpoints), ``steps_`` (how many held-out steps it was fitted on)."""
 
@@ -50,9 +52,10 @@ class IsotonicCalibrator:
         raw = np.clip(np.asarray(confidence, dtype=float), 0.0, 1.0)
         if not self.x_:
             return raw
-        if len(self.x_) == 1:
-            return np.full_like(raw, self.y_[0])
-        return np.interp(raw, self.x_, self.y_)
+        mapped = np.full_like(raw, self.y_[0]) if len(self.x_) == 1 else np.interp(raw, self.x_, self.y_)
+        # An isotonic fit is flat between its breakpoints: a sliver of the raw confidence keeps the order of
+        # the steps it flattens (selective automation ranks by confidence), at most TIE_BREAK off calibration.
+        return (1.0 - TIE_BREAK) * mapped + TIE_BREAK * raw
 
     def to_dict(self) -> dict[str, Any]:
         return {"min_steps": self.min_steps, "x": self.x_, "y": self.y_, "steps": self.steps_}

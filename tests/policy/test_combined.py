@@ -114,14 +114,14 @@ def test_isotonic_calibration_maps_confidence_to_accuracy() -> None:
     calibrated = calibrator(raw)
     assert expected_calibration_error(list(calibrated), list(right)) < 0.03
     assert expected_calibration_error(list(raw), list(right)) > 0.1
-    assert np.all(np.diff(calibrator(np.linspace(0, 1, 50))) >= 0)
+    assert np.all(np.diff(calibrator(np.linspace(0, 1, 50))) > 0)  # ties broken by the raw confidence
     again = IsotonicCalibrator.from_dict(json.loads(json.dumps(calibrator.to_dict())))
     assert np.array_equal(again(raw), calibrated)
 
 
 def test_calibration_with_few_steps_is_their_accuracy() -> None:
     calibrator = IsotonicCalibrator().fit([0.9, 0.8, 0.95], [True, False, False])
-    assert calibrator(0.99) == pytest.approx(1 / 3)
+    assert calibrator(0.99) == pytest.approx(1 / 3, abs=1e-3)
 
 
 # ---- the combined policy -----------------------------------------------------------------------------------

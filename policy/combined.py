@@ -2,8 +2,8 @@
 
 A user's own log gets one trained policy that is never (knowingly) worse than its simple competitors:
 
-1. ``fit`` splits the traces by case start: the latest ``val_fraction`` of the cases are held out (never the
-   test data: the caller's test split is not seen at all).
+1. ``fit`` splits the traces by case start: the latest ``val_fraction`` of each process's cases are held out
+   (never the test data: the caller's test split is not seen at all).
 2. The members train on the earlier cases: the last-action bigram and the longest-suffix n-grams (counting
    only, seconds; with several processes also one that backs off to every process's contexts, a prior for a
    new process), the gradient-boosting model on event attributes and timing (with and without timing fields:
@@ -12,8 +12,7 @@ A user's own log gets one trained policy that is never (knowingly) worse than it
 3. Every member ranks the next actions of the held-out steps; a ``blend`` (a weighted mix of the best members'
    probabilities, weights on a grid) is one more candidate.
 4. ``policy.routing`` chooses per group of states (all, process, screen, prefix length) the candidate that is
-   *clearly* better there than the parent group's choice, starting from the longest-suffix n-gram (the pooled
-   one when there are several processes).
+   *clearly* better there than the parent group's choice, starting from the longest-suffix n-gram.
 5. Each chosen candidate's confidence is calibrated on the held-out steps it answers (isotonic): the
    proposal's ``probability`` is P(right), which the critic and selective automation rely on.
 6. The cheap members are refitted on all the cases (the LM keeps the held-out cases for its early stopping).
@@ -114,12 +113,20 @@ def _start(trace: Trace) -> str:
 
 def time_split(traces: Sequence[Trace], val_fraction: float) -> tuple[list[Trace], list[Trace]]:
     """(earlier cases, the latest ``val_fraction`` of the cases) by case start (file order on ties or when the
-    traces carry no times); at least one case on each side when there are two or more."""
-    ordered = [t for _, t in sorted(enumerate(traces), key=lambda item: (_start(item[1]), item[0]))]
-    if len(ordered) < 2:
-        return ordered, []
-    n_val = min(len(ordered) - 1, max(1, round(val_fraction * len(ordered))))
-    return ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
+    traces carry no times), per process: a process that is new has all of its few cases at the end, and a
+    global cut would hold every one of them out of the members' training. At least one case on each side for
+    a process with two or more."""
+    by_process: dict[str, list[tuple[int, Trace]]] = {}
+    for i, trace in enumerate(traces):
+        by_process.setdefault(trace.process_id, []).append((i, trace))
+    early: list[tuple[int, Trace]] = []
+    late: list[tuple[int, Trace]] = []
+    for cases in by_process.values():
+        ordered = sorted(cases, key=lambda item: (_start(item[1]), item[0]))
+        n_val = 0 if len(ordered) < 2 else min(len(ordered) - 1, max(1, round(val_fraction * len(ordered))))
+        early += ordered[: len(ordered) - n_val]
+        late += ordered[len(ordered) - n_val :]
+    return [t for _, t in sorted(early, key=lambda x: x[0])], [t for _, t in sorted(late, key=lambda x: x[0])]
 
 
 def _refit_seconds(fit_s: float, n_fit: int, n_all: int, name: str, policy: CombinedPolicy) -> float:
@@ -350,10 +357,10 @@ class CombinedPolicy:
             }
 
         # The longest-suffix n-gram answers wherever nothing is clearly better, the other floors included: with a
-        # handful of held-out steps (a new process) no choice among them would be more than noise. With several
-        # processes it is the pooled one, whose back-off to the other processes' contexts is the prior a new
-        # process has.
-        default = next(n for n in ("ngram_pooled", "ngram", *_simple_members()) if n in correct)
+        # handful of held-out steps (a new process) no choice among them would be more than noise. (Not the
+        # pooled one: on a new sandbox process its back-off to the other processes' contexts cost 0.2-2.4
+        # points against the process's own shorter contexts, bench/results/policy_new_process.md.)
+        default = next(n for n in ("ngram", *_simple_members()) if n in correct)
         paths = [group_path(s) for s in states]
         self.routing_ = choose_routes(paths, correct, default, z=self.z, min_steps=self.min_group_steps)
 

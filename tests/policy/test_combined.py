@@ -132,6 +132,10 @@ def test_time_split_holds_out_the_latest_cases(toy: tuple[list[Trace], list[Trac
     early, late = time_split(list(reversed(train)), 0.2)
     assert len(late) == 60 and len(early) == 240
     assert max(t.attributes["case_start"] for t in early) < min(t.attributes["case_start"] for t in late)
+    # per process: a new process's few (latest) cases are not all held out
+    newcomers = [t.model_copy(update={"process_id": "new"}) for t in train[-5:]]
+    early, late = time_split(train[:-5] + newcomers, 0.2)
+    assert sum(t.process_id == "new" for t in early) == 4 and sum(t.process_id == "new" for t in late) == 1
 
 
 def test_never_worse_than_its_best_member_where_one_is_clearly_better(

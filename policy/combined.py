@@ -154,6 +154,11 @@ def _sample_cases(traces: Sequence[Trace], max_steps: int, seed: int) -> list[Tr
     return [traces[i] for i in sorted(kept)]
 
 
+def _hits(rankings: Sequence[Ranked], gold: Sequence[str]) -> np.ndarray:
+    """Per step, whether the first ranked action is the gold one (action keys)."""
+    return np.array([bool(r) and action_key(r[0][0]) == g for r, g in zip(rankings, gold, strict=True)], dtype=bool)
+
+
 def _valid(state: UIState, ranked: Ranked) -> Ranked:
     out = []
     for action, p in ranked:
@@ -281,32 +286,7 @@ class CombinedPolicy:
             "members": {},
             "left_out": {},
         }
-        members: dict[str, RankingPredictor] = {}
-        # choosing between the GBM variants needs less data than the final model: they are compared on at most
-        # ``gbm_select_samples`` rows, and the chosen ones are refitted on everything (at most gbm_max_samples)
-        selecting = _simple_members()
-        final = _simple_members()
-        if len({t.process_id for t in fit_part}) > 1:  # other processes' screens are a prior for a new one
-            selecting["ngram_pooled"] = final["ngram_pooled"] = lambda: SuffixNGram(pooled=True)
-        n_classes = len({action_key(s.action) for t in fit_part for s in t.steps})
-        if self.gbm:
-            if n_classes <= self.gbm_max_classes:
-                selecting |= _gbm_members(_capped(self.gbm_max_samples, self.gbm_select_samples))
-                final |= _gbm_members(self.gbm_max_samples)
-            else:
-                report["left_out"]["gbm"] = f"{n_classes} distinct actions > gbm_max_classes {self.gbm_max_classes}"
-        for name, make in selecting.items():
-            tick = time.perf_counter()
-            try:
-                members[name] = make().fit(fit_part)
-            except (ValueError, RuntimeError) as exc:  # e.g. too few steps of each action for boosting
-                report["left_out"][name] = f"fit failed: {exc}"
-                continue
-            report["members"][name] = {"fit_s": round(time.perf_counter() - tick, 2)}
-        if not members:
-            raise ValueError(f"no member could be fitted: {report['left_out']}")
-
-        n_fit = sum(len(t.steps) for t in fit_part)
+        members, final = self._fit_members(fit_part, report)
         scored_cases = _sample_cases(held_out, self.max_val_steps, self.seed)
         self.lm_ = None
         if self.lm:
@@ -325,36 +305,12 @@ class CombinedPolicy:
             tick = time.perf_counter()
             rankings[name] = [_valid(st, r) for st, r in zip(states, member.rank(states, RANK_K), strict=True)]
             report["members"][name]["validation_rank_s"] = round(time.perf_counter() - tick, 2)
-        correct = {
-            name: np.array([bool(r) and action_key(r[0][0]) == g for r, g in zip(ranked, gold, strict=True)])
-            for name, ranked in rankings.items()
-        }
+        correct = {name: _hits(ranked, gold) for name, ranked in rankings.items()}
         for name, hits in correct.items():
             report["members"][name]["validation_accuracy"] = round(float(hits.mean()), 4) if len(hits) else None
-
         self.blend_ = None
         if self.blend and len(members) >= 2 and states:
-            best = sorted(members, key=lambda n: -float(correct[n].mean()))[:3]
-            weights, _ = choose_blend(rankings, gold, best)
-            # The blend's held-out figures are cross-fitted: each half of the held-out cases is mixed with the
-            # weights chosen on the other half, so the blend competes with the members on equal terms (weights
-            # chosen and scored on the same steps would flatter it).
-            fold = np.array([i % 2 for i, t in enumerate(scored_cases) for _ in t.steps])
-            rankings[BLEND] = [[] for _ in states]
-            for half in (0, 1):
-                train_rows = np.flatnonzero(fold != half)
-                sub = {n: [rankings[n][i] for i in train_rows] for n in best}
-                half_weights, _ = choose_blend(sub, [gold[i] for i in train_rows], best)
-                for i in np.flatnonzero(fold == half):
-                    rankings[BLEND][i] = _blend([rankings[n][i] for n in best], half_weights, RANK_K)
-            correct[BLEND] = np.array(
-                [bool(r) and action_key(r[0][0]) == g for r, g in zip(rankings[BLEND], gold, strict=True)]
-            )
-            self.blend_ = {
-                "members": best,
-                "weights": list(weights),
-                "validation_accuracy": round(float(correct[BLEND].mean()), 4),
-            }
+            self._fit_blend(list(members), scored_cases, gold, rankings, correct)
 
         # The longest-suffix n-gram answers wherever nothing is clearly better, the other floors included: with a
         # handful of held-out steps (a new process) no choice among them would be more than noise. (Not the
@@ -363,41 +319,127 @@ class CombinedPolicy:
         default = next(n for n in ("ngram", *_simple_members()) if n in correct)
         paths = [group_path(s) for s in states]
         self.routing_ = choose_routes(paths, correct, default, z=self.z, min_steps=self.min_group_steps)
-
-        # calibration of each used route on the held-out steps it answers (all of its steps when it answers few)
         routes = [self.routing_.route(p) for p in paths]
-        self.calibrators_ = {}
-        calibration: dict[str, Any] = {}
-        for route in sorted(self.routing_.routes_used()):
-            rows = [i for i, r in enumerate(routes) if r == route]
-            if len(rows) < 100:
-                rows = list(range(len(states)))
-            raw = [rankings[route][i][0][1] if rankings[route][i] else 0.0 for i in rows]
-            right = [bool(correct[route][i]) for i in rows]
-            calibrator = IsotonicCalibrator().fit(raw, right)
-            self.calibrators_[route] = calibrator
-            calibration[route] = {
-                "steps": len(rows),
-                "ece_raw": round(expected_calibration_error(raw, right), 4),
-                "ece_calibrated": round(expected_calibration_error(list(calibrator(raw)), right), 4),
-            }
         combined_hits = np.array([correct[r][i] for i, r in enumerate(routes)], dtype=bool)
         report["validation"] = {
             "steps": len(states),
             "combined_accuracy": round(float(combined_hits.mean()), 4) if len(states) else None,
             "default": default,
-            "calibration": calibration,
+            "calibration": self._calibrate(routes, rankings, correct),
             "route_share": {r: round(routes.count(r) / len(routes), 4) for r in sorted(set(routes))} if routes else {},
         }
+        self.members_ = self._refit(members, final, traces, held_out, started, report)
+        if self.lm_ is not None and LM not in self._used():
+            report["members"][LM]["kept"] = "saved for the critic and the preference updates, not routed to"
+        report["fit_s"] = round(time.perf_counter() - started, 2)
+        self.report_ = report
+        self.version_ = self._version()
+        return self
 
-        # the cheap members see every case for the final model; the LM keeps its held-out early stopping
-        used = {self.routing_.default, *self.routing_.choices.values()}
+    def _fit_members(
+        self, fit_part: Sequence[Trace], report: dict[str, Any]
+    ) -> tuple[dict[str, RankingPredictor], dict[str, Callable[[], RankingPredictor]]]:
+        """The counting and GBM members fitted on the earlier cases, and how to make each for the final refit.
+        The GBM variants are compared on at most ``gbm_select_samples`` rows: choosing between them needs less
+        data than the final model."""
+        selecting = _simple_members()
+        final = _simple_members()
+        if len({t.process_id for t in fit_part}) > 1:  # other processes' contexts: a prior for a new one
+            selecting["ngram_pooled"] = final["ngram_pooled"] = lambda: SuffixNGram(pooled=True)
+        n_classes = len({action_key(s.action) for t in fit_part for s in t.steps})
+        if self.gbm:
+            if n_classes <= self.gbm_max_classes:
+                selecting |= _gbm_members(_capped(self.gbm_max_samples, self.gbm_select_samples))
+                final |= _gbm_members(self.gbm_max_samples)
+            else:
+                report["left_out"]["gbm"] = f"{n_classes} distinct actions > gbm_max_classes {self.gbm_max_classes}"
+        members: dict[str, RankingPredictor] = {}
+        for name, make in selecting.items():
+            tick = time.perf_counter()
+            try:
+                members[name] = make().fit(fit_part)
+            except (ValueError, RuntimeError) as exc:  # e.g. too few steps of each action for boosting
+                report["left_out"][name] = f"fit failed: {exc}"
+                continue
+            report["members"][name] = {"fit_s": round(time.perf_counter() - tick, 2)}
+        if not members:
+            raise ValueError(f"no member could be fitted: {report['left_out']}")
+        return members, final
+
+    def _fit_blend(
+        self,
+        names: Sequence[str],
+        scored_cases: Sequence[Trace],
+        gold: Sequence[str],
+        rankings: dict[str, list[Ranked]],
+        correct: dict[str, np.ndarray],
+    ) -> None:
+        """The blend of the three best members (weights on all held-out steps) and its cross-fitted held-out
+        rankings and hits: each half of the held-out cases is mixed with the weights chosen on the other half,
+        so the blend competes with the members on equal terms (weights chosen and scored on the same steps
+        would flatter it)."""
+        best = sorted(names, key=lambda n: -float(correct[n].mean()))[:3]
+        weights, _ = choose_blend(rankings, gold, best)
+        fold = np.array([i % 2 for i, t in enumerate(scored_cases) for _ in t.steps])
+        blended: list[Ranked] = [[] for _ in gold]
+        for half in (0, 1):
+            rows = [int(i) for i in np.flatnonzero(fold != half)]
+            sub = {n: [rankings[n][i] for i in rows] for n in best}
+            half_weights, _ = choose_blend(sub, [gold[i] for i in rows], best)
+            for i in np.flatnonzero(fold == half):
+                blended[i] = _blend([rankings[n][i] for n in best], half_weights, RANK_K)
+        rankings[BLEND] = blended
+        correct[BLEND] = _hits(blended, gold)
+        accuracy = round(float(correct[BLEND].mean()), 4)
+        self.blend_ = {"members": best, "weights": list(weights), "validation_accuracy": accuracy}
+
+    def _calibrate(
+        self, routes: Sequence[str], rankings: dict[str, list[Ranked]], correct: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """An isotonic calibrator per used route, on the held-out steps it answers (all of its held-out steps
+        when it answers fewer than 100); returns the calibration errors before and after."""
+        assert self.routing_ is not None
+        self.calibrators_ = {}
+        figures: dict[str, Any] = {}
+        for route in sorted(self.routing_.routes_used()):
+            rows = [i for i, r in enumerate(routes) if r == route]
+            if len(rows) < 100:
+                rows = list(range(len(routes)))
+            raw = [rankings[route][i][0][1] if rankings[route][i] else 0.0 for i in rows]
+            right = [bool(correct[route][i]) for i in rows]
+            calibrator = IsotonicCalibrator().fit(raw, right)
+            self.calibrators_[route] = calibrator
+            figures[route] = {
+                "steps": len(rows),
+                "ece_raw": round(expected_calibration_error(raw, right), 4),
+                "ece_calibrated": round(expected_calibration_error(list(calibrator(raw)), right), 4),
+            }
+        return figures
+
+    def _used(self) -> set[str]:
+        """The members the routing sends states to (a blend's members included)."""
+        assert self.routing_ is not None
+        used = self.routing_.routes_used()
         if self.blend_ is not None and BLEND in used:
             used |= set(self.blend_["members"])
-        self.members_ = {}
+        return used
+
+    def _refit(
+        self,
+        members: dict[str, RankingPredictor],
+        final: dict[str, Callable[[], RankingPredictor]],
+        traces: Sequence[Trace],
+        held_out: Sequence[Trace],
+        started: float,
+        report: dict[str, Any],
+    ) -> dict[str, RankingPredictor]:
+        """The used members other than the LM, refitted on every case when the budget affords it (the LM keeps
+        its held-out early stopping)."""
         n_all = sum(len(t.steps) for t in traces)
+        n_fit = n_all - sum(len(t.steps) for t in held_out)
+        kept: dict[str, RankingPredictor] = {}
         for name, member in members.items():
-            if name == LM or name not in used:
+            if name == LM or name not in self._used():
                 continue
             if self.refit and held_out:
                 expected = _refit_seconds(report["members"][name]["fit_s"], n_fit, n_all, name, self)
@@ -408,13 +450,8 @@ class CombinedPolicy:
                     report["members"][name]["refit_s"] = round(time.perf_counter() - tick, 2)
                 else:
                     report["members"][name]["refit_s"] = f"skipped: ~{expected:.0f} s expected, {left:.0f} s left"
-            self.members_[name] = member
-        if self.lm_ is not None and LM not in used:
-            report["members"][LM]["kept"] = "saved for the critic and the preference updates, not routed to"
-        report["fit_s"] = round(time.perf_counter() - started, 2)
-        self.report_ = report
-        self.version_ = self._version()
-        return self
+            kept[name] = member
+        return kept
 
     def _affordable_cases(self, cases: list[Trace], started: float, report: dict[str, Any]) -> list[Trace]:
         """The held-out cases the LM can score in half of what is left of the budget (at least

@@ -222,3 +222,80 @@ def preference_update(
     policy.version_ = f"lm-{digest.hexdigest()}"
     history.seconds = time.perf_counter() - started
     return history
+
+
+@dataclass
+class GateReport:
+    """Why a preference update was kept or undone: held-out pairs won (chosen scored above rejected) and the
+    per-action-type accuracy on held-out traces, before and after."""
+
+    accepted: bool
+    reason: str
+    pairs_won_before: float
+    pairs_won_after: float
+    accuracy_before: dict[str, float]
+    accuracy_after: dict[str, float]
+    history: PreferenceHistory
+
+
+def _pairs_won(policy: LMPolicy, pairs: Sequence[PreferencePair]) -> float:
+    model = policy.model_
+    assert model is not None
+    pad_id = _pad_id(policy)
+    chosen = _logprobs(model, [_example(policy, p.state, p.chosen) for p in pairs], pad_id)
+    rejected = _logprobs(model, [_example(policy, p.state, p.rejected) for p in pairs], pad_id)
+    return float((chosen > rejected).float().mean()) if len(pairs) else 0.0
+
+
+def _type_accuracy(policy: LMPolicy, traces: Sequence[Trace], min_steps: int) -> dict[str, float]:
+    steps = [step for trace in traces for step in trace.steps]
+    predictions = policy.predict([s.state for s in steps])
+    hits: dict[str, list[bool]] = {}
+    for step, prediction in zip(steps, predictions, strict=True):
+        hits.setdefault(step.action.type.value, []).append(action_key(prediction.action) == action_key(step.action))
+    return {t: sum(h) / len(h) for t, h in sorted(hits.items()) if len(h) >= min_steps}
+
+
+def gated_preference_update(
+    policy: LMPolicy,
+    pairs: Sequence[PreferencePair],
+    traces: Sequence[Trace],
+    validation_traces: Sequence[Trace],
+    config: PreferenceConfig | None = None,
+    *,
+    holdout: float = 0.25,
+    max_drop: float = 0.01,
+    min_steps: int = 30,
+) -> GateReport:
+    """``preference_update`` on all but the last ``holdout`` share of the pairs, kept only if it wins more of
+    the held-out pairs and no action type (with ``min_steps`` held-out steps) loses more than ``max_drop`` of
+    its accuracy on ``validation_traces`` (cases the corrections were not taken from, or at least not trained
+    on); otherwise the policy is restored exactly (weights, template bank, version)."""
+    if policy.model_ is None or policy.bank_ is None:
+        raise ValueError("gated_preference_update needs a fitted LMPolicy")
+    n_hold = max(1, int(len(pairs) * holdout)) if len(pairs) > 1 else 0
+    train_pairs, held_pairs = list(pairs[: len(pairs) - n_hold]), list(pairs[len(pairs) - n_hold :])
+    weights = {k: v.detach().clone() for k, v in policy.model_.state_dict().items()}
+    bank = copy.deepcopy(policy.bank_)
+    version = policy.version_
+    won_before = _pairs_won(policy, held_pairs)
+    accuracy_before = _type_accuracy(policy, validation_traces, min_steps)
+    history = preference_update(policy, train_pairs or list(pairs), traces, config)
+    won_after = _pairs_won(policy, held_pairs)
+    accuracy_after = _type_accuracy(policy, validation_traces, min_steps)
+    worse = {
+        t: accuracy_after.get(t, 0.0) - a
+        for t, a in accuracy_before.items()
+        if accuracy_after.get(t, 0.0) < a - max_drop
+    }
+    if worse:
+        reason = "undone: " + ", ".join(f"{t} {100 * d:+.1f} pt" for t, d in worse.items())
+    elif held_pairs and won_after <= won_before:
+        reason = f"undone: held-out pairs won {won_before:.3f} -> {won_after:.3f}"
+    else:
+        reason = "kept"
+    if reason != "kept":
+        policy.model_.load_state_dict(weights)
+        policy.bank_ = bank
+        policy.version_ = version
+    return GateReport(reason == "kept", reason, won_before, won_after, accuracy_before, accuracy_after, history)

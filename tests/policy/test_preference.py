@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from policy.model import ModelConfig
 from policy.policy import LMPolicy
 from policy.preference import (
     PreferenceConfig,
     PreferencePair,
+    gated_preference_update,
     preference_margin,
     preference_pairs,
     preference_update,
@@ -99,3 +101,25 @@ def test_only_model_error_corrections_are_pairs(traces: list[Trace]) -> None:
     ]
     pairs = preference_pairs(records)
     assert [(p.chosen, p.rejected) for p in pairs] == [(other, proposal.action)]
+
+
+def test_the_gate_keeps_an_update_that_wins_held_out_pairs_and_undoes_one_that_hurts(traces: list[Trace]) -> None:
+    train, corrections = traces[:20], traces[20:]
+    policy = LMPolicy(model=TINY, training=QUICK, vocab_size=600, progress=False).fit(train)
+    pairs = _pairs(policy, corrections)
+    config = PreferenceConfig(epochs=4, learning_rate=1e-3, threads=1)
+    assert policy.model_ is not None
+    weights = {k: v.clone() for k, v in policy.model_.state_dict().items()}
+    version = policy.version_
+    # any drop at all undoes it (max_drop below zero): weights, bank and version come back exactly
+    undone = gated_preference_update(policy, pairs, train, corrections, config, max_drop=-1.0, min_steps=1)
+    assert not undone.accepted and undone.reason.startswith("undone")
+    assert policy.version_ == version
+    assert all(torch.equal(v, weights[k]) for k, v in policy.model_.state_dict().items())
+    # held-out pairs that repeat trained ones are won more often after the update: kept
+    repeated = pairs + pairs[: len(pairs) // 3]
+    kept = gated_preference_update(
+        policy, repeated, train, corrections, config, holdout=(len(pairs) // 3) / len(repeated), max_drop=1.0
+    )
+    assert kept.accepted, kept.reason
+    assert kept.pairs_won_after > kept.pairs_won_before and policy.version_ != version

@@ -16,6 +16,10 @@ Protocol (sandbox, one stream of cases, case index = time; nothing of the future
 Targets (issue 15): acceptance up by >= 3 points, no action type's acceptance down by more than 1 point.
 
     .venv/bin/python -m bench.policy_preference [--train-sessions 600] [--correction-sessions 300] [--fresh-sessions 200]
+        [--gate] [--name policy_preference]
+
+``--gate`` uses ``policy.preference.gated_preference_update``: a quarter of the pairs held out, the update kept
+only if it wins more of them and no action type loses more than a point on the correction cases' own traces.
 
 Writes ``bench/results/policy_preference.{json,md}``.
 """
@@ -35,7 +39,7 @@ from bench.common import ROOT, environment, peak_rss_kib, write_results
 from critic.feedback import CopilotFeedback, collect_copilot_feedback
 from policy.evaluate import EvalResult, evaluate
 from policy.policy import LMPolicy
-from policy.preference import PreferenceConfig, preference_pairs, preference_update
+from policy.preference import PreferenceConfig, gated_preference_update, preference_pairs, preference_update
 from policy.train import TrainConfig
 from sandbox.generate import generate, read_traces
 from sandbox.scenario import scenario_by_name
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--gate", action="store_true", help="keep the update only if held-out checks pass")
+    parser.add_argument("--name", default=NAME, help="results file name (bench/results/NAME.{json,md})")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -111,7 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     config = PreferenceConfig(
         beta=args.beta, sft_weight=args.sft_weight, epochs=args.epochs, learning_rate=args.learning_rate, seed=seed
     )
-    update = preference_update(updated, pairs, train, config)
+    gate: dict[str, Any] | None = None
+    if args.gate:
+        # the gate's held-out traces: the correction cases as the operators alone would have run them
+        correction_traces = _traces(args.correction_sessions, seed, args.train_sessions)
+        report = gated_preference_update(updated, pairs, train, correction_traces, config)
+        update = report.history
+        gate = {k: v for k, v in asdict(report).items() if k != "history"}
+    else:
+        update = preference_update(updated, pairs, train, config)
 
     results: dict[str, dict[str, Any]] = {}
     for label, policy in (("trace_only", base), ("preference_updated", updated)):
@@ -155,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_error_pairs": len(pairs),
         },
         "update": {k: v for k, v in asdict(update).items() if k != "losses"} | {"config": asdict(config)},
+        "gate": gate,
         "results": results,
         "acceptance_gain": acceptance_gain,
         "acceptance_gain_per_action_type": deltas,
@@ -196,9 +211,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {t} | {rows} | {'–' if b is None else f'{b:.4f}'} | {'–' if a is None else f'{a:.4f}'} | "
             f"{100 * deltas[t]:+.1f} pt |"
         )
+    if gate is not None:
+        lines += ["", f"Gate: {gate['reason']} (held-out pairs won {gate['pairs_won_before']:.3f} -> "
+                  f"{gate['pairs_won_after']:.3f}; per-type accuracy on the correction cases' traces "
+                  f"{gate['accuracy_before']} -> {gate['accuracy_after']})."]  # fmt: skip
     lines += ["", f"Targets: {result['targets']}. Whole run {result['seconds_total'] / 60:.1f} min."]
     markdown = "\n".join(lines) + "\n"
-    write_results(NAME, result, markdown)
+    write_results(args.name, result, markdown)
     print(markdown)
     return 0
 

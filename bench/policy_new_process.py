@@ -29,11 +29,12 @@ from typing import Any
 import torch
 
 from bench.common import ROOT, environment, peak_rss_kib, write_results
+from importers.jsonl import read_traces
 from policy.baselines.floors import SuffixNGram
 from policy.combined import CombinedPolicy
 from policy.evaluate import evaluate
 from policy.predictor import NextActionPredictor
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.trace import Trace
 

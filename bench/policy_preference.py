@@ -5,7 +5,7 @@ Protocol (sandbox, one stream of cases, case index = time; nothing of the future
 1. the LM policy trains on sessions ``0 .. --train-sessions - 1`` (default configuration, one thread, a time
    budget);
 2. copilot phase: the trace-only policy proposes on the next ``--correction-sessions`` cases, the simulated
-   operators review (``critic.feedback.collect_copilot_feedback``); the rejections with reason
+   operators review (``sandbox.feedback_collection.collect_copilot_feedback``); the rejections with reason
    ``model_error`` and an operator action become preference pairs (``policy.preference.preference_pairs``);
 3. ``policy.preference.preference_update`` (DPO with the trace-only LM as the reference model and its
    training traces as the anchor) gives the updated policy;
@@ -36,12 +36,14 @@ from typing import Any
 import torch
 
 from bench.common import ROOT, environment, peak_rss_kib, write_results
-from critic.feedback import CopilotFeedback, collect_copilot_feedback
+from critic.feedback import CopilotFeedback
+from importers.jsonl import read_traces
 from policy.evaluate import EvalResult, evaluate
 from policy.policy import LMPolicy
 from policy.preference import PreferenceConfig, gated_preference_update, preference_pairs, preference_update
 from policy.train import TrainConfig
-from sandbox.generate import generate, read_traces
+from sandbox.feedback_collection import collect_copilot_feedback
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.trace import Trace
 

@@ -18,7 +18,7 @@ A user's own log gets one trained policy that is never (knowingly) worse than it
 6. The cheap members are refitted on all the cases (the LM keeps the held-out cases for its early stopping).
 
 The choice and its held-out figures are saved with the model and shown by ``autopilot policy evaluate``
-(``choice_markdown``). ``propose_batch`` / ``propose`` / ``predict`` / ``score_actions`` / ``version_`` are those
+(``choice_markdown``). ``propose_batch`` / ``propose`` / ``predict`` / ``rank`` / ``version_`` are those
 of ``LMPolicy``, so the runtime and the critic take either; ``load_policy`` loads whichever a directory holds.
 The LM is saved at the top of the directory, so ``LMPolicy.load`` on it still gives the LM alone.
 """
@@ -662,12 +662,6 @@ class CombinedPolicy:
 
     def propose(self, state: UIState, k: int = 5) -> Proposal | None:
         return self.propose_batch([state], k)[0]
-
-    def score_actions(self, state: UIState, actions: Sequence[Action]) -> list[float]:
-        """The LM's sequence log-probabilities of given actions (an operator's correction), for the critic."""
-        if self.lm_ is None:
-            raise RuntimeError("this CombinedPolicy has no LM member to score actions with")
-        return self.lm_.score_actions(state, actions)
 
     # ---- reporting -----------------------------------------------------------------------------------------
 

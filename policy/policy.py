@@ -304,7 +304,7 @@ class LMPolicy:
     def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
         """Per state the ``k`` best candidate actions with their probabilities (softmax over the candidates),
         best first; empty for a state without a valid candidate."""
-        _, _, bank = self._require()
+        _, bank = self._require_serving()
         out: list[list[tuple[Action, float]]] = []
         for i in range(0, len(states), 64):
             chunk = states[i : i + 64]

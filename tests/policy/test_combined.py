@@ -199,7 +199,6 @@ def test_save_load_round_trip_with_the_lm(toy: tuple[list[Trace], list[Trace]], 
     assert [p.features if p else None for p in first] == [p.features if p else None for p in again]
     # the LM alone still loads from the same directory (the critic fine-tunes it)
     assert LMPolicy.load(tmp_path / "policy").version_ == combined.lm_.version_
-    assert len(loaded.score_actions(states[1], [test[0].steps[1].action])) == 1
     assert "combined policy" in loaded.choice_markdown().lower()
 
 

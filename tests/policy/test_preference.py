@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from importers.jsonl import read_traces
 from policy.model import ModelConfig
 from policy.policy import LMPolicy
 from policy.preference import (
@@ -19,7 +20,7 @@ from policy.preference import (
     preference_update,
 )
 from policy.train import TrainConfig
-from sandbox.generate import generate, read_traces
+from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.actions import action_key
 from schemas.decision import RejectReason

@@ -301,6 +301,17 @@ class LMPolicy:
     def propose(self, state: UIState, k: int = 5) -> Proposal | None:
         return self.propose_batch([state], k)[0]
 
+    def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
+        """Per state the ``k`` best candidate actions with their probabilities (softmax over the candidates),
+        best first; empty for a state without a valid candidate."""
+        _, bank = self._require_serving()
+        out: list[list[tuple[Action, float]]] = []
+        for i in range(0, len(states), 64):
+            chunk = states[i : i + 64]
+            for scored in self._score(chunk, [enumerate_candidates(s, bank) for s in chunk]):
+                out.append([(action, p) for action, _, p in self._ranked(scored)[:k]])
+        return out
+
     def predict(self, states: Sequence[UIState]) -> list[Prediction]:
         out: list[Prediction] = []
         for i in range(0, len(states), 64):

@@ -265,21 +265,34 @@ def train(
                 bar.total = total
 
     stop = False
+
+    def replan() -> None:
+        """Fit the schedule to the budget again from the pace so far (validations included): the probe's few
+        steps can misjudge a machine whose load changes, in either direction."""
+        nonlocal total
+        assert cfg.time_budget_s is not None
+        elapsed = time.perf_counter() - started
+        affordable = step + int(0.9 * (cfg.time_budget_s - elapsed) / (elapsed / step))
+        total = max(step + 1, min(cfg.epochs * steps_per_epoch, affordable))
+        history.planned_steps = bar.total = total
+
     while not stop and step < total:
         for batch_examples in _batches(examples, cfg.batch_size, rng):
             optimise(batch_examples)
-            if step % cfg.eval_every == 0 and validate():
-                history.stopped = "early stopping"
-                stop = True
-            elif cfg.time_budget_s is not None and time.perf_counter() - started > _deadline(
+            if step % cfg.eval_every == 0:
+                if validate():
+                    history.stopped = "early stopping"
+                    break
+                if budgeted:
+                    replan()
+            if cfg.time_budget_s is not None and time.perf_counter() - started > _deadline(
                 cfg, budgeted, step / steps_per_epoch
             ):
                 history.stopped = "time budget"
-                stop = True
-            elif step >= total:
                 break
-            if stop:
+            if step >= total:
                 break
+        stop = history.stopped in ("early stopping", "time budget")
     if not stop or history.stopped == "time budget":
         validate()
     bar.close()

@@ -212,7 +212,7 @@ def _critic_stage(
     from critic.retrain import RetrainConfig, retrain
     from critic.store import FeedbackStore
     from critic.thresholds import ThresholdConfig
-    from policy.policy import LMPolicy
+    from policy.combined import load_policy
     from sandbox.feedback_collection import collect_copilot_feedback
     from sandbox.scenario import scenario_by_name
 
@@ -221,7 +221,7 @@ def _critic_stage(
         f"accept or correct), then train, calibrate and threshold the critic (alpha {alpha:g})"
     )
     torch.set_num_threads(1)
-    policy = LMPolicy.load(out / "policy")
+    policy = load_policy(out / "policy")
     feedback = collect_copilot_feedback(
         policy, sessions, seed, scenario_by_name(scenario_name), start_index=start_index, concurrency=SMALL_BATCH
     )
@@ -272,7 +272,7 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
 
     from critic.feedback import read_feedback
     from lab.report import plot_reports
-    from policy.policy import LMPolicy
+    from policy.combined import load_policy
 
     print(
         f"\n[5/6] autopilot: promote the slices whose threshold holds, then {sessions} new cases (indices "
@@ -280,7 +280,7 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
         "Kafka broker, SQLite store, simulated operators), against an all-manual run of the same cases"
     )
     torch.set_num_threads(1)
-    policy = LMPolicy.load(out / "policy")
+    policy = load_policy(out / "policy")
     feedback = read_feedback(out / "feedback.jsonl")
     report = run_autopilot_phase(
         policy,

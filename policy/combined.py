@@ -46,9 +46,11 @@ import numpy as np
 from policy.baselines.floors import SuffixNGram
 from policy.baselines.gbm import GradientBoostingBaseline
 from policy.calibration import IsotonicCalibrator, expected_calibration_error
-from policy.policy import POLICY_FILE, LMPolicy
+from policy.fast_scoring import CandidateScorer
+from policy.policy import LMPolicy
 from policy.predictor import Prediction
 from policy.routing import Routing, choose_routes, group_path
+from policy.saved import COMBINED_FILE, POLICY_FILE
 from policy.serialise import SerialConfig
 from policy.sizing import plan_lm
 from schemas.actions import Action, ActionValidationError, action_key, validate_action
@@ -56,7 +58,6 @@ from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.state import UIState
 from schemas.trace import Trace
 
-COMBINED_FILE = "combined.json"
 MEMBERS_FILE = "members.joblib"
 FORMAT_VERSION = 1
 BLEND = "blend"
@@ -764,7 +765,8 @@ class CombinedPolicy:
         return target
 
     @classmethod
-    def load(cls, path: str | Path, *, progress: bool = False) -> CombinedPolicy:
+    def load(cls, path: str | Path, *, progress: bool = False, scorer: CandidateScorer | None = None) -> CombinedPolicy:
+        """The saved policy; ``scorer`` (a server holding the same LM checkpoint) is handed to the LM member."""
         root = Path(path)
         meta_path = root / COMBINED_FILE
         if not meta_path.is_file():
@@ -774,7 +776,7 @@ class CombinedPolicy:
             raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
         policy = cls(**meta["params"], progress=progress)
         policy.members_ = joblib.load(root / MEMBERS_FILE)  # trusted input only (see save)
-        policy.lm_ = LMPolicy.load(root, progress=progress) if meta["has_lm"] else None
+        policy.lm_ = LMPolicy.load(root, progress=progress, scorer=scorer) if meta["has_lm"] else None
         policy.routing_ = Routing.from_dict(meta["routing"])
         policy.blend_ = meta["blend"]
         policy.calibrators_ = {n: IsotonicCalibrator.from_dict(c) for n, c in meta["calibrators"].items()}
@@ -783,11 +785,14 @@ class CombinedPolicy:
         return policy
 
 
-def load_policy(path: str | Path, *, progress: bool = False) -> CombinedPolicy | LMPolicy:
-    """Whichever policy the directory holds: a ``CombinedPolicy`` (``combined.json``) or an ``LMPolicy``."""
+def load_policy(
+    path: str | Path, *, progress: bool = False, scorer: CandidateScorer | None = None
+) -> CombinedPolicy | LMPolicy:
+    """Whichever policy the directory holds: a ``CombinedPolicy`` (``combined.json``) or an ``LMPolicy``.
+    ``scorer``: a server holding the LM's weights (``policy.remote``), used by the LM of either kind."""
     root = Path(path)
     if (root / COMBINED_FILE).is_file():
-        return CombinedPolicy.load(root, progress=progress)
+        return CombinedPolicy.load(root, progress=progress, scorer=scorer)
     if (root / POLICY_FILE).is_file():
-        return LMPolicy.load(root, progress=progress)
+        return LMPolicy.load(root, progress=progress, scorer=scorer)
     raise FileNotFoundError(f"{root} is not a policy directory (no {COMBINED_FILE} or {POLICY_FILE})")

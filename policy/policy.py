@@ -25,6 +25,7 @@ from policy.fast_scoring import PACK_TOKENS, CandidateScorer, score_states, supp
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.predictor import Prediction
+from policy.saved import POLICY_FILE
 from policy.scoring import next_token_logprobs, score_candidates
 from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text, serialise_state
 from policy.tokenizer import PAD, train_tokenizer
@@ -35,7 +36,6 @@ from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.state import UIState
 from schemas.trace import Trace
 
-POLICY_FILE = "policy.json"
 FORMAT_VERSION = 1
 MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 

@@ -31,6 +31,7 @@ from critic.base import Candidate
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
 from policy.batching import MicroBatcher, ProposalJob, top_k
+from policy.saved import is_policy_dir
 from schemas.actions import Action, ActionValidationError, validate_action
 from schemas.decision import Decision, OperatorDecision, RejectReason, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
@@ -151,13 +152,13 @@ class AutopilotService:
     ) -> AutopilotService:
         """Load the policy and the registry's champion and build the runtime (not started). Raises
         WorkerSetupError naming the setting when something is missing."""
-        from policy.policy import LMPolicy
+        from policy.combined import load_policy
         from policy.remote import remote_scorer
 
         if runtime_factory is None and not settings.bpm_url:
             raise _no_bpm()  # before anything is loaded
         policy_dir = settings.resolved_policy_dir()
-        if not (policy_dir / "policy.json").is_file():
+        if not is_policy_dir(policy_dir):
             raise WorkerSetupError(
                 f"policy_dir: {policy_dir} holds no saved policy; run `make demo` first or set AUTOPILOT_POLICY_DIR"
             )
@@ -172,7 +173,7 @@ class AutopilotService:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        policy = LMPolicy.load(policy_dir, scorer=remote_scorer(settings.policy_server_url))
+        policy = load_policy(policy_dir, scorer=remote_scorer(settings.policy_server_url))
         return cls.build(
             settings, policy, champion.critic, champion.thresholds, champion.version, runtime_factory=runtime_factory
         )

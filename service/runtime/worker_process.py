@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from critic.registry import CriticRegistry
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
+from policy.saved import COMBINED_FILE, POLICY_FILE, is_policy_dir
 from schemas.risk import RiskPolicy
 from service.runtime.adapters.base import BpmAdapter
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
@@ -97,7 +98,7 @@ def build_worker(
     HTTP adapter and the producer the spec describes."""
     # Imported here: loading the policy pulls in torch and transformers, which the in-process Runtime never needs.
     from critic.persist import load_critic
-    from policy.policy import LMPolicy
+    from policy.combined import load_policy
     from policy.remote import remote_scorer
     from service.runtime.adapters.http import HttpBpmAdapter
 
@@ -112,7 +113,7 @@ def build_worker(
     return SessionWorker(
         spec.worker_id,
         adapter if adapter is not None else HttpBpmAdapter(spec.bpm_url),
-        LMPolicy.load(spec.policy_path, scorer=remote_scorer(spec.policy_server_url)),
+        load_policy(spec.policy_path, scorer=remote_scorer(spec.policy_server_url)),
         champion,
         router,
         stages,
@@ -227,9 +228,10 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
     assert settings.kafka_bootstrap and settings.bpm_url and settings.policy_dir and settings.registry_dir
     if not settings.bpm_url.startswith(("http://", "https://")):
         raise WorkerSetupError(f"bpm_url: must be an http(s) URL, got {settings.bpm_url!r}")
-    policy_file = settings.policy_dir / "policy.json"
-    if not policy_file.is_file():
-        raise WorkerSetupError(f"policy_dir: {settings.policy_dir} is not a saved policy (no {policy_file.name})")
+    if not is_policy_dir(settings.policy_dir):
+        raise WorkerSetupError(
+            f"policy_dir: {settings.policy_dir} is not a saved policy (no {POLICY_FILE} or {COMBINED_FILE})"
+        )
     registry = CriticRegistry(settings.registry_dir)
     if not settings.registry_dir.is_dir():
         raise WorkerSetupError(f"registry_dir: {settings.registry_dir} is not a directory")

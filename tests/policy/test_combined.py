@@ -22,6 +22,7 @@ from policy.policy import LMPolicy
 from policy.predictor import NextActionPredictor
 from policy.report import compare_with_floors
 from policy.routing import ROOT, choose_routes, clearly_better, group_path, length_bucket
+from policy.saved import is_policy_dir
 from schemas.actions import ClickControl, action_key, validate_action
 from schemas.trace import Trace, TraceSource
 
@@ -200,6 +201,11 @@ def test_save_load_round_trip_with_the_lm(toy: tuple[list[Trace], list[Trace]], 
     # the LM alone still loads from the same directory (the critic fine-tunes it)
     assert LMPolicy.load(tmp_path / "policy").version_ == combined.lm_.version_
     assert "combined policy" in loaded.choice_markdown().lower()
+    # the service and the workers load it the same way, a GPU server's scorer going to the LM
+    assert is_policy_dir(tmp_path / "policy") and not is_policy_dir(tmp_path)
+    server = object()
+    served = load_policy(tmp_path / "policy", scorer=server)  # type: ignore[arg-type]
+    assert isinstance(served, CombinedPolicy) and served.lm_ is not None and served.lm_.scorer is server
 
 
 def test_the_floor_comparison_shows_the_choice(toy: tuple[list[Trace], list[Trace]]) -> None:

@@ -16,10 +16,19 @@ from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
 
 from sandbox.crm import CRM, PLANS, Customer
-from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec
+from sandbox.playbook import Screen
+from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec, thanks
+from sandbox.processes.customers import (
+    FOLLOWUP_QUESTIONS,
+    UPSET_ENDINGS,
+    UPSET_OPENINGS,
+    mistyped,
+    recheck_reply,
+    with_questions,
+)
 from sandbox.processes.registry import PROCESSES, gateway_variables, workflow_spec
 from sandbox.scenario import Scenario
-from sandbox.view import View, classify_operator_text
+from sandbox.view import NUDGES, View, classify_operator_text
 from schemas import (
     Action,
     ChatMessage,
@@ -73,6 +82,8 @@ class Case:
     end_code: str | None = None
     idempotency: dict[str, int] = field(default_factory=dict)  # key -> step at which it was applied
     rng: random.Random = field(default_factory=random.Random)
+    world_rng: random.Random = field(default_factory=random.Random)  # nudges, moods (calibrated world)
+    followup_asked: bool = False
 
     @property
     def step(self) -> int:
@@ -90,6 +101,8 @@ class SandboxPlatform:
         self.lock = threading.RLock()  # public: the REST API holds it for check-then-act sequences
         self._next_index = 0
         self._used_indexes: set[int] = set()
+        self._classic = self.scenario.world.is_classic
+        self._screens: dict[tuple[str, str], Screen] = {}
 
     # --- cases -----------------------------------------------------------------------------------------
 
@@ -111,8 +124,15 @@ class SandboxPlatform:
             spec = PROCESSES[process_id]
             customer = self._new_customer(rng, index)
             rules = self.scenario.rules_at(index)
-            ctx = CaseContext(rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules)
+            world = self.scenario.world
+            ctx = CaseContext(
+                rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules, world.second_request_rate
+            )
             seed = spec.new_case(ctx)
+            world_rng = random.Random(f"{self.seed}:{index}:world")
+            case_id = f"C{self.seed}-{index:06d}"
+            if not self._classic:
+                self._shape(seed, spec, world_rng, case_id)
             self.crm.commit()
             workflow = BpmnWorkflow(workflow_spec(process_id))
             # Gateway variables start as None so a condition never fails on a name no screen has set yet.
@@ -120,7 +140,7 @@ class SandboxPlatform:
             workflow.data.update(rules)
             workflow.do_engine_steps()
             case = Case(
-                case_id=f"C{self.seed}-{index:06d}",
+                case_id=case_id,
                 session_id=f"S{self.seed}-{index:06d}",
                 index=index,
                 spec=spec,
@@ -128,20 +148,38 @@ class SandboxPlatform:
                 workflow=workflow,
                 rules=rules,
                 rng=random.Random(f"{self.seed}:{index}:customer"),
+                world_rng=world_rng,
             )
-            case.panels["customer"] = Panel(
-                title="Customer",
-                fields={
-                    "customer_id": customer.customer_id,
-                    "name": customer.name,
-                    "tier": customer.tier,
-                    "plan": customer.plan,
-                },
-            )
+            fields = {
+                "customer_id": customer.customer_id,
+                "name": customer.name,
+                "tier": customer.tier,
+                "plan": customer.plan,
+            }
+            if world.fact_rich_replies:  # what the calibrated world's answers quote from the record
+                fields |= {"contract_end": seed.facts["contract_end"], "reference": seed.facts["reference"]}
+            case.panels["customer"] = Panel(title="Customer", fields=fields)
             case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=seed.first_message))
             self._enter_next_screen(case)
             self.cases[case.case_id] = case
             return case.case_id
+
+    def _shape(self, seed: CaseSeed, spec: ProcessSpec, rng: random.Random, case_id: str) -> None:
+        """The calibrated world's additions to a new case, drawn from the case's own world stream (the process's
+        draws, and so the classic cases, are untouched): a bad mood, a mistyped order number, a follow-up question
+        for after the confirmation, the record's contract end and the case reference."""
+        world = self.scenario.world
+        if rng.random() < world.upset_rate:
+            seed.facts["upset"] = "yes"
+            seed.first_message = f"{seed.first_message} {rng.choice(UPSET_OPENINGS)}"
+        order_id = seed.facts.get("order_id", "")
+        if rng.random() < world.wrong_id_rate and order_id and order_id in seed.first_message:
+            seed.first_message = seed.first_message.replace(order_id, mistyped(order_id, rng))
+        if rng.random() < world.followup_rate and "confirm" in spec.replies:
+            topics = ["reference", "confirmation", *(["timing"] if spec.timing is not None else [])]
+            seed.facts["followup"] = rng.choice(topics)
+        seed.facts["contract_end"] = f"{rng.randint(2027, 2029)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        seed.facts["reference"] = case_id
 
     def _new_customer(self, rng: random.Random, index: int) -> Customer:
         customer = Customer(
@@ -204,7 +242,42 @@ class SandboxPlatform:
             chat=case.chat,
             said=case.said,
             clicked=case.clicked,
+            world=self.scenario.world,
         )
+
+    def playbook_screen(self, case_id: str) -> Screen:
+        """The operators' work items on the case's current screen (in the calibrated world with the answers to
+        the customer's extra questions, which the items that end the case wait for)."""
+        with self.lock:
+            case = self.case(case_id)
+            key = (case.spec.process_id, case.screen_id)
+            screen = self._screens.get(key)
+            if screen is None:
+                screen = case.spec.playbook[case.screen_id]
+                if not self._classic:
+                    screen = with_questions(screen, case.spec.schemas[case.screen_id], case.spec)
+                self._screens[key] = screen
+            return screen
+
+    def nudge(self, case_id: str) -> bool:
+        """With the world's nudge rate, the customer writes while the operator works ("Any update?"): the screen
+        changes under whatever was about to be done. Returns whether it happened."""
+        with self.lock:
+            case = self.case(case_id)
+            rate = self.scenario.world.nudge_rate
+            if rate <= 0.0 or case.ended or case.world_rng.random() >= rate:
+                return False
+            case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=case.world_rng.choice(NUDGES)))
+            return True
+
+    def other_reject_rate(self, case_id: str) -> float | None:
+        """P(a reviewing operator takes over for reasons of their own) on this case; None in the classic world,
+        where it is each operator's constant."""
+        if self._classic:
+            return None
+        world = self.scenario.world
+        upset = self.case(case_id).seed.facts.get("upset") == "yes"
+        return world.other_reject + (world.other_upset if upset else 0.0)
 
     def open_tasks(self, case_id: str) -> list[dict[str, str]]:
         """The BPMN user tasks that are ready (what a BPM task list shows)."""
@@ -257,13 +330,33 @@ class SandboxPlatform:
                 case.chat.append(ChatMessage(role=ChatRole.OPERATOR, text=text))
                 intent = classify_operator_text(text)
                 case.said.add(intent)
-                reply = case.spec.replies.get(intent)
+                reply = self._customer_reply(case, intent)
                 if reply is not None:
-                    case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=reply(case.seed, case.rng)))
+                    case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=reply))
             case TransferChat(queue=q):
                 self._end(case, "transferred", q)
             case CloseChat(resolution=r):
                 self._end(case, "closed", r)
+
+    def _customer_reply(self, case: Case, intent: str) -> str | None:
+        """What the customer answers to an operator message of ``intent`` (None: nothing)."""
+        reply = case.spec.replies.get(intent)
+        if self._classic:
+            return None if reply is None else reply(case.seed, case.rng)
+        facts = case.seed.facts
+        text: str | None
+        if intent == "confirm" and facts.get("followup") and not case.followup_asked:
+            case.followup_asked = True
+            text = case.world_rng.choice(FOLLOWUP_QUESTIONS[facts["followup"]])
+        elif intent.startswith("answer_"):
+            text = thanks(case.seed, case.rng)
+        elif intent == "ask_recheck" and "order_id" in facts:
+            text = recheck_reply(case.seed, case.rng)
+        else:
+            text = None if reply is None else reply(case.seed, case.rng)
+        if text is not None and facts.get("upset") == "yes" and case.world_rng.random() < 0.5:
+            text += case.world_rng.choice(UPSET_ENDINGS)
+        return text
 
     def _click(self, case: Case, control_id: str) -> None:
         control = case.spec.schemas[case.screen_id].control(control_id)

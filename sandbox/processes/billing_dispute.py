@@ -52,17 +52,41 @@ def _invoice(view: View) -> str:
     return f"INV-{digits}" if digits else ""
 
 
-def _dispute(view: View, style: Style) -> list[tuple[str, float]]:
+ASK_DISPUTE = (
+    "To get this right: were you charged twice, charged more than your plan, or is it a charge you don't recognise?",
+    "Was it charged twice, more than your plan costs, or a charge you don't recognise?",
+    "Can you tell me: charged twice, overcharged, or an unknown charge?",
+    "Charged twice, overcharged or unknown?",
+)
+
+
+def _known_dispute(view: View) -> str | None:
+    """The dispute type the invoice or the customer's words settle, if any."""
     if view.panel("invoice", "duplicate_of"):
-        return [("duplicate", 1.0)]
+        return "duplicate"
     text = view.customer_text().lower()
     if "twice" in text or "double" in text:
-        return [("duplicate", 1.0)]
+        return "duplicate"
     if "more than" in text or "overcharg" in text or "too much" in text:
-        return [("overcharge", 1.0)]
+        return "overcharge"
     if "recogni" in text or "don't know" in text:
-        return [("unknown_charge", 1.0)]
+        return "unknown_charge"
+    return None
+
+
+def _dispute(view: View, style: Style) -> list[tuple[str, float]]:
+    known = _known_dispute(view)
+    if known is not None:
+        return [(known, 1.0)]
     return leaning(DISPUTES, style.defaults["dispute"], 0.75)
+
+
+def _give_dispute(seed: CaseSeed, rng: random.Random) -> str:
+    return {
+        "overcharge": rng.choice(("It's more than my plan costs.", "I was charged too much.")),
+        "duplicate": rng.choice(("I was charged twice.", "It's a double charge.")),
+        "unknown_charge": rng.choice(("It's a charge I don't recognise.", "I don't know what that charge is.")),
+    }[seed.prefs["dispute"]]
 
 
 def lookup_invoice(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolResult:
@@ -152,7 +176,23 @@ PLAYBOOK = {
     "bd_triage": Screen(
         "bd_triage",
         (
-            Item("dispute", ItemKind.FORM, select("dispute_type", _dispute), filled("dispute_type")),
+            Item(
+                "ask_dispute",
+                ItemKind.CHAT,
+                say(ASK_DISPUTE),
+                said("ask_dispute"),
+                applies=lambda v: v.world.clarify_everywhere
+                and _known_dispute(v) is None
+                and not v.filled("dispute_type"),
+                optional=True,
+            ),
+            Item(
+                "dispute",
+                ItemKind.FORM,
+                select("dispute_type", _dispute),
+                filled("dispute_type"),
+                guess=lambda v: _known_dispute(v) is None,
+            ),
             Item(
                 "note",
                 ItemKind.FORM,
@@ -180,6 +220,6 @@ SPEC = ProcessSpec(
     playbook=PLAYBOOK,
     tools={"lookup_invoice": lookup_invoice},
     new_case=new_case,
-    replies={"ask_invoice_id": _give_invoice},
+    replies={"ask_invoice_id": _give_invoice, "ask_dispute": _give_dispute},
     outcome_fields=("dispute_type",),
 )

@@ -46,6 +46,7 @@ class CaseContext:
     customer_id: str
     typo_rate: float
     rules: dict[str, float]  # business rules in force for this case (e.g. the refund limit)
+    second_request_rate: float = 0.15  # share of openings that add a second, unrelated request
 
 
 ToolResult = tuple[str, Panel]
@@ -64,6 +65,9 @@ class ProcessSpec:
     new_case: Callable[[CaseContext], CaseSeed]
     replies: dict[str, Reply]  # operator message intent -> customer reply
     outcome_fields: tuple[str, ...] = ()  # form values that are part of the outcome (checked against truth)
+    # How an operator answers "how long will that take?" after the confirmation (calibrated world); None: the
+    # process has no such follow-up.
+    timing: Builder | None = None
 
 
 # --- screens -------------------------------------------------------------------------------------------
@@ -237,9 +241,9 @@ OTHER_INTENTS = (
 )
 
 
-def opening(ctx: CaseContext, parts: list[str], multi_intent_rate: float = 0.15) -> str:
+def opening(ctx: CaseContext, parts: list[str]) -> str:
     """Join the parts of an opening message, sometimes add a second, unrelated request, and add typos."""
     text = " ".join(p for p in parts if p)
-    if ctx.rng.random() < multi_intent_rate:
+    if ctx.rng.random() < ctx.second_request_rate:
         text = f"{text} {ctx.rng.choice(OTHER_INTENTS)}"
     return typo(text, ctx.rng, ctx.typo_rate)

@@ -57,6 +57,27 @@ LOST_REPLY = (
 )
 
 
+TIMING_STATUS = (
+    "It usually takes until {eta} at the latest; the courier texts you on the day.",
+    "Delivery usually takes until {eta}, the courier texts you on the day.",
+)
+TIMING_WAIT = (
+    "A parcel marked delivered usually takes up to 24 hours to turn up; if not, write to us again.",
+    "It usually takes up to 24 hours for such a parcel to turn up.",
+)
+TIMING_REDELIVERY = (
+    "A redelivery usually takes 2 working days; we'll text you the slot.",
+    "The redelivery usually takes 2 working days.",
+)
+
+
+def _timing(view: View, style: Style) -> Choice:
+    if view.screen_id == "ds_delivered":
+        templates = TIMING_WAIT if view.values.get("next_step") == "wait_24h" else TIMING_REDELIVERY
+        return wording_choice(templates, style, {})
+    return wording_choice(TIMING_STATUS, style, _fmt(view))
+
+
 def _fmt(view: View) -> dict[str, str]:
     return {"oid": view.panel("order", "order_id"), "eta": view.panel("order", "eta")}
 
@@ -159,4 +180,5 @@ SPEC = ProcessSpec(
     tools={"lookup_order": lookup_order},
     new_case=new_case,
     replies={"ask_order_id": give_order_id, "confirm": thanks},
+    timing=_timing,
 )

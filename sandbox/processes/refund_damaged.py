@@ -90,6 +90,22 @@ def _remedy(view: View, style: Style) -> list[tuple[str, float]]:
     return leaning(REMEDIES, style.defaults["remedy"], 0.8)  # unclear customer: the operator guesses
 
 
+TIMING_REFUND = (
+    "A refund usually takes 5 working days to reach your card: {amount} for the {item}.",
+    "It usually takes 5 working days for the {amount} to reach your card.",
+)
+TIMING_REPLACEMENT = (
+    "The replacement {item} usually takes 3 working days to arrive.",
+    "It usually takes 3 working days for the new {item} to arrive.",
+)
+
+
+def _timing(view: View, style: Style) -> Choice:
+    fmt = {"amount": view.panel("order", "price"), "item": view.panel("order", "item")}
+    refund = view.panel("case", "remedy") == "refund"
+    return wording_choice(TIMING_REFUND if refund else TIMING_REPLACEMENT, style, fmt)
+
+
 def _done_reply(view: View, style: Style) -> Choice:
     fmt = {"amount": view.panel("order", "price"), "item": view.panel("order", "item")}
     return wording_choice(REFUND_DONE if view.panel("case", "remedy") == "refund" else REPLACEMENT_DONE, style, fmt)
@@ -177,7 +193,13 @@ PLAYBOOK = {
                 applies=lambda v: _remedy_from_chat(v) is None and not v.filled("remedy"),
                 optional=True,
             ),
-            Item("remedy", ItemKind.FORM, select("remedy", _remedy), filled("remedy")),
+            Item(
+                "remedy",
+                ItemKind.FORM,
+                select("remedy", _remedy),
+                filled("remedy"),
+                guess=lambda v: _remedy_from_chat(v) is None,
+            ),
             Item(
                 "amount",
                 ItemKind.FORM,
@@ -220,4 +242,5 @@ SPEC = ProcessSpec(
         "confirm": thanks,
     },
     outcome_fields=("remedy",),
+    timing=_timing,
 )

@@ -30,6 +30,7 @@ from sandbox.copilot import bayes_policy, run_copilot, run_copilot_batched
 from sandbox.feedback_collection import collect_copilot_feedback
 from sandbox.simulate import StepModel
 from schemas import Action, FeedbackRecord, Proposal, UIState, Verdict
+from schemas.decision import RejectReason
 from schemas.feedback import FeedbackSource
 
 # --- the lockstep batched runner ---------------------------------------------------------------------------
@@ -136,6 +137,8 @@ def test_collected_records_keep_labels_apart_from_corrections(collected: Copilot
         assert r.slice.action_type == r.proposal.action.type
         if r.accepted:
             assert r.operator_action is None and r.reason is None
+        elif r.reason == RejectReason.ENVIRONMENT:  # the screen changed under the proposal: nothing was done
+            assert r.operator_action is None
         else:
             assert r.reason is not None
             assert r.operator_action is not None and r.operator_action != r.proposal.action

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -141,18 +142,17 @@ def measure(records: list[FeedbackRecord], truth: list[bool] | None, seed: int, 
     screens = sorted(by_screen.items(), key=lambda kv: -kv[1][0])[:12]
 
     # Environment rejections are visible: the same case's next state has changed under the proposal.
-    next_state: dict[tuple[str, int], FeedbackRecord] = {}
-    ordered = sorted(records, key=lambda r: r.created_at)
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if a.state.case_id == b.state.case_id:
-            next_state[(a.state.case_id, id(a))] = b
-    environment_rows = [r for r in records if r.reason == RejectReason.ENVIRONMENT]
-    visible = 0
-    for r in environment_rows:
-        after = next_state.get((r.state.case_id, id(r)))
-        customer_messages = sum(m.role == ChatRole.CUSTOMER for m in r.state.chat)
-        if after is not None and after.state.etag != r.state.etag:
-            visible += sum(m.role == ChatRole.CUSTOMER for m in after.state.chat) > customer_messages
+    environment_rows = visible = 0
+    for a, b in pairwise(sorted(records, key=lambda r: r.created_at)):
+        if a.reason != RejectReason.ENVIRONMENT:
+            continue
+        environment_rows += 1
+        customer_messages = sum(m.role == ChatRole.CUSTOMER for m in a.state.chat)
+        visible += (
+            a.state.case_id == b.state.case_id
+            and b.state.etag != a.state.etag
+            and sum(m.role == ChatRole.CUSTOMER for m in b.state.chat) > customer_messages
+        )
     return {
         "rows": len(records),
         "cases": len(rows_per_case),
@@ -171,7 +171,7 @@ def measure(records: list[FeedbackRecord], truth: list[bool] | None, seed: int, 
             "by_case_feature": feature_rows,
             "top_screens": [{"screen": k, "model_errors": e, "rows": n} for k, (e, n) in screens],
         },
-        "environment_rejections": {"count": len(environment_rows), "visible": visible},
+        "environment_rejections": {"count": environment_rows, "visible": visible},
     }
 
 

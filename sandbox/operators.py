@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from sandbox.crm import PLANS
 from sandbox.playbook import STYLES, Screen, Style, style_distribution
+from sandbox.processes.billing_dispute import CHARGES
+from sandbox.processes.delivery_status import HUBS
 from sandbox.processes.orders import ITEMS
 from sandbox.view import View, classify_operator_text
 from sandbox.world import World
@@ -158,8 +160,14 @@ def operator_distribution(
     return with_mistakes(bases[op.style.name], op.mistake_rate, schema)
 
 
-# Named facts a reply can get wrong besides ids, amounts and dates: the plan and the item of the case.
-FACT_WORDS = frozenset(PLANS) | frozenset(word for item in ITEMS for word in item.split())
+# Named facts a reply can get wrong besides ids, amounts and dates: the plan, the item, the hub a parcel was last
+# scanned in, the disputed charge.
+FACT_WORDS = (
+    frozenset(PLANS)
+    | frozenset(word for item in ITEMS for word in item.split())
+    | frozenset(hub.lower() for hub in HUBS)
+    | frozenset(CHARGES)
+)
 
 
 def _facts(text: str, strict: bool = False) -> set[str]:

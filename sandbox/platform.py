@@ -125,11 +125,12 @@ class SandboxPlatform:
             customer = self._new_customer(rng, index)
             rules = self.scenario.rules_at(index)
             world = self.scenario.world
-            ctx = CaseContext(
-                rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules, world.second_request_rate
-            )
-            seed = spec.new_case(ctx)
             world_rng = random.Random(f"{self.seed}:{index}:world")
+            ctx = CaseContext(
+                rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules, world.second_request_rate,
+                world, world_rng,
+            )  # fmt: skip
+            seed = spec.new_case(ctx)
             case_id = f"C{self.seed}-{index:06d}"
             if not self._classic:
                 self._shape(seed, spec, world_rng, case_id)

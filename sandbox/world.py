@@ -26,13 +26,13 @@ class World(BaseModel):
 
     # --- the cases -----------------------------------------------------------------------------------------
     second_request_rate: float = Field(
-        default=0.3, ge=0.0, le=1.0, description="share of openings that add a second, unrelated request"
+        default=0.2, ge=0.0, le=1.0, description="share of openings that add a second, unrelated request"
     )
     answer_second_requests: bool = Field(
         default=True, description="the second request must be answered before the case ends (classic: noise)"
     )
     followup_rate: float = Field(
-        default=0.35, ge=0.0, le=1.0, description="share of customers who answer the confirmation with a question"
+        default=0.3, ge=0.0, le=1.0, description="share of customers who answer the confirmation with a question"
     )
     wrong_id_rate: float = Field(
         default=0.15, ge=0.0, le=1.0, description="share of order numbers in openings that the customer mistyped"

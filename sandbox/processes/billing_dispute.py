@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from sandbox.crm import CRM
-from sandbox.playbook import Item, ItemKind, Screen, Style
+from sandbox.playbook import Choice, Item, ItemKind, Screen, Style
 from sandbox.processes.common import (
     CaseContext,
     CaseSeed,
@@ -26,8 +26,9 @@ from sandbox.processes.common import (
     select,
     submit_button,
     transfer,
+    wording_choice,
 )
-from sandbox.view import INVOICE_RE, View
+from sandbox.view import INVOICE_RE, View, similar_word, words_of
 from schemas import Panel, SelectControl, TextareaControl, TextControl, ToolControl
 
 PID = "billing_dispute"
@@ -45,6 +46,44 @@ HANDOVER = (
     "A billing specialist will review this; transferring you now.",
     "Transferring you to billing.",
 )
+
+
+# Calibrated world: the invoice lists its charges, the customer names the one they dispute, and the handover
+# quotes it with its amount from the right row.
+CHARGES = ("roaming", "streaming", "insurance", "cloud", "landline")
+HANDOVER_CHARGE = (
+    "Thanks. I've passed the {charge} charge of {amount} to our billing specialists; I'm transferring you now.",
+    "I've noted the {charge} charge ({amount}) and will transfer you to a billing specialist.",
+    "A billing specialist will review the {charge} charge of {amount}; transferring you now.",
+    "{charge} charge {amount}: transferring you to billing.",
+)
+
+
+def _disputed(view: View) -> dict[str, str]:
+    panel = view.panels.get("invoice")
+    words = words_of(view.customer_text())
+    for row in panel.rows if panel is not None else []:
+        if row.get("charge") in CHARGES and similar_word(row["charge"], words):
+            return {"charge": row["charge"], "amount": row["amount"]}
+    return {}
+
+
+def _handover(view: View, style: Style) -> Choice:
+    charge = _disputed(view)
+    return wording_choice(HANDOVER_CHARGE if charge else HANDOVER, style, charge)
+
+
+def _charges(ctx: CaseContext, amount: float) -> tuple[str, list[dict[str, str]]]:
+    """The disputed charge and the invoice's lines (calibrated world; none in the classic one)."""
+    rng = ctx.world_rng
+    if not ctx.world.fact_rich_replies:
+        return "", []
+    names = rng.sample(CHARGES, rng.randint(1, 3))
+    lines = [{"charge": "plan", "amount": f"{rng.uniform(9, 45):.2f}"}]
+    lines += [{"charge": name, "amount": f"{rng.uniform(3, 60):.2f}"} for name in names]
+    lines[1]["amount"] = f"{amount:.2f}"
+    rng.shuffle(lines)
+    return names[0], lines
 
 
 def _invoice(view: View) -> str:
@@ -90,8 +129,11 @@ def _give_dispute(seed: CaseSeed, rng: random.Random) -> str:
 
 
 def lookup_invoice(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolResult:
-    invoice = crm.invoice(str(values.get("invoice_id", "")), seed.customer_id)
-    return "invoice", Panel(title="Invoice", fields=invoice or {"status": "not_found"})
+    searched = str(values.get("invoice_id", ""))
+    invoice = crm.invoice(searched, seed.customer_id)
+    if invoice is None:
+        return "invoice", Panel(title="Invoice", fields={"status": "not_found"})
+    return "invoice", Panel(title="Invoice", fields=invoice, rows=crm.lines("invoices", searched, seed.customer_id))
 
 
 def new_case(ctx: CaseContext) -> CaseSeed:
@@ -99,7 +141,10 @@ def new_case(ctx: CaseContext) -> CaseSeed:
     invoice_id = ctx.crm.fresh_id("INV", rng)
     kind = rng.choices(DISPUTES, weights=(0.45, 0.25, 0.3))[0]
     duplicate_of = f"INV-{rng.randrange(10**6):06d}" if kind == "duplicate" and rng.random() < 0.6 else ""
-    ctx.crm.add_invoice(invoice_id, ctx.customer_id, round(rng.uniform(20, 300), 2), "2026-10", duplicate_of)
+    disputed_amount = round(rng.uniform(20, 300), 2)
+    charge, lines = _charges(ctx, disputed_amount)
+    total = round(sum(float(line["amount"]) for line in lines), 2) if lines else disputed_amount
+    ctx.crm.add_invoice(invoice_id, ctx.customer_id, total, "2026-10", duplicate_of, lines=lines)
     clear = rng.random() < 0.6
     said_kind = {
         "overcharge": "I was charged more than my plan costs.",
@@ -112,6 +157,7 @@ def new_case(ctx: CaseContext) -> CaseSeed:
         if clear
         else rng.choice(("my bill is wrong.", "something is off with my invoice.", "billing problem")),
         f"Invoice {invoice_id}." if rng.random() < 0.7 else "",
+        f"It's about the {charge} charge." if charge else "",
     ]
     return CaseSeed(
         customer_id=ctx.customer_id,
@@ -181,9 +227,9 @@ PLAYBOOK = {
                 ItemKind.CHAT,
                 say(ASK_DISPUTE),
                 said("ask_dispute"),
-                applies=lambda v: v.world.clarify_everywhere
-                and _known_dispute(v) is None
-                and not v.filled("dispute_type"),
+                applies=lambda v: (
+                    v.world.clarify_everywhere and _known_dispute(v) is None and not v.filled("dispute_type")
+                ),
                 optional=True,
             ),
             Item(
@@ -200,7 +246,7 @@ PLAYBOOK = {
                 filled("note"),
                 optional=True,
             ),
-            Item("handover", ItemKind.CHAT, say(HANDOVER), said("inform_transfer")),
+            Item("handover", ItemKind.CHAT, _handover, said("inform_transfer")),
             Item(
                 "transfer",
                 ItemKind.SUBMIT,

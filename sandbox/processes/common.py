@@ -10,6 +10,7 @@ from typing import Any
 from sandbox.crm import CRM
 from sandbox.playbook import Builder, Choice, Item, ItemKind, Screen, Style
 from sandbox.view import View
+from sandbox.world import World
 from schemas import (
     ButtonControl,
     ChatControl,
@@ -47,6 +48,9 @@ class CaseContext:
     typo_rate: float
     rules: dict[str, float]  # business rules in force for this case (e.g. the refund limit)
     second_request_rate: float = 0.15  # share of openings that add a second, unrelated request
+    world: World = field(default_factory=World.classic)
+    # The calibrated world's own draws (tables in tool results, ...), so a classic case's draws stay as they were.
+    world_rng: random.Random = field(default_factory=random.Random)
 
 
 ToolResult = tuple[str, Panel]

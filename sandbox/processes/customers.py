@@ -25,8 +25,9 @@ from sandbox.processes.common import OTHER_INTENTS, CaseSeed, ProcessSpec, wordi
 from sandbox.view import View, similar_word, words_of
 from schemas import ScreenSchema
 
-# Items that end a case (close or transfer); a pending question must be answered before them.
-END_ITEMS = frozenset({"close", "transfer", "end"})
+# Items that close a case: a pending question must be answered before them. A transfer does not wait: the
+# specialist who takes the chat over answers it.
+END_ITEMS = frozenset({"close", "end"})
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,9 @@ def find_order_controls() -> list[Control]:
 def lookup_order(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolResult:
     searched = str(values.get("order_id", ""))
     order = crm.order(searched, seed.customer_id)
-    return "order", Panel(title="Order", fields=order or {"order_id": searched, "status": "not_found"})
+    if order is None:
+        return "order", Panel(title="Order", fields={"order_id": searched, "status": "not_found"})
+    return "order", Panel(title="Order", fields=order, rows=crm.lines("orders", searched, seed.customer_id))
 
 
 def give_order_id(seed: CaseSeed, rng: random.Random) -> str:

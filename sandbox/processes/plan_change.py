@@ -173,7 +173,11 @@ PLAYBOOK = {
                 optional=True,
             ),
             Item(
-                "plan", ItemKind.FORM, select("new_plan", _plan), filled("new_plan"), guess=lambda v: _plan_in_chat(v) is None
+                "plan",
+                ItemKind.FORM,
+                select("new_plan", _plan),
+                filled("new_plan"),
+                guess=lambda v: _plan_in_chat(v) is None,
             ),
             Item(
                 "date",

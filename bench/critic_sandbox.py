@@ -14,7 +14,7 @@ Targets:
   delta 0.1);
 - coverage at alpha = 0.05 of at least 90% of the oracle coverage (the share of acceptable proposals).
 
-    .venv/bin/python -m bench.critic_sandbox [--sessions 3000] [--generative-budget 600] [--draws 100]
+    .venv/bin/python -m bench.critic_sandbox [--sessions 2000] [--generative-budget 600] [--draws 100]
 
 Writes ``bench/results/critic_sandbox.{json,md}`` and its plots beside them.
 """
@@ -52,6 +52,7 @@ from schemas.feedback import FeedbackRecord
 NAME = "critic_sandbox"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
 WORK = ROOT / "out" / "bench"
+COPILOT_SESSIONS = 2000  # new cases reviewed in copilot mode (about 21,000 proposals), shared by the critic benches
 PRECISION_GAIN = 0.05
 COVERAGE_SHARE = 0.90
 
@@ -280,7 +281,7 @@ def label_figures(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, default=POLICY_DIR)
-    parser.add_argument("--sessions", type=int, default=3000)
+    parser.add_argument("--sessions", type=int, default=COPILOT_SESSIONS)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--start", type=int, default=2500, help="first copilot case index (after the policy's)")
     parser.add_argument("--generative-budget", type=float, default=0.0, help="seconds; 0 (default) skips it")

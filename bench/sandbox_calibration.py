@@ -15,7 +15,7 @@ operators review each proposal. These are the same rows ``bench.critic_sandbox``
 - that every environment rejection is visible in the environment: the case's next state has changed (a new
   customer message, another etag).
 
-    .venv/bin/python -m bench.sandbox_calibration [--sessions 3000]
+    .venv/bin/python -m bench.sandbox_calibration [--sessions 2000]
 
 Writes ``bench/results/sandbox_calibration.{json,md}`` (``acceptance`` per action type, ``rejection_causes``).
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, environment, write_results
-from bench.critic_sandbox import copilot_feedback
+from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback
 from critic.feedback import read_truth
 from sandbox.platform import SandboxPlatform
 from sandbox.processes.customers import second_request_topic
@@ -252,7 +252,7 @@ def render(result: dict[str, Any], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, default=POLICY_DIR)
-    parser.add_argument("--sessions", type=int, default=3000)
+    parser.add_argument("--sessions", type=int, default=COPILOT_SESSIONS)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--start", type=int, default=2500, help="first copilot case index (after the policy's)")
     parser.add_argument("--scenario", default="default")

@@ -7,7 +7,7 @@ nudge while the operator works, are upset), replies must state the facts a caref
 of the new plan, read from the right row of the plans table), and reviewers judge the way operators review a
 copilot: a committed guess is an error, the stated facts are checked, an acceptable alternative is accepted
 with a personal probability, an upset customer makes an operator take over for reasons of their own.
-``World.classic()`` switches all of that off: the sandbox as it was before the calibration (decision 0007).
+``World.classic()`` switches all of that off: the sandbox as it was before the calibration (decision 0010).
 
 The review probabilities were set so that the default policy, reviewed in copilot mode, reproduces the
 paper's one-week statistics (acceptance per action type, the mix of rejection reasons): see docs/sandbox.md,

@@ -207,6 +207,13 @@ def main() -> None:
     plot = plot_curves(results, RESULTS_DIR / f"{NAME}.png")
     result = {
         "environment": environment(),
+        # What the runtime's headline reads (lab.report.critic_figures): the default label, the paper's beside it.
+        "headline": {
+            "alpha": 0.05,
+            "label": DEFAULT_LABEL,
+            "sessions_to_autonomy_new_process": results[DEFAULT_LABEL]["sessions_to_autonomy"],
+            "accept_label": {"sessions_to_autonomy_new_process": results[BASELINE_LABEL]["sessions_to_autonomy"]},
+        },
         "new_process": NEW_PROCESS,
         "orders": args.orders,
         "fresh": args.fresh,

@@ -15,7 +15,7 @@ operators review each proposal. These are the same rows ``bench.critic_sandbox``
 - that every environment rejection is visible in the environment: the case's next state has changed (a new
   customer message, another etag).
 
-    .venv/bin/python -m bench.sandbox_calibration [--sessions 2000]
+    .venv/bin/python -m bench.sandbox_calibration [--sessions 3000]
 
 Writes ``bench/results/sandbox_calibration.{json,md}`` (``acceptance`` per action type, ``rejection_causes``).
 """

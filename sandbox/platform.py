@@ -23,9 +23,11 @@ from sandbox.processes.customers import (
     UPSET_ENDINGS,
     UPSET_OPENINGS,
     mistyped,
+    named_items,
     recheck_reply,
     with_questions,
 )
+from sandbox.processes.orders import ITEMS
 from sandbox.processes.registry import PROCESSES, gateway_variables, workflow_spec
 from sandbox.scenario import Scenario
 from sandbox.view import NUDGES, View, classify_operator_text
@@ -174,13 +176,30 @@ class SandboxPlatform:
             seed.facts["upset"] = "yes"
             seed.first_message = f"{seed.first_message} {rng.choice(UPSET_OPENINGS)}"
         order_id = seed.facts.get("order_id", "")
-        if rng.random() < world.wrong_id_rate and order_id and order_id in seed.first_message:
+        quoted = bool(order_id) and order_id in seed.first_message
+        named = named_items(seed.first_message)
+        if rng.random() < world.wrong_id_rate and quoted:
             seed.first_message = seed.first_message.replace(order_id, mistyped(order_id, rng))
+        elif rng.random() < world.wrong_order_rate and quoted and named:
+            other = self._other_order(seed.customer_id, order_id, named, rng)
+            seed.facts["quoted_other_order"] = other
+            seed.first_message = seed.first_message.replace(order_id, other)
         if rng.random() < world.followup_rate and "confirm" in spec.replies:
-            topics = ["reference", "confirmation", *(["timing"] if spec.timing is not None else [])]
+            topics = ["reference", "confirmation"]
+            topics += [name for name, builder in (("timing", spec.timing), ("amount", spec.amount)) if builder]
             seed.facts["followup"] = rng.choice(topics)
         seed.facts["contract_end"] = f"{rng.randint(2027, 2029)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
         seed.facts["reference"] = case_id
+
+    def _other_order(self, customer_id: str, order_id: str, named: list[str], rng: random.Random) -> str:
+        """Another order of the customer's, for an item they did not write about: the number they quote by mistake."""
+        order = self.crm.order(order_id, customer_id)
+        assert order is not None
+        other = self.crm.fresh_id("ORD", rng)
+        item = rng.choice([i for i in ITEMS if i not in named])
+        self.crm.add_order(other, customer_id, item, round(rng.uniform(15, 250), 2), "delivered", order["purchased"],
+                           "signature", order["purchased"], order["warranty_until"])  # fmt: skip
+        return other
 
     def _new_customer(self, rng: random.Random, index: int) -> Customer:
         customer = Customer(

@@ -35,6 +35,7 @@ INTENT_MARKERS: dict[str, tuple[str, ...]] = {
     "answer_reference": ("reference number",),
     "answer_confirmation": ("within the hour",),
     "answer_timing": ("usually takes",),
+    "answer_amount": ("the amount is",),
     "greet": ("thanks for contacting", "thank you for reaching out", "hi there", "hello and welcome"),
     "ask_order_id": ("order number",),
     "ask_invoice_id": ("invoice number",),

@@ -37,6 +37,12 @@ class World(BaseModel):
     wrong_id_rate: float = Field(
         default=0.15, ge=0.0, le=1.0, description="share of order numbers in openings that the customer mistyped"
     )
+    wrong_order_rate: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=1.0,
+        description="share of openings naming an item that quote another of the customer's orders (another item)",
+    )
     clarify_everywhere: bool = Field(
         default=True, description="billing disputes and warranty claims get a clarifying question too"
     )
@@ -45,7 +51,7 @@ class World(BaseModel):
     )
     upset_rate: float = Field(default=0.15, ge=0.0, le=1.0, description="share of upset customers")
     nudge_rate: float = Field(
-        default=0.02, ge=0.0, le=0.5, description="per step: the customer writes while the operator works"
+        default=0.012, ge=0.0, le=0.5, description="per step: the customer writes while the operator works"
     )
 
     # --- the reviewers -------------------------------------------------------------------------------------
@@ -86,6 +92,7 @@ class World(BaseModel):
             answer_second_requests=False,
             followup_rate=0.0,
             wrong_id_rate=0.0,
+            wrong_order_rate=0.0,
             clarify_everywhere=False,
             fact_rich_replies=False,
             upset_rate=0.0,

@@ -86,6 +86,12 @@ TIMING_CLOSED = (
 )
 
 
+AMOUNT = ("The amount is {balance} on your final bill.", "The amount is {balance}, your final balance.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, {"balance": view.panel("account", "balance")})
+
 def _timing(view: View, style: Style) -> Choice:
     return wording_choice(TIMING_RETAINED if view.screen_id == "cl_retained" else TIMING_CLOSED, style, {})
 
@@ -195,4 +201,5 @@ SPEC = ProcessSpec(
     new_case=new_case,
     replies={"offer_retention": _answer_offer, "confirm": thanks},
     timing=_timing,
+    amount=_amount,
 )

@@ -69,9 +69,10 @@ class ProcessSpec:
     new_case: Callable[[CaseContext], CaseSeed]
     replies: dict[str, Reply]  # operator message intent -> customer reply
     outcome_fields: tuple[str, ...] = ()  # form values that are part of the outcome (checked against truth)
-    # How an operator answers "how long will that take?" after the confirmation (calibrated world); None: the
-    # process has no such follow-up.
+    # How an operator answers "how long will that take?" and "how much was it?" after the confirmation (calibrated
+    # world); None: the process has no such follow-up.
     timing: Builder | None = None
+    amount: Builder | None = None
 
 
 # --- screens -------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ work items that answer it.
 - **A follow-up question** after the confirmation ("Can I get a reference number?", "How long will that
   take?"): answered before closing, with the reference from the record or the process's own timing and facts.
 - **A mistyped order number**: the lookup finds nothing, the operator asks the customer to double-check.
+- **Another order's number**: the customer quotes one of their other orders; the lookup finds it, but for another
+  item than the one they wrote about: the operator asks again.
 - **A bad mood**: an upset remark in the opening and impatient endings to replies.
 - **Nudges** ("Hello? Are you still there?") while the operator works: they change the screen and ask nothing.
 
@@ -91,11 +93,13 @@ FOLLOWUP_QUESTIONS: dict[str, tuple[str, ...]] = {
     "reference": ("Can I get a reference number for this?", "Do I get a reference for this?", "What's my reference?"),
     "confirmation": ("Will I get a confirmation by email?", "Do I get this in writing?", "Will you confirm by email?"),
     "timing": ("How long will that take?", "When will that happen?", "How long does it take?"),
+    "amount": ("How much was it again?", "What was the amount?", "How much is that?"),
 }
 _FOLLOWUP_CUES: dict[str, tuple[str, ...]] = {
     "reference": ("reference",),
     "confirmation": ("by email", "in writing"),
     "timing": ("how long", "when will"),
+    "amount": ("how much", "the amount"),
 }
 FOLLOWUPS: dict[str, Topic] = {
     "reference": Topic(
@@ -120,6 +124,7 @@ FOLLOWUPS: dict[str, Topic] = {
         ),
     ),
     "timing": Topic((), "answer_timing", ()),  # worded by the process (ProcessSpec.timing)
+    "amount": Topic((), "answer_amount", ()),  # worded by the process (ProcessSpec.amount)
 }
 
 UPSET_OPENINGS = (
@@ -129,6 +134,12 @@ UPSET_OPENINGS = (
 )
 UPSET_ENDINGS = (" Please hurry up.", " This is taking forever.", " Seriously?")
 
+WRONG_ORDER = (
+    "Order {oid} is for a {found}, not the {wanted}; could you double-check the number?",
+    "That order ({oid}) is your {found}. Can you double-check the number of the {wanted} order?",
+    "I see order {oid} is a {found}; please double-check the number for the {wanted}.",
+    "{oid} is a {found}. Please double-check the {wanted} order number.",
+)
 ASK_RECHECK = (
     "I can't find order {oid}. Could you double-check the number?",
     "There's no order {oid} on your account; can you double-check it?",
@@ -176,7 +187,19 @@ def mistyped(order_id: str, rng: random.Random) -> str:
 
 
 def recheck_reply(seed: CaseSeed, rng: random.Random) -> str:
-    return rng.choice(("Sorry, typo: it's {}.", "Oops, it's {}.", "My mistake, {}.")).format(seed.facts["order_id"])
+    if seed.facts.get("quoted_other_order"):
+        replies: tuple[str, ...] = ("Sorry, wrong one: it's {}.", "Oh, it's {} then.", "My bad, the right one is {}.")
+    else:
+        replies = ("Sorry, typo: it's {}.", "Oops, it's {}.", "My mistake, {}.")
+    return rng.choice(replies).format(seed.facts["order_id"])
+
+
+def named_items(text: str) -> list[str]:
+    """The shop's items ``text`` names (typos allowed), in the order of ``ITEMS``."""
+    from sandbox.processes.orders import ITEMS  # here: orders imports this module
+
+    words = words_of(text)
+    return [item for item in ITEMS if all(similar_word(w, words) for w in item.split())]
 
 
 # --- the operator's items -----------------------------------------------------------------------------------
@@ -197,13 +220,14 @@ def _followup_answered(view: View) -> bool:
     return topic is None or FOLLOWUPS[topic].intent in view.said
 
 
-def _answer_followup(timing: Builder | None) -> Builder:
+def _answer_followup(worded: dict[str, Builder | None]) -> Builder:
     def build(view: View, style: Style) -> Choice:
         topic = followup_topic(view) or "confirmation"
-        if topic == "timing" and timing is not None:
-            built = timing(view, style)
+        by_process = worded.get(topic)
+        if by_process is not None:
+            built = by_process(view, style)
             return built if isinstance(built, list) else [(built, 1.0)]
-        spec = FOLLOWUPS[topic if topic != "timing" else "confirmation"]
+        spec = FOLLOWUPS[topic if topic in ("reference", "confirmation") else "confirmation"]
         return wording_choice(spec.templates, style, spec.fmt(view))
 
     return build
@@ -222,7 +246,8 @@ def with_questions(screen: Screen, schema: ScreenSchema, spec: ProcessSpec) -> S
             _second_answered,
             applies=lambda v: v.world.answer_second_requests and second_request_topic(v) is not None,
         ),
-        Item("answer_followup", ItemKind.CHAT, _answer_followup(spec.timing), _followup_answered,
+        Item("answer_followup", ItemKind.CHAT, _answer_followup({"timing": spec.timing, "amount": spec.amount}),
+             _followup_answered,
              applies=lambda v: followup_topic(v) is not None),
     )  # fmt: skip
     waits = tuple(a.name for a in answers)

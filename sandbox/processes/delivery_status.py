@@ -71,6 +71,12 @@ TIMING_REDELIVERY = (
 )
 
 
+AMOUNT = ("The amount is {price} for the {item}.", "The amount is {price}, paid for your {item}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, {"price": view.panel("order", "price"), "item": view.panel("order", "item")})
+
 def _timing(view: View, style: Style) -> Choice:
     if view.screen_id == "ds_delivered":
         templates = TIMING_WAIT if view.values.get("next_step") == "wait_24h" else TIMING_REDELIVERY
@@ -216,4 +222,5 @@ SPEC = ProcessSpec(
     new_case=new_case,
     replies={"ask_order_id": give_order_id, "confirm": thanks},
     timing=_timing,
+    amount=_amount,
 )

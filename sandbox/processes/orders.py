@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from sandbox.crm import CRM
-from sandbox.playbook import Item, ItemKind
+from sandbox.playbook import Choice, Item, ItemKind, Style
 from sandbox.processes.common import (
     CaseSeed,
     ToolResult,
@@ -16,8 +16,9 @@ from sandbox.processes.common import (
     said,
     say,
     submit_button,
+    wording_choice,
 )
-from sandbox.processes.customers import ASK_RECHECK
+from sandbox.processes.customers import ASK_RECHECK, WRONG_ORDER, named_items
 from sandbox.view import ORDER_RE, View
 from schemas import Panel, TextControl, ToolControl
 from schemas.screen import Control
@@ -44,7 +45,7 @@ def has_order_id(view: View) -> bool:
 def _rechecks(view: View) -> bool:
     """In the calibrated world customers mistype order numbers, so operators look up the number they were given
     last and ask again when it is not found."""
-    return view.world.wrong_id_rate > 0
+    return view.world.wrong_id_rate > 0 or view.world.wrong_order_rate > 0
 
 
 def _typed_current(view: View) -> bool:
@@ -66,13 +67,32 @@ def _order_looked_up(view: View) -> bool:
     )
 
 
-def _order_not_found(view: View) -> bool:
-    return (
-        _rechecks(view)
-        and view.panel("order", "status") == "not_found"
-        and _looked_up_current(view)
-        and _typed_current(view)
-    )
+def _order_items(view: View) -> list[str]:
+    panel = view.panels.get("order")
+    if panel is not None and panel.rows:
+        return [row.get("item", "") for row in panel.rows]
+    return [view.panel("order", "item")]
+
+
+def _wrong_order(view: View) -> bool:
+    """The order found is for none of the items the customer wrote about: they quoted another order's number."""
+    named = named_items(view.customer_text())
+    return bool(named) and not set(named) & set(_order_items(view))
+
+
+def _order_needs_recheck(view: View) -> bool:
+    """The number the customer gave last was looked up and is not their order (not found, or another item's)."""
+    if not (_rechecks(view) and _looked_up_current(view) and _typed_current(view)):
+        return False
+    return view.panel("order", "status") == "not_found" or _wrong_order(view)
+
+
+def _ask_recheck(view: View, style: Style) -> Choice:
+    oid = str(view.values.get("order_id") or "")
+    if view.panel("order", "status") == "not_found":
+        return wording_choice(ASK_RECHECK, style, {"oid": oid})
+    named = named_items(view.customer_text())
+    return wording_choice(WRONG_ORDER, style, {"oid": oid, "found": _order_items(view)[0], "wanted": named[0]})
 
 
 def find_order_items() -> list[Item]:
@@ -86,9 +106,9 @@ def find_order_items() -> list[Item]:
         Item(
             "ask_recheck",
             ItemKind.CHAT,
-            say(ASK_RECHECK, lambda v: {"oid": str(v.values.get("order_id") or "")}),
+            _ask_recheck,
             said("ask_recheck"),
-            applies=_order_not_found,
+            applies=_order_needs_recheck,
             after=("lookup",),
         ),
         Item("next", ItemKind.SUBMIT, click("next"), never, after=("lookup", "ask_recheck")),

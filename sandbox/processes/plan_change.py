@@ -80,6 +80,12 @@ def _done_reply(view: View, style: Style) -> Choice:
     return wording_choice(PLAN_DONE_FEE if view.world.fact_rich_replies else PLAN_DONE, style, _done_fmt(view))
 
 
+AMOUNT = ("The amount is {fee} a month for {plan}.", "The amount is {fee} per month on {plan}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, _done_fmt(view))
+
 def _timing(view: View, style: Style) -> Choice:
     return wording_choice(TIMING, style, _done_fmt(view))
 
@@ -209,4 +215,5 @@ SPEC = ProcessSpec(
     replies={"ask_plan": _give_plan, "confirm": thanks},
     outcome_fields=("new_plan",),
     timing=_timing,
+    amount=_amount,
 )

@@ -112,6 +112,13 @@ def _damaged(view: View) -> tuple[str, str]:
     return view.panel("order", "item"), view.panel("order", "price")
 
 
+AMOUNT = ("The amount is {amount} for the {item}.", "The amount is {amount}, for your {item}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    item, amount = _damaged(view)
+    return wording_choice(AMOUNT, style, {"amount": amount, "item": item})
+
 def _timing(view: View, style: Style) -> Choice:
     item, amount = _damaged(view)
     fmt = {"amount": amount, "item": item}
@@ -283,4 +290,5 @@ SPEC = ProcessSpec(
     },
     outcome_fields=("remedy",),
     timing=_timing,
+    amount=_amount,
 )

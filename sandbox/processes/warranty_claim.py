@@ -106,6 +106,12 @@ def _reply(view: View, style: Style) -> Choice:
     return wording_choice(REJECTED if decision == "reject" else ACCEPTED, style, fmt)
 
 
+AMOUNT = ("The amount is {price} for the {item}.", "The amount is {price}, what you paid for the {item}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, {"price": view.panel("order", "price"), "item": view.panel("order", "item")})
+
 def _timing(view: View, style: Style) -> Choice:
     decision = str(view.values.get("claim_decision") or "")
     templates = TIMING_REJECTED if decision == "reject" else TIMING_ACCEPTED
@@ -218,4 +224,5 @@ SPEC = ProcessSpec(
     replies={"ask_order_id": give_order_id, "ask_repair": _give_choice, "confirm": thanks},
     outcome_fields=("claim_decision",),
     timing=_timing,
+    amount=_amount,
 )

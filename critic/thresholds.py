@@ -1,17 +1,19 @@
-"""Risk-controlled auto-execution thresholds per slice (Learn-then-Test with fixed-sequence testing).
+"""Risk-controlled auto-execution thresholds (Learn-then-Test with fixed-sequence testing), per group of slices.
 
-For a group of rows (a slice, an action type, a process, or everything) we look for the lowest critic-score
-threshold ``t`` such that proposals scored ``>= t`` can run in the background with a bounded error rate.
+For a group of rows (a cell of the pooled hierarchy, a slice, an action type, a process, or everything) we look
+for the lowest critic-score threshold ``t`` such that proposals scored ``>= t`` can run in the background with a
+bounded error rate.
 
 The guarantee. Fix ``alpha`` (tolerated error rate) and ``delta`` (tolerated failure probability). For each group
-separately: with probability at least ``1 - delta`` over the draw of that group's calibration rows, the
-threshold ``t`` returned for the group (if any) satisfies
+separately: with probability at least ``1 - delta`` over the draw of that group's calibration rows (sessions, when
+they are given), the threshold ``t`` returned for the group (if any) satisfies
 
     P(label = 0 | score >= t)  <=  alpha
 
 for a future row of the group, i.e. the error rate among future auto-executed rows of the group is at most
-``alpha``. This holds under two assumptions: (1) the group's calibration rows and its future rows are
-exchangeable (i.i.d. draws from one distribution); (2) the score function (the critic, its calibration, and
+``alpha``. This holds under two assumptions: (1) the group's calibration sessions and its future sessions are
+exchangeable (i.i.d. draws from one distribution; rows of one session may depend on each other when sessions are
+given, see "Sessions" below); (2) the score function (the critic, its calibration, and
 this configuration, granularity included) was fixed before the calibration rows were seen, so these rows must not
 be the critic's training or calibration data. When no threshold is returned the group stays in copilot mode,
 which is always safe.

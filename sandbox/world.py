@@ -32,13 +32,13 @@ class World(BaseModel):
         default=True, description="the second request must be answered before the case ends (classic: noise)"
     )
     followup_rate: float = Field(
-        default=0.3, ge=0.0, le=1.0, description="share of customers who answer the confirmation with a question"
+        default=0.4, ge=0.0, le=1.0, description="share of customers who answer the confirmation with a question"
     )
     wrong_id_rate: float = Field(
         default=0.15, ge=0.0, le=1.0, description="share of order numbers in openings that the customer mistyped"
     )
     wrong_order_rate: float = Field(
-        default=0.15,
+        default=0.3,
         ge=0.0,
         le=1.0,
         description="share of openings naming an item that quote another of the customer's orders (another item)",

@@ -92,6 +92,7 @@ AMOUNT = ("The amount is {balance} on your final bill.", "The amount is {balance
 def _amount(view: View, style: Style) -> Choice:
     return wording_choice(AMOUNT, style, {"balance": view.panel("account", "balance")})
 
+
 def _timing(view: View, style: Style) -> Choice:
     return wording_choice(TIMING_RETAINED if view.screen_id == "cl_retained" else TIMING_CLOSED, style, {})
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from sandbox.crm import CRM
-from sandbox.playbook import Choice, Item, ItemKind, Screen, Style
+from sandbox.playbook import Item, ItemKind, Screen, Style
 from sandbox.processes.common import (
     CaseContext,
     CaseSeed,
@@ -26,7 +26,6 @@ from sandbox.processes.common import (
     select,
     submit_button,
     transfer,
-    wording_choice,
 )
 from sandbox.view import INVOICE_RE, View, similar_word, words_of
 from schemas import Panel, SelectControl, TextareaControl, TextControl, ToolControl
@@ -48,15 +47,9 @@ HANDOVER = (
 )
 
 
-# Calibrated world: the invoice lists its charges, the customer names the one they dispute, and the handover
-# quotes it with its amount from the right row.
+# Calibrated world: the invoice lists its charges, the customer names the one they dispute, and the note for the
+# specialist quotes it with its amount from the right row.
 CHARGES = ("roaming", "streaming", "insurance", "cloud", "landline")
-HANDOVER_CHARGE = (
-    "Thanks. I've passed the {charge} charge of {amount} to our billing specialists; I'm transferring you now.",
-    "I've noted the {charge} charge ({amount}) and will transfer you to a billing specialist.",
-    "A billing specialist will review the {charge} charge of {amount}; transferring you now.",
-    "{charge} charge {amount}: transferring you to billing.",
-)
 
 
 def _disputed(view: View) -> dict[str, str]:
@@ -68,9 +61,9 @@ def _disputed(view: View) -> dict[str, str]:
     return {}
 
 
-def _handover(view: View, style: Style) -> Choice:
+def _charge_note(view: View) -> str:
     charge = _disputed(view)
-    return wording_choice(HANDOVER_CHARGE if charge else HANDOVER, style, charge)
+    return f"Customer disputes the {charge['charge']} charge of {charge['amount']} on {view.panel('invoice', 'invoice_id')}."
 
 
 def _charges(ctx: CaseContext, amount: float) -> tuple[str, list[dict[str, str]]]:
@@ -244,9 +237,17 @@ PLAYBOOK = {
                 ItemKind.FORM,
                 fill("note", lambda v: f"Customer disputes {v.panel('invoice', 'invoice_id')}."),
                 filled("note"),
+                applies=lambda v: not _disputed(v),
                 optional=True,
             ),
-            Item("handover", ItemKind.CHAT, _handover, said("inform_transfer")),
+            Item(  # calibrated world: the note for the specialist states the disputed charge, read from its row
+                "note_charge",
+                ItemKind.FORM,
+                fill("note", _charge_note),
+                filled("note"),
+                applies=lambda v: bool(_disputed(v)),
+            ),
+            Item("handover", ItemKind.CHAT, say(HANDOVER), said("inform_transfer")),
             Item(
                 "transfer",
                 ItemKind.SUBMIT,

@@ -77,6 +77,7 @@ AMOUNT = ("The amount is {price} for the {item}.", "The amount is {price}, paid 
 def _amount(view: View, style: Style) -> Choice:
     return wording_choice(AMOUNT, style, {"price": view.panel("order", "price"), "item": view.panel("order", "item")})
 
+
 def _timing(view: View, style: Style) -> Choice:
     if view.screen_id == "ds_delivered":
         templates = TIMING_WAIT if view.values.get("next_step") == "wait_24h" else TIMING_REDELIVERY
@@ -92,6 +93,12 @@ SCAN_REPLY = (
     "Good news: order {oid} is on its way, last scanned in {hub} on {date}; expected by {eta}.",
     "Order {oid} is on its way (last scan: {hub}, {date}). Estimated delivery: {eta}.",
     "{oid} is on its way, last scan {hub} {date}, ETA {eta}.",
+)
+DELIVERED_SCAN_REPLY = (
+    "Our records show order {oid} was delivered on {eta}; the last scan was in {hub} on {date}.",
+    "Tracking says order {oid} was delivered on {eta} (last scan: {hub}, {date}).",
+    "Order {oid} was delivered on {eta} according to the courier, last scanned in {hub} on {date}.",
+    "{oid} was delivered on {eta}, last scan {hub} {date}.",
 )
 DELAYED_SCAN_REPLY = (
     "I'm sorry, your order {oid} is delayed; it was last scanned in {hub} on {date}, new estimated date {eta}.",
@@ -111,11 +118,14 @@ def _fmt(view: View) -> dict[str, str]:
 
 def _scans(ctx: CaseContext, today: date, status: str) -> list[dict[str, str]]:
     """The parcel's scans, oldest first (calibrated world; none in the classic one or for lost parcels)."""
-    if not ctx.world.fact_rich_replies or status in ("lost", "delivered"):
+    if not ctx.world.fact_rich_replies or status == "lost":
         return []
     rng = ctx.world_rng
     hubs = rng.sample(HUBS, rng.randint(2, 5))
+    # A delivered parcel's last scan is the delivery (on its delivery date, a day or more ago).
     days = sorted(rng.sample(range(1, 9), len(hubs)), reverse=True)
+    if status == "delivered":
+        days = [d + 3 for d in days]
     return [{"date": (today - timedelta(days=d)).isoformat(), "hub": h} for d, h in zip(days, hubs, strict=True)]
 
 
@@ -178,6 +188,11 @@ SCHEMAS = {
 }
 
 
+def _delivered_reply(view: View, style: Style) -> Choice:
+    scans = bool(view.panels.get("order") and view.panels["order"].rows)
+    return wording_choice(DELIVERED_SCAN_REPLY if scans else DELIVERED_REPLY, style, _fmt(view))
+
+
 def _status_reply(view: View, style: Style) -> Choice:
     delayed = view.panel("order", "status") == "delayed"
     scans = bool(view.panels.get("order") and view.panels["order"].rows)
@@ -195,7 +210,7 @@ PLAYBOOK = {
     "ds_delivered": Screen(
         "ds_delivered",
         (
-            Item("reply", ItemKind.CHAT, say(DELIVERED_REPLY, _fmt), said("confirm")),
+            Item("reply", ItemKind.CHAT, _delivered_reply, said("confirm")),
             Item("next_step", ItemKind.FORM, select("next_step", _next_step), filled("next_step")),
             Item(
                 "close",

@@ -86,6 +86,7 @@ AMOUNT = ("The amount is {fee} a month for {plan}.", "The amount is {fee} per mo
 def _amount(view: View, style: Style) -> Choice:
     return wording_choice(AMOUNT, style, _done_fmt(view))
 
+
 def _timing(view: View, style: Style) -> Choice:
     return wording_choice(TIMING, style, _done_fmt(view))
 

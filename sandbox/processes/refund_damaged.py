@@ -119,6 +119,7 @@ def _amount(view: View, style: Style) -> Choice:
     item, amount = _damaged(view)
     return wording_choice(AMOUNT, style, {"amount": amount, "item": item})
 
+
 def _timing(view: View, style: Style) -> Choice:
     item, amount = _damaged(view)
     fmt = {"amount": amount, "item": item}
@@ -142,10 +143,10 @@ def _done_reply(view: View, style: Style) -> Choice:
 
 
 def _other_items(ctx: CaseContext, item: str, price: float) -> list[dict[str, str]]:
-    """Calibrated world: most damaged items came in an order of two or three, listed by the lookup (in any order);
+    """Calibrated world: most damaged items (85%) came in an order of two or three, listed by the lookup (in any order);
     the refund is the damaged item's price, not the order total."""
     rng = ctx.world_rng
-    if not ctx.world.fact_rich_replies or rng.random() >= 0.7:
+    if not ctx.world.fact_rich_replies or rng.random() >= 0.85:
         return []
     others = rng.sample([i for i in ITEMS if i != item], rng.randint(1, 2))
     lines = [{"item": item, "price": f"{price:.2f}"}]

@@ -112,6 +112,7 @@ AMOUNT = ("The amount is {price} for the {item}.", "The amount is {price}, what 
 def _amount(view: View, style: Style) -> Choice:
     return wording_choice(AMOUNT, style, {"price": view.panel("order", "price"), "item": view.panel("order", "item")})
 
+
 def _timing(view: View, style: Style) -> Choice:
     decision = str(view.values.get("claim_decision") or "")
     templates = TIMING_REJECTED if decision == "reject" else TIMING_ACCEPTED

@@ -192,6 +192,7 @@ def render(r: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, default=POLICY_DIR)
+    parser.add_argument("--default-sessions", type=int, default=COPILOT_SESSIONS, help="default-scenario feedback")
     parser.add_argument("--max-sessions", type=int, default=400)
     parser.add_argument("--fresh", type=int, default=300)
     parser.add_argument("--orders", type=int, default=5)
@@ -199,7 +200,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    default = copilot_feedback(args.policy, COPILOT_SESSIONS, args.seed, 2500, "default")
+    default = copilot_feedback(args.policy, args.default_sessions, args.seed, 2500, "default")
     new = copilot_feedback(args.policy, args.max_sessions + args.fresh, args.seed, 5000, "only_new")
     results: dict[str, dict[str, Any]] = {
         label: curve_for(label, default, new, args) for label in (DEFAULT_LABEL, BASELINE_LABEL)

@@ -10,10 +10,10 @@ operators review each proposal. These are the same rows ``bench.critic_sandbox``
   86.7%, close_chat 84.8%, send_text_to_chat 50.8%), and the rejection reasons against its annotated mix (model
   error 43.2%, acceptable alternative 37.2%, environment 6.9%, other 12.7%); target: every figure within 5 points;
 - where the model errors come from: the error rate of the policy's proposals in cases with and without each hard
-  feature (a second request, a follow-up question, a mistyped order number, an open preference, an upset
-  customer, a long chat), how they concentrate over cases, and by screen;
-- that every environment rejection is visible in the environment: the case's next state has changed (a new
-  customer message, another etag).
+  feature (a second request, a follow-up question, a mistyped or another order's number, an open preference, an
+  upset customer, a long chat), how they concentrate over cases, and by screen;
+- that every environment rejection is visible in the environment: the case's next state has changed (another
+  etag, with a new customer message or a tool's error panel).
 
     .venv/bin/python -m bench.sandbox_calibration [--sessions 3000]
 
@@ -81,7 +81,10 @@ def case_features(case_indexes: Sequence[int], seed: int, scenario: str) -> dict
         out[index] = {
             "second request": second_request_topic(view) is not None,
             "follow-up question": bool(facts.get("followup")),
-            "mistyped order number": bool(typed) and f"ORD-{typed[-1]}" != facts.get("order_id"),
+            "another order's number quoted": bool(facts.get("quoted_other_order")),
+            "mistyped order number": bool(typed)
+            and f"ORD-{typed[-1]}" != facts.get("order_id")
+            and not facts.get("quoted_other_order"),
             "preference left open": bool(case.seed.ambiguous),
             "upset customer": facts.get("upset") == "yes",
         }
@@ -148,11 +151,9 @@ def measure(records: list[FeedbackRecord], truth: list[bool] | None, seed: int, 
             continue
         environment_rows += 1
         customer_messages = sum(m.role == ChatRole.CUSTOMER for m in a.state.chat)
-        visible += (
-            a.state.case_id == b.state.case_id
-            and b.state.etag != a.state.etag
-            and sum(m.role == ChatRole.CUSTOMER for m in b.state.chat) > customer_messages
-        )
+        new_message = sum(m.role == ChatRole.CUSTOMER for m in b.state.chat) > customer_messages
+        tool_failed = any("error" in panel.fields for panel in b.state.panels.values())
+        visible += a.state.case_id == b.state.case_id and b.state.etag != a.state.etag and (new_message or tool_failed)
     return {
         "rows": len(records),
         "cases": len(rows_per_case),
@@ -243,7 +244,8 @@ def render(result: dict[str, Any], command: str) -> str:
     lines += [
         "",
         f"Environment rejections: {env['count']}, of which {env['visible']} are visible in the environment (the "
-        "case's next state has a new customer message and another etag: the screen changed under the proposal).",
+        "case's next state has another etag and a new customer message, the screen having changed under the "
+        "proposal, or a tool's error panel, the action having failed).",
         "",
     ]
     return "\n".join(lines)

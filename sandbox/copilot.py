@@ -57,6 +57,11 @@ def _stale(proposed: Action, model: StepModel, operator: SimOperator) -> Review:
     return Review(Verdict.REJECT, RejectReason.ENVIRONMENT, None, ok)
 
 
+def _failed(answer: Review) -> Review:
+    """An accepted proposal whose execution failed in the environment: the operator reports it as such."""
+    return Review(Verdict.REJECT, RejectReason.ENVIRONMENT, None, answer.acceptable)
+
+
 def copilot_case(
     platform: SandboxPlatform,
     case_id: str,
@@ -86,13 +91,15 @@ def copilot_case(
         answer = review(operator, proposed, own, model.bases, rng, guesses=model.guesses,
                         other_reject=platform.other_reject_rate(case_id))  # fmt: skip
         executed = proposed if answer.verdict == Verdict.ACCEPT else own
+        posterior = update_posterior(posterior, model, action_key(executed))
+        platform.act(case_id, executed)
+        if answer.verdict == Verdict.ACCEPT and platform.failed(case_id):
+            answer = _failed(answer)  # the accepted action failed in the environment (a tool did not answer)
         steps.append(
             CopilotStep(
                 state, proposed, answer.verdict, answer.reason, executed, answer.acceptable, operator.operator_id
             )
         )
-        posterior = update_posterior(posterior, model, action_key(executed))
-        platform.act(case_id, executed)
     return steps
 
 
@@ -265,6 +272,10 @@ def _lockstep(
                                     other_reject=platform.other_reject_rate(case.case_id))  # fmt: skip
                     accepted = answer.verdict == Verdict.ACCEPT
                     executed = proposed if accepted else turn.own
+                    case.posterior = update_posterior(case.posterior, turn.model, action_key(executed))
+                    platform.act(case.case_id, executed)
+                    if accepted and platform.failed(case.case_id):
+                        answer, accepted = _failed(answer), False  # the accepted action failed (a tool outage)
                     yield BatchedCopilotStep(
                         case_index=case.index,
                         turn=case.turns,
@@ -274,10 +285,13 @@ def _lockstep(
                         verdict=answer.verdict,
                         reason=answer.reason,
                         executed=executed,
-                        own_action=None if accepted else turn.own,
+                        own_action=None if accepted or answer.reason == RejectReason.ENVIRONMENT else turn.own,
                         acceptable=answer.acceptable,
                         operator_id=case.operator.operator_id,
                     )
+                    case.turns += 1
+                    advance(case)
+                    continue
                 case.posterior = update_posterior(case.posterior, turn.model, action_key(executed))
                 platform.act(case.case_id, executed)
                 case.turns += 1

@@ -60,6 +60,7 @@ class SimOperator:
     other_reject: float = 0.02  # P(reject for other reasons); the calibrated world sets it per case
     flags_guesses: bool = False  # a committed guess is a model error (calibrated world)
     strict_facts: bool = False  # a reply must state the same named facts (plans, items), not only ids and amounts
+    wording_only: bool = False  # accept_alternative_text only for a reply with the intent of their own reply
 
     def action_seconds(self, action: Action, rng: random.Random) -> float:
         base = MEAN_SECONDS[action.type]
@@ -88,6 +89,7 @@ def operator_pool(size: int = 12, seed: int = 0, world: World | None = None) -> 
                 other_reject=world.other_reject,
                 flags_guesses=world.flag_guesses,
                 strict_facts=world.strict_facts,
+                wording_only=world.wording_is_the_reply_preference,
             )
         )
     return pool
@@ -233,7 +235,14 @@ def review(
     if action_key(proposed) == action_key(own):
         return Review(Verdict.ACCEPT, None, None, ok)
     if ok:
-        rate = op.accept_alternative_text if isinstance(proposed, SendTextToChat) else op.accept_alternative
+        worded = isinstance(proposed, SendTextToChat) and (
+            not op.wording_only
+            or (
+                isinstance(own, SendTextToChat)
+                and classify_operator_text(own.text) == classify_operator_text(proposed.text)
+            )
+        )
+        rate = op.accept_alternative_text if worded else op.accept_alternative
         if rng.random() < rate:
             return Review(Verdict.ACCEPT, None, None, ok)
         return Review(Verdict.CORRECT, RejectReason.ACCEPTABLE_ALTERNATIVE, own, ok)

@@ -86,6 +86,7 @@ class Case:
     rng: random.Random = field(default_factory=random.Random)
     world_rng: random.Random = field(default_factory=random.Random)  # nudges, moods (calibrated world)
     followup_asked: bool = False
+    failed: bool = False  # the last action failed in the environment (a tool that did not answer)
 
     @property
     def step(self) -> int:
@@ -328,6 +329,7 @@ class SandboxPlatform:
             if case.ended:
                 raise CaseEnded(f"case {case_id} has ended ({case.ended})")
             validate_action(action, case.spec.schemas[case.screen_id])
+            case.failed = False
             self._apply(case, action)
             case.actions.append(action)
             if idempotency_key is not None:
@@ -381,6 +383,12 @@ class SandboxPlatform:
     def _click(self, case: Case, control_id: str) -> None:
         control = case.spec.schemas[case.screen_id].control(control_id)
         assert control is not None  # validated before
+        if control.kind == ControlKind.TOOL and self._tool_down(case):
+            # The backend did not answer: the panel says so and the lookup is not done (try again).
+            panel = str(getattr(control, "result_panel", control_id))
+            case.panels[panel] = Panel(title=control.label, fields={"error": "service unavailable, try again"})
+            case.failed = True
+            return
         case.clicked.add(control_id)
         if control.kind == ControlKind.TOOL:
             tool = case.spec.tools[control_id]
@@ -393,6 +401,15 @@ class SandboxPlatform:
                 case.panels["form_errors"] = Panel(title="Form errors", fields={m: "required" for m in missing})
                 return
             self._complete_screen(case)
+
+    def _tool_down(self, case: Case) -> bool:
+        rate = self.scenario.world.tool_outage_rate
+        return rate > 0.0 and case.world_rng.random() < rate
+
+    def failed(self, case_id: str) -> bool:
+        """Whether the case's last action failed in the environment (a tool that did not answer)."""
+        with self.lock:
+            return self.case(case_id).failed
 
     def missing_required(self, case_id: str) -> list[str]:
         """What blocks submitting the current screen: required fields without a value and required lookups

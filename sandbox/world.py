@@ -51,7 +51,10 @@ class World(BaseModel):
     )
     upset_rate: float = Field(default=0.15, ge=0.0, le=1.0, description="share of upset customers")
     nudge_rate: float = Field(
-        default=0.012, ge=0.0, le=0.5, description="per step: the customer writes while the operator works"
+        default=0.003, ge=0.0, le=0.5, description="per step: the customer writes while the operator works"
+    )
+    tool_outage_rate: float = Field(
+        default=0.1, ge=0.0, le=0.5, description="per tool click: the backend does not answer (try again)"
     )
 
     # --- the reviewers -------------------------------------------------------------------------------------
@@ -62,6 +65,12 @@ class World(BaseModel):
     )
     accept_alternative_text: tuple[float, float] = Field(
         default=(0.05, 0.3), description="the same for an acceptable reply worded differently"
+    )
+    wording_is_the_reply_preference: bool = Field(
+        default=True,
+        description="accept_alternative_text applies to a reply with the intent of the operator's own reply (the "
+        "same message worded differently); a reply where the operator would have done something else first is "
+        "judged like any alternative (classic: every differing reply)",
     )
     lazy_accept: tuple[float, float] = Field(
         default=(0.02, 0.08), description="range of P(accept a wrong proposal without noticing)"
@@ -97,10 +106,12 @@ class World(BaseModel):
             fact_rich_replies=False,
             upset_rate=0.0,
             nudge_rate=0.0,
+            tool_outage_rate=0.0,
             flag_guesses=False,
             strict_facts=False,
             accept_alternative=(0.55, 0.8),
             accept_alternative_text=(0.05, 0.3),
+            wording_is_the_reply_preference=False,
             lazy_accept=(0.02, 0.08),
             environment_reject=0.012,
             other_reject=0.02,

@@ -158,17 +158,21 @@ def test_environment_rejections_are_visible_and_the_step_is_proposed_again() -> 
     by_case = defaultdict(list)
     for step in steps:
         by_case[step.state.case_id].append(step)
-    stale = 0
+    nudged = failed = 0
     for case_steps in by_case.values():
         for before, after in pairwise(case_steps):
             if before.reason != RejectReason.ENVIRONMENT:
                 continue
-            stale += 1
-            assert before.executed is None  # nothing was done on the stale screen
-            assert after.state.etag != before.state.etag and after.state.step == before.state.step
+            assert after.state.etag != before.state.etag
             customers = [m for m in after.state.chat if m.role == ChatRole.CUSTOMER]
-            assert customers[-1].text in NUDGES  # the screen changed under the proposal: a new message
-    assert stale > 0
+            if before.executed is None:  # the customer wrote under the proposal: nothing done, the same step again
+                nudged += 1
+                assert after.state.step == before.state.step and customers[-1].text in NUDGES
+            else:  # the accepted tool click failed: its panel says so, and the lookup is tried again
+                failed += 1
+                assert before.executed == before.proposed
+                assert any(p.fields.get("error") for p in after.state.panels.values())
+    assert nudged > 0 and failed > 0
     reasons = {s.reason for s in steps if s.reason is not None}
     assert reasons >= {RejectReason.ENVIRONMENT, RejectReason.ACCEPTABLE_ALTERNATIVE, RejectReason.OTHER}
 

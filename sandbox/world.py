@@ -61,10 +61,10 @@ class World(BaseModel):
     flag_guesses: bool = Field(default=True, description="a committed guess (preference unknown) is a model error")
     strict_facts: bool = Field(default=True, description="a reply must state the same named facts, not just ids")
     accept_alternative: tuple[float, float] = Field(
-        default=(0.55, 0.8), description="range of P(accept an acceptable alternative action) over operators"
+        default=(0.9, 1.0), description="range of P(accept an acceptable alternative action) over operators"
     )
     accept_alternative_text: tuple[float, float] = Field(
-        default=(0.05, 0.3), description="the same for an acceptable reply worded differently"
+        default=(0.05, 0.25), description="the same for an acceptable reply worded differently"
     )
     wording_is_the_reply_preference: bool = Field(
         default=True,

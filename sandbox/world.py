@@ -1,17 +1,18 @@
 """How hard the world is and how reviewing operators judge a proposal: the knobs that calibrate the sandbox.
 
-Two worlds are named. ``World()`` is the calibrated default: the states that trip a policy up exist (customers
-add a second request that must be answered before the case ends, ask a follow-up question after the
-confirmation, mistype their order number, leave their preference open so a clarifying question is needed,
-nudge while the operator works, are upset), replies must state the facts a careful operator states (the fee
-of the new plan, read from the right row of the plans table), and reviewers judge the way operators review a
-copilot: a committed guess is an error, the stated facts are checked, an acceptable alternative is accepted
-with a personal probability, an upset customer makes an operator take over for reasons of their own.
-``World.classic()`` switches all of that off: the sandbox as it was before the calibration (decision 0010).
+Two worlds are named. ``World()`` is the calibrated default: the states that trip a learned policy up exist
+(customers add a second request that must be answered before the case is closed, ask a follow-up question after
+the confirmation, mistype their order number or quote another order's, leave their preference open so a
+clarifying question is needed, are upset; tool results hold tables whose right row a reply or a note must quote;
+a tool sometimes does not answer and the customer sometimes writes while the operator works), and reviewers
+judge the way operators review a copilot: a committed guess is an error, the stated facts are checked, an
+acceptable alternative is accepted with a personal probability, a reply worded differently less often, an upset
+customer makes an operator take over for reasons of their own. ``World.classic()`` switches all of that off: the
+sandbox as it was before the calibration (decision 0010).
 
-The review probabilities were set so that the default policy, reviewed in copilot mode, reproduces the
-paper's one-week statistics (acceptance per action type, the mix of rejection reasons): see docs/sandbox.md,
-"Calibration", for the measured table and the run that produced it.
+The difficulty's rates and the review probabilities were set so that the default policy, reviewed in copilot
+mode, reproduces the paper's one-week statistics (acceptance per action type, the mix of rejection reasons):
+``bench/sandbox_calibration.py`` measures it, docs/sandbox.md ("Calibration against the paper") has the table.
 """
 
 from __future__ import annotations

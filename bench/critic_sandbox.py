@@ -39,6 +39,7 @@ from critic.pipeline import (
     BASELINE_NAME,
     PipelineConfig,
     TrainedCritic,
+    admission_rows,
     check_thresholds,
     clopper_pearson_lower,
     default_thresholds,
@@ -98,6 +99,7 @@ def guarantee_draws(trained: TrainedCritic, config: ThresholdConfig, draws: int,
     y = labels(pool, trained.label)
     slices = [slice_of(r) for r in pool]
     codes, rows_of = _by_session(pool)
+    admission = admission_rows(trained.critic, trained.splits.calibrate, trained.label)  # fixed over the draws
     names = [str(k) for k in slices]
     distinct = {name: k for name, k in zip(names, slices, strict=True)}
     keys = list(distinct.values())
@@ -117,7 +119,9 @@ def guarantee_draws(trained: TrainedCritic, config: ThresholdConfig, draws: int,
         picked = rng.integers(0, len(rows_of), size=len(rows_of) // 2)
         rows = np.concatenate([rows_of[i] for i in picked])
         copies = np.repeat(np.arange(picked.size), [rows_of[i].size for i in picked])
-        thresholds = fit_slice_thresholds(scores[rows], y[rows], [slices[i] for i in rows], config, sessions=copies)
+        thresholds = fit_slice_thresholds(
+            scores[rows], y[rows], [slices[i] for i in rows], config, sessions=copies, admission=admission
+        )
         executed = executed_by(thresholds, everything)
         coverages.append(float(executed.mean()))
         if executed.any():
@@ -179,7 +183,10 @@ def sensitivity_table(
         for granularity in ("pooled", "slice", "action_type", "global"):
             for alpha in (0.02, 0.05, 0.10):
                 cfg = dataclasses.replace(config, alpha=alpha, granularity=granularity)
-                thresholds = fit_slice_thresholds(scores, y, slices, cfg, sessions=sessions_of(thr))
+                admission = admission_rows(trained.critic, trained.splits.calibrate, label)
+                thresholds = fit_slice_thresholds(
+                    scores, y, slices, cfg, sessions=sessions_of(thr), admission=admission
+                )
                 hold = check_thresholds(thresholds, trained.test_scores, trained.test_labels, trained.test_slices)
                 oracle = float(trained.test_labels.mean())
                 out.append(

@@ -22,7 +22,7 @@ from schemas.proposal import Proposal
 from schemas.risk import SliceKey
 from schemas.state import UIState
 
-# The label rules (decision 0010). LABEL_RULES[rule] holds the rejection reasons that do NOT count against the
+# The label rules (decision 0011). LABEL_RULES[rule] holds the rejection reasons that do NOT count against the
 # proposal (label 1, like an accept); every other rejection is an error (label 0). UNLABELLED[rule] holds the
 # reasons whose rows say nothing about the proposal at all: they are left out of training, calibration and
 # thresholds (``labelled``).

@@ -7,7 +7,8 @@ Rows are ordered by time and cut into four consecutive parts, each used for one 
 2. **calibrate**: the calibration map (isotonic or Platt, chosen here) is fitted on the critic's scores;
 3. **threshold**: the thresholds are chosen on the calibrated scores (the Learn-then-Test guarantee needs rows
    the score function never saw), pooled over the hierarchy global -> action type -> slice and bounded by
-   session (``critic/thresholds.py``);
+   session (``critic/thresholds.py``); a slice joins a pooled cell only if its calibration rows show the critic
+   does not underestimate its errors (the admission check);
 4. **test** (newest, "fresh"): the figures reported, and the champion/challenger comparison.
 
 The policy-confidence baseline is calibrated on the same calibration rows, so the comparison is like for like.
@@ -31,7 +32,7 @@ from critic.confidence import PolicyConfidenceCritic
 from critic.evaluate import Comparison, CriticScores, compare_critics
 from critic.feature_critic import FeatureCritic
 from critic.feedback import time_split
-from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds
+from critic.thresholds import Admission, SliceThresholds, ThresholdConfig, fit_slice_thresholds
 from schemas.feedback import FeedbackRecord
 from schemas.risk import SliceKey
 
@@ -45,6 +46,12 @@ MAX_CANDIDATES = 30
 def default_thresholds() -> ThresholdConfig:
     """The pipeline's thresholds: the pooled hierarchy, a 30-candidate grid, session-level bounds."""
     return ThresholdConfig(max_candidates=MAX_CANDIDATES, granularity="pooled")
+
+
+def admission_rows(critic: Critic, records: Sequence[FeedbackRecord], label: LabelRule) -> Admission:
+    """The rows on which a slice must show the critic holds before it joins a pooled cell: the calibration split
+    (apart from the threshold split, so the threshold test's guarantee is unchanged)."""
+    return Admission(accept_scores(critic, records), labels(records, label), [slice_of(r) for r in records])
 
 
 def sessions_of(records: Sequence[FeedbackRecord]) -> list[str]:
@@ -233,7 +240,12 @@ def train_critic(
     baseline.fit(x_cal, y_cal)
 
     thresholds = fit_slice_thresholds(
-        accept_scores(critic, x_thr), y_thr, s_thr, config.thresholds, sessions=sessions_of(splits.threshold)
+        accept_scores(critic, x_thr),
+        y_thr,
+        s_thr,
+        config.thresholds,
+        sessions=sessions_of(splits.threshold),
+        admission=admission_rows(critic, splits.calibrate, config.label),
     )
     test_scores = accept_scores(critic, x_test)
     scored = [CriticScores(BASELINE_NAME, accept_scores(baseline, x_test))]

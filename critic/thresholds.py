@@ -63,7 +63,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy.special import bdtr, betainc
-from scipy.stats import beta
+from scipy.stats import beta, poisson
 
 from schemas.risk import SliceKey
 
@@ -88,7 +88,8 @@ class ThresholdConfig:
     ``alpha``; without it the bound holds per group only, and with many groups near the boundary one of them
     passing by luck becomes likely (measured: 13% of draws instead of 10% in bench/critic_sandbox.py).
     ``min_sessions``: with sessions given, a group needs at least this many for its session-level bound;
-    ``own_cell_rows`` and ``min_slice_rows``: the pooled hierarchy's cells (see the module docstring)."""
+    ``own_cell_rows`` and ``min_slice_rows``: the pooled hierarchy's cells (see the module docstring);
+    ``admission_level``: the significance of the admission check (:func:`admitted_slices`)."""
 
     alpha: float = 0.05
     delta: float = 0.1
@@ -100,6 +101,7 @@ class ThresholdConfig:
     min_sessions: int = 20
     own_cell_rows: int = 1000
     min_slice_rows: int = 30
+    admission_level: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -117,6 +119,8 @@ class ThresholdConfig:
         for name in ("min_sessions", "own_cell_rows", "min_slice_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.admission_level < 1.0:
+            raise ValueError(f"admission_level must be in (0, 1), got {self.admission_level}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -425,18 +429,23 @@ def _slice_names(slices: Sequence[SliceKey]) -> list[tuple[str, str]]:
 
 
 def pooled_cells(
-    slices: Sequence[SliceKey], config: ThresholdConfig, names: list[tuple[str, str]] | None = None
+    slices: Sequence[SliceKey],
+    config: ThresholdConfig,
+    names: list[tuple[str, str]] | None = None,
+    admitted: set[str] | None = None,
 ) -> dict[str, str]:
-    """Slice key -> cell key of the pooled hierarchy, from row counts only (never labels): a slice with at
-    least ``own_cell_rows`` rows is its own cell; the other slices of an action type share the action type's
-    cell when they have that many rows together; the rest share the global cell. Slices with fewer than
-    ``min_slice_rows`` rows are in no cell."""
+    """Slice key -> cell key of the pooled hierarchy, from row counts only (never the threshold rows' labels): a
+    slice with at least ``own_cell_rows`` rows is its own cell; the other slices of an action type share the
+    action type's cell when they have that many rows together; the rest share the global cell. Slices with fewer
+    than ``min_slice_rows`` rows, or outside ``admitted`` when it is given, are in no cell."""
     counts: dict[str, int] = {}
     types: dict[str, str] = {}
     for name, kind in names if names is not None else _slice_names(slices):
         counts[name] = counts.get(name, 0) + 1
         types[name] = kind
-    eligible = {name: c for name, c in counts.items() if c >= config.min_slice_rows}
+    eligible = {
+        name: c for name, c in counts.items() if c >= config.min_slice_rows and (admitted is None or name in admitted)
+    }
     members = {name: name for name, c in eligible.items() if c >= config.own_cell_rows}
     pooled: dict[str, int] = {}
     for name, c in eligible.items():
@@ -447,6 +456,57 @@ def pooled_cells(
             kind = types[name]
             members[name] = kind if pooled[kind] >= config.own_cell_rows else GLOBAL_KEY
     return dict(sorted(members.items()))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Labelled rows apart from the threshold rows (the pipeline's calibration split) on which a slice must show
+    that the critic's scores hold for it before it may run under a pooled threshold (see ``admitted_slices``)."""
+
+    scores: np.ndarray | Sequence[float]
+    labels: np.ndarray | Sequence[int]
+    slices: Sequence[SliceKey]
+
+
+def admitted_slices(admission: Admission, config: ThresholdConfig) -> tuple[set[str], dict[str, str]]:
+    """The slices whose admission rows do not contradict the critic, and the others with the reason.
+
+    A pooled threshold is certified for its cell as a whole; a slice whose errors the critic underestimates (a new
+    process it never saw, say) would ride on its neighbours' record. So before the cells are formed, each slice's
+    errors on the admission rows are compared with the errors its scores predict (the sum of 1 - score): if more
+    errors are observed than that prediction makes plausible (a one-sided Poisson test at ``admission_level``), the
+    slice is left out of every cell and stays in copilot mode; so is a slice with fewer than ``min_slice_rows // 3``
+    admission rows, or none (no evidence yet). The check reads only rows the threshold test does not use, so the
+    cells are fixed before the threshold rows' labels are read and the guarantee is unchanged."""
+    s = np.asarray(admission.scores, dtype=np.float64)
+    y = np.asarray(admission.labels)
+    if not s.size == y.size == len(admission.slices):
+        raise ValueError("admission: scores, labels and slices differ in length")
+    predicted: dict[str, float] = {}
+    observed: dict[str, int] = {}
+    for (name, _), score, label in zip(_slice_names(admission.slices), s, y, strict=True):
+        predicted[name] = predicted.get(name, 0.0) + (1.0 - float(score))
+        observed[name] = observed.get(name, 0) + int(label == 0)
+    ok: set[str] = set()
+    refused: dict[str, str] = {}
+    rows = {name: 0 for name in observed}
+    for name, _ in _slice_names(admission.slices):
+        rows[name] += 1
+    needed = max(1, config.min_slice_rows // 3)
+    for name, errors in observed.items():
+        expected = predicted[name]
+        if rows[name] < needed:
+            refused[name] = f"{rows[name]} admission rows (< {needed}): too few to check the critic on it"
+            continue
+        p_value = float(poisson.sf(errors - 1, expected)) if errors > 0 else 1.0
+        if p_value < config.admission_level:
+            refused[name] = (
+                f"{errors} errors on its admission rows where the critic's scores predict {expected:.1f} "
+                f"(p = {p_value:.2g} < {config.admission_level}): the critic underestimates its errors"
+            )
+        else:
+            ok.add(name)
+    return ok, refused
 
 
 class SliceThresholds(Mapping[str, ThresholdResult]):
@@ -462,10 +522,13 @@ class SliceThresholds(Mapping[str, ThresholdResult]):
         config: ThresholdConfig,
         results: Mapping[str, ThresholdResult],
         members: Mapping[str, str] | None = None,
+        refused: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self._results = dict(sorted(results.items()))
         self.members: dict[str, str] = dict(sorted((members or {}).items()))
+        # Slices the admission check kept out of every cell, with the reason (pooled only).
+        self.refused: dict[str, str] = dict(sorted((refused or {}).items()))
 
     def __getitem__(self, key: str) -> ThresholdResult:
         return self._results[key]
@@ -503,6 +566,8 @@ class SliceThresholds(Mapping[str, ThresholdResult]):
         }
         if self.members:
             out["members"] = dict(self.members)
+        if self.refused:
+            out["refused"] = dict(self.refused)
         return out
 
     @classmethod
@@ -511,6 +576,7 @@ class SliceThresholds(Mapping[str, ThresholdResult]):
             ThresholdConfig.from_dict(data["config"]),
             {k: ThresholdResult.from_dict(r) for k, r in data["groups"].items()},
             data.get("members"),
+            data.get("refused"),
         )
 
     def render_markdown(self) -> str:
@@ -539,6 +605,9 @@ class SliceThresholds(Mapping[str, ThresholdResult]):
                 by_cell.setdefault(cell, []).append(name)
             lines += ["", "| cell | level | slices |", "|---|---|---|"]
             lines += [f"| {cell} | {level_of(cell)} | {', '.join(names)} |" for cell, names in sorted(by_cell.items())]
+        if self.refused:
+            lines += ["", "| slice kept in copilot mode | why |", "|---|---|"]
+            lines += [f"| {name} | {why} |" for name, why in self.refused.items()]
         return "\n".join(lines) + "\n"
 
 
@@ -548,10 +617,12 @@ def fit_slice_thresholds(
     slices: Sequence[SliceKey],
     config: ThresholdConfig | None = None,
     sessions: Sequence[Any] | np.ndarray | None = None,
+    admission: Admission | None = None,
 ) -> SliceThresholds:
     """One :func:`select_threshold` per group of rows, grouped by ``config.granularity`` (for "pooled", the
     cells of :func:`pooled_cells`; rows of slices in no cell are left out). ``sessions``: each row's session,
-    for the session-level bound (None: rows are independent)."""
+    for the session-level bound (None: rows are independent). ``admission`` (pooled only): rows apart from these
+    on which each slice must pass :func:`admitted_slices` to join a cell."""
     config = config or ThresholdConfig()
     s = np.asarray(scores, dtype=np.float64)
     lab = np.asarray(labels)
@@ -562,9 +633,16 @@ def fit_slice_thresholds(
     if s.size == 0:
         return SliceThresholds(config, {})
     members: dict[str, str] | None = None
+    refused: dict[str, str] = {}
     if config.granularity == "pooled":
         named = _slice_names(slices)
-        members = pooled_cells(slices, config, named)
+        admitted = None
+        if admission is not None:
+            admitted, refused = admitted_slices(admission, config)
+            for name, _ in named:
+                if name not in admitted and name not in refused:
+                    refused[name] = "no admission rows: the critic has not been checked on it yet"
+        members = pooled_cells(slices, config, named, admitted)
         names = [members.get(name) for name, _ in named]
     else:
         names = [group_key(k, config.granularity) for k in slices]
@@ -575,7 +653,7 @@ def fit_slice_thresholds(
     s, lab = s[keep], lab[keep]
     sess = None if sess is None else sess[keep]
     if s.size == 0:
-        return SliceThresholds(config, {}, members)
+        return SliceThresholds(config, {}, members, refused)
     order = np.argsort(inverse, kind="stable")
     counts = np.bincount(inverse, minlength=len(codes))
     bounds = np.cumsum(counts)[:-1]
@@ -587,4 +665,4 @@ def fit_slice_thresholds(
         name: select_threshold(s[rows], lab[rows], per_group, None if sess is None else sess[rows])
         for name, rows in zip(codes, np.split(order, bounds), strict=True)
     }
-    return SliceThresholds(config, results, members)
+    return SliceThresholds(config, results, members, refused)

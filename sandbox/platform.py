@@ -385,8 +385,8 @@ class SandboxPlatform:
         assert control is not None  # validated before
         if control.kind == ControlKind.TOOL and self._tool_down(case):
             # The backend did not answer: the panel says so and the lookup is not done (try again).
-            panel = str(getattr(control, "result_panel", control_id))
-            case.panels[panel] = Panel(title=control.label, fields={"error": "service unavailable, try again"})
+            result_panel = str(getattr(control, "result_panel", control_id))
+            case.panels[result_panel] = Panel(title=control.label, fields={"error": "service unavailable, try again"})
             case.failed = True
             return
         case.clicked.add(control_id)

@@ -8,7 +8,7 @@ a tool sometimes does not answer and the customer sometimes writes while the ope
 judge the way operators review a copilot: a committed guess is an error, the stated facts are checked, an
 acceptable alternative is accepted with a personal probability, a reply worded differently less often, an upset
 customer makes an operator take over for reasons of their own. ``World.classic()`` switches all of that off: the
-sandbox as it was before the calibration (decision 0010).
+sandbox as it was before the calibration (decision 0011).
 
 The difficulty's rates and the review probabilities were set so that the default policy, reviewed in copilot
 mode, reproduces the paper's one-week statistics (acceptance per action type, the mix of rejection reasons):

@@ -13,8 +13,10 @@ from scipy.stats import binom
 
 from critic.thresholds import (
     GLOBAL_KEY,
+    Admission,
     SliceThresholds,
     ThresholdConfig,
+    admitted_slices,
     clopper_pearson_upper,
     effective_upper,
     fit_slice_thresholds,
@@ -510,3 +512,40 @@ def test_the_pooled_guarantee_holds_over_all_executed_steps() -> None:
             violations += errors / executed > config.alpha
     assert violations <= draws * config.delta + 3 * np.sqrt(draws * config.delta * (1 - config.delta))
     assert found >= draws / 2
+
+
+def test_a_slice_the_critic_underestimates_is_kept_out_of_the_pool() -> None:
+    """The admission check: on rows apart from the threshold rows, a slice whose errors exceed what its scores
+    predict stays in copilot mode; one whose scores hold joins its cell; one never checked stays out."""
+    rng = np.random.default_rng(17)
+    good = SliceKey(process_id="old", action_type=ActionType.FILL_FIELD)
+    new = SliceKey(process_id="new", action_type=ActionType.FILL_FIELD)
+    unseen = SliceKey(process_id="unseen", action_type=ActionType.FILL_FIELD)
+
+    def rows(key: SliceKey, n: int, true_error: float) -> tuple[np.ndarray, np.ndarray, list[SliceKey]]:
+        s = rng.uniform(0.9, 1.0, n)  # the critic says "1-10% errors" for both slices
+        return s, (rng.random(n) >= true_error).astype(int), [key] * n
+
+    def stack(*parts: tuple[np.ndarray, np.ndarray, list[SliceKey]]) -> tuple[np.ndarray, np.ndarray, list[SliceKey]]:
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            [k for p in parts for k in p[2]],
+        )
+
+    admission = Admission(*stack(rows(good, 400, 0.05), rows(new, 120, 0.25)))
+    config = ThresholdConfig(granularity="pooled", own_cell_rows=5000, min_slice_rows=30, max_candidates=30)
+    ok, refused = admitted_slices(admission, config)
+    assert ok == {"old/fill_field"} and set(refused) == {"new/fill_field"}
+    assert "underestimates" in refused["new/fill_field"]
+    s, y, keys = stack(rows(good, 1500, 0.0), rows(new, 300, 0.25), rows(unseen, 300, 0.0))
+    thresholds = fit_slice_thresholds(s, y, keys, config, sessions=np.arange(s.size) // 8, admission=admission)
+    assert thresholds.threshold_for(good) is not None, thresholds.render_markdown()
+    assert thresholds.threshold_for(new) is None and thresholds.threshold_for(unseen) is None
+    assert set(thresholds.refused) == {"new/fill_field", "unseen/fill_field"}
+    assert thresholds[GLOBAL_KEY].n_rows == 1500  # the refused slices' rows are in no cell
+    # Without the check the new slice would ride on the pool, certified only at the pool's blended error.
+    blind = fit_slice_thresholds(s, y, keys, config, sessions=np.arange(s.size) // 8)
+    assert blind.group_of(new) == GLOBAL_KEY and not blind.refused
+    loaded = SliceThresholds.from_dict(json.loads(json.dumps(thresholds.to_dict())))
+    assert loaded.refused == thresholds.refused and "kept in copilot mode" in thresholds.render_markdown()

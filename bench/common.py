@@ -13,6 +13,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
+SHARED_DATA_ENV = "AUTOPILOT_SHARED_DATA"
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder (``shared/data`` beside the checkout): ``$AUTOPILOT_SHARED_DATA`` when set, else the
+    first that exists of ``../shared/data`` (the main checkout) and ``../../shared/data`` (a worktree under
+    ``wt/``); the first candidate when none exists, so error messages name the expected place."""
+    if os.environ.get(SHARED_DATA_ENV):
+        return Path(os.environ[SHARED_DATA_ENV])
+    candidates = (ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
 DEFAULT_PACKAGES = ("SpiffWorkflow", "pydantic", "tqdm", "matplotlib", "torch", "transformers", "scikit-learn")
 
 

@@ -31,14 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, ROOT, environment, write_results
+from bench.common import RESULTS_DIR, environment, shared_data_dir, write_results
 from importers.xes import import_xes
 from policy.baselines.gbm import GradientBoostingBaseline
 from policy.evaluate import evaluate as evaluate_predictor
 from policy.predictor import NextActionPredictor
 from schemas.trace import Trace, TraceStep
 
-DATA = ROOT.parent / "shared" / "data" / "eventlogs"
+DATA = shared_data_dir() / "eventlogs"
 NAME = "policy_eventlog_baseline"
 
 LOGS = {"bpi2013": "bpi_challenge_2013_incidents", "bpi2012w": "BPI_Challenge_2012_W_Complete"}

@@ -43,7 +43,7 @@ from typing import Any, Self
 
 import torch
 
-from bench.common import ROOT, environment, peak_rss_kib, write_results
+from bench.common import environment, peak_rss_kib, shared_data_dir, write_results
 from importers.uilog import import_uilog
 from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
 from policy.evaluate import EvalResult, evaluate, render_table
@@ -56,7 +56,7 @@ from schemas.state import UIState
 from schemas.trace import Trace
 
 NAME = "policy_uilog"
-DEFAULT_LOG = ROOT.parent / "shared" / "data" / "ui_logs" / "StudentRecord_segmented.csv"
+DEFAULT_LOG = shared_data_dir() / "ui_logs" / "StudentRecord_segmented.csv"
 
 
 @dataclass

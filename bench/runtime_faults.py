@@ -21,7 +21,8 @@ Faults:
 (c) stale answers, all signed by the operator id ``stale-injector``: for a ``--stale-share`` of the deferrals an
     answer naming the right proposal with a wrong state etag (published at once, racing the real operator), for
     the same share an answer to the proposal after it was answered (another verdict: an old proposal), and now
-    and then one naming a proposal that never existed;
+    and then one naming a proposal that never existed; each goes to the store's compare-and-set first (the one
+    answer protocol, which refuses it) and is then announced anyway (which the workers must ignore);
 (d) broker crash: the broker is killed (no grace) and restarted on its S3 storage (``LocalS3``, moto) when half
     the sessions are done.
 
@@ -400,6 +401,7 @@ class StaleAnswers:
         self.share = share
         self.rng = random.Random(f"stale:{seed}")
         self.injected: Counter[str] = Counter()
+        self.refused_by_store = 0
         self.failed = 0
         self._seen: set[str] = set()
         self._later: list[tuple[float, Deferral]] = []  # (not before, deferral): answer once it was answered
@@ -414,6 +416,10 @@ class StaleAnswers:
         )
 
     def _publish(self, kind: str, decision: OperatorDecision) -> None:
+        # The one answer protocol first (the store's compare-and-set, which must refuse it), then the announcement
+        # anyway, as a misbehaving operator side would: the workers must ignore an answer nobody recorded.
+        if self.store.answer(decision).result.value != "accepted":
+            self.refused_by_store += 1
         try:
             self.producer.publish(
                 self.topics.operator_decisions, decision, decision.session_id, message_id=f"stale:{uuid.uuid4().hex}"
@@ -932,6 +938,7 @@ def audit_counts(
         "stale_injected_total": sum(stale.injected.values()) if stale is not None else 0,
         "stale_injection_publish_failures": stale.failed if stale is not None else 0,
         "stale_answers_accepted": len(answered_by_injector),
+        "stale_refused_by_store": stale.refused_by_store if stale is not None else 0,
     }
 
 

@@ -425,8 +425,39 @@ def render(result: dict[str, Any]) -> str:
         "its whole batch, so it grows with ``batch_size``. Time queued before the observation is not in it.",
         "",
     ]
+    head = result["headline"]
+    lines += [
+        f"**Headline** ({head['sessions']} concurrent sessions, batch_size {head['batch_size']}): decision latency p99 "
+        f"{head['decision_latency_ms_p99']} ms (target <= {head['target_ms']:.0f} ms: "
+        f"{'met' if head['met'] else 'missed'}), p50 {head['decision_latency_ms_p50']} ms, "
+        f"{head['decisions_per_s']} decisions/s.",
+        "",
+    ]
     lines += [f"- {note}" for note in result["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The figure to quote: the ``--sessions`` run (1,000 by default) with the lowest decision p99, named by its
+    batch size; every such run's p99 beside it."""
+    full = [r for r in result["runs"] if r["sessions"] == result["sessions"]]
+
+    def p99(run: dict[str, Any]) -> float:
+        value = run["decision_latency_ms"]["p99"]
+        return float("inf") if value is None else float(value)
+
+    best = min(full, key=p99)
+    return {
+        "sessions": best["sessions"],
+        "batch_size": best["batch_size"],
+        "run": best["label"],
+        "decision_latency_ms_p99": best["decision_latency_ms"]["p99"],
+        "decision_latency_ms_p50": best["decision_latency_ms"]["p50"],
+        "decisions_per_s": best["decisions_per_s_all_active"] or best["decisions_per_s"],
+        "target_ms": result["targets"]["decision_p99_ms"],
+        "met": p99(best) <= result["targets"]["decision_p99_ms"],
+        "decision_latency_ms_p99_by_run": {r["label"]: r["decision_latency_ms"]["p99"] for r in full},
+    }
 
 
 def projected_sessions_per_s(result: dict[str, Any]) -> float | None:
@@ -530,6 +561,7 @@ def main() -> int:
         "environment": environment(),
     }
     result["projected_sessions_per_s"] = projected_sessions_per_s(result)
+    result["headline"] = headline(result)
     result["notes"] = notes(result)
     json_path, md_path = write_results(NAME, result, render(result), args.results)
     print(render(result))

@@ -131,7 +131,20 @@ def _retrain(args: argparse.Namespace) -> int:
     outcome = retrain(args.feedback, args.registry, config, now=now, report_dir=args.report)
     verdict = "promoted" if outcome.promoted else "not promoted"
     print(f"{outcome.version}: {verdict} ({outcome.reason}); champion: {outcome.champion}")
+    origin = outcome.provenance
+    print(f"rows: {origin['rows']} from {origin['source']} by source {json.dumps(origin['by_source'])}")
     print(f"report: {outcome.report}")
+    return 0
+
+
+def _import_feedback(args: argparse.Namespace) -> int:
+    from critic.feedback import as_imported, load_feedback_source
+    from critic.store import FeedbackStore
+
+    records = as_imported(load_feedback_source(args.source))
+    with FeedbackStore(args.feedback) as store:
+        added = store.add(records)
+    print(f"{added} of {len(records)} rows added to the feedback store as source 'import'")
     return 0
 
 
@@ -229,6 +242,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     retrain.add_argument("--report", default=None, help="report directory (default: REGISTRY/reports/VERSION)")
     retrain.add_argument("--now", default=None, help="end of the window, ISO time (default: newest feedback)")
     retrain.set_defaults(handler=_retrain)
+
+    imports = sub.add_parser(
+        "import-feedback", help="add rows from a .jsonl file (or directory) to a feedback store, marked as imported"
+    )
+    imports.add_argument("source", help="a .jsonl file or a directory of them")
+    imports.add_argument("--feedback", required=True, help="the feedback store's database URL")
+    imports.set_defaults(handler=_import_feedback)
 
     versions = sub.add_parser("versions", help="list registered critics (* = champion)")
     versions.add_argument("--registry", required=True)

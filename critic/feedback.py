@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from critic.base import labels
 from critic.errors import FeedbackError, validation_message
-from schemas.feedback import FeedbackRecord
+from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.files import atomic_file, atomic_write_text
 
 # Synthetic review times: case ``i`` starts ``i`` minutes after the epoch and its turn ``t`` is reviewed ``t``
@@ -203,3 +203,17 @@ def load_feedback_source(source: str) -> list[FeedbackRecord]:
     for record in records:
         unique.setdefault(record.record_id, record)
     return _time_order(unique.values())
+
+
+IMPORT_PREFIX = "import-"
+
+
+def as_imported(records: Iterable[FeedbackRecord]) -> list[FeedbackRecord]:
+    """The records marked as imported (source ``import``; the record id prefixed ``import-``, so an imported row
+    never takes the id of a row the service wrote): whatever a file says about itself, the service did not
+    observe it."""
+    out = []
+    for record in records:
+        record_id = record.record_id if record.record_id.startswith(IMPORT_PREFIX) else IMPORT_PREFIX + record.record_id
+        out.append(record.model_copy(update={"source": FeedbackSource.IMPORT, "record_id": record_id}))
+    return out

@@ -46,6 +46,7 @@ from critic.artifact import read_critic_meta, write_critic_dir
 from critic.base import CriticInput
 from critic.errors import NotFittedError
 from policy.codec import Codec
+from policy.fast_scoring import last_hidden_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import load_model
 from policy.policy import LMPolicy
@@ -243,16 +244,21 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
             out.append(prompt + codec.encode_action(action_text(action, state)) + marker)
         return out
 
-    def _accept_probability(self, seqs: Sequence[list[int]]) -> np.ndarray:
+    def _accept_probability(self, seqs: Sequence[list[int]], fast: bool = True) -> np.ndarray:
+        """P(accept) per sequence. ``fast``: the policy's fast path (``policy.fast_scoring``: sequences packed
+        without padding, a lean forward) where the model's layout allows; otherwise padded batches through the
+        ``transformers`` forward (the reference, and the path for a LoRA-wrapped model during training)."""
         model, _, _, pad_id = self._require()
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch: less padding
         out = np.zeros(len(seqs), dtype=np.float64)
         was_training = model.training
         model.eval()
+        packed = fast and supports(model)
         with torch.inference_mode():
             for start in range(0, len(order), PREDICT_BATCH):
                 chunk = order[start : start + PREDICT_BATCH]
-                last = _last_hidden(model, [seqs[i] for i in chunk], pad_id)
+                batch = [seqs[i] for i in chunk]
+                last = last_hidden_states(model, batch) if packed else _last_hidden(model, batch, pad_id)
                 logits = _verdict_logits(model, last, self.reject_token_id_, self.accept_token_id_)
                 out[chunk] = torch.softmax(logits, dim=-1)[:, 1].double().cpu().numpy()
         model.train(was_training)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from critic.registry import (
     decide_promotion,
     new_version,
 )
+from schemas.feedback import FeedbackRecord
 
 PROMOTION_METRIC = "aurc"  # lower is better: the area under the risk-coverage curve on the fresh rows
 
@@ -52,6 +56,19 @@ class RetrainOutcome:
     report: Path
     metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def provenance(source: str, records: Sequence[FeedbackRecord]) -> dict[str, Any]:
+    """Where the rows came from: the source (a database URL without its password, or a path), and the rows per
+    ``FeedbackSource`` (copilot, deferral, audit: observed by the service; import: loaded from elsewhere)."""
+    shown = source
+    if "://" in source:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(source).render_as_string(hide_password=True)
+    counts = Counter(record.source.value for record in records)
+    return {"source": shown, "rows": len(records), "by_source": {k: counts[k] for k in sorted(counts)}}
 
 
 def _champion_metrics(registry: CriticRegistry, trained: TrainedCritic) -> dict[str, float] | None:
@@ -75,6 +92,7 @@ def retrain(
 ) -> RetrainOutcome:
     config = config or RetrainConfig()
     records = time_window(load_feedback_source(source), config.window_days, now)
+    origin = provenance(source, records)
     registry = CriticRegistry(registry_dir)
     registry.champion()  # a corrupt champion file fails here, before any work
     version = new_version()
@@ -119,7 +137,7 @@ def retrain(
         else:
             registry.record_rejection(version, decision.reason)
         out = Path(report_dir) if report_dir is not None else Path(registry_dir) / "reports" / version
-        report = write_report(out, version, trained, decision, champion_before, champion_metrics, plots)
+        report = write_report(out, version, trained, decision, champion_before, champion_metrics, plots, origin)
     return RetrainOutcome(
         version=version,
         promoted=decision.promote,
@@ -128,6 +146,7 @@ def retrain(
         report=report,
         metrics=challenger_metrics,
         champion_metrics=champion_metrics,
+        provenance=origin,
     )
 
 
@@ -139,6 +158,7 @@ def write_report(
     champion: str | None,
     champion_metrics: dict[str, float] | None,
     plots: Path,
+    origin: dict[str, Any] | None = None,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for png in sorted(plots.glob("*.png")):
@@ -149,6 +169,7 @@ def write_report(
         "",
         f"- window: {trained.window[0].isoformat()} .. {trained.window[1].isoformat()}",
         f"- rows: {trained.splits.sizes()}",
+        f"- rows came from: {_origin_line(origin)}",
         f"- critic: {trained.critic.name} (fitted and calibrated in {trained.fit_seconds:.1f} s)",
         f"- decision: **{'promoted' if decision.promote else 'kept the champion'}**: {decision.reason}",
         f"- champion before: {champion or 'none'}"
@@ -171,7 +192,14 @@ def write_report(
     ]
     (out / "report.md").write_text("\n".join(lines))
     (out / "report.json").write_text(
-        json.dumps({"version": version, "promoted": decision.promote, "reason": decision.reason, **summary(trained)},
-                   indent=1, default=str)
+        json.dumps({"version": version, "promoted": decision.promote, "reason": decision.reason,
+                    "provenance": origin or {}, **summary(trained)}, indent=1, default=str)
     )  # fmt: skip
     return out / "report.md"
+
+
+def _origin_line(origin: dict[str, Any] | None) -> str:
+    if not origin:
+        return "unknown"
+    parts = ", ".join(f"{count} {name}" for name, count in origin["by_source"].items())
+    return f"{origin['source']}: {origin['rows']} rows in the window ({parts})"

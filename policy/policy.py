@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from policy.candidates import Candidate, TemplateBank, enumerate_candidates
 from policy.codec import Codec
+from policy.fast_scoring import PACK_TOKENS, CandidateScorer, score_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.predictor import Prediction
@@ -36,7 +37,7 @@ from schemas.trace import Trace
 
 POLICY_FILE = "policy.json"
 FORMAT_VERSION = 1
-MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per scoring pass: bounds the attention mask's memory
+MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 
 
 class NotFittedError(RuntimeError):
@@ -72,6 +73,8 @@ class LMPolicy:
     prune_logprob: float | None = 9.0  # see _prune; None scores every candidate in full
     pretrained: str | None = None
     lora: LoraSettings | None = None
+    fast_scoring: bool = True  # policy.fast_scoring where the model's layout allows; False = the reference path
+    scorer: CandidateScorer | None = field(default=None, repr=False)  # e.g. a GPU server (policy.remote)
     progress: bool = True
     name: str = "lm"
 
@@ -163,27 +166,62 @@ class LMPolicy:
             raise NotFittedError("this LMPolicy is not fitted: call fit() or LMPolicy.load()")
         return self.codec_, self.model_, self.bank_
 
-    def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
-        codec, model, _ = self._require()
-        prompts = [codec.encode_prompt(serialise_state(s, self.serial)) for s in states]
-        encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
-        candidate_lists, encoded = self._prune(prompts, candidate_lists, encoded)
-        results: list[_Scored] = []
+    @staticmethod
+    def _groups(prompts: list[list[int]], encoded: list[list[list[int]]], budget: int) -> list[tuple[int, int]]:
+        """Consecutive ranges of states whose packed tokens stay under ``budget`` per pass."""
+        out: list[tuple[int, int]] = []
         i = 0
-        while i < len(states):  # group states so one packed pass stays under the token budget
+        while i < len(prompts):
             j, tokens = i, 0
-            while j < len(states):
+            while j < len(prompts):
                 size = len(prompts[j]) + sum(len(c) for c in encoded[j])
-                if j > i and tokens + size > MAX_TOKENS_PER_BATCH:
+                if j > i and tokens + size > budget:
                     break
                 tokens += size
                 j += 1
+            out.append((i, j))
+            i = j
+        return out
+
+    def _require_serving(self) -> tuple[Codec, TemplateBank]:
+        """What proposing needs: the codec and the bank, and the weights unless a ``scorer`` holds them."""
+        if self.codec_ is None or self.bank_ is None or (self.model_ is None and self.scorer is None):
+            raise NotFittedError("this LMPolicy is not fitted: call fit() or LMPolicy.load()")
+        return self.codec_, self.bank_
+
+    def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
+        codec, _ = self._require_serving()
+        prompts = [codec.encode_prompt(serialise_state(s, self.serial)) for s in states]
+        encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
+        if self.scorer is not None:
+            remote = self.scorer.score(prompts, encoded, self.prune_logprob)
+            return [
+                _Scored([cands[c] for c in item.kept], item.logprobs)
+                for cands, item in zip(candidate_lists, remote, strict=True)
+            ]
+        _, model, _ = self._require()
+        if not (self.fast_scoring and supports(model)):
+            return self._score_reference(prompts, candidate_lists, encoded)
+        results: list[_Scored] = []
+        for i, j in self._groups(prompts, encoded, PACK_TOKENS):
+            scored = score_states(model, prompts[i:j], encoded[i:j], self.prune_logprob)
+            for cands, item in zip(candidate_lists[i:j], scored, strict=True):
+                results.append(_Scored([cands[c] for c in item.kept], item.logprobs))
+        return results
+
+    def _score_reference(
+        self, prompts: list[list[int]], candidate_lists: Sequence[list[Candidate]], encoded: list[list[list[int]]]
+    ) -> list[_Scored]:
+        """The reference path (policy.scoring): a pruning pass, then prompt and candidates packed in one pass."""
+        _, model, _ = self._require()
+        candidate_lists, encoded = self._prune(prompts, candidate_lists, encoded)
+        results: list[_Scored] = []
+        for i, j in self._groups(prompts, encoded, MAX_TOKENS_PER_BATCH):
             live = [b for b in range(i, j) if encoded[b]]
             scores = score_candidates(model, [prompts[b] for b in live], [encoded[b] for b in live])
             by_state = dict(zip(live, scores, strict=True))
             for b in range(i, j):
                 results.append(_Scored(list(candidate_lists[b]), by_state.get(b, [])))
-            i = j
         return results
 
     def _prune(
@@ -226,7 +264,7 @@ class LMPolicy:
 
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
         """The top-``k`` proposal of each state (None for a state with no valid candidate action)."""
-        _, _, bank = self._require()
+        _, bank = self._require_serving()
         scored = self._score(states, [enumerate_candidates(s, bank) for s in states])
         out: list[Proposal | None] = []
         for state, item in zip(states, scored, strict=True):
@@ -262,6 +300,17 @@ class LMPolicy:
 
     def propose(self, state: UIState, k: int = 5) -> Proposal | None:
         return self.propose_batch([state], k)[0]
+
+    def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
+        """Per state the ``k`` best candidate actions with their probabilities (softmax over the candidates),
+        best first; empty for a state without a valid candidate."""
+        _, bank = self._require_serving()
+        out: list[list[tuple[Action, float]]] = []
+        for i in range(0, len(states), 64):
+            chunk = states[i : i + 64]
+            for scored in self._score(chunk, [enumerate_candidates(s, bank) for s in chunk]):
+                out.append([(action, p) for action, _, p in self._ranked(scored)[:k]])
+        return out
 
     def predict(self, states: Sequence[UIState]) -> list[Prediction]:
         out: list[Prediction] = []
@@ -301,7 +350,8 @@ class LMPolicy:
         return target
 
     @classmethod
-    def load(cls, path: str | Path, *, progress: bool = False) -> LMPolicy:
+    def load(cls, path: str | Path, *, progress: bool = False, scorer: CandidateScorer | None = None) -> LMPolicy:
+        """The saved policy; with ``scorer`` (a server holding the same checkpoint) its weights are not loaded."""
         root = Path(path)
         meta_path = root / POLICY_FILE
         if not meta_path.is_file():
@@ -320,10 +370,11 @@ class LMPolicy:
             pretrained=meta["pretrained"],
             lora=LoraSettings(**meta["lora"]) if meta.get("lora") else None,
             progress=progress,
+            scorer=scorer,
         )
         tokenizer = AutoTokenizer.from_pretrained(str(root))
         policy.codec_ = Codec.for_tokenizer(tokenizer, policy.max_prompt_tokens)
-        policy.model_ = load_model(root)
+        policy.model_ = None if scorer is not None else load_model(root)
         policy.bank_ = TemplateBank.from_dict(meta["templates"])
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])

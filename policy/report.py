@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from policy.baselines.floors import MostFrequentPerScreen, SuffixNGram
-from policy.evaluate import EvalResult, evaluate, render_table
-from policy.policy import LMPolicy
+from policy.combined import CombinedPolicy, load_policy
+from policy.evaluate import BATCH_SIZE, EvalResult, evaluate, render_table
 from policy.predictor import NextActionPredictor
 from schemas.trace import Trace
 
@@ -26,21 +26,33 @@ class Report:
 
 
 def compare_with_floors(
-    predictor: NextActionPredictor, test: Sequence[Trace], train: Sequence[Trace] | None = None, name: str = "lm policy"
+    predictor: NextActionPredictor,
+    test: Sequence[Trace],
+    train: Sequence[Trace] | None = None,
+    name: str = "lm policy",
+    batch_size: int = BATCH_SIZE,
 ) -> Report:
     """Evaluate a fitted predictor on ``test`` under ``name``; with ``train``, also the two floors fitted on it and
-    the split of the test steps by whether their prefix occurs in training."""
+    the split of the test steps by whether their prefix occurs in training. For a ``CombinedPolicy`` the markdown
+    ends with which predictor it chose where and the held-out figures behind the choice (``choice_markdown``):
+    what the demo prints beside the floors. ``batch_size``: states per ``predict`` call (smaller keeps an LM's
+    packed scoring passes small)."""
     results: dict[str, EvalResult] = {}
     if train:
         for floor in (MostFrequentPerScreen().fit(train), SuffixNGram().fit(train)):
             results[floor.name] = evaluate(floor, test, train)
-    results[name] = evaluate(predictor, test, train)
-    return Report(results=results, markdown=render_table(results))
+    results[name] = evaluate(predictor, test, train, batch_size=batch_size)
+    markdown = render_table(results)
+    if isinstance(predictor, CombinedPolicy):
+        markdown += "\n\n## Which predictor answers where (chosen on held-out training cases)\n\n"
+        markdown += predictor.choice_markdown() + "\n"
+    return Report(results=results, markdown=markdown)
 
 
 def evaluate_policy_on_traces(
     model_dir: str | Path, test: Sequence[Trace], train: Sequence[Trace] | None = None
 ) -> Report:
-    """``compare_with_floors`` for the policy saved in ``model_dir``."""
-    policy = LMPolicy.load(model_dir)
-    return compare_with_floors(policy, test, train, name=f"lm policy ({policy.version_})")
+    """``compare_with_floors`` for the policy saved in ``model_dir`` (a combined policy or an LM policy)."""
+    policy = load_policy(model_dir)
+    kind = "combined policy" if isinstance(policy, CombinedPolicy) else "lm policy"
+    return compare_with_floors(policy, test, train, name=f"{kind} ({policy.version_})")

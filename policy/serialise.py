@@ -15,7 +15,8 @@ Prompt (one line per section, sections in this order, absent sections omitted)::
 A select lists, after ``~``, the options the customer's messages name (typos allowed): see
 ``mentioned_options``.
 
-Truncation rule (documented in docs/policy.md): the chat keeps its last ``chat_messages`` messages, each cut to
+Truncation rule (documented in docs/policy.md): option hints read the last ``policy.values.CHAT_WINDOW`` messages
+(as the value sources do); the chat keeps its last ``chat_messages`` messages, each cut to
 ``message_chars`` characters; the history keeps the last ``history`` actions, each cut to ``action_chars``;
 a panel keeps ``MAX_ROWS`` table rows and every value is cut to ``value_chars``. Durations (panel fields whose
 name ends in ``_s``) are written as coarse log-scale buckets, which a small model can use and raw seconds it
@@ -33,10 +34,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 
-from policy.values import MAX_ROWS, fill_slots, mask_entities, to_slots, value_sources
+from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, to_slots, value_sources
 from schemas.actions import (
     Action,
     ClickControl,
@@ -49,6 +52,7 @@ from schemas.actions import (
 )
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, UIState
+from schemas.trace import Trace
 
 ACTION_START = "<act>"
 ACTION_END = "</act>"
@@ -68,16 +72,81 @@ _DAY = 86400
 
 @dataclass(frozen=True)
 class SerialConfig:
-    """The truncation limits of the prompt; saved with a model so inference serialises as training did."""
+    """The truncation limits of the prompt and what it shows; saved with a model so inference serialises as
+    training did. The defaults are the chat-screen layout; ``for_traces`` chooses a layout for given traces (an
+    event log's long cases get their whole kept history, counts and no per-case identifiers).
+
+    * ``list_buttons``: buttons appear in the ``controls`` line. An event log's screen is one button per
+      activity, the same in every state: listing them costs most of a short prompt and says nothing (the
+      candidates are the buttons anyway).
+    * ``bare_clicks``: a click in the history is written as its control id alone and never cut (the activity
+      sequence of an event log, where ``action_chars`` would cut long activity names to the same prefix).
+    * ``counts``: a ``repeats`` line with how often each action that occurs more than once in the kept history
+      does (most frequent first): loops and rework are what the next activity of a long case depends on.
+    * ``drop_fields``: panel fields (``name`` or ``panel.name``) left out, such as event timestamps and ids,
+      whose values never recur and only cost tokens.
+    """
 
     chat_messages: int = 4
     message_chars: int = 160
     history: int = 6
     action_chars: int = 32
     value_chars: int = 80
+    list_buttons: bool = True
+    bare_clicks: bool = False
+    counts: bool = False
+    drop_fields: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, int]:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
+
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def for_traces(cls, traces: Sequence[Trace]) -> SerialConfig:
+        """The layout for these traces: the default for chat screens; for activity logs (every screen only
+        buttons and no chat, as the event-log importers make) the whole history the states keep, bare clicks,
+        counts, no button list, and without the panel fields whose values hardly recur (``rare_fields``)."""
+        states = [step.state for trace in traces for step in trace.steps]
+        if not states:
+            return cls()
+        activity_log = all(
+            not state.chat and all(c.kind == ControlKind.BUTTON for c in state.screen.controls) for state in states
+        )
+        if not activity_log:
+            return cls()
+        longest = max(len(state.recent_actions) for state in states)
+        return cls(
+            history=max(longest, 1),
+            list_buttons=False,
+            bare_clicks=True,
+            counts=True,
+            drop_fields=rare_fields(states),
+        )
+
+
+def rare_fields(
+    states: Sequence[UIState], *, top: int = 254, min_coverage: float = 0.2, max_singletons: float = 0.8
+) -> tuple[str, ...]:
+    """Panel fields (``panel.name``) whose ``top`` most frequent values cover under ``min_coverage`` of the
+    states that show the field, or whose values are seen once on more than ``max_singletons`` of them:
+    timestamps and ids, which a model cannot learn from. Durations (``*_s``) are bucketed when written, so
+    they stay."""
+    values: dict[str, Counter[str]] = defaultdict(Counter)
+    for state in states:
+        for panel_id, panel in state.panels.items():
+            for name, value in panel.fields.items():
+                if not name.endswith("_s"):
+                    values[f"{panel_id}.{name}"][value] += 1
+    rare = []
+    for key, counts in sorted(values.items()):
+        rows = sum(counts.values())
+        covered = sum(n for _, n in counts.most_common(top))
+        singletons = sum(1 for n in counts.values() if n == 1)
+        if covered < min_coverage * rows or singletons > max_singletons * rows:
+            rare.append(key)
+    return tuple(rare)
 
 
 class ActionTextError(ValueError):
@@ -139,11 +208,11 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
     """The prompt for one state (without the action marker)."""
     cfg = config or SerialConfig()
     screen = state.screen
-    customer_words = sorted({w for m in state.chat if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
+    customer_words = sorted({w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
     lines = [f"process {state.process_id} | screen {screen.screen_id}"]
     controls: list[str] = []
     for control in screen.controls:
-        if control.kind in (ControlKind.TABLE,):
+        if control.kind == ControlKind.TABLE or (control.kind == ControlKind.BUTTON and not cfg.list_buttons):
             continue
         flags = ("*" if control.required else "") + ("" if control.enabled else "!")
         item = f"{control.id}:{control.kind.value}{flags}"
@@ -158,14 +227,18 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
             if named:
                 item += " ~" + "|".join(named)
         controls.append(item)
-    lines.append("controls " + " ; ".join(controls))
+    if controls or cfg.list_buttons:
+        lines.append("controls " + " ; ".join(controls))
     if screen.transfer_queues:
         lines.append("queues " + " ; ".join(screen.transfer_queues))
     if screen.resolution_codes:
         lines.append("resolutions " + " ; ".join(screen.resolution_codes))
+    dropped = set(cfg.drop_fields)
     for panel_id, panel in sorted(state.panels.items()):
         fields = " ; ".join(
-            f"{k}={_panel_value(k, v, cfg.value_chars)}" for k, v in sorted(panel.fields.items()) if v != ""
+            f"{k}={_panel_value(k, v, cfg.value_chars)}"
+            for k, v in sorted(panel.fields.items())
+            if v != "" and k not in dropped and f"{panel_id}.{k}" not in dropped
         )
         rows = " / ".join(
             ", ".join(f"{k}={_cut(v, cfg.value_chars)}" for k, v in sorted(row.items()))
@@ -176,10 +249,19 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
         messages = state.chat[-cfg.chat_messages :]
         lines.append("chat " + " / ".join(f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in messages))
     if state.recent_actions and cfg.history > 0:
-        recent = state.recent_actions[-cfg.history :]
-        lines.append("history " + " / ".join(_cut(literal_action_text(a), cfg.action_chars) for a in recent))
+        recent = [_history_text(a, cfg) for a in state.recent_actions[-cfg.history :]]
+        lines.append("history " + " / ".join(recent))
+        repeated = sorted(((t, n) for t, n in Counter(recent).items() if n > 1), key=lambda item: (-item[1], item[0]))
+        if cfg.counts and repeated:
+            lines.append("repeats " + " ; ".join(f"{text}={n}" for text, n in repeated))
     lines.append(f"step {state.step}")
     return "\n".join(lines)
+
+
+def _history_text(action: Action, cfg: SerialConfig) -> str:
+    if cfg.bare_clicks and isinstance(action, ClickControl):
+        return action.control_id
+    return _cut(literal_action_text(action), cfg.action_chars)
 
 
 def literal_action_text(action: Action) -> str:

@@ -8,7 +8,9 @@ wall-clock budget stops training gracefully.
 from __future__ import annotations
 
 import math
+import os
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,17 @@ class TrainConfig:
     time_budget_s: float | None = None
     threads: int | None = None
     seed: int = 0
+    # Fit the plan to the time budget (needs ``time_budget_s``): after ``probe_steps`` timed steps the schedule is
+    # cut to the steps the budget affords, and when that is under ``min_epochs`` epochs the training examples are
+    # subsampled so that ``min_epochs`` whole epochs fit (a model that saw a sixth of its data once is worse than
+    # one that saw a well-mixed half twice). Such a plan may overrun its budget by half to finish its
+    # ``min_epochs`` (a load change can make the probe's estimate short). Without it a budget only stops the run.
+    fit_to_budget: bool = False
+    min_epochs: float = 1.0
+    probe_steps: int = 12
+    # Time the probe steps on one thread and on all the threads torch may use, alternately, and keep the faster
+    # (on a shared two-core machine two threads can be much slower than one); ``threads`` is then ignored.
+    probe_threads: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,6 +68,16 @@ class TrainHistory:
     stopped: str = "epochs"
     seconds: float = 0.0
     tokens: int = 0
+    epochs_done: float = 0.0  # optimizer steps / steps per epoch of the examples used: < 1 = undertrained
+    examples_used: int = 0
+    planned_steps: int = 0
+    threads: int = 0
+    step_seconds: dict[str, float] = field(default_factory=dict)  # median seconds per step, by thread count
+
+    @property
+    def undertrained(self) -> bool:
+        """Stopped before one whole pass over its training examples (a budget that ran out too early)."""
+        return self.epochs_done < 1.0 - 1e-9
 
 
 def _batches(examples: Sequence[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
@@ -121,6 +144,22 @@ def _lr(step: int, total: int, cfg: TrainConfig) -> float:
     )
 
 
+def _deadline(cfg: TrainConfig, budgeted: bool, epochs_done: float) -> float:
+    """Seconds after which training stops. A plan fitted to the budget may overrun it by half until its
+    ``min_epochs`` are done (the probe's estimate can be off on a machine whose load changes): a plan that
+    stops short of one epoch is the failure it exists to prevent."""
+    assert cfg.time_budget_s is not None
+    if budgeted and epochs_done < cfg.min_epochs:
+        return 1.5 * cfg.time_budget_s
+    return cfg.time_budget_s
+
+
+def _probe_thread_counts() -> list[int]:
+    """1 and the most threads torch may use (one entry when that is 1)."""
+    most = max(1, torch.get_num_threads(), min(os.cpu_count() or 1, 2))
+    return [1] if most == 1 else [1, most]
+
+
 def train(
     model: PreTrainedModel,
     train_examples: Sequence[Example],
@@ -146,9 +185,10 @@ def train(
         lr=cfg.learning_rate,
         betas=(0.9, 0.95),
     )
-    steps_per_epoch = math.ceil(len(train_examples) / cfg.batch_size)
+    examples = list(train_examples)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    history = TrainHistory()
+    history = TrainHistory(examples_used=len(examples), planned_steps=total, threads=torch.get_num_threads())
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stale = 0
     started = time.perf_counter()
@@ -156,6 +196,22 @@ def train(
     model.train()
     step = 0
     running = 0.0
+
+    def optimise(batch_examples: Sequence[Example]) -> None:
+        nonlocal step, running
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, total, cfg)
+        batch = collate(batch_examples, pad_id)
+        loss, _ = action_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        history.tokens += int(batch["attention_mask"].sum())
+        value = float(loss.detach())
+        running = value if step == 0 else 0.95 * running + 0.05 * value
+        step += 1
+        bar.update(1)
 
     def validate() -> bool:
         """Record an evaluation; return True when training should stop (patience exhausted)."""
@@ -173,37 +229,76 @@ def train(
         bar.set_postfix(train=f"{running:.3f}", val=f"{val:.3f}", best=f"{history.best_val_loss:.3f}")
         return stale >= cfg.patience
 
+    budgeted = cfg.fit_to_budget and cfg.time_budget_s is not None
+    if (budgeted or cfg.probe_threads) and cfg.probe_steps > 0:
+        # Probe: real training steps on a random sample of batches, timed (the first one, with its one-off
+        # allocations, is not counted).
+        counts = _probe_thread_counts() if cfg.probe_threads else [torch.get_num_threads()]
+        timings: dict[int, list[float]] = {n: [] for n in counts}
+        probe = _batches(rng.sample(examples, min(len(examples), cfg.batch_size * (cfg.probe_steps + 1))),
+                         cfg.batch_size, rng)  # fmt: skip
+        for i, batch_examples in enumerate(probe[: cfg.probe_steps + 1]):
+            threads = counts[(i // 2) % len(counts)]  # alternate in pairs: a change in load hits both counts
+            torch.set_num_threads(threads)
+            tick = time.perf_counter()
+            optimise(batch_examples)
+            if i > 0:
+                timings[threads].append(time.perf_counter() - tick)
+        medians = {n: statistics.median(t) for n, t in timings.items() if t}
+        history.step_seconds = {str(n): t for n, t in medians.items()}
+        fastest = min(medians, key=lambda n: medians[n]) if medians else torch.get_num_threads()
+        torch.set_num_threads(fastest)
+        history.threads = fastest
+        if budgeted and medians:
+            assert cfg.time_budget_s is not None
+            # a fifth of what is left goes to the periodic validations and to steps slower than the probe's
+            mean_step = statistics.fmean(timings[fastest])
+            affordable = step + int(0.8 * (cfg.time_budget_s - (time.perf_counter() - started)) / mean_step)
+            if affordable < total:
+                total = max(step + 1, affordable)
+                needed = math.ceil(cfg.min_epochs * steps_per_epoch)
+                if total < needed:
+                    keep = max(cfg.batch_size, int(total * cfg.batch_size / cfg.min_epochs))
+                    examples = rng.sample(examples, min(keep, len(examples)))
+                    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+                history.examples_used, history.planned_steps = len(examples), total
+                bar.total = total
+
     stop = False
-    for _epoch in range(cfg.epochs):
-        for batch_examples in _batches(train_examples, cfg.batch_size, rng):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(step, total, cfg)
-            batch = collate(batch_examples, pad_id)
-            loss, _ = action_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            history.tokens += int(batch["attention_mask"].sum())
-            value = float(loss.detach())
-            running = value if step == 0 else 0.95 * running + 0.05 * value
-            step += 1
-            bar.update(1)
-            if step % cfg.eval_every == 0 and validate():
-                history.stopped = "early stopping"
-                stop = True
-            elif cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s:
+
+    def replan() -> None:
+        """Fit the schedule to the budget again from the pace so far (validations included): the probe's few
+        steps can misjudge a machine whose load changes, in either direction."""
+        nonlocal total
+        assert cfg.time_budget_s is not None
+        elapsed = time.perf_counter() - started
+        affordable = step + int(0.9 * (cfg.time_budget_s - elapsed) / (elapsed / step))
+        total = max(step + 1, min(cfg.epochs * steps_per_epoch, affordable))
+        history.planned_steps = bar.total = total
+
+    while not stop and step < total:
+        for batch_examples in _batches(examples, cfg.batch_size, rng):
+            optimise(batch_examples)
+            if step % cfg.eval_every == 0:
+                if validate():
+                    history.stopped = "early stopping"
+                    break
+                if budgeted:
+                    replan()
+            if cfg.time_budget_s is not None and time.perf_counter() - started > _deadline(
+                cfg, budgeted, step / steps_per_epoch
+            ):
                 history.stopped = "time budget"
-                stop = True
-            if stop:
                 break
-        if stop:
-            break
+            if step >= total:
+                break
+        stop = history.stopped in ("early stopping", "time budget")
     if not stop or history.stopped == "time budget":
         validate()
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
     history.steps = step
+    history.epochs_done = step / steps_per_epoch  # the probe's steps count as part of the first epoch
     history.seconds = time.perf_counter() - started
     return history

@@ -15,6 +15,10 @@ Sources, in priority order (the first source with a given value names it):
 * ``chat.<kind>[.<n>]``: entities in the customer's messages (e-mail addresses, dates, ids, postcodes, amounts,
   street addresses, numbers, capitalised names), ``n`` counting back from the latest occurrence (omitted for the latest);
 * ``chat.part.<i>``: comma-separated parts of the latest customer message.
+
+Truncation rule: only the last ``CHAT_WINDOW`` chat messages are read (here and for the prompt's option hints in
+``policy.serialise``), so the work per state is bounded whatever the chat's length: a value a customer wrote more
+than ``CHAT_WINDOW`` messages ago is no longer offered as a source. Sandbox and imported chats stay far below it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
-from schemas.state import ChatRole, UIState
+from schemas.state import ChatMessage, ChatRole, UIState
 
 SLOT_OPEN = "⟦"
 SLOT_CLOSE = "⟧"
@@ -31,6 +35,7 @@ SLOT = re.compile(r"⟦([^⟦⟧]+)⟧")
 MAX_ROWS = 5
 MIN_SOURCE_CHARS = 3  # shorter values ("on", "1") would be replaced inside unrelated words and numbers
 MAX_OCCURRENCES = 3
+CHAT_WINDOW = 32  # chat messages read per state (see the truncation rule above)
 
 # Entity kinds looked for in customer messages; the first matching kind claims a span.
 ENTITY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -53,16 +58,23 @@ _PART_SPLIT = re.compile(r"\s*[,;]\s*|\s+and\s+")
 
 def _entities(text: str) -> list[tuple[str, str]]:
     """(kind, value) pairs in text order; a span claimed by an earlier kind is not matched again."""
-    claimed: list[tuple[int, int]] = []
+    # One flag per character: the overlap test costs the span's length, not the number of spans claimed so far
+    # (a long message full of entities would otherwise cost quadratic time).
+    claimed = bytearray(len(text))
     found: list[tuple[int, str, str]] = []
     for kind, pattern in ENTITY_PATTERNS:
         for match in pattern.finditer(text):
             start, end = match.span()
-            if any(start < e and s < end for s, e in claimed):
+            if any(claimed[start:end]):
                 continue
-            claimed.append((start, end))
+            claimed[start:end] = b"\x01" * (end - start)
             found.append((start, kind, match.group()))
     return [(kind, value) for _, kind, value in sorted(found)]
+
+
+def recent_chat(state: UIState) -> list[ChatMessage]:
+    """The chat messages the policy reads: the last ``CHAT_WINDOW``."""
+    return state.chat[-CHAT_WINDOW:]
 
 
 def mask_entities(text: str) -> str:
@@ -92,9 +104,11 @@ def value_sources(state: UIState) -> dict[str, str]:
         for i, row in enumerate(panel.rows[:MAX_ROWS]):
             for column, value in sorted(row.items()):
                 add(f"row.{panel_id}.{i}.{column}", value)
-    customer = [m.text for m in state.chat if m.role == ChatRole.CUSTOMER]
+    customer = [m.text for m in recent_chat(state) if m.role == ChatRole.CUSTOMER]
     seen: dict[str, int] = {}
     for text in reversed(customer):
+        if len(seen) == len(ENTITY_PATTERNS) and min(seen.values()) >= MAX_OCCURRENCES:
+            break  # every kind has all its occurrences: older messages could add nothing
         for kind, value in reversed(_entities(text)):
             n = seen.get(kind, 0)
             if n < MAX_OCCURRENCES:

@@ -40,11 +40,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from critic.feedback import write_feedback
-    from policy.policy import LMPolicy
+    from policy.combined import load_policy
     from sandbox.feedback_collection import collect_copilot_feedback
     from sandbox.scenario import scenario_by_name
 
-    policy = LMPolicy.load(args.policy)
+    policy = load_policy(args.policy)  # a combined policy or an LM policy
     feedback = collect_copilot_feedback(
         policy, args.sessions, args.seed, scenario_by_name(args.scenario), start_index=args.start_index
     )

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 from critic.feedback import SYNTHETIC_EPOCH, CopilotFeedback
+from policy.combined import CombinedPolicy
 from policy.policy import LMPolicy
 from sandbox.copilot import run_copilot_batched
 from sandbox.scenario import Scenario
@@ -26,7 +27,7 @@ def _record_id(kind: str, scenario: str, model_version: str, seed: int, case_ind
 
 
 def collect_copilot_feedback(
-    policy: LMPolicy,
+    policy: LMPolicy | CombinedPolicy,
     sessions: int,
     seed: int,
     scenario: Scenario | None = None,

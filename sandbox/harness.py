@@ -13,6 +13,7 @@ from typing import Any
 
 from critic.thresholds import SliceThresholds
 from sandbox.adapter import SandboxAdapter
+from sandbox.journal import PlatformJournal
 from sandbox.operator_pool import OPERATOR_GROUP, SimulatedOperatorPool
 from sandbox.operators import SimOperator, operator_pool
 from sandbox.platform import SandboxPlatform
@@ -84,7 +85,7 @@ class SandboxRuntime(Runtime):
     def _start_extras(self) -> None:
         if not self.with_operators:
             return
-        assert self.producer is not None
+        assert self.producer is not None and self.store is not None
         settings = self.settings
         self.pool = SimulatedOperatorPool(
             self.platform,
@@ -93,12 +94,14 @@ class SandboxRuntime(Runtime):
             self.topics,
             self.bootstrap,
             settings.seed,
+            self.store,
             settings.think_time_s,
             adapter=self.sandbox_adapter,
             group=self.topics.prefix + OPERATOR_GROUP,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms,
         )
         self.run_thread("operator-pool", self.pool.run)
         if isinstance(self.sandbox_adapter, SnapshottingAdapter):
@@ -137,9 +140,14 @@ def service_runtime(
     metrics: RuntimeMetrics,
 ) -> Runtime:
     """The API's runtime over an embedded sandbox (``autopilot serve --sandbox``, the demo's service): a platform
-    with ``settings.sandbox_cases`` open cases and, with ``settings.simulated_operators``, its operator pool."""
+    with ``settings.sandbox_cases`` open cases and, with ``settings.simulated_operators``, its operator pool.
+
+    The platform's cases persist beside the store (``DATA_DIR/sandbox.db``, ``sandbox.journal``): a restart on
+    the same data directory brings back every case as it was, so sessions and deferrals parked before it still
+    apply; only missing cases are opened to reach ``sandbox_cases``."""
     platform = SandboxPlatform(seed=settings.seed)
-    for _ in range(settings.sandbox_cases):
+    platform.attach_journal(PlatformJournal(settings.data_dir / "sandbox.db", settings.seed))
+    for _ in range(max(0, settings.sandbox_cases - len(platform.cases))):
         platform.open_case()
     return SandboxRuntime(
         platform,

@@ -3,10 +3,11 @@
 It consumes ``deferrals`` (group ``operators``), keeps an inbox per queue, and gives the oldest deferral to a free
 operator (every operator serves every queue; one operator supervises many sessions). The operator reviews the
 proposal exactly as in ``sandbox.copilot``: the sandbox's step model of the case, their own sampled action, and
-``sandbox.operators.review`` for the verdict, the graded reason and what they would do instead. The answer is
-published on ``operator-decisions`` and the critic training row (a FeedbackRecord, source ``deferral``, or
-``audit`` for an audit) on ``feedback``; both carry message ids derived from the deferral id, and the pool answers
-each deferral id once, so a redelivered or re-published deferral never gets a second, different answer.
+``sandbox.operators.review`` for the verdict, the graded reason and what they would do instead. The answer goes
+the way a person's does (``service.runtime.answers``): recorded in the store (compare-and-set, with its audit
+entry), then announced on ``operator-decisions`` with the critic training row (a FeedbackRecord, source
+``deferral``, or ``audit`` for an audit) on ``feedback``. The pool answers each deferral id once, so a redelivered
+or re-published deferral never gets a second, different answer.
 
 Time model (consistent with the all-manual model of ``sandbox.simulate.work_case``, where a step costs the
 operator's ``action_seconds`` plus ``READ_SECONDS`` per customer message that appeared since the last step):
@@ -46,12 +47,13 @@ from sandbox.operators import READ_SECONDS, Review, SimOperator, acceptable, rev
 from sandbox.platform import MAX_STEPS, CaseNotFound, SandboxPlatform
 from sandbox.simulate import sample, step_model
 from schemas.decision import Deferral, OperatorDecision, RejectReason, Verdict
-from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.state import ChatRole, UIState
 from service.runtime.adapters.base import AdapterError
+from service.runtime.answers import answer_deferral
 from service.runtime.bus.consumer import BusConsumer, MessageMeta
 from service.runtime.bus.producer import BusProducer
 from service.runtime.bus.topics import Topics
+from service.runtime.store import AnswerStatus, RuntimeStore
 from service.runtime.worker import Reservoir
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,6 @@ class _Answer:
     seq: int
     deferral: Deferral = field(compare=False)
     decision: OperatorDecision = field(compare=False)
-    feedback: FeedbackRecord = field(compare=False)
 
 
 def _customer_messages(state: UIState) -> int:
@@ -89,6 +90,7 @@ class SimulatedOperatorPool:
         topics: Topics,
         bootstrap: str,
         seed: int,
+        store: RuntimeStore,
         think_time_s: float = 0.0,
         *,
         adapter: SandboxAdapter | None = None,
@@ -98,6 +100,7 @@ class SimulatedOperatorPool:
         session_timeout_ms: int = 6000,
         heartbeat_interval_ms: int = 1000,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_max_wait_ms: int | None = None,
     ) -> None:
         if not operators:
             raise ValueError("operators: the pool needs at least one operator")
@@ -113,6 +116,7 @@ class SimulatedOperatorPool:
         self.operators = list(operators)
         self.producer = producer
         self.topics = topics
+        self.store = store
         self.seed = seed
         self.think_time_s = float(think_time_s)
         self.adapter = adapter if adapter is not None else SandboxAdapter(platform)
@@ -142,6 +146,7 @@ class SimulatedOperatorPool:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=idle_fetch_max_wait_ms,
             client_id="operator-pool",
         )
 
@@ -182,6 +187,7 @@ class SimulatedOperatorPool:
             "received": counts.get("received", 0),
             "duplicates": counts.get("duplicates", 0),
             "stale_deferrals": counts.get("stale_deferrals", 0),
+            "stale_answers": counts.get("stale_answers", 0),
             "answered": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("answered:")},
             "manual_actions": counts.get("manual_actions", 0),
             "publish_errors": counts.get("publish_errors", 0),
@@ -240,13 +246,12 @@ class SimulatedOperatorPool:
             operator = min(free, key=lambda op: (self._assigned[op.operator_id], op.operator_id))
             self._assigned[operator.operator_id] += 1
             self._free_at[operator.operator_id] = now + self.think_time_s
-            answer = self._review(operator, deferral)
-            if answer is not None:
-                decision, feedback = answer
+            decision = self._review(operator, deferral)
+            if decision is not None:
                 due = now + self.think_time_s
-                heapq.heappush(self._scheduled, _Answer(due, next(self._seq), deferral, decision, feedback))
+                heapq.heappush(self._scheduled, _Answer(due, next(self._seq), deferral, decision))
 
-    def _review(self, operator: SimOperator, deferral: Deferral) -> tuple[OperatorDecision, FeedbackRecord] | None:
+    def _review(self, operator: SimOperator, deferral: Deferral) -> OperatorDecision | None:
         case_id = deferral.state.case_id
         rng = random.Random(f"{self.seed}:{deferral.deferral_id}")
         with self.platform.lock:  # the case must not change between the check and the review
@@ -278,7 +283,7 @@ class SimulatedOperatorPool:
             self._charge(case_id, seconds)
             if answer.verdict == Verdict.REJECT and self.work_rejected:
                 self._work_rest(operator, case_id, rng)
-        decision = OperatorDecision(
+        return OperatorDecision(
             proposal_id=deferral.proposal.proposal_id,
             session_id=deferral.session_id,
             state_etag=deferral.state.etag,
@@ -287,18 +292,6 @@ class SimulatedOperatorPool:
             reason=answer.reason,
             operator_id=operator.operator_id,
         )
-        feedback = FeedbackRecord(
-            record_id=f"deferral-{deferral.deferral_id}",
-            source=FeedbackSource.AUDIT if deferral.decision.audit else FeedbackSource.DEFERRAL,
-            state=deferral.state,
-            proposal=deferral.proposal,
-            accepted=answer.verdict == Verdict.ACCEPT,
-            reason=answer.reason,
-            operator_action=answer.own_action if answer.verdict == Verdict.CORRECT else None,
-            operator_id=operator.operator_id,
-            slice=deferral.decision.slice,
-        )
-        return decision, feedback
 
     def _reading_seconds(self, case_id: str, state: UIState) -> float:
         customers = _customer_messages(state)
@@ -335,21 +328,28 @@ class SimulatedOperatorPool:
         now = time.monotonic()
         while self._scheduled and self._scheduled[0].due <= now:
             item = heapq.heappop(self._scheduled)
-            deferral, key = item.deferral, item.deferral.session_id
+            deferral = item.deferral
             try:
-                self.producer.publish(
-                    self.topics.operator_decisions, item.decision, key, message_id=f"answer:{deferral.deferral_id}"
-                )
-                self.producer.publish(
-                    self.topics.feedback, item.feedback, key, message_id=f"feedback:{deferral.deferral_id}"
+                result = answer_deferral(
+                    self.store,
+                    self.producer,
+                    self.topics,
+                    deferral,
+                    item.decision,
+                    audit_details={"via": "simulated operators"},
                 )
             except Exception:
-                # Try again in a second; the worker accepts the answer once whatever the number of copies.
+                # Recorded or not, try again in a second: a recorded answer comes back as a duplicate and is
+                # announced then; the store accepts it once whatever the number of tries.
                 self._count("publish_errors")
-                log.warning("operator pool: publishing the answer to %s failed", deferral.deferral_id, exc_info=True)
+                log.warning("operator pool: answering %s failed", deferral.deferral_id, exc_info=True)
                 item.due = now + 1.0
                 heapq.heappush(self._scheduled, item)
                 return
+            if result.result not in (AnswerStatus.ACCEPTED, AnswerStatus.DUPLICATE):
+                # The session moved on while the operator thought (stopped, superseded): nothing to announce.
+                self._count("stale_answers")
+                continue
             self._count(f"answered:{item.decision.verdict.value}")
             created_ms = deferral.created_at.timestamp() * 1000.0
             self.answer_latency.add(max(0.0, datetime.now(UTC).timestamp() * 1000.0 - created_ms))

@@ -16,6 +16,7 @@ from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
 
 from sandbox.crm import CRM, PLANS, Customer
+from sandbox.journal import PlatformJournal
 from sandbox.playbook import Screen
 from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec, thanks
 from sandbox.processes.customers import (
@@ -106,6 +107,27 @@ class SandboxPlatform:
         self._used_indexes: set[int] = set()
         self._classic = self.scenario.world.is_classic
         self._screens: dict[tuple[str, str], Screen] = {}
+        self.journal: PlatformJournal | None = None
+
+    def attach_journal(self, journal: PlatformJournal) -> int:
+        """Replay ``journal`` (a fresh platform of the journal's seed: the cases it recorded come back as they
+        were), then record every later change in it. Returns the number of operations replayed."""
+        with self.lock:
+            if self.cases or self.journal is not None:
+                raise ValueError("journal: attach it to a fresh platform, before any case is opened")
+            replayed = 0
+            for entry in journal.entries():
+                if entry.op == "open":
+                    assert entry.case_index is not None
+                    self.open_case(entry.process_id, entry.case_index)
+                elif entry.op == "act" and entry.case_id in self.cases:
+                    assert entry.action is not None
+                    self.act(entry.case_id, entry.action, entry.idempotency_key)
+                elif entry.op == "forget":
+                    self.forget(entry.case_id)
+                replayed += 1
+            self.journal = journal
+            return replayed
 
     # --- cases -----------------------------------------------------------------------------------------
 
@@ -115,6 +137,7 @@ class SandboxPlatform:
         with self.lock:
             if process_id is not None and process_id not in PROCESSES:
                 raise ValueError(f"process_id: unknown process {process_id!r}")
+            requested = process_id  # what the journal records: the call, so a replay draws what this one drew
             index = self._next_index if case_index is None else case_index
             if index in self._used_indexes:
                 raise ValueError(f"case_index: {index} was already used on this platform")
@@ -166,6 +189,8 @@ class SandboxPlatform:
             case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=seed.first_message))
             self._enter_next_screen(case)
             self.cases[case.case_id] = case
+            if self.journal is not None:
+                self.journal.opened(case.case_id, requested, index)
             return case.case_id
 
     def _shape(self, seed: CaseSeed, spec: ProcessSpec, rng: random.Random, case_id: str) -> None:
@@ -336,6 +361,8 @@ class SandboxPlatform:
                 case.idempotency[idempotency_key] = case.step
             if not case.ended and case.step >= MAX_STEPS:
                 self._end(case, "stuck", None)
+            if self.journal is not None:  # written before apply returns: the caller is told only of what is kept
+                self.journal.acted(case_id, action, idempotency_key)
 
     def _apply(self, case: Case, action: Action) -> None:
         case.panels.pop("form_errors", None)
@@ -485,4 +512,5 @@ class SandboxPlatform:
     def forget(self, case_id: str) -> None:
         """Drop an ended case from memory (the generator does this to keep memory flat)."""
         with self.lock:
-            self.cases.pop(case_id, None)
+            if self.cases.pop(case_id, None) is not None and self.journal is not None:
+                self.journal.forgot(case_id)

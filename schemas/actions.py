@@ -13,7 +13,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, StrictBool, TypeAdapter
 
 from schemas.base import Strict
 from schemas.screen import CLICK_KINDS, VALUE_KINDS, ControlKind, ScreenSchema
@@ -44,7 +44,7 @@ class SelectOption(Strict):
 class ToggleCheckbox(Strict):
     type: Literal[ActionType.TOGGLE_CHECKBOX] = ActionType.TOGGLE_CHECKBOX
     control_id: str = Field(min_length=1)
-    checked: bool
+    checked: StrictBool
 
 
 class ClickControl(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from schemas.actions import Action
 from schemas.base import Payload
@@ -36,7 +36,7 @@ class Decision(Payload):
     tier: RiskTier
     score: float | None = Field(default=None, ge=0.0, le=1.0, description="Critic P(accept), if scored.")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    audit: bool = Field(default=False, description="A would-execute step deferred as a random audit.")
+    audit: StrictBool = Field(default=False, description="A would-execute step deferred as a random audit.")
     reason: str = Field(min_length=1)
     critic_version: str | None = Field(
         default=None, description="The registry version of the critic (and its thresholds) the decision was made with."

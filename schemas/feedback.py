@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from schemas.actions import Action
 from schemas.base import Payload
@@ -16,9 +16,13 @@ from schemas.state import UIState
 
 
 class FeedbackSource(StrEnum):
-    COPILOT = "copilot"  # the operator saw the suggestion in the sidebar
+    """Where a training row came from. The service writes the first three itself, each bound to something it
+    issued (a suggestion to that caller, a deferral of its own session); everything else is ``import``."""
+
+    COPILOT = "copilot"  # the operator saw the suggestion in the sidebar (a proposal the service issued to them)
     DEFERRAL = "deferral"  # a background session deferred the step
     AUDIT = "audit"  # a would-execute step deferred at random, an unbiased label
+    IMPORT = "import"  # loaded from a file or another system (autopilot critic import-feedback), not observed here
 
 
 class FeedbackRecord(Payload):
@@ -28,7 +32,7 @@ class FeedbackRecord(Payload):
     source: FeedbackSource
     state: UIState
     proposal: Proposal
-    accepted: bool
+    accepted: StrictBool
     reason: RejectReason | None = None
     operator_action: Action | None = Field(default=None, description="What the operator did instead, if anything.")
     operator_id: str = Field(min_length=1)

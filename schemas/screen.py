@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictBool, field_validator, model_validator
 
 from schemas.base import Payload, Strict
 
@@ -34,8 +34,8 @@ class ControlKind(StrEnum):
 class _ControlBase(Strict):
     id: str = Field(pattern=_ID, min_length=1, max_length=120)
     label: str = ""
-    required: bool = False
-    enabled: bool = True
+    required: StrictBool = False
+    enabled: StrictBool = True
 
 
 class TextControl(_ControlBase):
@@ -80,7 +80,7 @@ class CheckboxControl(_ControlBase):
 
 class ButtonControl(_ControlBase):
     kind: Literal[ControlKind.BUTTON] = ControlKind.BUTTON
-    submits: bool = Field(default=False, description="Completes the screen's task when clicked.")
+    submits: StrictBool = Field(default=False, description="Completes the screen's task when clicked.")
 
 
 class LinkControl(_ControlBase):

@@ -16,13 +16,13 @@ a text taken from the process or global fallback never followed that key, so its
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Self, TypeVar
 
 from policy.predictor import Prediction
 from policy.serialise import ActionTextError, action_text, literal_action_text, parse_action_text
 from policy.values import value_sources
-from schemas.actions import Action, FillField, SendTextToChat, action_key
+from schemas.actions import Action, ActionValidationError, FillField, SendTextToChat, action_key, validate_action
 from schemas.state import UIState
 from schemas.trace import Trace
 
@@ -39,6 +39,7 @@ order), while longer suffixes score lower there (max_n=16: 0.5527 / 0.6510) and 
 0.5578 / 0.6593)."""
 
 _VALUE_VERBS = ("send ", "fill ")
+_POOLED = "*"  # the process and screen of the pooled (every process's) suffix table
 K = TypeVar("K", bound=Hashable)
 Ranked = tuple[tuple[str, float], ...]
 """Texts with their relative frequencies, most frequent first; ties in text order."""
@@ -65,10 +66,10 @@ class _Fallbacks:
         self.all[text] += 1
 
 
-def _choose(state: UIState, levels: Sequence[Ranked]) -> Prediction | None:
-    """The first text (level by level, rank by rank) that parses in ``state``. ``levels[0]`` is the matched
-    key's ranking: a text chosen there has its frequency as confidence; a text from a later level never followed
-    the key (or it would have been tried at level 0), so its confidence is 0."""
+def _choices(state: UIState, levels: Sequence[Ranked], valid_only: bool = False) -> Iterator[tuple[Action, float, int]]:
+    """(action, relative frequency, level) of every text (level by level, rank by rank) that parses in
+    ``state`` (and, with ``valid_only``, is valid on its screen), each text once: the first one is the
+    prediction."""
     sources: dict[str, str] | None = None
     tried: set[str] = set()
     for level, ranked in enumerate(levels):
@@ -80,10 +81,37 @@ def _choose(state: UIState, levels: Sequence[Ranked]) -> Prediction | None:
                 sources = value_sources(state)  # once per state, and only for texts that can hold slots
             try:
                 action = parse_action_text(text, state, sources)
-            except ActionTextError:
+                if valid_only:
+                    validate_action(action, state.screen)
+            except (ActionTextError, ActionValidationError):
                 continue
-            return Prediction(action=action, confidence=freq if level == 0 else 0.0)
+            yield action, freq, level
+
+
+def _choose(state: UIState, levels: Sequence[Ranked], *, valid_only: bool = False) -> Prediction | None:
+    """The first text (level by level, rank by rank) that parses in ``state``. ``levels[0]`` is the matched
+    key's ranking: a text chosen there has its frequency as confidence; a text from a later level never followed
+    the key (or it would have been tried at level 0), so its confidence is 0."""
+    for action, freq, level in _choices(state, levels, valid_only):
+        return Prediction(action=action, confidence=freq if level == 0 else 0.0)
     return None
+
+
+def _ranked_choices(
+    state: UIState, levels: Sequence[Ranked], k: int, *, valid_only: bool = False
+) -> list[tuple[Action, float]]:
+    """The ``k`` most frequent actions of the first level that has a text parsing in ``state``, with their
+    relative frequencies at that level (a distribution over what followed the matched key; the texts that do
+    not fill into the state are left out, so it may sum to less than one)."""
+    out: list[tuple[Action, float]] = []
+    first_level: int | None = None
+    for action, freq, level in _choices(state, levels, valid_only):
+        if first_level is None:
+            first_level = level
+        if level != first_level or len(out) >= k:
+            break
+        out.append((action, freq))
+    return out
 
 
 class _SlotTexts:
@@ -194,15 +222,26 @@ class SuffixNGram:
     still a function of the prefix, and a much stronger floor on BPI 2013 incidents (0.70 instead of 0.56: its
     cases open with a repeated first activity); the classic floor (the README's) is ``start_token=False``.
 
+    ``pooled=True`` also counts every non-empty suffix over all processes and screens together, and tries that
+    pooled ranking right after the screen's own at each suffix length (keeping only texts valid on the screen):
+    a prior from the other processes for the contexts a new process has not shown yet (the same lookup, greeting
+    or reply after the same actions). A mature process's contexts are its own, so it rarely changes anything
+    there.
+
     Learned: ``table_`` ((process, screen, suffix) -> ranked texts), ``process_ranked_``, ``global_ranked_``.
     """
 
-    def __init__(self, max_n: int = REFERENCE_MAX_N, *, start_token: bool = False) -> None:
+    def __init__(self, max_n: int = REFERENCE_MAX_N, *, start_token: bool = False, pooled: bool = False) -> None:
         if max_n < 0:
             raise ValueError(f"max_n must be >= 0, got {max_n}")
         self.max_n = max_n
         self.start_token = start_token
-        self.name = ("bigram" if max_n == 1 else f"suffix_ngram_{max_n}") + ("_start" if start_token else "")
+        self.pooled = pooled
+        self.name = (
+            ("bigram" if max_n == 1 else f"suffix_ngram_{max_n}")
+            + ("_start" if start_token else "")
+            + ("_pooled" if pooled else "")
+        )
         self.table_: dict[tuple[str, str, tuple[str, ...]], Ranked] = {}
         self.process_ranked_: dict[str, Ranked] = {}
         self.global_ranked_: Ranked = ()
@@ -224,6 +263,8 @@ class SuffixNGram:
             history = self._history(state, slot_texts)
             for n in range(min(self.max_n, len(history)) + 1):
                 table[process_id, screen_id, history[len(history) - n :]][text] += 1
+                if self.pooled and n > 0:
+                    table[_POOLED, _POOLED, history[len(history) - n :]][text] += 1
             fallbacks.add(process_id, text)
         if not fallbacks.all:
             raise ValueError("no training steps: the traces are empty")
@@ -232,6 +273,19 @@ class SuffixNGram:
         self.global_ranked_ = _rank(fallbacks.all)
         return self
 
+    def _levels(self, state: UIState, slot_texts: _SlotTexts) -> Iterator[tuple[Ranked, bool]]:
+        """The rankings to try, longest suffix first: at each length the screen's own, then (``pooled``) every
+        process's and screen's after the same suffix, whose texts must also be valid on this screen."""
+        process_id, screen_id = _screen_key(state)
+        history = self._history(state, slot_texts)
+        for n in range(min(self.max_n, len(history)), -1, -1):
+            suffix = history[len(history) - n :]
+            ranked = self.table_.get((process_id, screen_id, suffix))
+            if ranked is not None:
+                yield ranked, False
+            if self.pooled and n > 0 and (pooled := self.table_.get((_POOLED, _POOLED, suffix))) is not None:
+                yield pooled, True
+
     def predict(self, states: Sequence[UIState]) -> list[Prediction]:
         if not self.global_ranked_:
             raise RuntimeError(f"{type(self).__name__} is not fitted")
@@ -239,14 +293,28 @@ class SuffixNGram:
         return [self._predict_one(state, slot_texts) for state in states]
 
     def _predict_one(self, state: UIState, slot_texts: _SlotTexts) -> Prediction:
-        process_id, screen_id = _screen_key(state)
-        history = self._history(state, slot_texts)
-        for n in range(min(self.max_n, len(history)), -1, -1):
-            ranked = self.table_.get((process_id, screen_id, history[len(history) - n :]))
-            if ranked is None:
-                continue
-            prediction = _choose(state, (ranked,))
+        for ranked, check in self._levels(state, slot_texts):
+            prediction = _choose(state, (ranked,), valid_only=check)
             if prediction is not None:
                 return prediction
-        levels = ((), self.process_ranked_.get(process_id, ()), self.global_ranked_)
+        levels = ((), self.process_ranked_.get(state.process_id, ()), self.global_ranked_)
         return _predicted(state, levels)
+
+    def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
+        """Per state the ``k`` most frequent next actions after the longest matched suffix that has one filling
+        into the state, with their relative frequencies there (the process or global fallback when no suffix
+        matches); ``predict``'s action is the first."""
+        if not self.global_ranked_:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        slot_texts = _SlotTexts()
+        out: list[list[tuple[Action, float]]] = []
+        for state in states:
+            ranked_here: list[tuple[Action, float]] = []
+            for ranked, check in self._levels(state, slot_texts):
+                if ranked_here := _ranked_choices(state, (ranked,), k, valid_only=check):
+                    break
+            if not ranked_here:
+                levels = (self.process_ranked_.get(state.process_id, ()), self.global_ranked_)
+                ranked_here = _ranked_choices(state, levels, k)
+            out.append(ranked_here)
+        return out

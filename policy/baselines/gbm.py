@@ -446,6 +446,15 @@ class GradientBoostingBaseline:
             for row, i in enumerate(best)
         ]
 
+    def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
+        """Per state the ``k`` most probable next actions (as seen in training) with their probabilities."""
+        proba = self.predict_proba(states)
+        out: list[list[tuple[Action, float]]] = []
+        for row in proba:
+            top = np.argsort(-row, kind="stable")[:k]
+            out.append([(self.actions_[self.classes_[int(i)]], float(row[int(i)])) for i in top])
+        return out
+
     def feature_importance(
         self, states: Sequence[UIState], actions: Sequence[Action], *, repeats: int = 3
     ) -> dict[str, float]:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class TokenEntry(BaseModel):
     role: Role
     queues: list[str] = Field(default_factory=list, description="Operator queues (empty for other roles)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    expires_at: datetime | None = Field(default=None, description="None: valid until revoked or rotated")
 
 
 class TokenFile(BaseModel):
@@ -66,6 +68,7 @@ class Principal:
     name: str
     role: Role
     queues: tuple[str, ...]
+    expires_at: datetime | None = None
 
     def may_answer(self, queue: str) -> bool:
         return self.role == Role.SUPERVISOR or (self.role == Role.OPERATOR and queue in self.queues)
@@ -123,9 +126,9 @@ class TokenStore:
         for entry in entries:  # no early exit: the time taken does not depend on which entry matched
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
-        if found is None:
+        if found is None or (found.expires_at is not None and found.expires_at <= datetime.now(UTC)):
             return None
-        return Principal(found.name, found.role, tuple(found.queues))
+        return Principal(found.name, found.role, tuple(found.queues), found.expires_at)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -148,8 +151,16 @@ def _write_file(path: Path, content: TokenFile) -> None:
     atomic_write_text(path, content.model_dump_json(indent=2) + "\n", mode=0o600)
 
 
-def issue_token(path: Path, name: str, role: Role | str, queues: Sequence[str] = (), token: str | None = None) -> str:
-    """Add (or rotate: replace) the token named ``name``; return the token, which is stored only as a hash."""
+def issue_token(
+    path: Path,
+    name: str,
+    role: Role | str,
+    queues: Sequence[str] = (),
+    token: str | None = None,
+    ttl_h: float | None = None,
+) -> str:
+    """Add (or rotate: replace) the token named ``name``; return the token, which is stored only as a hash.
+    ``ttl_h``: it expires that many hours from now (open streams of it close within seconds of that)."""
     role = Role(role)
     if role == Role.OPERATOR and not queues:
         raise ValueError("queues: an operator needs at least one queue")
@@ -158,7 +169,10 @@ def issue_token(path: Path, name: str, role: Role | str, queues: Sequence[str] =
     token = token or new_token()
     if len(token) < 16:
         raise ValueError("token: must be at least 16 characters")
-    entry = TokenEntry(name=name, role=role, queues=list(queues), sha256=hash_token(token))
+    if ttl_h is not None and not ttl_h > 0:
+        raise ValueError(f"ttl_h: must be > 0 hours, got {ttl_h}")
+    expires_at = None if ttl_h is None else datetime.now(UTC) + timedelta(hours=ttl_h)
+    entry = TokenEntry(name=name, role=role, queues=list(queues), sha256=hash_token(token), expires_at=expires_at)
     content = _read_file(path)
     content.tokens = [t for t in content.tokens if t.name != name] + [entry]
     _write_file(path, content)
@@ -176,7 +190,11 @@ def revoke_token(path: Path, name: str) -> bool:
 
 
 def token_summary(path: Path) -> list[dict[str, Any]]:
-    return [{"name": t.name, "role": t.role.value, "queues": t.queues} for t in _read_file(path).tokens]
+    return [
+        {"name": t.name, "role": t.role.value, "queues": t.queues}
+        | ({"expires_at": t.expires_at.isoformat()} if t.expires_at else {})
+        for t in _read_file(path).tokens
+    ]
 
 
 def demo_tokens(path: Path, queues: Sequence[str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def _serve(args: argparse.Namespace, sandbox_factory: SandboxFactoryLoader | Non
                 "sidebar": f"http://{settings.host}:{settings.port}/ui/sidebar",
                 "dashboard": f"http://{settings.host}:{settings.port}/ui/dashboard",
                 "docs": f"http://{settings.host}:{settings.port}/docs",
+                "tokens_file": str(tokens_file),
             }
         ),
         flush=True,
@@ -71,21 +73,23 @@ def _serve(args: argparse.Namespace, sandbox_factory: SandboxFactoryLoader | Non
 
 
 def _tokens_file(args: argparse.Namespace) -> Path:
+    """``--file``, else the file ``autopilot serve`` uses with the same ``--data-dir`` and environment
+    (AUTOPILOT_TOKENS_FILE, else DATA_DIR/tokens.json); said on stderr, so nobody edits the wrong file unawares."""
     if args.file:
-        return Path(args.file)
-    return Path(_settings_for_tokens().resolved_tokens_file())
+        path = Path(args.file)
+    else:
+        from service.api.settings import ServiceSettings
 
-
-def _settings_for_tokens() -> Any:
-    from service.api.settings import ServiceSettings
-
-    return ServiceSettings()
+        flags = {"data_dir": args.data_dir} if args.data_dir else {}
+        path = Path(ServiceSettings(**flags).resolved_tokens_file())
+    print(f"tokens file: {path}", file=sys.stderr)
+    return path
 
 
 def _issue(args: argparse.Namespace) -> int:
     from service.api.auth import issue_token
 
-    token = issue_token(_tokens_file(args), args.name, args.role, args.queue or [])
+    token = issue_token(_tokens_file(args), args.name, args.role, args.queue or [], ttl_h=args.ttl_h)
     print(token)
     return 0
 
@@ -135,12 +139,11 @@ def register(commands: Any, sandbox_factory: SandboxFactoryLoader | None = None)
     issue.add_argument("--name", required=True)
     issue.add_argument("--role", required=True, choices=["operator", "supervisor", "service"])
     issue.add_argument("--queue", action="append", help="an operator's queue (repeat for several)")
-    issue.add_argument("--file", help="the token file (default AUTOPILOT_TOKENS_FILE or DATA_DIR/tokens.json)")
-    issue.set_defaults(handler=_issue)
+    issue.add_argument("--ttl-h", type=float, help="the token expires this many hours from now (default: never)")
     revoke = sub.add_parser("revoke", help="remove a token; takes effect within a second, no restart")
     revoke.add_argument("--name", required=True)
-    revoke.add_argument("--file")
-    revoke.set_defaults(handler=_revoke)
     listing = sub.add_parser("list", help="names, roles and queues (never the tokens)")
-    listing.add_argument("--file")
-    listing.set_defaults(handler=_list)
+    for command, handler in ((issue, _issue), (revoke, _revoke), (listing, _list)):
+        command.add_argument("--file", help="the token file (default AUTOPILOT_TOKENS_FILE or DATA_DIR/tokens.json)")
+        command.add_argument("--data-dir", help="the data directory `autopilot serve --data-dir` was given")
+        command.set_defaults(handler=handler)

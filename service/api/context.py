@@ -13,12 +13,14 @@ run them and this process follows their promotions through the stage-event log (
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,15 +30,20 @@ import numpy as np
 from critic.base import Candidate
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
-from schemas.actions import Action
+from policy.batching import MicroBatcher, ProposalJob, top_k
+from schemas.actions import Action, ActionValidationError, validate_action
 from schemas.decision import Decision, OperatorDecision, RejectReason, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.proposal import Proposal
 from schemas.risk import AutonomyStage, RiskTier, SliceKey
+from schemas.screen import ScreenSchema
 from schemas.state import UIState
 from service.api.auth import Principal, Role
+from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError, ServiceBusyError
 from service.api.settings import ServiceSettings
+from service.runtime.answers import answer_deferral
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
+from service.runtime.bus.watch import TopicWatcher
 from service.runtime.champion import AcceptanceCritic, Champion, ChampionError, ChampionHolder, load_champion
 from service.runtime.feedback_sink import FeedbackSink
 from service.runtime.inprocess import Runtime
@@ -47,7 +54,7 @@ from service.runtime.qa_store import QAStore
 from service.runtime.registry_watch import RegistryWatcher
 from service.runtime.router import SessionContext
 from service.runtime.stage_sync import StageSync
-from service.runtime.store import AnswerResult, AnswerStatus, RuntimeStore, WorkerHeartbeat
+from service.runtime.store import AnswerResult, AnswerStatus, IssuedStatus, RuntimeStore, WorkerHeartbeat
 from service.runtime.worker import ProposalPolicy
 from service.runtime.worker_process import WorkerSetupError
 
@@ -58,23 +65,19 @@ log = logging.getLogger(__name__)
 RuntimeFactory = Callable[[ServiceSettings, ProposalPolicy, Champion, AutonomyStages, RuntimeMetrics], Runtime]
 
 
-class NotFoundError(LookupError):
-    """404: the named thing does not exist."""
-
-
-class ConflictError(RuntimeError):
-    """409: the request names a state that is no longer current (a stale deferral, an ended session)."""
-
-
-class ForbiddenError(PermissionError):
-    """403: the caller may not act on this (another operator's queue)."""
-
-
 def _no_bpm() -> WorkerSetupError:
     return WorkerSetupError(
         "bpm_url: not set; point AUTOPILOT_BPM_URL (or --bpm-url) at your BPM's task API, "
         "or serve the embedded sandbox explicitly with `autopilot serve --sandbox`"
     )
+
+
+def check_action(action: Action, screen: ScreenSchema, field: str) -> None:
+    """InputError (422 naming ``field`` and the action's offending part) unless ``action`` fits ``screen``."""
+    try:
+        validate_action(action, screen)
+    except ActionValidationError as error:
+        raise InputError((field, error.field), error.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,14 @@ class AutopilotService:
         self._sink_thread: threading.Thread | None = None
         self._watch_thread: threading.Thread | None = None
         self._qa: QAReviews | None = None
+        self._inbox_watcher: TopicWatcher | None = None
+        self._inbox_thread: threading.Thread | None = None
+        self._inbox_listeners: list[Callable[[], None]] = []
         self.started_at = time.time()
+        self._prune_due = 0.0
+        # Concurrent suggestions are gathered for a few milliseconds and answered in one batch (policy, critic,
+        # router); a full queue answers 429 (BatcherFull) at once.
+        self.suggester = self._new_suggester()
         metrics.registry.register(StateCollector(self._state_sources()))
 
     @property
@@ -124,6 +134,17 @@ class AutopilotService:
 
     # ---- wiring ---------------------------------------------------------------------------------------------------
 
+    def _new_suggester(self) -> MicroBatcher[ProposalJob, Suggestion | None]:
+        settings = self.settings
+        return MicroBatcher(
+            self._suggest_batch,
+            max_batch=settings.policy_max_batch,
+            max_wait_ms=settings.policy_max_wait_ms,
+            max_queue=settings.policy_max_queue,
+            timeout_s=settings.policy_timeout_s,
+            name="copilot-batcher",
+        )
+
     @classmethod
     def from_settings(
         cls, settings: ServiceSettings, runtime_factory: RuntimeFactory | None = None
@@ -131,6 +152,7 @@ class AutopilotService:
         """Load the policy and the registry's champion and build the runtime (not started). Raises
         WorkerSetupError naming the setting when something is missing."""
         from policy.policy import LMPolicy
+        from policy.remote import remote_scorer
 
         if runtime_factory is None and not settings.bpm_url:
             raise _no_bpm()  # before anything is loaded
@@ -150,7 +172,7 @@ class AutopilotService:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        policy = LMPolicy.load(policy_dir)
+        policy = LMPolicy.load(policy_dir, scorer=remote_scorer(settings.policy_server_url))
         return cls.build(
             settings, policy, champion.critic, champion.thresholds, champion.version, runtime_factory=runtime_factory
         )
@@ -191,6 +213,8 @@ class AutopilotService:
         return cls(settings, runtime, policy, metrics)
 
     def start(self) -> AutopilotService:
+        if self.suggester.closed:  # started again after a stop
+            self.suggester = self._new_suggester()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.runtime.start()
         try:
@@ -204,6 +228,7 @@ class AutopilotService:
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
                 fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                idle_fetch_max_wait_ms=self.settings.idle_fetch_max_wait_ms,
             )
             self._sink_thread = threading.Thread(
                 target=self.sink.run, args=(self._sink_stop,), name="feedback-sink", daemon=True
@@ -220,6 +245,20 @@ class AutopilotService:
                 # Where workers run elsewhere, they run the rounds; this process follows the stage-event log.
                 auto_promote=self.settings.auto_promote and self.settings.workers > 0,
             )
+            # One watcher for the live inboxes of this process: a record on any of these topics may change one.
+            topics = self.runtime.topics
+            self._inbox_watcher = TopicWatcher(
+                self.runtime.bootstrap,
+                [topics.deferrals, topics.operator_decisions, topics.sessions],
+                self.inbox_changed,
+                fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                idle_fetch_max_wait_ms=self.settings.idle_fetch_max_wait_ms,
+                client_id="inbox-watcher",
+            )
+            self._inbox_thread = threading.Thread(
+                target=self._inbox_watcher.run, args=(self._sink_stop,), name="inbox-watcher", daemon=True
+            )
+            self._inbox_thread.start()
             if self.settings.registry_poll_s > 0 and self.critic_version is not None:
                 self._watch_thread = threading.Thread(
                     target=self.watcher.run, args=(self._sink_stop,), name="registry-watch", daemon=True
@@ -249,11 +288,15 @@ class AutopilotService:
         return self._watcher().check()
 
     def stop(self) -> None:
+        self.suggester.close()
         self._sink_stop.set()
-        for thread in (self._sink_thread, self._watch_thread):
+        for thread in (self._sink_thread, self._watch_thread, self._inbox_thread):
             if thread is not None:
                 thread.join(10.0)
-        self._sink_thread = self._watch_thread = None
+        self._sink_thread = self._watch_thread = self._inbox_thread = None
+        if self._inbox_watcher is not None:
+            self._inbox_watcher.close()
+            self._inbox_watcher = None
         if self.sink is not None:
             self.sink.close()
             self.sink = None
@@ -294,30 +337,76 @@ class AutopilotService:
 
     # ---- copilot --------------------------------------------------------------------------------------------------
 
-    def suggest(self, state: UIState, k: int = 5) -> Suggestion | None:
-        """The policy's proposal for ``state``, its critic score and what the router would decide; None when the
-        policy has no valid action for the screen."""
+    def _suggest_batch(self, jobs: list[ProposalJob]) -> list[Suggestion | None]:
+        """One micro-batch of suggestions: one policy call for every state, one critic call for the critical
+        proposals, the router's decision for each (on the batcher's thread)."""
         started = time.perf_counter()
         with self.runtime.policy_lock:
-            proposals = self.policy.propose_batch([state], k=k)
+            proposals = self.policy.propose_batch([job.state for job in jobs], k=max(job.k for job in jobs))
         self.metrics.observe_proposals(time.perf_counter() - started, source="copilot")
-        proposal = proposals[0] if proposals else None
-        if proposal is None:
-            return None
+        proposals = [top_k(p, job.k) for p, job in zip(proposals, jobs, strict=True)]
         router = self.runtime.router
-        tier = router.risk.tier_for(
-            proposal.process_id, proposal.action.type, getattr(proposal.action, "control_id", None)
-        )
-        champion = self.champion.current  # one read: the score and the threshold come from the same champion
-        score: float | None = None
-        if tier == RiskTier.CRITICAL:
-            probabilities = np.asarray(champion.critic.predict_proba([Candidate(state, proposal)]), dtype=np.float64)
-            value = float(probabilities[0, 1])
-            score = min(1.0, max(0.0, value)) if np.isfinite(value) else None
-        decision = router.decide(proposal, score, SessionContext(proposal.session_id), champion)
+        champion = self.champion.current  # one read: the scores and the thresholds come from the same champion
+        critical = [
+            i
+            for i, p in enumerate(proposals)
+            if p is not None
+            and router.risk.tier_for(p.process_id, p.action.type, getattr(p.action, "control_id", None))
+            == RiskTier.CRITICAL
+        ]
+        scores: dict[int, float | None] = {}
+        if critical:
+            inputs = [Candidate(jobs[i].state, p) for i in critical if (p := proposals[i]) is not None]
+            probabilities = np.asarray(champion.critic.predict_proba(inputs), dtype=np.float64)[:, 1]
+            for i, value in zip(critical, probabilities, strict=True):
+                scores[i] = min(1.0, max(0.0, float(value))) if np.isfinite(value) else None
+        out: list[Suggestion | None] = []
+        for i, proposal in enumerate(proposals):
+            if proposal is None:
+                out.append(None)
+                continue
+            decision = router.decide(proposal, scores.get(i), SessionContext(proposal.session_id), champion)
+            out.append(Suggestion(proposal, scores.get(i), decision, 0.0))
+        return out
+
+    def _finish_suggestion(self, suggestion: Suggestion | None, started: float) -> Suggestion | None:
+        if suggestion is None:
+            return None
         elapsed = time.perf_counter() - started
-        self.metrics.observe_decision(decision, elapsed, source="copilot")
-        return Suggestion(proposal, score, decision, elapsed * 1000.0)
+        self.metrics.observe_decision(suggestion.decision, elapsed, source="copilot")
+        return replace(suggestion, latency_ms=elapsed * 1000.0)
+
+    def suggest(self, state: UIState, k: int = 5) -> Suggestion | None:
+        """The policy's proposal for ``state``, its critic score and what the router would decide; None when the
+        policy has no valid action for the screen. Concurrent calls are gathered into micro-batches
+        (``suggester``). Raises ``BatcherFull`` when the queue is full, ``ServiceBusyError`` past the timeout."""
+        started = time.perf_counter()
+        try:
+            suggestion = self.suggester.run(ProposalJob(state, k))
+        except TimeoutError:
+            raise ServiceBusyError(self.settings.policy_timeout_s) from None
+        return self._finish_suggestion(suggestion, started)
+
+    async def suggest_async(self, state: UIState, k: int = 5) -> Suggestion | None:
+        """``suggest`` for an event loop: the request waits on its future, no thread is held while it queues."""
+        started = time.perf_counter()
+        future = self.suggester.submit(ProposalJob(state, k))
+        limit = self.settings.policy_timeout_s
+        try:
+            # past the queue deadline the batcher fails the request itself; the margin covers a started batch
+            suggestion = await asyncio.wait_for(asyncio.wrap_future(future), timeout=limit + 1.0)
+        except TimeoutError:
+            raise ServiceBusyError(limit) from None
+        return self._finish_suggestion(suggestion, started)
+
+    def record_issued(self, principal: Principal, proposal: Proposal) -> None:
+        """Remember a suggestion issued to ``principal``: copilot feedback is accepted for it alone (decision
+        0009). Proposals older than ``AUTOPILOT_ISSUED_PROPOSALS_H`` are pruned, at most once a minute."""
+        self.store.record_issued(proposal, principal.name)
+        now = time.monotonic()
+        if now >= self._prune_due:
+            self._prune_due = now + 60.0
+            self.store.prune_issued(datetime.now(UTC) - timedelta(hours=self.settings.issued_proposals_h))
 
     def record_feedback(
         self,
@@ -328,15 +417,47 @@ class AutopilotService:
         corrected_action: Action | None,
         reason: RejectReason | None,
     ) -> FeedbackRecord:
-        """A copilot accept/correct as a critic training row, published on ``feedback`` (the sink stores it)."""
+        """A copilot accept/correct as a critic training row, published on ``feedback`` (the sink stores it).
+
+        Accepted only for a proposal this service issued to this caller (``record_issued``) within the retention,
+        unchanged, for the state it was issued for, in one of the caller's queues, once (the same feedback again
+        is harmless), and with a correction that fits the screen. Raises InputError (422), ForbiddenError (403),
+        NotFoundError (404: never issued, or expired) or ConflictError (409: other feedback given already, or a
+        proposal that differs from the one issued)."""
         if verdict == Verdict.ACCEPT and (corrected_action is not None or reason is not None):
-            raise ValueError("reason: must be empty when the verdict is accept")
+            raise InputError(("reason",), "must be empty when the verdict is accept")
         if verdict != Verdict.ACCEPT and reason is None:
-            raise ValueError(f"reason: required when the verdict is {verdict.value}")
+            raise InputError(("reason",), f"required when the verdict is {verdict.value}")
         if verdict == Verdict.CORRECT and corrected_action is None:
-            raise ValueError("corrected_action: required when the verdict is correct")
+            raise InputError(("corrected_action",), "required when the verdict is correct")
+        if not principal.may_answer(proposal.process_id):
+            raise ForbiddenError(f"proposal.process_id: {proposal.process_id!r} is not one of your queues")
+        if state.etag != proposal.state_etag:
+            raise InputError(("state",), "not the state the proposal was issued for (its etag differs)")
+        check_action(proposal.action, state.screen, "proposal")
+        if corrected_action is not None:
+            check_action(corrected_action, state.screen, "corrected_action")
+        said = {
+            "verdict": verdict.value,
+            "corrected_action": None if corrected_action is None else corrected_action.model_dump(mode="json"),
+            "reason": None if reason is None else reason.value,
+        }
+        digest = hashlib.sha256(json.dumps(said, sort_keys=True).encode()).hexdigest()
+        issued_after = datetime.now(UTC) - timedelta(hours=self.settings.issued_proposals_h)
+        claim = self.store.claim_issued(proposal, principal.name, digest, issued_after=issued_after)
+        if claim.status == IssuedStatus.UNKNOWN:
+            raise NotFoundError(
+                f"proposal.proposal_id: {proposal.proposal_id!r} was not suggested by this service "
+                f"in the last {self.settings.issued_proposals_h:g} h"
+            )
+        if claim.status == IssuedStatus.OTHER_CALLER:
+            raise ForbiddenError(f"proposal.proposal_id: {proposal.proposal_id!r} was suggested to another caller")
+        if claim.status == IssuedStatus.DIFFERENT:
+            raise ConflictError("proposal: differs from the proposal suggested under this id")
+        if claim.status == IssuedStatus.USED:
+            raise ConflictError(f"proposal.proposal_id: other feedback was given for {proposal.proposal_id!r}")
         record = FeedbackRecord(
-            record_id=f"copilot-{uuid.uuid4().hex}",
+            record_id=f"copilot-{proposal.proposal_id}",  # one row per proposal: a retry writes the same row
             source=FeedbackSource.COPILOT,
             state=state,
             proposal=proposal,
@@ -349,10 +470,20 @@ class AutopilotService:
         producer = self.runtime.producer
         assert producer is not None
         producer.publish(self.runtime.topics.feedback, record, proposal.session_id, message_id=record.record_id)
-        self.metrics.feedback.labels(proposal.process_id, proposal.action.type.value, verdict.value).inc()
+        if claim.status == IssuedStatus.CLAIMED:
+            self.metrics.feedback.labels(proposal.process_id, proposal.action.type.value, verdict.value).inc()
         return record
 
     # ---- inbox ----------------------------------------------------------------------------------------------------
+
+    def on_inbox_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from any thread) whenever an inbox may have changed: this process's own answers and
+        stops at once, and every record on the deferrals, operator-decisions and sessions topics."""
+        self._inbox_listeners.append(listener)
+
+    def inbox_changed(self) -> None:
+        for listener in list(self._inbox_listeners):
+            listener()
 
     def visible_queues(self, principal: Principal) -> list[str] | None:
         """The queues whose deferrals the principal sees (None: all)."""
@@ -368,9 +499,11 @@ class AutopilotService:
         corrected_action: Action | None,
         reason: RejectReason | None,
     ) -> AnswerResult:
-        """Record an operator's answer to a deferral in the store (exactly one answer per deferral is accepted),
-        then announce it on ``operator-decisions`` (the owning worker resumes the session) and publish the
-        feedback row. Raises NotFoundError, ForbiddenError or ConflictError (stale)."""
+        """Answer a deferral by the one answer protocol (``service.runtime.answers``): the store's
+        compare-and-set with its audit entry in one transaction (exactly one answer per deferral is accepted),
+        then the announcement on ``operator-decisions`` (the owning worker resumes the session) and the feedback
+        row. Raises NotFoundError, ForbiddenError, ConflictError (stale) or InputError (a corrected action that
+        does not fit the deferral's screen)."""
         row = self.store.get_deferral(deferral_id)
         if row is None:
             raise NotFoundError(f"deferral_id: no deferral {deferral_id!r}")
@@ -379,6 +512,8 @@ class AutopilotService:
             raise ForbiddenError(f"deferral_id: {deferral_id!r} is in queue {deferral.queue!r}, not one of yours")
         if proposal_id != deferral.proposal.proposal_id:
             raise ConflictError(f"proposal_id: the deferral is for proposal {deferral.proposal.proposal_id!r}")
+        if corrected_action is not None:  # the action the session will apply: it must fit the screen it was shown
+            check_action(corrected_action, deferral.state.screen, "corrected_action")
         decision = OperatorDecision(
             proposal_id=proposal_id,
             session_id=deferral.session_id,
@@ -388,33 +523,15 @@ class AutopilotService:
             reason=reason,
             operator_id=principal.name,
         )
-        result = self.store.answer(decision)
+        producer = self.runtime.producer
+        assert producer is not None
+        result = answer_deferral(self.store, producer, self.runtime.topics, deferral, decision)
         self.metrics.answers.labels(result.result.value).inc()
+        self.inbox_changed()
         if result.result == AnswerStatus.UNKNOWN:
             raise NotFoundError(f"deferral_id: {result.reason}")
         if result.result == AnswerStatus.STALE:
             raise ConflictError(f"state_etag: {result.reason}")
-        producer = self.runtime.producer
-        assert producer is not None
-        topics = self.runtime.topics
-        # The message ids make a double click (a DUPLICATE here) harmless downstream as well.
-        producer.publish(topics.operator_decisions, decision, deferral.session_id, message_id=f"answer:{deferral_id}")
-        feedback = FeedbackRecord(
-            record_id=f"deferral-{deferral_id}",
-            source=FeedbackSource.AUDIT if deferral.decision.audit else FeedbackSource.DEFERRAL,
-            state=deferral.state,
-            proposal=deferral.proposal,
-            accepted=verdict == Verdict.ACCEPT,
-            reason=reason,
-            operator_action=corrected_action if verdict == Verdict.CORRECT else None,
-            operator_id=principal.name,
-            slice=deferral.decision.slice,
-        )
-        producer.publish(topics.feedback, feedback, deferral.session_id, message_id=f"feedback:{deferral_id}")
-        if result.result == AnswerStatus.ACCEPTED:
-            self.store.audit(
-                principal.name, f"answer:{verdict.value}", deferral_id, {"session_id": deferral.session_id}
-            )
         return result
 
     # ---- sessions -------------------------------------------------------------------------------------------------
@@ -432,6 +549,7 @@ class AutopilotService:
             raise ConflictError(f"session_id: the session has ended ({row.status.value})")
         self.runtime.stop_sessions([session_id], issued_by=principal.name)
         self.store.audit(principal.name, "sessions:stop", session_id)
+        self.inbox_changed()
 
     # ---- supervisor -----------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.auth import Principal, Role, TokenStore
 from service.api.context import AutopilotService
+from service.api.inbox_hub import InboxHub
 
 _bearer = HTTPBearer(auto_error=False, description="A token issued by `autopilot tokens issue`")
 
@@ -17,6 +18,11 @@ _bearer = HTTPBearer(auto_error=False, description="A token issued by `autopilot
 def get_service(request: Request) -> AutopilotService:
     service: AutopilotService = request.app.state.service
     return service
+
+
+def get_hub(request: Request) -> InboxHub:
+    hub: InboxHub = request.app.state.inbox_hub
+    return hub
 
 
 def get_tokens(request: Request) -> TokenStore:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from schemas.actions import Action
 from schemas.decision import Decision, Deferral, RejectReason, Verdict
@@ -39,7 +39,7 @@ class Body(BaseModel):
 
 class SuggestRequest(Body):
     state: UIState
-    k: int = Field(default=5, ge=1, le=20, description="How many alternatives to rank")
+    k: StrictInt = Field(default=5, ge=1, le=20, description="How many alternatives to rank")
 
 
 class SuggestResponse(BaseModel):
@@ -134,11 +134,11 @@ class SliceInfo(BaseModel):
 class StageRequest(Body):
     stage: AutonomyStage
     reason: str = Field(min_length=1, max_length=500)
-    pin: bool = True
+    pin: StrictBool = True
 
 
 class KillSwitchRequest(Body):
-    on: bool
+    on: StrictBool
     reason: str = Field(min_length=1, max_length=500)
 
 

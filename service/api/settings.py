@@ -25,7 +25,22 @@ class ServiceSettings(RuntimeSettings):
     audit_window_h: float = Field(
         default=24.0, gt=0, description="Audited acceptance and realised error per slice over this many hours"
     )
-    inbox_poll_s: float = Field(default=0.2, gt=0, le=10, description="How often a live inbox checks the store")
+    inbox_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Live inboxes re-read the store this often even without an event (they are woken by events)",
+    )
+    # Limits at the edge (service.api.limits); over one: 413 (body) or 422 naming the field and the limit.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="The largest request body accepted")
+    max_chat_messages: int = Field(default=200, ge=1, description="Chat messages of a state sent by a client")
+    max_controls: int = Field(default=200, ge=1, description="Controls on the screen of a state sent by a client")
+    max_prompt_chars: int = Field(
+        default=200_000, ge=1000, description="Characters of chat, field values and panels of a state sent by a client"
+    )
+    issued_proposals_h: float = Field(
+        default=24.0, gt=0, description="Copilot feedback is accepted for a suggestion issued this many hours ago"
+    )
     plots_dir: Path | None = Field(
         default=None, description="The champion critic's report plots; None: data_dir/critic_report"
     )

@@ -37,6 +37,7 @@ class FeedbackSink:
         session_timeout_ms: int = 6000,
         heartbeat_interval_ms: int = 1000,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_max_wait_ms: int | None = None,
     ) -> None:
         self.store = store
         self.last_lag = 0
@@ -50,6 +51,7 @@ class FeedbackSink:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=idle_fetch_max_wait_ms,
             max_poll_records=500,
             client_id="feedback-sink",
         )
@@ -63,14 +65,14 @@ class FeedbackSink:
             raise ValueError(f"payload: expected a FeedbackRecord on {topic!r}, got {type(payload).__name__}")
         self.store.add([payload])  # idempotent by record id: a redelivery writes nothing
 
-    def run(self, stop_event: threading.Event, lag_every_s: float = 1.0) -> None:
+    def run(self, stop_event: threading.Event, lag_every_s: float = 5.0) -> None:
         """Poll until ``stop_event`` is set; errors are logged and backed off (``BusConsumer.run``). The lag is
         read on this thread (the consumer is not thread-safe) and published as ``last_lag``."""
         next_lag = 0.0
         errors = 0
         while not stop_event.is_set():
             try:
-                self._consumer.poll_once(timeout_ms=100)
+                self._consumer.poll_once(timeout_ms=500)  # a record ends the poll at once
                 if time.monotonic() >= next_lag:
                     self.last_lag = sum(self._consumer.lag().values())
                     next_lag = time.monotonic() + lag_every_s

@@ -3,7 +3,9 @@
 ``Runtime`` starts (or connects to) a Kafka broker, creates the topics, opens the store, and runs N
 ``SessionWorker`` threads over one BPM adapter. Configuration comes from ``RuntimeSettings``. Workers run as
 threads here: they share the policy (behind one lock: a tokenizer must not be used by two threads at once) and the
-process's CPU. A worker in its own process is ``service.runtime.worker_process``.
+process's CPU, and reach it through one ``BatchedProposer`` (``proposer``): concurrent workers' steps (and the
+API's suggestions) are gathered for a few milliseconds and proposed for in one batched call on one thread. A
+worker in its own process is ``service.runtime.worker_process``.
 
 Consumer groups are scoped by the topic prefix (``<prefix>workers``) like the topics, so two deployments (or two
 test runs) on one cluster never share a group and never rebalance each other. The simulated operators of the
@@ -21,6 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from critic.thresholds import SliceThresholds
+from policy.batching import BatchedProposer
 from schemas.risk import RiskPolicy
 from schemas.session import SessionCommand, SessionCommandKind
 from service.runtime.adapters.base import BpmAdapter
@@ -91,6 +94,7 @@ class Runtime:
         self.workers: list[SessionWorker] = []
         self._threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
         self._policy_lock = threading.Lock()
+        self.proposer = self._new_proposer()
         self._stop = threading.Event()
         self._started_at: float | None = None
 
@@ -125,6 +129,17 @@ class Runtime:
             except Exception:  # the store away for a moment: the next poll catches up (the log is replayed by id)
                 log.warning("following the stage-event log failed", exc_info=True)
 
+    def _new_proposer(self) -> BatchedProposer:
+        settings = self.settings
+        return BatchedProposer(
+            self.policy,
+            lock=self._policy_lock,
+            max_batch=settings.policy_max_batch,
+            max_wait_ms=settings.policy_max_wait_ms,
+            max_queue=settings.policy_max_queue,
+            timeout_s=settings.policy_timeout_s,
+        )
+
     @property
     def policy_lock(self) -> threading.Lock:
         """Held around every use of the policy (its tokenizer must not be used by two threads at once)."""
@@ -134,11 +149,14 @@ class Runtime:
 
     def start(self) -> Self:
         settings = self.settings
+        if self.proposer.batcher.closed:  # started again after a stop
+            self.proposer = self._new_proposer()
         try:
             if settings.kafka_bootstrap:
                 self.bootstrap = settings.kafka_bootstrap
             else:
-                self.broker = EmbeddedBroker().start()
+                # The pid file lets a restart find (and kill) a broker a crashed predecessor left behind.
+                self.broker = EmbeddedBroker(pid_file=settings.data_dir / "broker.pid").start()
                 self.bootstrap = self.broker.bootstrap
             ensure_topics(self.bootstrap, self.topics, settings.partitions)
             self.store = RuntimeStore(settings.store_url())
@@ -165,7 +183,7 @@ class Runtime:
         worker = SessionWorker(
             worker_id or new_worker_id(len(self.workers)),
             self.adapter,
-            self.policy,
+            self.proposer,
             self.champion,
             self.router,
             self.stages,
@@ -177,10 +195,10 @@ class Runtime:
             lease_s=settings.lease_s,
             max_steps=settings.max_steps,
             group_id=self.topics.prefix + WORKER_GROUP,
-            policy_lock=self._policy_lock,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms,
             metrics=self.metrics,
             stage_sync=self.stage_sync,
         )
@@ -218,6 +236,7 @@ class Runtime:
             stop.set()
             thread.join(10.0)
         self._threads.clear()
+        self.proposer.close()  # runs what is queued; nothing else submits once the workers are stopped
         self._stop_extras()
         if self.producer is not None:
             self.producer.close()

@@ -51,6 +51,12 @@ class RuntimeSettings(BaseSettings):
     session_timeout_ms: int = Field(default=6000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    idle_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="A consumer's fetch wait after 2 s without records (the bus costs ~nothing when idle; the "
+        "first record after a quiet spell waits at most this long)",
+    )
     initial_stage: AutonomyStage = Field(
         default=AutonomyStage.COPILOT,
         description="The stage every slice starts in (then promotions, demotions and overrides apply)",
@@ -61,6 +67,18 @@ class RuntimeSettings(BaseSettings):
     bpm_url: str | None = Field(default=None, description="The BPM task API root, e.g. http://bpm:8000/api/v1")
     worker_id: str | None = Field(default=None, description="None: host name, process id and a random suffix")
     torch_threads: int | None = Field(default=None, ge=1, description="Threads of the policy; None: torch's default")
+    # The policy's micro-batcher (policy.batching): the workers' steps and the copilot's suggestions are gathered
+    # for at most policy_max_wait_ms (or policy_max_batch states) and proposed for in one batched call.
+    policy_max_batch: int = Field(default=64, ge=1, description="States per batched policy call")
+    policy_max_wait_ms: float = Field(default=2.0, ge=0.0, description="How long a batch waits for more states")
+    policy_max_queue: int = Field(
+        default=256, ge=1, description="States waiting for the policy beyond which callers get 429 / back off"
+    )
+    policy_timeout_s: float = Field(default=5.0, gt=0, description="A queued state's deadline (then it fails)")
+    policy_server_url: str | None = Field(
+        default=None,
+        description="An SGLang server holding the policy's checkpoint (docs/deploy.md); None: the weights in process",
+    )
     bus_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting worker waits for the broker")
     risk_file: Path | None = Field(
         default=None,
@@ -93,6 +111,7 @@ class RuntimeSettings(BaseSettings):
         "worker_id",
         "risk_file",
         "feedback_url",
+        "policy_server_url",
         mode="before",
     )
     @classmethod

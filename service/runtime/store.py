@@ -51,7 +51,7 @@ import math
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
@@ -229,6 +229,7 @@ audit_log_table = Table(
     Column("action", String, nullable=False),
     Column("target", String, nullable=False),
     Column("details", Text, nullable=False),
+    Index("ix_audit_log_target", "target"),  # an answer's audit entry, found again by its deferral id
 )
 
 
@@ -271,6 +272,17 @@ class AnswerResult:
     deferral_id: str | None = None
     session_id: str | None = None
     deferral: Deferral | None = None  # set when the deferral exists: the proposal an accepted answer approves
+    audit_id: int | None = None  # the answer's audit entry (accepted: written with it; duplicate: found)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """An audit entry to write in the same transaction as the change it records (``answer``)."""
+
+    actor: str
+    action: str
+    target: str
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +415,17 @@ def _deferral_row(row: RowMapping) -> DeferralRow:
     )
 
 
+def _audit_entry(row: RowMapping) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        at=_aware_req(row["at"]),
+        actor=row["actor"],
+        action=row["action"],
+        target=row["target"],
+        details=json.loads(row["details"]),
+    )
+
+
 def _same_answer(stored: str, decision: OperatorDecision) -> bool:
     # A redelivered message is byte-identical, but a double click is a second decision a moment later: compare
     # what the answer says, not when it was made.
@@ -459,6 +482,37 @@ stage_events_table = Table(
     Column("actor", String, nullable=False),
     Column("reason", Text, nullable=False),
 )
+
+
+# Copilot proposals the API issued (``/copilot/suggest``): feedback is accepted only for one of these, from the
+# caller it was issued to, once (decision 0009). Pruned after the retention the API sets.
+issued_proposals_table = Table(
+    "issued_proposals",
+    metadata,
+    Column("proposal_id", String, primary_key=True),
+    Column("issued_to", String, nullable=False),
+    Column("process_id", String, nullable=False),
+    Column("state_etag", String, nullable=False),
+    Column("issued_at", DateTime(timezone=False), nullable=False, index=True),
+    Column("feedback_digest", String, nullable=True),  # what the feedback said, once given
+    Column("payload", Text, nullable=False),
+)
+
+
+class IssuedStatus(StrEnum):
+    CLAIMED = "claimed"  # first feedback for the proposal: recorded
+    REPEATED = "repeated"  # the same feedback again (a retry): harmless
+    UNKNOWN = "unknown"  # never issued, or expired and pruned
+    OTHER_CALLER = "other_caller"  # issued to someone else
+    DIFFERENT = "different"  # the proposal sent is not the one issued under its id
+    USED = "used"  # feedback with other content was given already
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedClaim:
+    status: IssuedStatus
+    proposal: Proposal | None = None
+    issued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,6 +597,7 @@ class RuntimeStore:
         if "published" not in columns:
             default = "false" if self._postgres else "0"
             conn.execute(text(f"ALTER TABLE deferrals ADD COLUMN published BOOLEAN NOT NULL DEFAULT {default}"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_audit_log_target ON audit_log (target)"))
 
     def __repr__(self) -> str:
         return f"RuntimeStore({self.url!r})"
@@ -955,8 +1010,14 @@ class RuntimeStore:
             )
         return True
 
-    def answer(self, decision: OperatorDecision, now: datetime | None = None) -> AnswerResult:
+    def answer(
+        self, decision: OperatorDecision, now: datetime | None = None, *, audit: AuditNote | None = None
+    ) -> AnswerResult:
         """Apply an operator's answer, at most once per deferral.
+
+        ``audit``: the answer's audit entry, written in the same transaction as an accepted answer (so no crash
+        separates them); a duplicate finds it again (``audit_id``). Audit entries of answers have the deferral id
+        as their target and an action starting with ``answer:``.
 
         - ``accepted``: a pending deferral exists for the proposal, and the session is parked on exactly that
           proposal and state etag. The deferral is marked answered (with the answer) and the session is running
@@ -968,11 +1029,20 @@ class RuntimeStore:
         Of concurrent answers for one deferral exactly one is accepted."""
         if not isinstance(decision, OperatorDecision):
             raise ValueError(f"decision: expected an OperatorDecision, got {type(decision).__name__}")
+        if audit is not None and not isinstance(audit, AuditNote):
+            raise ValueError(f"audit: expected an AuditNote, got {type(audit).__name__}")
+        audit_row = None if audit is None else self._audit_row(audit.actor, audit.action, audit.target, audit.details)
         at = _naive_utc(now)
         for _ in range(_ANSWER_ATTEMPTS):
             try:
                 with self._write() as conn:
-                    return self._answer(conn, decision, at)
+                    result = self._answer(conn, decision, at)
+                    if result.result == AnswerStatus.ACCEPTED and audit_row is not None:
+                        audit_id = self._insert_audit(conn, audit_row)
+                        return replace(result, audit_id=audit_id)
+                    if result.result == AnswerStatus.DUPLICATE and result.deferral_id is not None:
+                        return replace(result, audit_id=self._answer_audit_id(conn, result.deferral_id))
+                    return result
             except _Conflict:
                 continue  # lost a race: the next attempt sees the winner's answer
         raise RuntimeError(f"answer: proposal {decision.proposal_id!r} kept changing; gave up")
@@ -1032,6 +1102,32 @@ class RuntimeStore:
         if answered.rowcount != 1 or resumed.rowcount != 1:
             raise _Conflict  # only reachable without row locks; rolls the transaction back
         return AnswerResult(AnswerStatus.ACCEPTED, "accepted", **info)
+
+    def recorded_answer(self, decision: OperatorDecision) -> AnswerResult:
+        """What the store holds for an announced answer, changing nothing (a worker reading an announcement on
+        ``operator-decisions``): ``accepted`` if the deferral was answered with exactly this answer, ``stale`` if
+        it was answered differently or is no longer pending, ``unknown`` if there is no such deferral in that
+        session or no answer was recorded for it (an announcement nobody recorded is never acted on)."""
+        if not isinstance(decision, OperatorDecision):
+            raise ValueError(f"decision: expected an OperatorDecision, got {type(decision).__name__}")
+        d = deferrals_table.c
+        with self._read() as conn:
+            row = conn.execute(select(deferrals_table).where(d.proposal_id == decision.proposal_id)).mappings().first()
+        if row is None or row["session_id"] != decision.session_id:
+            return AnswerResult(AnswerStatus.UNKNOWN, f"no deferral for proposal {decision.proposal_id!r}")
+        info: dict[str, Any] = {
+            "deferral_id": row["deferral_id"],
+            "session_id": row["session_id"],
+            "deferral": Deferral.model_validate_json(row["payload"]),
+        }
+        status = DeferralStatus(row["status"])
+        if status == DeferralStatus.PENDING:
+            return AnswerResult(AnswerStatus.UNKNOWN, "no answer was recorded for this deferral", **info)
+        if status != DeferralStatus.ANSWERED:
+            return AnswerResult(AnswerStatus.STALE, f"the deferral is {status.value}", **info)
+        if not _same_answer(row["answer"], decision):
+            return AnswerResult(AnswerStatus.STALE, "the deferral was answered differently", **info)
+        return AnswerResult(AnswerStatus.ACCEPTED, "the recorded answer", **info)
 
     def get_deferral(self, deferral_id: str) -> DeferralRow | None:
         query = select(deferrals_table).where(deferrals_table.c.deferral_id == deferral_id)
@@ -1269,16 +1365,40 @@ class RuntimeStore:
     def audit(self, actor: str, action: str, target: str, details: Mapping[str, Any] | None = None) -> int:
         """Append an audit entry; return its id. ``details`` must already be redacted: no customer message
         bodies, no secrets."""
-        row = {
+        row = self._audit_row(actor, action, target, details)
+        with self._write() as conn:
+            return self._insert_audit(conn, row)
+
+    @staticmethod
+    def _audit_row(actor: str, action: str, target: str, details: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
             "at": _utcnow(),
             "actor": _text("actor", actor),
             "action": _text("action", action),
             "target": _target(target),
             "details": _json("details", details),
         }
-        with self._write() as conn:
-            result = conn.execute(audit_log_table.insert().values(**row))
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    @staticmethod
+    def _insert_audit(conn: Connection, row: dict[str, Any]) -> int:
+        result = conn.execute(audit_log_table.insert().values(**{**row, "at": _utcnow()}))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    @staticmethod
+    def _answer_audit_id(conn: Connection, deferral_id: str) -> int | None:
+        t = audit_log_table.c
+        query = select(t.id).where(t.target == deferral_id, t.action.like("answer:%")).order_by(t.id.desc()).limit(1)
+        found = conn.execute(query).scalar_one_or_none()
+        return None if found is None else int(found)
+
+    def answer_audit(self, deferral_id: str) -> AuditEntry | None:
+        """The audit entry of the answer to ``deferral_id`` (None if it was never answered with one)."""
+        with self._read() as conn:
+            entry_id = self._answer_audit_id(conn, deferral_id)
+            if entry_id is None:
+                return None
+            row = conn.execute(select(audit_log_table).where(audit_log_table.c.id == entry_id)).mappings().one()
+        return _audit_entry(row)
 
     # ---- replicated stage events ----------------------------------------------------------------------------
 
@@ -1384,17 +1504,64 @@ class RuntimeStore:
         query = select(audit_log_table).order_by(audit_log_table.c.id.desc()).limit(_limit(limit))
         with self._read() as conn:
             rows = conn.execute(query).mappings().all()
-        return [
-            AuditEntry(
-                id=row["id"],
-                at=_aware_req(row["at"]),
-                actor=row["actor"],
-                action=row["action"],
-                target=row["target"],
-                details=json.loads(row["details"]),
+        return [_audit_entry(row) for row in rows]
+
+    # ---- issued copilot proposals ---------------------------------------------------------------------------
+
+    def record_issued(self, proposal: Proposal, issued_to: str, now: datetime | None = None) -> None:
+        """Remember that ``proposal`` was issued to ``issued_to`` (a suggestion); a repeat changes nothing."""
+        if not isinstance(proposal, Proposal):
+            raise ValueError(f"proposal: expected a Proposal, got {type(proposal).__name__}")
+        row = {
+            "proposal_id": proposal.proposal_id,
+            "issued_to": _text("issued_to", issued_to),
+            "process_id": proposal.process_id,
+            "state_etag": proposal.state_etag,
+            "issued_at": _naive_utc(now),
+            "feedback_digest": None,
+            "payload": proposal.model_dump_json(),
+        }
+        with self._write() as conn:
+            self._insert_ignore(conn, issued_proposals_table, "proposal_id", row)
+
+    def claim_issued(
+        self, proposal: Proposal, issued_to: str, feedback_digest: str, *, issued_after: datetime | None = None
+    ) -> IssuedClaim:
+        """Record feedback (``feedback_digest``: what it said) for an issued proposal, at most once, in one
+        transaction: ``claimed`` the first time, ``repeated`` for the same feedback again, ``used`` for different
+        feedback after it; ``unknown`` if it was never issued (or before ``issued_after``: expired),
+        ``other_caller`` if it was issued to someone else, ``different`` if ``proposal`` is not what was issued
+        (nothing changes then)."""
+        if not isinstance(proposal, Proposal):
+            raise ValueError(f"proposal: expected a Proposal, got {type(proposal).__name__}")
+        _text("feedback_digest", feedback_digest)
+        t = issued_proposals_table.c
+        with self._write() as conn:
+            query = select(issued_proposals_table).where(t.proposal_id == proposal.proposal_id).with_for_update()
+            row = conn.execute(query).mappings().one_or_none()
+            if row is None or (issued_after is not None and row["issued_at"] < _naive_utc(issued_after)):
+                return IssuedClaim(IssuedStatus.UNKNOWN)
+            issued = Proposal.model_validate_json(row["payload"])
+            issued_at = _aware_req(row["issued_at"])
+            if row["issued_to"] != issued_to:
+                return IssuedClaim(IssuedStatus.OTHER_CALLER, issued, issued_at)
+            if issued.model_dump(exclude={"schema_version"}) != proposal.model_dump(exclude={"schema_version"}):
+                return IssuedClaim(IssuedStatus.DIFFERENT, issued, issued_at)
+            if row["feedback_digest"] is not None:
+                status = IssuedStatus.REPEATED if row["feedback_digest"] == feedback_digest else IssuedStatus.USED
+                return IssuedClaim(status, issued, issued_at)
+            conn.execute(
+                update(issued_proposals_table)
+                .where(t.proposal_id == proposal.proposal_id)
+                .values(feedback_digest=feedback_digest)
             )
-            for row in rows
-        ]
+            return IssuedClaim(IssuedStatus.CLAIMED, issued, issued_at)
+
+    def prune_issued(self, before: datetime) -> int:
+        """Forget proposals issued before ``before``; returns how many."""
+        t = issued_proposals_table.c
+        with self._write() as conn:
+            return int(conn.execute(delete(issued_proposals_table).where(t.issued_at < _naive_utc(before))).rowcount)
 
     # ---- worker heartbeats ----------------------------------------------------------------------------------
 

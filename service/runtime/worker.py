@@ -14,7 +14,9 @@ One loop, one thread. ``run`` alternates three phases until its stop event is se
    slow BPM never delays the commit of a batch;
 3. one step batch of up to ``batch_size`` READY sessions: first what an answer or an adoption left to do (apply
    the approved action, hand over after a reject, re-send unconfirmed keys), then every session is observed,
-   proposed for in one ``propose_batch`` call, scored in one critic call and routed, and only then executed
+   proposed for in one ``propose_batch`` call (in a Runtime, through its ``BatchedProposer``: the steps of
+   concurrent workers are gathered into one batched policy call on the batcher's thread; a full queue backs the
+   sessions off, counted as ``policy_busy``), scored in one critic call and routed, and only then executed
    (EXECUTE) or parked (DEFER, ALWAYS_ASK), so a session's decision latency excludes the others' side effects.
    The batch reads the process's champion (``service.runtime.champion``) once: every proposal of the batch is
    scored by its critic and decided on its thresholds, and the decision records its version.
@@ -23,9 +25,9 @@ A session comes back to the step queue by one path, ``_resume``: an answer on th
 store, a takeover of an expired lease, a restart under the same worker id, or a repeated start all go through it
 (in memory: ready with the answer to complete; not in memory: claimed and rebuilt from the store).
 
-Why one loop and not a consumer thread beside a step thread: the policy is not shared with another thread, a
-session is never touched by two threads (no per-session locks), and the consumer is used by the thread that made
-it (kafka-python's consumer is not thread-safe). Kafka heartbeats run on kafka-python's own thread, so a long
+Why one loop and not a consumer thread beside a step thread: a session is never touched by two threads (no
+per-session locks), and the consumer is used by the thread that made it (kafka-python's consumer is not
+thread-safe). Kafka heartbeats run on kafka-python's own thread, so a long
 batch does not cost the group membership; leases are renewed between phases and ``batch_size`` bounds a phase.
 The cost: an operator's answer waits for the batch in progress (a few hundred ms with the small policy).
 
@@ -68,6 +70,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate
+from policy.batching import BatcherFull
 from schemas.actions import Action, action_key
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, Verdict
 from schemas.proposal import Proposal
@@ -118,6 +121,7 @@ from service.runtime.store import (
 log = logging.getLogger(__name__)
 
 WORKER_GROUP = "workers"
+QUIET_POLL_MS = 250  # the bus poll of a worker with nothing to step (see ``_poll_timeout_ms``)
 
 
 class ProposalPolicy(Protocol):
@@ -278,6 +282,7 @@ class SessionWorker:
         session_timeout_ms: int = 6000,
         heartbeat_interval_ms: int = 1000,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_max_wait_ms: int | None = None,
         idle_poll_ms: int = 50,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
@@ -354,6 +359,7 @@ class SessionWorker:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            idle_fetch_max_wait_ms=idle_fetch_max_wait_ms,
             max_poll_records=max(100, batch_size),
             client_id=f"worker-{worker_id}",
         )
@@ -377,7 +383,7 @@ class SessionWorker:
     def run_once(self) -> None:
         """One round: maintenance (when due), one poll of the bus, one step batch."""
         self._maintain()
-        self._consumer.poll_once(timeout_ms=0 if self._has_ready() else self.idle_poll_ms)
+        self._consumer.poll_once(timeout_ms=self._poll_timeout_ms())
         self._step()
 
     def close(self, release: bool = True) -> None:
@@ -438,6 +444,7 @@ class SessionWorker:
             "unknown_answers": counts.get("answer_result:unknown", 0),
             "duplicates": counts.get("answer_result:duplicate", 0) + counts.get("duplicate_starts", 0),
             "duplicate_answers": counts.get("answer_result:duplicate", 0),
+            "answers_elsewhere": counts.get("answers_elsewhere", 0),  # announced here, owned by a live worker
             "decision_latency_ms": self.latency.summary(),
             "consumer": {
                 "group": self.group_id,
@@ -491,13 +498,15 @@ class SessionWorker:
         self._counts.add("started")
 
     def _on_answer(self, decision: OperatorDecision) -> None:
-        result = self.store.answer(decision)
-        if result.result == AnswerStatus.DUPLICATE and self._parked_on(decision):
-            # The answer was accepted by the store through another path (the API records an operator's answer
-            # itself so it can say 409 at once) and this is its announcement: resume the session now.
-            result = replace(result, result=AnswerStatus.ACCEPTED)
+        """An answer announced on ``operator-decisions`` (``service.runtime.answers``): whoever answered recorded
+        it in the store first, so the worker only checks that it is the recorded answer and resumes the session.
+        An announcement nobody recorded (unknown), one that lost to another answer (stale) or one this worker
+        has acted on already (duplicate: a redelivery, or the scan saw the answer first) changes nothing."""
+        result = self.store.recorded_answer(decision)
+        session = self._sessions.get(decision.session_id)
+        if result.result == AnswerStatus.ACCEPTED and session is not None and not self._parked_on(decision):
+            result = replace(result, result=AnswerStatus.DUPLICATE, reason="the session has resumed already")
         if result.result != AnswerStatus.ACCEPTED:
-            # stale (another etag, or answered differently), unknown, or a redelivery: the store changed nothing.
             self._counts.add(f"answer_result:{result.result.value}")
             log.info(
                 "worker %s: %s answer for proposal %s of session %s: %s",
@@ -508,14 +517,18 @@ class SessionWorker:
                 result.reason,
             )
             return
-        self._counts.add("answer_result:accepted")
-        self._counts.add(f"answer:{decision.verdict.value}")
         deferral = result.deferral
         assert deferral is not None  # an accepted answer always names its deferral
+        # Not ours in memory: adopt it if its owner is gone (adoption rebuilds this answer from the store); a live
+        # owner acts on it (and tells the guardrails) in its next scan of parked sessions.
+        if session is None and self._adopt(decision.session_id, _Resume.ANSWER) is None:
+            self._counts.add("answers_elsewhere")
+            return
+        self._counts.add("answer_result:accepted")
+        self._counts.add(f"answer:{decision.verdict.value}")
         self._feed_stages(deferral, decision)
-        # Not ours in memory: adopted if its owner is gone (adoption rebuilds this answer from the store); a live
-        # owner notices the answer in its next scan of parked sessions.
-        self._resume(decision.session_id, _Resume.ANSWER, _Answer(deferral, decision))
+        if session is not None:
+            self._resume(decision.session_id, _Resume.ANSWER, _Answer(deferral, decision))
 
     def _on_qa_answer(self, answer: QAAnswer) -> None:
         """A review of an executed step from an operator gateway: recorded once (the store decides), then it feeds
@@ -655,8 +668,13 @@ class SessionWorker:
                 continue
             if row.status == SessionStatus.PARKED:
                 continue  # still parked; only its lease lapsed for a moment (the next renewal restores it)
-            # Answered through a worker that does not own it: complete the answer from the store.
-            self._resume(session.session_id, _Resume.ANSWERED_ELSEWHERE)
+            # Answered, and the scan saw it before the announcement did (or that was lost): complete the answer from
+            # the store. The guardrails hear of it here; the announcement, arriving later, is then a duplicate.
+            answer = self._last_answer(session.session_id)
+            if answer is not None:
+                self._counts.add(f"answer:{answer.decision.verdict.value}")
+                self._feed_stages(answer.deferral, answer.decision)
+            self._resume(session.session_id, _Resume.ANSWERED_ELSEWHERE, answer)
             self._counts.add("answers_seen_in_store")
 
     def _resume(self, session_id: str, why: _Resume, answer: _Answer | None = None) -> _Session | None:
@@ -732,6 +750,16 @@ class SessionWorker:
         if not session.queued:
             session.queued = True
             self._ready.append(session.session_id)
+
+    def _poll_timeout_ms(self) -> int:
+        """0 with a session ready now; ``idle_poll_ms`` with one waiting for its backoff; a quarter second with
+        only parked sessions or none (a record on the bus ends a poll at once, so this costs no latency; a short
+        timeout would only spin the loop of an idle worker)."""
+        if self._has_ready():
+            return 0
+        if self._ready:
+            return self.idle_poll_ms
+        return max(self.idle_poll_ms, QUIET_POLL_MS)
 
     def _has_ready(self) -> bool:
         now = time.monotonic()
@@ -876,6 +904,14 @@ class SessionWorker:
                 self.metrics.observe_proposals(time.perf_counter() - started)
             if len(proposals) != len(states):
                 raise ValueError(f"propose_batch: {len(proposals)} proposals for {len(states)} states")
+        except BatcherFull:
+            # The shared policy's queue is full (the copilot's suggestions and other workers' steps): not an
+            # error of this batch; its sessions retry after a back-off.
+            self._counts.add("policy_busy")
+            for item in observed:
+                self._back_off(item.session)
+            observed.clear()
+            return
         except Exception:
             self._counts.add("policy_errors")
             log.exception("worker %s: the policy failed on a batch of %d states", self.worker_id, len(states))

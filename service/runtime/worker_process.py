@@ -55,6 +55,10 @@ class WorkerSpec(BaseModel):
     topic_prefix: str = "autopilot."
     bpm_url: str = Field(min_length=1, description="The task API root, e.g. http://host:port/api/v1")
     policy_path: str = Field(min_length=1)
+    policy_server_url: str | None = Field(
+        default=None,
+        description="An inference server holding the policy's checkpoint (policy.remote); None: in process",
+    )
     critic_path: str = Field(min_length=1, description="A saved critic directory (critic.persist.load_critic)")
     thresholds: dict[str, Any] = Field(description="SliceThresholds.to_dict()")
     risk: RiskPolicy = Field(default_factory=RiskPolicy)
@@ -68,6 +72,9 @@ class WorkerSpec(BaseModel):
     session_timeout_ms: int = Field(default=6000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    idle_fetch_max_wait_ms: int | None = Field(
+        default=500, ge=0, description="The fetch wait after 2 s without records (None: always fetch_max_wait_ms)"
+    )
     critic_version: str | None = Field(default=None, description="The registry version of critic_path")
     registry_dir: str | None = Field(
         default=None, description="The critic registry whose champion the process follows (None: critic_path for good)"
@@ -91,6 +98,7 @@ def build_worker(
     # Imported here: loading the policy pulls in torch and transformers, which the in-process Runtime never needs.
     from critic.persist import load_critic
     from policy.policy import LMPolicy
+    from policy.remote import remote_scorer
     from service.runtime.adapters.http import HttpBpmAdapter
 
     stages = AutonomyStages(AutonomyConfig.from_dict(spec.autonomy))
@@ -104,7 +112,7 @@ def build_worker(
     return SessionWorker(
         spec.worker_id,
         adapter if adapter is not None else HttpBpmAdapter(spec.bpm_url),
-        LMPolicy.load(spec.policy_path),
+        LMPolicy.load(spec.policy_path, scorer=remote_scorer(spec.policy_server_url)),
         champion,
         router,
         stages,
@@ -118,6 +126,7 @@ def build_worker(
         session_timeout_ms=spec.session_timeout_ms,
         heartbeat_interval_ms=spec.heartbeat_interval_ms,
         fetch_max_wait_ms=spec.fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=spec.idle_fetch_max_wait_ms,
         stage_sync=stage_sync,
         metrics=metrics,
     )
@@ -245,6 +254,7 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         topic_prefix=settings.topic_prefix,
         bpm_url=settings.bpm_url,
         policy_path=str(settings.policy_dir),
+        policy_server_url=settings.policy_server_url,
         critic_path=str(registry.artifact_path(champion)),
         thresholds=thresholds,
         critic_version=champion,
@@ -265,6 +275,7 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        idle_fetch_max_wait_ms=settings.idle_fetch_max_wait_ms,
     )
 
 

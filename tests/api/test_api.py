@@ -157,6 +157,9 @@ def test_feedback_reaches_the_feedback_store_through_the_sink(client: TestClient
     )
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["record_id"].startswith("copilot-")
+    # A correction by the supervisor, on a suggestion issued to the supervisor (feedback is bound to its caller).
+    body = suggest(client, running, state, role="supervisor")
+    assert body["proposal"] is not None
     alternative = body["proposal"]["alternatives"][0]["action"] if body["proposal"]["alternatives"] else None
     corrected = client.post(
         "/api/v1/copilot/feedback",

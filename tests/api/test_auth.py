@@ -115,26 +115,38 @@ ROLE_TABLE: list[tuple[str, str, Any, str, int]] = [
 
 @pytest.fixture(scope="module")
 def payloads(client: TestClient, running: Running) -> dict[str, Any]:
-    """A real suggest body and a feedback body built from its answer."""
+    """A real suggest body, and per role a feedback body on a suggestion issued to that role (feedback is accepted
+    only from the caller a proposal was suggested to)."""
     platform = running.service.runtime.platform
     assert platform is not None
     for _ in range(10):
         state = running.service.runtime.adapter.observe(platform.open_case(process_id="address_change"))
         suggest = {"state": state.model_dump(mode="json"), "k": 2}
-        answered = client.post("/api/v1/copilot/suggest", json=suggest, headers=running.tokens.header("supervisor"))
-        assert answered.status_code == 200, answered.text
-        proposal = answered.json()["proposal"]
-        if proposal is not None:
-            feedback = {"state": suggest["state"], "proposal": proposal, "verdict": "accept"}
+        feedback: dict[str, Any] = {}
+        for role in ("supervisor", "operator", "service"):
+            answered = client.post("/api/v1/copilot/suggest", json=suggest, headers=running.tokens.header(role))
+            assert answered.status_code == 200, answered.text
+            proposal = answered.json()["proposal"]
+            if proposal is not None:
+                feedback[role] = {"state": suggest["state"], "proposal": proposal, "verdict": "accept"}
+        if len(feedback) == 3:
             return {SUGGEST: suggest, FEEDBACK: feedback}
     pytest.fail("the policy proposed nothing for 10 fresh cases")
 
 
 def call(
-    client: TestClient, method: str, path: str, body: Any, payloads: dict[str, Any], headers: dict[str, str]
+    client: TestClient,
+    method: str,
+    path: str,
+    body: Any,
+    payloads: dict[str, Any],
+    headers: dict[str, str],
+    role: str = "supervisor",
 ) -> Any:
     if isinstance(body, str):
         body = payloads[body]
+        if isinstance(body, dict) and role in body:  # per role (feedback)
+            body = body[role]
     return client.request(method, path, json=body, headers=headers)
 
 
@@ -195,7 +207,7 @@ def test_role_table(
     role: str,
     expected: int,
 ) -> None:
-    response = call(client, method, path, body, payloads, running.tokens.header(role))
+    response = call(client, method, path, body, payloads, running.tokens.header(role), role)
     assert response.status_code == expected, response.text
     if expected == 403:
         assert "role" in response.json()["detail"]

@@ -161,6 +161,13 @@ def test_qa_refusals(qa_client: TestClient, qa_running: Running, reviewed_queues
         {"proposal_id": own, "verdict": "correct", "reason": "model_error"},  # correct names the action
         {"proposal_id": own, "verdict": "accept", "reason": "model_error"},
         {"verdict": "accept"},
+        # a correction naming a control the screen does not have (a training row that could never apply)
+        {
+            "proposal_id": own,
+            "verdict": "correct",
+            "reason": "model_error",
+            "corrected_action": {"type": "click_control", "control_id": "no_such_control"},
+        },
     ]
     for body in bad:
         response = post(mine["qa_id"], body)

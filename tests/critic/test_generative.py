@@ -75,6 +75,19 @@ def test_batched_scores_equal_one_at_a_time(
     assert batched.std() > 0  # the scores depend on the input
 
 
+def test_fast_path_equals_the_padded_reference(
+    fitted: tuple[GenerativeCritic, np.ndarray], feedback_records: list[FeedbackRecord]
+) -> None:
+    """The critic scores through the policy's fast path (packed, lean forward); the padded transformers
+    forward gives the same probabilities."""
+    critic, _ = fitted
+    seqs = critic._encode(feedback_records[:40])
+    fast = critic._accept_probability(seqs, fast=True)
+    reference = critic._accept_probability(seqs, fast=False)
+    np.testing.assert_allclose(fast, reference, atol=1e-4)
+    assert reference.std() > 0
+
+
 def test_learns_to_separate_training_rows(
     tiny_policy: tuple[LMPolicy, Path], balanced: tuple[list[FeedbackRecord], np.ndarray], tmp_path: Path
 ) -> None:

@@ -22,11 +22,14 @@ from critic.pipeline import (
     train_critic,
 )
 from critic.registry import CriticRegistry
-from critic.retrain import RetrainConfig, retrain
+from critic.retrain import RetrainConfig, provenance, retrain
+from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
 from schemas import FeedbackRecord
 from schemas.actions import ActionType
+from schemas.feedback import FeedbackSource
 from schemas.risk import SliceKey
+from service.cli import main
 from tests.critic.conftest import synthetic_feedback
 
 SMALL = ThresholdConfig(min_rows=40, min_executed=20, max_candidates=20)
@@ -119,6 +122,10 @@ def test_retrain_registers_promotes_and_keeps_a_champion_that_is_not_beaten(
     assert first.promoted, first.reason  # no champion yet
     assert registry.champion() == first.version
     assert first.report.is_file() and "Thresholds" in first.report.read_text()
+    # Where the rows came from (issue 17): the source and the rows per FeedbackSource, in the outcome and report.
+    assert first.provenance["source"] == str(source) and first.provenance["rows"] == len(records)
+    assert sum(first.provenance["by_source"].values()) == len(records)
+    assert f"rows came from: {source}" in first.report.read_text()
     assert (first.report.parent / "risk_coverage.png").is_file()
     manifest = registry.manifest(first.version)
     # Environment rejections carry no label under the default rule and are left out.
@@ -199,3 +206,15 @@ def test_generative_kind_runs_through_the_same_pipeline_and_reloads(
     np.testing.assert_allclose(
         again.predict_proba(trained.splits.test), trained.critic.predict_proba(trained.splits.test), atol=1e-6
     )
+
+
+def test_imported_rows_are_marked_and_reported_as_imports(records: list[FeedbackRecord], tmp_path: Path) -> None:
+    source = write_feedback(records[:20], tmp_path / "elsewhere.jsonl")
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    assert main(["critic", "import-feedback", str(source), "--feedback", url]) == 0
+    with FeedbackStore(url) as store:
+        stored = store.read()
+    assert len(stored) == 20
+    assert {r.source for r in stored} == {FeedbackSource.IMPORT}
+    assert all(r.record_id.startswith("import-") for r in stored)
+    assert provenance(url, stored)["by_source"] == {"import": 20}

@@ -322,3 +322,42 @@ def test_risk_file_is_mounted_into_the_api_and_the_workers() -> None:
     plain_config = next(doc for doc in plain.kinds("ConfigMap") if doc["metadata"]["name"].endswith("-config"))
     assert "AUTOPILOT_RISK_FILE" not in plain_config["data"]
     assert not any(doc["metadata"]["name"].endswith("-risk") for doc in plain.kinds("ConfigMap"))
+
+
+def test_policy_batcher_settings_reach_the_pods(release: Rendered) -> None:
+    data = release.one("ConfigMap", "-config")["data"]
+    for key in ("MAX_BATCH", "MAX_WAIT_MS", "MAX_QUEUE", "TIMEOUT_S"):
+        assert data[f"AUTOPILOT_POLICY_{key}"], key
+    assert "AUTOPILOT_POLICY_SERVER_URL" not in data  # the default policy runs in process
+    assert not any(d["metadata"]["name"].endswith("-policy-server") for d in release.docs)
+
+
+def test_gpu_policy_server_renders_and_validates() -> None:
+    """docs/deploy.md's large policy: an SGLang server on a GPU node, and the API and workers pointed at it."""
+    rendered = render_chart({"policy": {"server": {"enabled": True, "image": {"tag": "v0.5.5"}}}})
+    server = rendered.one("Deployment", "-policy-server")
+    pod = server["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["image"] == "lmsysorg/sglang:v0.5.5"
+    assert "/data/policy" in container["args"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data", "/tmp", "/dev/shm"}
+    service = rendered.one("Service", "-policy-server")
+    assert service["spec"]["selector"] == server["spec"]["selector"]["matchLabels"]
+    url = rendered.one("ConfigMap", "-config")["data"]["AUTOPILOT_POLICY_SERVER_URL"]
+    assert url == f"http://{service['metadata']['name']}:30000"
+    for doc in (server, service):
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    external = render_chart({"policy": {"server": {"url": "http://gpu-pool.inference:30000"}}})
+    assert (
+        external.one("ConfigMap", "-config")["data"]["AUTOPILOT_POLICY_SERVER_URL"] == "http://gpu-pool.inference:30000"
+    )
+
+
+def test_gpu_policy_server_needs_a_pinned_image() -> None:
+    with pytest.raises(Exception, match=r"policy.server.image.tag"):
+        render_chart({"policy": {"server": {"enabled": True}}})

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
+from bench.common import shared_data_dir
 from policy.baselines.floors import START, MostFrequentPerScreen, SuffixNGram, _SlotTexts
 from policy.evaluate import evaluate
 from policy.predictor import NextActionPredictor
@@ -253,9 +253,27 @@ def test_memoised_slot_texts_equal_action_text() -> None:
     assert memo(actions[0], states[0]) != action_text(actions[0], states[1])  # the slots depend on the state
 
 
+def test_pooled_ngram_backs_off_to_other_processes_contexts_on_valid_actions_only() -> None:
+    mature = [_trace(["a", "b", "c"], case=f"m{i}", process="old", screen="o1") for i in range(5)]
+    mature += [_trace(["x", "y"], case=f"n{i}", process="old", screen="o1") for i in range(5)]
+    new = [_trace(["d", "d", "a"], case="new1", process="new", screen="n1")]
+    plain = SuffixNGram().fit(mature + new)
+    pooled = SuffixNGram(pooled=True).fit(mature + new)
+    after_a = _state(["x", "a"], process="new", screen="n1")  # "a" was never followed by anything in "new"
+    assert _keys(plain, [after_a]) == ["click_control:d"]  # the new screen's most frequent action
+    assert _keys(pooled, [after_a]) == ["click_control:b"]  # what followed "a" in the old process
+    assert pooled.rank([after_a], 3)[0][0][0] == ClickControl(control_id="b")
+    # its own contexts come first, and a pooled action the screen does not offer is skipped
+    assert _keys(pooled, [_state(["d", "d"], process="new", screen="n1")]) == ["click_control:a"]
+    small = ScreenSchema(screen_id="n2", process_id="new", controls=[ButtonControl(id="a"), ButtonControl(id="d")])
+    on_small = _state(["x", "a"], process="new", screen="n1").model_copy(update={"screen": small})
+    assert _keys(pooled, [on_small]) != ["click_control:b"]
+    assert pooled.name == "suffix_ngram_6_pooled"
+
+
 # --- the real log --------------------------------------------------------------------------------------------------
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eventlogs"
+DATA = shared_data_dir() / "eventlogs"
 BPI_2013 = "bpi_challenge_2013_incidents.xes.gz"
 
 

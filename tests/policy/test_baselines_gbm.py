@@ -7,11 +7,11 @@ import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.common import shared_data_dir
 from importers.eventlog import RawCase, RawEvent, activity_screen, case_trace
 from importers.xes import import_xes
 from policy.baselines.gbm import BLOCK, GradientBoostingBaseline, learn_features
@@ -293,7 +293,7 @@ def test_a_field_with_many_values_is_coded_in_blocks_of_254() -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # integration: the real BPI 2013 incidents log
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "eventlogs"
+DATA = shared_data_dir() / "eventlogs"
 BPI_2013 = "bpi_challenge_2013_incidents"
 LONGEST_SUFFIX_FLOOR_2013 = 0.5578  # docs/data.md, activity-only, full train_val
 

@@ -27,7 +27,8 @@ def test_train_propose_evaluate(traces_path: Path, tmp_path: Path, capsys: pytes
     argv = ["policy", "train", "--traces", str(traces_path), "--out", str(model), "--epochs", "1"]
     assert main([*argv, "--hidden", "32", "--layers", "1", "--threads", "1", "--max-traces", "24"]) == 0
     assert "policy written to" in capsys.readouterr().out
-    assert (model / "policy.json").is_file() and (model / "config.json").is_file()
+    assert (model / "policy.json").is_file() and (model / "config.json").is_file()  # the LM, loadable alone
+    assert (model / "combined.json").is_file()
 
     state = next(iter(read_traces(traces_path))).steps[1].state
     state_file = tmp_path / "state.json"
@@ -42,6 +43,7 @@ def test_train_propose_evaluate(traces_path: Path, tmp_path: Path, capsys: pytes
     assert main([*argv, "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
     assert "suffix_ngram_6" in printed and "ceiling" in printed
+    assert "Which predictor answers where" in printed and "combined policy" in printed
     data = json.loads(out_json.read_text())
     assert {"most_frequent_per_screen", "suffix_ngram_6"} <= set(data)
 

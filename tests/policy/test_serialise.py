@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from importers.eventlog import RawCase, RawEvent, activity_screen, case_trace
 from policy.serialise import (
     ActionTextError,
     SerialConfig,
@@ -28,6 +31,7 @@ from schemas.actions import (
 )
 from schemas.screen import ButtonControl, ChatControl, ScreenSchema, SelectControl, TextControl
 from schemas.state import ChatMessage, ChatRole, Panel, UIState
+from schemas.trace import Trace, TraceSource, TraceStep
 from tests.schemas.strategies import actions, ui_states
 
 
@@ -146,3 +150,75 @@ def test_to_slots_then_fill_is_identity(text: str, values: dict[str, str]) -> No
     if "⟦" in text or "⟧" in text:
         return
     assert fill_slots(to_slots(text, sources), sources) == text
+
+
+# ---- bounded work on a huge chat (issue 17, finding 1) ---------------------------------------------------------------
+
+
+def _entity_heavy(i: int) -> str:
+    parts = [
+        f"ORD-{1000 + i * 97 + j}, {j + 1} Baker Street, x{i}.{j}@mail.com, 2026-0{1 + j % 9}-1{j % 10}"
+        for j in range(60)
+    ]
+    return ", ".join(parts)[:4000]
+
+
+def test_a_huge_chat_costs_the_work_of_its_last_messages_only() -> None:
+    import time
+
+    from policy.values import CHAT_WINDOW
+
+    chat = [ChatMessage(role=ChatRole.CUSTOMER, text=_entity_heavy(i)) for i in range(600)]
+    huge = _state(chat=chat)
+    window = _state(chat=chat[-CHAT_WINDOW:])
+    started = time.perf_counter()
+    sources = value_sources(huge)
+    prompt = serialise_state(huge)
+    elapsed = time.perf_counter() - started
+    # The documented rule: the policy reads the last CHAT_WINDOW messages; older ones change nothing.
+    assert sources == value_sources(window)
+    assert prompt == serialise_state(window)
+    # Before the rule, 600 such messages took ~25 s here (a quadratic entity scan over every message).
+    assert elapsed < 2.0, elapsed
+
+
+# ---- the activity-log layout (event logs: long cases, one button per activity) -------------------------------
+
+
+def _activity_traces() -> list[Trace]:
+    screen = activity_screen("log", ["register", "check", "a very long activity name that the history must keep"])
+    start = datetime(2022, 1, 3, 8, tzinfo=UTC)
+    cases = []
+    for i in range(30):
+        names = ["register", "check", "check", "a very long activity name that the history must keep", "check"]
+        events = [
+            RawEvent(
+                activity=name,
+                timestamp=start + timedelta(days=i, minutes=7 * j),
+                resource=None,
+                attributes={"time:timestamp": (start + timedelta(days=i, minutes=7 * j)).isoformat(), "team": "a"},
+            )
+            for j, name in enumerate(names)
+        ]
+        raw = RawCase(case_id=f"c{i}", attributes={}, events=events)
+        cases.append(case_trace(raw, screen=screen, source=TraceSource.XES, source_file="log.xes"))
+    return cases
+
+
+def test_activity_logs_get_the_whole_history_repeats_and_no_per_event_ids() -> None:
+    traces = _activity_traces()
+    cfg = SerialConfig.for_traces(traces)
+    assert not cfg.list_buttons and cfg.bare_clicks and cfg.counts and cfg.history == 5
+    assert "last_event.time:timestamp" in cfg.drop_fields and "last_event.team" not in cfg.drop_fields
+    prompt = serialise_state(traces[0].steps[5].state, cfg)
+    assert "controls" not in prompt and "time:timestamp" not in prompt and "team=a" in prompt
+    assert "history register / check / check / a_very_long_activity_name_that_the_history_must_keep / check" in prompt
+    assert "repeats check=3" in prompt
+    assert SerialConfig(**cfg.to_dict()) == cfg  # as saved with a model and read back
+    assert SerialConfig.for_traces([]) == SerialConfig()
+
+
+def test_chat_screens_keep_the_default_layout() -> None:
+    step = TraceStep(step=0, state=_state(), action=ClickControl(control_id="lookup"))
+    trace = Trace(trace_id="t", source=TraceSource.SANDBOX, case_id="c", process_id="p", steps=[step])
+    assert SerialConfig.for_traces([trace]) == SerialConfig()

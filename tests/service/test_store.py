@@ -35,8 +35,10 @@ from schemas.state import UIState
 from service.runtime.store import (
     AnswerStatus,
     ApplyRefusedError,
+    AuditNote,
     DeferralRow,
     DeferralStatus,
+    IssuedStatus,
     LeaseLostError,
     QueueStats,
     RuntimeStore,
@@ -871,3 +873,85 @@ def test_a_stage_event_compare_and_set_refuses_a_stale_view_of_the_slice(store: 
     assert store.append_stage_event_if_latest(first, "w2", "promotion", "system", "late", **slice_args) is None
     assert other > first
     assert [e.origin for e in store.stage_events_after(0)] == ["w1", "w2", "w1"]
+
+
+# ---- an answer and its audit entry (issue 17, finding 3) -------------------------------------------------------
+
+
+def _crash_at_the_audit_write(url: str, decision_json: str) -> None:
+    """Answer with an audit entry and die (as kill -9 would: no cleanup, no rollback) the moment the audit row is
+    written: the old protocol committed the answer before it wrote the audit entry."""
+    from sqlalchemy import event
+
+    store = RuntimeStore(url)
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def _die(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_LOG"):
+            os._exit(9)
+
+    decision = OperatorDecision.model_validate_json(decision_json)
+    store.answer(decision, audit=AuditNote("op-1", "answer:accept", "s1/f0", {"session_id": "s1"}))
+
+
+def test_an_answer_and_its_audit_entry_commit_together(store: RuntimeStore, url: str) -> None:
+    sid = _running(store)
+    deferral = _deferral(sid, 0)
+    assert store.park(sid, deferral)
+    reply = _answer(deferral)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_crash_at_the_audit_write, args=(url, reply.model_dump_json())
+    )
+    process.start()
+    process.join(60)
+    assert process.exitcode == 9  # died writing the audit entry, inside the answer's transaction
+    # Nothing of it stands: the deferral is still pending and the session still parked, with no audit entry.
+    assert _deferral_row(store, deferral.deferral_id).status == DeferralStatus.PENDING
+    assert _session(store, sid).status == SessionStatus.PARKED
+    assert store.answer_audit(deferral.deferral_id) is None
+
+    note = AuditNote("op-1", "answer:accept", deferral.deferral_id, {"session_id": sid})
+    accepted = store.answer(reply, audit=note)
+    assert accepted.result == AnswerStatus.ACCEPTED and accepted.audit_id is not None
+    entry = store.answer_audit(deferral.deferral_id)
+    assert entry is not None and (entry.id, entry.actor, entry.action) == (accepted.audit_id, "op-1", "answer:accept")
+    # The client's retry gets "duplicate" and finds the same entry; no second entry is written.
+    duplicate = store.answer(reply, audit=note)
+    assert duplicate.result == AnswerStatus.DUPLICATE and duplicate.audit_id == accepted.audit_id
+    assert [e.target for e in store.audit_log()].count(deferral.deferral_id) == 1
+
+
+def test_recorded_answer_reads_what_the_store_holds(store: RuntimeStore) -> None:
+    sid = _running(store)
+    deferral = _deferral(sid, 0)
+    assert store.park(sid, deferral)
+    reply = _answer(deferral)
+    assert store.recorded_answer(reply).result == AnswerStatus.UNKNOWN  # announced, never recorded
+    assert _deferral_row(store, deferral.deferral_id).status == DeferralStatus.PENDING  # and nothing changed
+    assert store.answer(reply).result == AnswerStatus.ACCEPTED
+    assert store.recorded_answer(reply).result == AnswerStatus.ACCEPTED
+    assert store.recorded_answer(_answer(deferral, Verdict.REJECT)).result == AnswerStatus.STALE
+    other = _answer(deferral).model_copy(update={"proposal_id": "nope"})
+    assert store.recorded_answer(other).result == AnswerStatus.UNKNOWN
+
+
+# ---- issued copilot proposals (issue 17, finding 4) ----------------------------------------------------------
+
+
+def test_feedback_is_claimed_once_for_an_issued_proposal_by_its_caller(store: RuntimeStore) -> None:
+    proposal = _deferral("s9", 0).proposal
+    assert store.claim_issued(proposal, "olga", "d1").status == IssuedStatus.UNKNOWN  # never issued
+    store.record_issued(proposal, "olga", now=T0)
+    store.record_issued(proposal, "olga", now=T0)  # a repeat changes nothing
+    assert store.claim_issued(proposal, "oscar", "d1").status == IssuedStatus.OTHER_CALLER
+    changed = proposal.model_copy(update={"action": TransferChat(queue="tier2")})
+    assert store.claim_issued(changed, "olga", "d1").status == IssuedStatus.DIFFERENT
+    assert store.claim_issued(proposal, "olga", "d1", issued_after=T0 + timedelta(hours=1)).status == (
+        IssuedStatus.UNKNOWN  # expired
+    )
+    claim = store.claim_issued(proposal, "olga", "d1")
+    assert claim.status == IssuedStatus.CLAIMED and claim.proposal == proposal
+    assert store.claim_issued(proposal, "olga", "d1").status == IssuedStatus.REPEATED
+    assert store.claim_issued(proposal, "olga", "d2").status == IssuedStatus.USED
+    assert store.prune_issued(T0 + timedelta(seconds=1)) == 1
+    assert store.claim_issued(proposal, "olga", "d1").status == IssuedStatus.UNKNOWN

@@ -57,6 +57,7 @@ from schemas import (
 from schemas.files import atomic_write_text
 from service.api.server_thread import serve_in_thread
 from service.runtime.adapters.base import BpmAdapter, CaseOutcome
+from service.runtime.answers import answer_deferral
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 from service.runtime.bus.broker import EmbeddedBroker
 from service.runtime.bus.consumer import BusConsumer, MessageMeta, read_to_end
@@ -64,7 +65,7 @@ from service.runtime.bus.envelope import encode, header
 from service.runtime.bus.producer import BusProducer
 from service.runtime.inprocess import session_id_for
 from service.runtime.settings import RuntimeSettings
-from service.runtime.store import DeferralStatus, RuntimeStore, SessionStatus
+from service.runtime.store import AnswerStatus, DeferralStatus, RuntimeStore, SessionStatus
 from service.runtime.worker import idempotency_key
 from service.runtime.worker_process import WorkerSpec, build_worker, run_worker_process
 
@@ -326,8 +327,12 @@ def test_stale_unknown_and_repeated_answers_change_nothing(
         deferral = next(d for d in store.pending_deferrals() if d.session_id == session_ids[0])
         case = platform.case(cases[0])
 
-        def publish(answer: OperatorDecision) -> None:
+        def announce(answer: OperatorDecision) -> None:  # an announcement nobody recorded in the store
             producer.publish(runtime.topics.operator_decisions, answer, answer.session_id)
+
+        def give(answer: OperatorDecision) -> AnswerStatus:  # the one answer protocol: record, then announce
+            assert store is not None and producer is not None
+            return answer_deferral(store, producer, runtime.topics, deferral, answer).result
 
         def answer(verdict: Verdict = Verdict.ACCEPT, **changes: Any) -> OperatorDecision:
             fields: dict[str, Any] = {
@@ -341,18 +346,25 @@ def test_stale_unknown_and_repeated_answers_change_nothing(
                 fields |= {"reason": RejectReason.MODEL_ERROR, "corrected_action": ClickControl(control_id="nope")}
             return OperatorDecision(**(fields | changes))
 
-        publish(answer(state_etag="0" * 20))  # an answer for another state of the case
-        publish(answer(proposal_id="no-such-proposal"))
-        assert runtime.wait_until(lambda: worker.stats()["unknown_answers"] == 1, 10)
-        assert worker.stats()["stale_answers"] == 1
+        # The store refuses what does not answer the parked state; nothing is announced then.
+        assert give(answer(state_etag="0" * 20)) == AnswerStatus.STALE
+        # Announcements the store never recorded change nothing (an unrecorded accept, an unknown proposal).
+        announce(answer())
+        announce(answer(proposal_id="no-such-proposal"))
+        assert runtime.wait_until(lambda: worker.stats()["unknown_answers"] == 2, 10), worker.stats()
         assert case.actions == [] and store.get_session(session_ids[0]).status == SessionStatus.PARKED  # type: ignore[union-attr]
+        assert store.get_deferral(deferral.deferral_id).status == DeferralStatus.PENDING  # type: ignore[union-attr]
 
         accept = answer()
-        publish(accept)
-        publish(answer(Verdict.CORRECT))  # a second, different answer to the same deferral
-        publish(accept)  # the same answer again
-        assert runtime.wait_until(lambda: worker.stats()["duplicate_answers"] == 1, 10), worker.stats()
-        assert worker.stats()["stale_answers"] == 2
+        assert give(accept) == AnswerStatus.ACCEPTED
+        assert give(answer(Verdict.CORRECT)) == AnswerStatus.STALE  # a second, different answer: not announced
+        assert give(accept) == AnswerStatus.DUPLICATE  # the same answer again: announced again, acted on once
+        announce(answer(Verdict.CORRECT))  # an announcement of the answer that lost
+        assert runtime.wait_until(lambda: worker.stats()["duplicate_answers"] >= 1, 10), worker.stats()
+        assert runtime.wait_until(lambda: worker.stats()["stale_answers"] == 1, 10), worker.stats()
+        # The accepted answer has its audit entry, written with it; the duplicate found the same one.
+        audit = store.answer_audit(deferral.deferral_id)
+        assert audit is not None and audit.action == "answer:accept" and audit.actor == "op-test"
         key = idempotency_key(deferral.session_id, deferral.proposal.step, deferral.proposal.action)
         # The accepted proposal was applied once, on the state it was shown on (answers are applied by the next
         # step batch); the session then parked again on a proposal for the next step (copilot defers everything).
@@ -476,12 +488,25 @@ def test_duplicate_delivery_of_every_message_applies_no_action_twice(
             def copies_refused() -> bool:
                 stats = runtime.stats()
                 return (
-                    sum(w["duplicate_answers"] for w in stats["workers"]) >= answers
+                    # every answer was announced twice; a copy is a duplicate where the session is owned, or
+                    # "elsewhere" on the worker that got the announcement while another one owns the session
+                    sum(w["duplicate_answers"] + w["answers_elsewhere"] for w in stats["workers"]) >= answers
                     and stats["operators"]["duplicates"] >= answers
                     and echo.echoed >= 2 * len(cases) + 2 * answers
                 )
 
-            assert runtime.wait_until(copies_refused, 10), (echo.echoed, runtime.stats())
+            assert runtime.wait_until(copies_refused, 10), json.dumps(
+                [
+                    echo.echoed,
+                    answers,
+                    [
+                        {k: w[k] for k in ("answers", "duplicate_answers", "stale_answers", "unknown_answers")}
+                        for w in runtime.stats()["workers"]
+                    ],
+                    runtime.stats()["operators"],
+                ],
+                default=str,
+            )
         finally:
             stop.set()
             thread.join(10)

@@ -87,6 +87,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.workers.autoscaling.enabled (gt (int .Values.workers.autoscaling.minReplicas) (int (include "bpm-autopilot.workersMax" .))) }}
 {{- fail "workers.autoscaling.minReplicas must not exceed workers.autoscaling.maxReplicas" }}
 {{- end }}
+{{- if and .Values.policy.server.enabled (not .Values.policy.server.image.tag) }}
+{{- fail "policy.server.image.tag is required when policy.server.enabled: pin the inference engine's version" }}
+{{- end }}
 {{- if and (not .Values.auth.existingSecret) (not .Values.database.url) }}
 {{- fail "database.url (or auth.existingSecret with the key database-url) is required" }}
 {{- end }}

@@ -3,8 +3,6 @@ answer to one deferral, bound to its proposal id and state etag."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -12,16 +10,18 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from service.api.deps import OperatorOrSupervisor, ServiceDep
+from service.api.context import AutopilotService
+from service.api.deps import OperatorOrSupervisor, ServiceDep, get_hub
 from service.api.models import AnswerRequest, AnswerResponse, ErrorDetail, InboxItem, InboxResponse
 from service.runtime.store import AnswerStatus
 
 router = APIRouter(prefix="/api/v1/inbox", tags=["inbox"])
 
 Limit = Annotated[int, Query(ge=1, le=500)]
+PING_S = 15.0  # a keep-alive comment after this long without an event (proxies close silent connections)
 
 
-def _items(service: ServiceDep, queues: list[str] | None, limit: int) -> list[InboxItem]:
+def inbox_items(service: AutopilotService, queues: list[str] | None, limit: int) -> list[InboxItem]:
     now = datetime.now(UTC)
     return [
         InboxItem(deferral=d, age_s=round(max(0.0, (now - d.created_at).total_seconds()), 3))
@@ -33,7 +33,7 @@ def _items(service: ServiceDep, queues: list[str] | None, limit: int) -> list[In
 def inbox(service: ServiceDep, caller: OperatorOrSupervisor, limit: Limit = 100) -> InboxResponse:
     """Pending deferrals, oldest first: the caller's queues (an operator) or every queue (a supervisor)."""
     queues = service.visible_queues(caller)
-    return InboxResponse(queues=queues, items=_items(service, queues, limit))
+    return InboxResponse(queues=queues, items=inbox_items(service, queues, limit))
 
 
 @router.get(
@@ -46,26 +46,26 @@ async def stream(
 ) -> StreamingResponse:
     """Server-sent events: ``inbox`` with the whole pending list whenever it changes (a deferral arrived, was
     answered or went stale), and a ``ping`` comment every 15 s. The store is the source, so every API replica
-    shows the same inbox whichever worker parked the step."""
+    shows the same inbox whichever worker parked the step; the stream waits for events, not on a timer
+    (``service.api.inbox_hub``). When the token is revoked or expires the stream ends within seconds with a
+    ``closed`` event."""
     queues = service.visible_queues(caller)
-    interval = service.settings.inbox_poll_s
+    hub = get_hub(request)
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
 
     async def events() -> AsyncIterator[str]:
-        last: list[str] | None = None
-        idle = 0.0
-        while not await request.is_disconnected():
-            items = await asyncio.to_thread(_items, service, queues, limit)
-            ids = [item.deferral.deferral_id for item in items]
-            if ids != last:
-                last = ids
-                idle = 0.0
-                payload = {"queues": queues, "items": [item.model_dump(mode="json") for item in items]}
-                yield f"event: inbox\ndata: {json.dumps(payload)}\n\n"
-            elif idle >= 15.0:
-                idle = 0.0
-                yield ": ping\n\n"
-            await asyncio.sleep(interval)
-            idle += interval
+        subscription = await hub.subscribe(caller, token, queues, limit)
+        try:
+            while True:
+                message = await subscription.next(PING_S)
+                if message is None:
+                    yield ": ping\n\n"
+                    continue
+                yield message
+                if subscription.closed is not None:
+                    return  # revoked or expired: the last event said why
+        finally:
+            hub.unsubscribe(subscription)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)

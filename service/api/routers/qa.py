@@ -10,8 +10,9 @@ from fastapi import APIRouter, Path, Query
 
 from schemas.decision import Verdict
 from schemas.qa import QAAnswer, QALabel
-from service.api.context import AutopilotService, ConflictError, ForbiddenError, NotFoundError
+from service.api.context import AutopilotService, check_action
 from service.api.deps import OperatorOrSupervisor, ServiceDep, Supervisor
+from service.api.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from service.api.models import ErrorDetail
 from service.api.qa_models import (
     QAAnswerRequest,
@@ -78,6 +79,8 @@ def answer(qa_id: QAId, body: QAAnswerRequest, service: ServiceDep, caller: Oper
     if body.proposal_id != item.proposal.proposal_id:
         raise ConflictError(f"proposal_id: the QA item is for proposal {item.proposal.proposal_id!r}")
     _check(body)
+    if body.corrected_action is not None:  # a training row: the correction must fit the screen it was made on
+        check_action(body.corrected_action, item.state.screen, "corrected_action")
     review = QAAnswer(
         qa_id=qa_id,
         proposal_id=body.proposal_id,
@@ -108,16 +111,16 @@ def _check(body: QAAnswerRequest) -> None:
     """The review's own consistency, named by field (answered 422 with ``["body", field]``)."""
     if body.verdict == Verdict.ACCEPT:
         if body.reason is not None:
-            raise ValueError("reason: must be empty when the verdict is accept")
+            raise InputError(("reason",), "must be empty when the verdict is accept")
         if body.corrected_action is not None:
-            raise ValueError("corrected_action: must be empty when the verdict is accept")
+            raise InputError(("corrected_action",), "must be empty when the verdict is accept")
         return
     if body.reason is None:
-        raise ValueError(f"reason: required when the verdict is {body.verdict.value}")
+        raise InputError(("reason",), f"required when the verdict is {body.verdict.value}")
     if body.verdict == Verdict.CORRECT and body.corrected_action is None:
-        raise ValueError("corrected_action: required when the verdict is correct")
+        raise InputError(("corrected_action",), "required when the verdict is correct")
     if body.verdict == Verdict.REJECT and body.corrected_action is not None:
-        raise ValueError("corrected_action: must be empty when the verdict is reject (use correct)")
+        raise InputError(("corrected_action",), "must be empty when the verdict is reject (use correct)")
 
 
 def qa_summary(service: AutopilotService) -> QASummary:

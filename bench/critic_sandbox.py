@@ -22,7 +22,9 @@ Writes ``bench/results/critic_sandbox.{json,md}`` and its plots beside them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +32,29 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
-from critic.base import accept_scores, labels, slice_of
+from critic.base import BASELINE_LABEL, DEFAULT_LABEL, LabelRule, accept_scores, labelled, labels, slice_of
 from critic.evaluate import Comparison, CriticScores, compare_critics
 from critic.feedback import read_feedback, write_feedback
 from critic.pipeline import (
     BASELINE_NAME,
-    MAX_CANDIDATES,
     PipelineConfig,
     TrainedCritic,
+    admission_rows,
     check_thresholds,
     clopper_pearson_lower,
+    default_thresholds,
+    sessions_of,
     train_critic,
 )
-from critic.thresholds import ThresholdConfig, fit_slice_thresholds, group_key
+from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds
 from sandbox.feedback_collection import collect_copilot_feedback
 from schemas.feedback import FeedbackRecord
-from schemas.risk import SliceKey
 
 NAME = "critic_sandbox"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
 WORK = ROOT / "out" / "bench"
+COPILOT_SESSIONS = 3000  # new cases reviewed in copilot mode (about 31,000 proposals), shared by the critic and
+# runtime benches (one cached collection)
 PRECISION_GAIN = 0.05
 COVERAGE_SHARE = 0.90
 
@@ -70,113 +75,118 @@ def copilot_feedback(policy_dir: Path, sessions: int, seed: int, start: int, sce
     return read_feedback(path)
 
 
-def guarantee_draws(
-    trained: TrainedCritic, alpha: float, delta: float, draws: int, seed: int, min_rows: int
-) -> dict[str, Any]:
-    """Pool the threshold and test rows, re-split them at random ``draws`` times into calibration and fresh
-    halves, choose thresholds on one half and measure the realised error on the other.
+def _by_session(records: list[FeedbackRecord]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each row's session index, and the rows of each session."""
+    ids = sessions_of(records)
+    index: dict[str, int] = {}
+    codes = np.fromiter((index.setdefault(s, len(index)) for s in ids), np.int64, len(ids))
+    order = np.argsort(codes, kind="stable")
+    return codes, np.split(order, np.cumsum(np.bincount(codes, minlength=len(index)))[:-1])
 
-    Two readings per draw: the realised error among executed fresh rows above alpha (the target's wording; with
-    few executed rows this is mostly sampling noise, since even a threshold whose true error is just under alpha
-    shows a fresh error above alpha about half the time), and a significant violation: the fresh error's
-    one-sided 95% lower confidence bound above alpha."""
+
+def guarantee_draws(trained: TrainedCritic, config: ThresholdConfig, draws: int, seed: int) -> dict[str, Any]:
+    """Whether the guarantee holds, checked by drawing SESSIONS (steps of one session are not independent).
+
+    The threshold and test rows of ``trained`` are pooled and taken as the population. Exact check (judged): a
+    calibration set is drawn from the population's sessions with replacement (half as many sessions as it has;
+    a session drawn twice counts as two sessions), thresholds are fitted on it with the session-level bound, and
+    their TRUE error is the error among the population's rows they execute; a draw violates the guarantee when
+    that exceeds alpha. Half-split check (the literal reading): the population's sessions are split at random into
+    calibration and fresh halves and the fresh error is read (mostly sampling noise with few executed rows);
+    significant = its 95% lower bound above alpha."""
     pool = trained.splits.threshold + trained.splits.test
     scores = accept_scores(trained.critic, pool)
     y = labels(pool, trained.label)
     slices = [slice_of(r) for r in pool]
-    config = ThresholdConfig(alpha=alpha, delta=delta, min_rows=min_rows, max_candidates=MAX_CANDIDATES)
+    codes, rows_of = _by_session(pool)
+    admission = admission_rows(trained.critic, trained.splits.calibrate, trained.label)  # fixed over the draws
+    names = [str(k) for k in slices]
+    distinct = {name: k for name, k in zip(names, slices, strict=True)}
+    keys = list(distinct.values())
+    slice_code = np.array([list(distinct).index(n) for n in names]) if names else np.zeros(0, dtype=np.int64)
+
+    def executed_by(thresholds: SliceThresholds, at: np.ndarray) -> np.ndarray:
+        """Rows (of ``at``) that ``thresholds`` execute: score at or above their slice's threshold."""
+        per_slice = np.array([np.inf if (v := thresholds.threshold_for(k)) is None else v for k in keys])
+        return scores[at] >= per_slice[slice_code[at]]
+
+    everything = np.arange(len(pool))
     rng = np.random.default_rng(seed)
-    violations = significant = 0
+    violations = executing = 0
+    risks, coverages, executed_rows = [], [], []
     group_trials = group_violations = 0
-    coverages, errors, executed = [], [], []
-    population = population_check(scores, y, slices, config, draws, seed)
-    for _ in tqdm(range(draws), desc=f"draws {trained.label} alpha={alpha}", leave=False):
-        order = rng.permutation(len(pool))
-        cal, fresh = order[: len(pool) // 2], order[len(pool) // 2 :]
-        thresholds = fit_slice_thresholds(scores[cal], y[cal], [slices[i] for i in cal], config)
-        hold = check_thresholds(thresholds, scores[fresh], y[fresh], [slices[i] for i in fresh])
-        coverages.append(hold.coverage)
-        executed.append(hold.executed)
-        if hold.realised_error is not None:
-            errors.append(hold.realised_error)
-            violations += hold.realised_error > alpha
-            k = round(hold.realised_error * hold.executed)
-            significant += clopper_pearson_lower(k, hold.executed, 0.05) > alpha
-        for group in hold.groups.values():
-            group_trials += 1
-            group_violations += (group.realised_error or 0.0) > alpha
-    return {
-        "label": trained.label,
-        "alpha": alpha,
-        "delta": delta,
-        "draws": draws,
-        "pool_rows": len(pool),
-        "draws_with_executions": len(errors),
-        "mean_fresh_executed": float(np.mean(executed)),
-        "pooled_violation_share": violations / draws,
-        "significant_violation_share": significant / draws,
-        "mean_realised_error": float(np.mean(errors)) if errors else None,
-        "max_realised_error": float(np.max(errors)) if errors else None,
-        "mean_coverage": float(np.mean(coverages)),
-        "group_trials": group_trials,
-        "group_violation_share": group_violations / group_trials if group_trials else None,
-        "population": population,
-        "met": population["violation_share"] <= delta,
-    }
-
-
-def population_check(
-    scores: np.ndarray, y: np.ndarray, slices: list[SliceKey], config: ThresholdConfig, draws: int, seed: int
-) -> dict[str, Any]:
-    """The guarantee checked exactly: treat the pool as the population, draw calibration sets from it with
-    replacement (exchangeable draws), and compute each chosen threshold's TRUE error rate on the whole
-    population. A draw violates the guarantee when the error among executed population rows exceeds alpha;
-    per slice likewise. No second sample is involved, so no sampling noise and no complementary-half bias."""
-    rng = np.random.default_rng(seed + 1)
-    keys = np.array([group_key(s, config.granularity) for s in slices])
-    violations = group_trials = group_violations = 0
-    risks, coverages = [], []
-    for _ in range(draws):
-        sample = rng.integers(0, len(y), size=len(y) // 2)
-        thresholds = fit_slice_thresholds(scores[sample], y[sample], [slices[i] for i in sample], config)
-        executed = np.zeros(len(y), dtype=bool)
-        for key, result in thresholds.items():
-            if result.threshold is None:
-                continue
-            rows = (keys == key) & (scores >= result.threshold)
-            executed |= rows
-            if rows.any():
-                group_trials += 1
-                group_violations += float(np.mean(y[rows] == 0)) > config.alpha
+    for _ in tqdm(range(draws), desc=f"draws {trained.label} alpha={config.alpha}", leave=False):
+        picked = rng.integers(0, len(rows_of), size=len(rows_of) // 2)
+        rows = np.concatenate([rows_of[i] for i in picked])
+        copies = np.repeat(np.arange(picked.size), [rows_of[i].size for i in picked])
+        thresholds = fit_slice_thresholds(
+            scores[rows], y[rows], [slices[i] for i in rows], config, sessions=copies, admission=admission
+        )
+        executed = executed_by(thresholds, everything)
         coverages.append(float(executed.mean()))
         if executed.any():
+            executing += 1
             risk = float(np.mean(y[executed] == 0))
             risks.append(risk)
             violations += risk > config.alpha
+            executed_rows.append(int(executed.sum()))
+        cell_of = np.array([thresholds.group_of(k) or "" for k in keys])[slice_code]
+        for cell in {c for c in cell_of[executed]}:
+            in_cell = executed & (cell_of == cell)
+            group_trials += 1
+            group_violations += float(np.mean(y[in_cell] == 0)) > config.alpha
+    half_violations = half_significant = 0
+    half_executed: list[int] = []
+    for _ in range(draws):
+        order = rng.permutation(len(rows_of))
+        cal = np.concatenate([rows_of[i] for i in order[: len(order) // 2]])
+        fresh = np.concatenate([rows_of[i] for i in order[len(order) // 2 :]])
+        thresholds = fit_slice_thresholds(scores[cal], y[cal], [slices[i] for i in cal], config, sessions=codes[cal])
+        hold = check_thresholds(thresholds, scores[fresh], y[fresh], [slices[i] for i in fresh])
+        half_executed.append(hold.executed)
+        if hold.realised_error is not None:
+            half_violations += hold.realised_error > config.alpha
+            k = round(hold.realised_error * hold.executed)
+            half_significant += clopper_pearson_lower(k, hold.executed, 0.05) > config.alpha
     return {
+        "label": trained.label,
+        "alpha": config.alpha,
+        "delta": config.delta,
+        "granularity": config.granularity,
         "draws": draws,
-        "draws_executing": len(risks),
+        "pool_rows": len(pool),
+        "pool_sessions": len(rows_of),
+        "draws_executing": executing,
         "violation_share": violations / draws,
         "mean_true_error": float(np.mean(risks)) if risks else None,
         "max_true_error": float(np.max(risks)) if risks else None,
         "mean_coverage": float(np.mean(coverages)),
-        "group_violation_share": group_violations / group_trials if group_trials else None,
+        "mean_executed_rows": float(np.mean(executed_rows)) if executed_rows else 0.0,
+        "cell_violation_share": group_violations / group_trials if group_trials else None,
+        "half_split_violation_share": half_violations / draws,
+        "half_split_significant_share": half_significant / draws,
+        "half_split_mean_executed": float(np.mean(half_executed)),
+        "met": violations / draws <= config.delta,
     }
 
 
-def sensitivity_table(records: list[FeedbackRecord], min_rows: int) -> list[dict[str, Any]]:
-    """Risk-controlled coverage of the feature critic under each label rule, threshold granularity and alpha."""
+def sensitivity_table(
+    records: list[FeedbackRecord], config: ThresholdConfig, labels_: tuple[LabelRule, ...]
+) -> list[dict[str, Any]]:
+    """Risk-controlled coverage of the feature critic under each label rule, threshold granularity and alpha
+    (thresholds on the threshold split with the session-level bound, read on the test split)."""
     out = []
-    for label in ("accepted", "acceptable"):
+    for label in labels_:
         trained = train_critic(records, PipelineConfig(kind="feature", label=label, progress=False))
         thr = trained.splits.threshold
         scores, y, slices = accept_scores(trained.critic, thr), labels(thr, label), [slice_of(r) for r in thr]
-        for granularity in ("slice", "action_type", "global"):
+        for granularity in ("pooled", "slice", "action_type", "global"):
             for alpha in (0.02, 0.05, 0.10):
-                config = ThresholdConfig(
-                    alpha=alpha, delta=0.1, min_rows=min_rows, granularity=granularity, max_candidates=MAX_CANDIDATES
+                cfg = dataclasses.replace(config, alpha=alpha, granularity=granularity)
+                admission = admission_rows(trained.critic, trained.splits.calibrate, label)
+                thresholds = fit_slice_thresholds(
+                    scores, y, slices, cfg, sessions=sessions_of(thr), admission=admission
                 )
-                thresholds = fit_slice_thresholds(scores, y, slices, config)
                 hold = check_thresholds(thresholds, trained.test_scores, trained.test_labels, trained.test_slices)
                 oracle = float(trained.test_labels.mean())
                 out.append(
@@ -218,176 +228,189 @@ def comparison_rows(comparison: Comparison, name: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", type=Path, default=POLICY_DIR)
-    parser.add_argument("--sessions", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--start", type=int, default=2500, help="first copilot case index (after the policy's)")
-    parser.add_argument("--generative-budget", type=float, default=600.0, help="seconds; 0 skips it")
-    parser.add_argument("--draws", type=int, default=100)
-    parser.add_argument("--min-rows", type=int, default=100)
-    args = parser.parse_args()
-
-    records = copilot_feedback(args.policy, args.sessions, args.seed, args.start, "default")
-    y = labels(records)
-    print(f"{len(records)} feedback rows, acceptable share {y.mean():.3f}")
-    thresholds = ThresholdConfig(alpha=0.05, delta=0.1, min_rows=args.min_rows, max_candidates=MAX_CANDIDATES)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-
+def label_figures(
+    records: list[FeedbackRecord], label: LabelRule, thresholds: ThresholdConfig, args: argparse.Namespace
+) -> tuple[dict[str, Any], Comparison, dict[str, TrainedCritic]]:
+    """Everything the benchmark reports for one label rule: the paper-style comparison on the test rows, the
+    risk-controlled coverage at alpha 0.05 against the oracle, and the guarantee over session redraws."""
     started = time.perf_counter()
-    feature = train_critic(records, PipelineConfig(kind="feature", thresholds=thresholds, progress=True))
-    feature_seconds = time.perf_counter() - started
-    trained = {"feature": feature}
-    generative_seconds = None
-    if args.generative_budget > 0:
+    trained = {"feature": train_critic(records, PipelineConfig(kind="feature", label=label, thresholds=thresholds))}
+    seconds = {"feature_pipeline": time.perf_counter() - started}
+    if args.generative_budget > 0 and label == DEFAULT_LABEL:
         started = time.perf_counter()
         config = PipelineConfig(
-            kind="generative",
-            thresholds=thresholds,
-            policy_dir=str(args.policy),
-            time_budget_s=args.generative_budget,
-            progress=True,
-        )
+            kind="generative", label=label, thresholds=thresholds, policy_dir=str(args.policy),
+            time_budget_s=args.generative_budget, progress=True,
+        )  # fmt: skip
         trained["generative"] = train_critic(records, config)
-        generative_seconds = time.perf_counter() - started
-
-    # All critics side by side on the same test rows (baseline calibrated on the same calibration rows).
+        seconds["generative_pipeline"] = time.perf_counter() - started
+    feature = trained["feature"]
     test = feature.splits.test
-    y_test, s_test = labels(test), [slice_of(r) for r in test]
+    y_test, s_test = labels(test, label), [slice_of(r) for r in test]
     scored = [CriticScores(BASELINE_NAME, accept_scores(feature.baseline, test))]
     scored += [CriticScores(t.critic.name, accept_scores(t.critic, test)) for t in trained.values()]
+    plots = RESULTS_DIR / NAME / label
     comparison = compare_critics(
-        scored, y_test, s_test, baseline=BASELINE_NAME, alphas=(0.05, 0.02), plots_dir=RESULTS_DIR / NAME,
-        title="sandbox copilot feedback (test split)",
+        scored, y_test, s_test, baseline=BASELINE_NAME, alphas=(0.05, 0.02), plots_dir=plots,
+        title=f"sandbox copilot feedback, label {label} (test split)",
     )  # fmt: skip
-
-    rows = {kind: comparison_rows(comparison, t.critic.name) for kind, t in trained.items()}
     coverage = {}
     for kind, t in trained.items():
         oracle = float(t.test_labels.mean())
         coverage[kind] = {
             "risk_controlled_coverage": t.hold.coverage,
             "realised_error": t.hold.realised_error,
+            "holds": t.hold.holds,
             "oracle_coverage": oracle,
             "share_of_oracle": t.hold.coverage / oracle,
             "empirical_coverage_at_alpha": comparison.by_name(t.critic.name).coverage_at_risk["0.05"],
             "met": t.hold.coverage / oracle >= COVERAGE_SHARE,
             "thresholds": t.thresholds.to_dict(),
         }
-    sensitivity = sensitivity_table(records, args.min_rows)
-    best = max(trained, key=lambda k: rows[k]["accept_precision_gain"])
-    acceptable = train_critic(records, PipelineConfig(kind="feature", label="acceptable", thresholds=thresholds))
     guarantee = [
-        guarantee_draws(t, alpha, 0.1, args.draws, args.seed, args.min_rows)
-        for t in (trained[best], acceptable)
+        guarantee_draws(feature, dataclasses.replace(thresholds, alpha=alpha), args.draws, args.seed)
         for alpha in (0.02, 0.05, 0.10)
     ]
+    figures = {
+        "label": label,
+        "rows": len(feature.splits.fit) + len(feature.splits.calibrate) + len(feature.splits.threshold) + len(test),
+        "positive_share": float(labels(labelled(records, label), label).mean()),
+        "splits": feature.splits.sizes(),
+        "comparison": {kind: comparison_rows(comparison, t.critic.name) for kind, t in trained.items()},
+        "coverage": coverage,
+        "guarantee": guarantee,
+        "seconds": seconds,
+        "fit_seconds": {k: t.fit_seconds for k, t in trained.items()},
+        "plots": comparison.plots,
+    }
+    return figures, comparison, trained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", type=Path, default=POLICY_DIR)
+    parser.add_argument("--sessions", type=int, default=COPILOT_SESSIONS)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--start", type=int, default=2500, help="first copilot case index (after the policy's)")
+    parser.add_argument("--generative-budget", type=float, default=0.0, help="seconds; 0 (default) skips it")
+    parser.add_argument("--draws", type=int, default=100)
+    parser.add_argument("--min-rows", type=int, default=100)
+    args = parser.parse_args()
+
+    records = copilot_feedback(args.policy, args.sessions, args.seed, args.start, "default")
+    accepted_share = sum(r.accepted for r in records) / len(records)
+    print(f"{len(records)} feedback rows, accepted share {accepted_share:.3f}")
+    thresholds = dataclasses.replace(default_thresholds(), alpha=0.05, delta=0.1, min_rows=args.min_rows)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    per_label: dict[str, dict[str, Any]] = {}
+    tables: dict[str, str] = {}
+    for label in (DEFAULT_LABEL, BASELINE_LABEL):
+        figures, comparison, _ = label_figures(records, label, thresholds, args)
+        per_label[label] = figures
+        tables[label] = comparison.render_markdown() + "\n" + comparison.render_per_action_type()
+    sensitivity = sensitivity_table(records, thresholds, (DEFAULT_LABEL, BASELINE_LABEL, "acceptable"))
+
+    def headline(figures: dict[str, Any]) -> dict[str, Any]:
+        coverage = figures["coverage"]["feature"]
+        guarantee = next(g for g in figures["guarantee"] if g["alpha"] == thresholds.alpha)
+        return {
+            "coverage_share_of_oracle": coverage["share_of_oracle"],
+            "coverage": coverage["risk_controlled_coverage"],
+            "realised_error": coverage["realised_error"],
+            "guarantee_violation_share": guarantee["violation_share"],
+        }
 
     result = {
         "environment": environment(),
+        # What the runtime's headline reads (lab.report.critic_figures): the default label, the paper's beside it.
+        "headline": {
+            "alpha": thresholds.alpha,
+            "label": DEFAULT_LABEL,
+            **headline(per_label[DEFAULT_LABEL]),
+            "accept_label": headline(per_label[BASELINE_LABEL]),
+        },
         "rows": len(records),
-        "acceptable_share": float(y.mean()),
-        "splits": feature.splits.sizes(),
-        "comparison": rows,
-        "coverage": coverage,
-        "guarantee": guarantee,
-        "guarantee_critic": best,
+        "accepted_share": accepted_share,  # the operators' verdicts: the share of proposals they accepted
+        "reasons": dict(Counter(r.reason.value for r in records if r.reason is not None)),
+        "thresholds_config": thresholds.to_dict(),
+        "labels": per_label,
         "sensitivity": sensitivity,
-        "seconds": {"feature_pipeline": feature_seconds, "generative_pipeline": generative_seconds},
-        "fit_seconds": {k: t.fit_seconds for k, t in trained.items()},
         "peak_rss_mib": peak_rss_kib() / 1024,
-        "plots": comparison.plots,
     }
-    write_results(NAME, result, render(result, comparison, trained))
-    print(render(result, comparison, trained))
+    markdown = render(result, tables)
+    write_results(NAME, result, markdown)
+    print(markdown)
 
 
-def render(result: dict[str, Any], comparison: Comparison, trained: dict[str, TrainedCritic]) -> str:
+def render(result: dict[str, Any], tables: dict[str, str]) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
     lines = [
-        "# Critic on sandbox copilot feedback (default scenario)",
+        "# Critic on sandbox copilot feedback (calibrated default scenario)",
         "",
-        f"{result['rows']} feedback rows ({result['acceptable_share']:.1%} acceptable), splits {result['splits']}. "
-        f"Load average at the end: {result['environment']['load_average']}.",
+        f"{result['rows']} reviewed proposals, {pct(result['accepted_share'])} accepted by the operators; "
+        f"rejection reasons {result['reasons']}. Thresholds: {result['thresholds_config']['granularity']} "
+        "hierarchy (global -> action type -> slice), session-level bound, alpha 0.05, delta 0.1. Load average at "
+        f"the end: {result['environment']['load_average']}.",
         "",
-        comparison.render_markdown(),
+        "Labels: `unacceptable` (the default: an error is a model_error or other rejection; acceptable "
+        "alternatives are acceptable; environment rejections carry no label) and `accepted` (the paper's: any "
+        "rejection is an error).",
         "",
-        "## Precision at equal recall (target: +5 points over the policy's confidence)",
+        "## Headline: the default label beside the paper's",
         "",
-        "| critic | accept P | baseline accept P (same recall) | gain | macro P gain | AUC | baseline AUC | |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| label | positives | AUC (feature) | coverage at alpha 0.05 | realised error | oracle coverage | share of "
+        "oracle (target >= 90%) | guarantee: draws with true error > alpha (alpha 0.05, target <= 0.1) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in result["comparison"].values():
+    for label, f in result["labels"].items():
+        c = f["coverage"]["feature"]
+        g = next(x for x in f["guarantee"] if x["alpha"] == 0.05)
         lines.append(
-            f"| {row['critic']} | {row['accept_precision']:.4f} | {row['baseline_accept_precision']:.4f} | "
-            f"{100 * row['accept_precision_gain']:+.2f} | {100 * row['macro_precision_gain']:+.2f} | "
-            f"{row['auc']:.3f} | {row['baseline_auc']:.3f} | {verdict(row['accept_precision_gain'] >= PRECISION_GAIN)} |"
+            f"| {label} | {pct(f['positive_share'])} | {f['comparison']['feature']['auc']:.3f} | "
+            f"{pct(c['risk_controlled_coverage'])} | {pct(c['realised_error'])} | {pct(c['oracle_coverage'])} | "
+            f"{pct(c['share_of_oracle'])} ({verdict(c['met'])}) | {g['violation_share']:.2f} ({verdict(g['met'])}) |"
         )
-    lines += [
-        "",
-        "## Coverage at alpha = 0.05 (risk-controlled per-slice thresholds, test split)",
-        "",
-        "| critic | coverage | realised error | oracle coverage | share of oracle | |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for kind, c in result["coverage"].items():
-        err = "-" if c["realised_error"] is None else f"{c['realised_error']:.4f}"
-        lines.append(
-            f"| {trained[kind].critic.name} | {c['risk_controlled_coverage']:.1%} | {err} | {c['oracle_coverage']:.1%} | "
-            f"{c['share_of_oracle']:.1%} | {verdict(c['met'])} |"
-        )
-    lines += [
-        "",
-        f"## The guarantee over repeated draws ({result['guarantee_critic']} critic)",
-        "",
-        "Target: the error among auto-executed steps exceeds alpha in at most delta = 0.1 of the draws (judged at "
-        "alpha 0.05 and 0.02). Exact check (judged): the pool of threshold + test rows is the population; "
-        "calibration sets are drawn from it with replacement and each chosen threshold's true error is computed on "
-        "the whole population. Half-split check (the literal wording): the pool is split at random into "
-        "calibration and fresh halves and the fresh error is read; with few executed rows this is mostly sampling "
-        "noise, and complementary halves are negatively correlated (errors the calibration half did not get, the "
-        "fresh half has), so it overstates violations; significant = the fresh error's 95% lower bound exceeds alpha.",
-        "",
-        "| label | alpha | exact: draws executing | true error > alpha | mean / max true error | coverage | "
-        "per-slice > alpha | half-split: fresh error > alpha | significant | mean executed fresh rows | |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for g in result["guarantee"]:
-        p = g["population"]
-        true = "-" if p["mean_true_error"] is None else f"{p['mean_true_error']:.4f} / {p['max_true_error']:.4f}"
-        per = "-" if p["group_violation_share"] is None else f"{p['group_violation_share']:.3f}"
-        judged = g["alpha"] in (0.05, 0.02)
-        lines.append(
-            f"| {g['label']} | {g['alpha']} | {p['draws_executing']}/{p['draws']} | {p['violation_share']:.2f} | "
-            f"{true} | {p['mean_coverage']:.1%} | {per} | {g['pooled_violation_share']:.2f} | "
-            f"{g['significant_violation_share']:.2f} | {g['mean_fresh_executed']:.0f} | "
-            f"{verdict(g['met']) if judged else '(not a target)'} |"
-        )
-    lines += [
-        "",
-        "Half-split details:",
-        "",
-        "| label | alpha | draws | draws executing anything | mean executed fresh rows | mean coverage | "
-        "realised error > alpha | significant | mean / max realised error | per-slice > alpha | |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for g in result["guarantee"]:
-        mean = (
-            "-"
-            if g["mean_realised_error"] is None
-            else f"{g['mean_realised_error']:.4f} / {g['max_realised_error']:.4f}"
-        )
-        per_slice = "-" if g["group_violation_share"] is None else f"{g['group_violation_share']:.3f}"
-        judged = g["alpha"] in (0.05, 0.02)
-        lines.append(
-            f"| {g['label']} | {g['alpha']} | {g['draws']} | {g['draws_with_executions']} | "
-            f"{g['mean_fresh_executed']:.0f} | {g['mean_coverage']:.1%} | {g['pooled_violation_share']:.2f} | "
-            f"{g['significant_violation_share']:.2f} | {mean} | {per_slice} | "
-            f"{verdict(g['met']) if judged else '(not a target)'} |"
-        )
+    for label, f in result["labels"].items():
+        lines += [
+            "",
+            f"## Label `{label}` ({f['rows']} labelled rows, {pct(f['positive_share'])} positive, splits "
+            f"{f['splits']})",
+            "",
+            tables[label],
+            "",
+            "Precision at equal recall (target: +5 points over the policy's confidence):",
+            "",
+            "| critic | accept P | baseline accept P (same recall) | gain | macro P gain | AUC | baseline AUC |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in f["comparison"].values():
+            lines.append(
+                f"| {row['critic']} | {row['accept_precision']:.4f} | {row['baseline_accept_precision']:.4f} | "
+                f"{100 * row['accept_precision_gain']:+.2f} | {100 * row['macro_precision_gain']:+.2f} | "
+                f"{row['auc']:.3f} | {row['baseline_auc']:.3f} |"
+            )
+        lines += [
+            "",
+            "The guarantee over session redraws (exact check: thresholds fitted on sessions drawn with replacement, "
+            "their true error read on the whole pool; half-split: the literal calibrate-on-one-half reading):",
+            "",
+            "| alpha | draws executing | true error > alpha | mean / max true error | mean coverage | per cell > "
+            "alpha | half-split: fresh > alpha | significant | |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for g in f["guarantee"]:
+            true = "-" if g["mean_true_error"] is None else f"{g['mean_true_error']:.4f} / {g['max_true_error']:.4f}"
+            cell = "-" if g["cell_violation_share"] is None else f"{g['cell_violation_share']:.3f}"
+            lines.append(
+                f"| {g['alpha']} | {g['draws_executing']}/{g['draws']} | {g['violation_share']:.2f} | {true} | "
+                f"{pct(g['mean_coverage'])} | {cell} | {g['half_split_violation_share']:.2f} | "
+                f"{g['half_split_significant_share']:.2f} | {verdict(g['met'])} |"
+            )
     lines += [
         "",
         "## Sensitivity: label rule, threshold granularity and alpha (feature critic, test split)",
@@ -397,29 +420,12 @@ def render(result: dict[str, Any], comparison: Comparison, trained: dict[str, Tr
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for x in result["sensitivity"]:
-        err = "-" if x["realised_error"] is None else f"{x['realised_error']:.4f}"
         lines.append(
-            f"| {x['label']} | {x['positive_share']:.1%} | {x['auc']:.3f} | {x['granularity']} | {x['alpha']} | "
-            f"{x['groups_with_threshold']}/{x['groups']} | {x['coverage']:.1%} | {x['share_of_oracle']:.1%} | {err} | "
-            f"{x['holds']} |"
+            f"| {x['label']} | {pct(x['positive_share'])} | {x['auc']:.3f} | {x['granularity']} | {x['alpha']} | "
+            f"{x['groups_with_threshold']}/{x['groups']} | {pct(x['coverage'])} | {pct(x['share_of_oracle'])} | "
+            f"{pct(x['realised_error'])} | {x['holds']} |"
         )
-    lines += [
-        "",
-        "## Per action type (AUC on the test split)",
-        "",
-        comparison.render_per_action_type(),
-        "",
-        f"Timing: feature pipeline {result['seconds']['feature_pipeline']:.0f} s, generative pipeline "
-        + (
-            f"{result['seconds']['generative_pipeline']:.0f} s"
-            if result["seconds"]["generative_pipeline"]
-            else "not run"
-        )
-        + f"; peak RSS {result['peak_rss_mib']:.0f} MiB.",
-        "",
-        f"![reliability]({NAME}/reliability.png) ![risk-coverage]({NAME}/risk_coverage.png)",
-        "",
-    ]
+    lines += ["", f"Peak RSS {result['peak_rss_mib']:.0f} MiB.", ""]
     return "\n".join(lines)
 
 

@@ -63,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from critic.base import accept_scores, labels, slice_of
+    from critic.base import accept_scores, labelled, labels, slice_of
     from critic.evaluate import CriticScores, compare_critics
     from critic.feedback import load_feedback_source
     from critic.persist import load_critic
@@ -71,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from critic.registry import CriticRegistry
     from critic.thresholds import SliceThresholds
 
-    records = load_feedback_source(args.feedback)
+    records = labelled(load_feedback_source(args.feedback), args.label)
     thresholds_data: dict[str, Any] | None = None
     if args.registry:
         registry = CriticRegistry(args.registry)
@@ -189,8 +189,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feedback", required=True, help="a .jsonl file, a directory of them, or a database URL")
     parser.add_argument("--kind", choices=["feature", "generative", "confidence"], default="feature")
     parser.add_argument(
-        "--label", choices=["accepted", "acceptable"], default="accepted",
-        help="accepted: only an operator's accept is positive; acceptable: also rejections graded acceptable_alternative",
+        "--label", choices=["unacceptable", "accepted", "acceptable"], default="unacceptable",
+        help="unacceptable (default): errors are model_error and other rejections, acceptable alternatives count "
+        "as acceptable, environment rows carry no label; accepted: only an accept is positive (the paper's); "
+        "acceptable: acceptable_alternative rejections are positive, environment and other are errors",
     )  # fmt: skip
     parser.add_argument("--policy", default=None, help="policy checkpoint (the generative critic's backbone)")
     parser.add_argument("--calibration", choices=["auto", "isotonic", "sigmoid"], default="auto")
@@ -204,7 +206,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         help="rows the first tested threshold executes (default: the fewest on which an error rate of alpha/2 passes)",
     )
     parser.add_argument("--max-candidates", type=positive_int, default=30, help="thresholds tested per slice")
-    parser.add_argument("--granularity", choices=["slice", "action_type", "process", "global"], default="slice")
+    parser.add_argument(
+        "--granularity", choices=["pooled", "slice", "action_type", "process", "global"], default="pooled",
+        help="pooled (default): the hierarchy global -> action type -> slice, cells chosen from row counts",
+    )  # fmt: skip
     parser.add_argument("--window-days", type=_optional_days, default=28.0, help="rolling window, or 'all'")
     parser.add_argument("--epochs", type=positive_int, default=2, help="generative critic epochs")
     parser.add_argument("--time-budget", type=float, default=None, help="generative critic training seconds")
@@ -225,7 +230,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--critic", default=None, help="a saved critic directory")
     evaluate.add_argument("--registry", default=None, help="a registry (its champion unless --version)")
     evaluate.add_argument("--version", default=None)
-    evaluate.add_argument("--label", choices=["accepted", "acceptable"], default="accepted")
+    evaluate.add_argument("--label", choices=["unacceptable", "accepted", "acceptable"], default="unacceptable")
     evaluate.add_argument("--out", required=True, help="where plots and evaluation.json go")
     evaluate.set_defaults(handler=_evaluate)
 

@@ -32,6 +32,15 @@ Feature                      Kind         Meaning
 ``n_panels``                 state        read-only panels on the screen
 ``n_required_empty``         state        required value-holding controls (text, number, date, select ...) that
                                           are still empty
+``customer_asked``           state        1 if the customer's latest message asks something (holds a "?")
+``first_customer_length``    state        characters of the customer's first message (a second request makes it
+                                          long)
+``customer_exclamations``    state        "!" in the customer's messages (an upset customer)
+``table_rows``               state        the most rows any panel shows (a tool result to read a row from)
+``reply_unsupported_facts``  proposal     replies only (else -1): identifiers, dates and amounts the reply states
+                                          that no value of the state holds (``policy.replies.unsupported_facts``)
+``reply_row_mismatch``       proposal     replies only (else -1): 1 if the reply quotes a table value from a row
+                                          other than the one it is about (``policy.replies.row_consistent``)
 =========================== ============ ==========================================================================
 
 The policy-confidence columns ``logprob``, ``probability`` and ``margin`` are marked monotonically increasing
@@ -58,6 +67,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from critic.base import CriticInput
 from critic.errors import NotFittedError
+from policy.replies import row_consistent, unsupported_facts
 from policy.values import MAX_ROWS, MIN_SOURCE_CHARS
 from schemas.actions import (
     ClickControl,
@@ -98,6 +108,12 @@ NUMERIC = (
     "last_customer_length",
     "n_panels",
     "n_required_empty",
+    "customer_asked",
+    "first_customer_length",
+    "customer_exclamations",
+    "table_rows",
+    "reply_unsupported_facts",
+    "reply_row_mismatch",
 )
 FEATURE_NAMES: tuple[str, ...] = CATEGORICAL + NUMERIC
 INCREASING = ("logprob", "probability", "margin")
@@ -195,11 +211,13 @@ def _row(state: UIState, proposal: Proposal) -> tuple[list[float], tuple[str, st
     repeats = float(bool(recent) and action_key(recent[-1]) == action_key(action))
 
     chat = state.chat
-    last_customer = 0
-    for message in reversed(chat):
-        if message.role == ChatRole.CUSTOMER:
-            last_customer = len(message.text)
-            break
+    customer = [m.text for m in chat if m.role == ChatRole.CUSTOMER]
+    last_customer = len(customer[-1]) if customer else 0
+    if isinstance(action, SendTextToChat):
+        unsupported = float(len(unsupported_facts(action.text, state)))
+        row_mismatch = float(row_consistent(action.text, state) != action.text)
+    else:
+        unsupported = row_mismatch = -1.0
 
     numeric = [
         features.logprob,
@@ -222,6 +240,12 @@ def _row(state: UIState, proposal: Proposal) -> tuple[list[float], tuple[str, st
         float(last_customer),
         float(len(state.panels)),
         float(required_empty),
+        float(bool(customer) and "?" in customer[-1]),
+        float(len(customer[0])) if customer else 0.0,
+        float(sum(text.count("!") for text in customer)),
+        float(max((len(panel.rows) for panel in state.panels.values()), default=0)),
+        unsupported,
+        row_mismatch,
     ]
     categories = (str(action.type), state.process_id, f"{state.process_id}:{state.screen.screen_id}")
     return numeric, categories

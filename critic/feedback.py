@@ -23,8 +23,9 @@ from critic.errors import FeedbackError, validation_message
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.files import atomic_file, atomic_write_text
 
-# Synthetic review times: case ``i`` starts ``i`` minutes after the epoch and its step ``s`` is reviewed ``s``
-# seconds later (a case has fewer than 60 steps), so time order = case order, then step order.
+# Synthetic review times: case ``i`` starts ``i`` minutes after the epoch and its turn ``t`` is reviewed ``t``
+# seconds later (a case has fewer than 60 turns), so time order = case order, then turn order. A turn is a step,
+# or a proposal rejected because the screen changed under it (the step is then proposed again).
 SYNTHETIC_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -5,8 +5,10 @@ Rows are ordered by time and cut into four consecutive parts, each used for one 
 
 1. **fit** (oldest): the critic learns from these;
 2. **calibrate**: the calibration map (isotonic or Platt, chosen here) is fitted on the critic's scores;
-3. **threshold**: the per-slice thresholds are chosen on the calibrated scores (the Learn-then-Test guarantee
-   needs rows the score function never saw);
+3. **threshold**: the thresholds are chosen on the calibrated scores (the Learn-then-Test guarantee needs rows
+   the score function never saw), pooled over the hierarchy global -> action type -> slice and bounded by
+   session (``critic/thresholds.py``); a slice joins a pooled cell only if its calibration rows show the critic
+   does not underestimate its errors (the admission check);
 4. **test** (newest, "fresh"): the figures reported, and the champion/challenger comparison.
 
 The policy-confidence baseline is calibrated on the same calibration rows, so the comparison is like for like.
@@ -24,13 +26,13 @@ from typing import Any, Literal
 import numpy as np
 from scipy.stats import beta
 
-from critic.base import DEFAULT_LABEL, Critic, CriticInput, LabelRule, accept_scores, labels, slice_of
+from critic.base import DEFAULT_LABEL, Critic, CriticInput, LabelRule, accept_scores, labelled, labels, slice_of
 from critic.calibration import CalibratedCritic, Method
 from critic.confidence import PolicyConfidenceCritic
 from critic.evaluate import Comparison, CriticScores, compare_critics
 from critic.feature_critic import FeatureCritic
 from critic.feedback import time_split
-from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds, group_key
+from critic.thresholds import Admission, SliceThresholds, ThresholdConfig, fit_slice_thresholds
 from schemas.feedback import FeedbackRecord
 from schemas.risk import SliceKey
 
@@ -41,13 +43,29 @@ BASELINE_NAME = "policy confidence"
 MAX_CANDIDATES = 30
 
 
+def default_thresholds() -> ThresholdConfig:
+    """The pipeline's thresholds: the pooled hierarchy, a 30-candidate grid, session-level bounds."""
+    return ThresholdConfig(max_candidates=MAX_CANDIDATES, granularity="pooled")
+
+
+def admission_rows(critic: Critic, records: Sequence[FeedbackRecord], label: LabelRule) -> Admission:
+    """The rows on which a slice must show the critic holds before it joins a pooled cell: the calibration split
+    (apart from the threshold split, so the threshold test's guarantee is unchanged)."""
+    return Admission(accept_scores(critic, records), labels(records, label), [slice_of(r) for r in records])
+
+
+def sessions_of(records: Sequence[FeedbackRecord]) -> list[str]:
+    """Each row's session: steps of one session are not independent, so thresholds are bounded by session."""
+    return [r.state.session_id for r in records]
+
+
 @dataclass
 class PipelineConfig:
     kind: CriticKind = "feature"
     label: LabelRule = DEFAULT_LABEL  # which reviews count as acceptable (critic.base.LABEL_RULES)
     calibration: Method = "auto"
     fractions: tuple[float, float, float, float] = (0.5, 0.15, 0.2, 0.15)  # fit, calibrate, threshold, test
-    thresholds: ThresholdConfig = field(default_factory=lambda: ThresholdConfig(max_candidates=MAX_CANDIDATES))
+    thresholds: ThresholdConfig = field(default_factory=default_thresholds)
     policy_dir: str | None = None  # the generative critic's backbone (a saved LMPolicy)
     generative_epochs: int = 2
     time_budget_s: float | None = None
@@ -79,7 +97,9 @@ def split_by_time(records: Sequence[FeedbackRecord], fractions: Sequence[float])
 
 
 def check_feedback(records: Sequence[FeedbackRecord], min_rows: int, label: LabelRule = DEFAULT_LABEL) -> None:
-    """Refuse a window that cannot give a trustworthy critic, with the reason (nothing is written)."""
+    """Refuse a window that cannot give a trustworthy critic, with the reason (nothing is written). Only rows
+    that carry a label under ``label`` count."""
+    records = labelled(records, label)
     if len(records) < min_rows:
         raise ValueError(f"feedback: {len(records)} rows in the window, at least {min_rows} needed")
     y = labels(records, label)
@@ -137,12 +157,12 @@ def check_thresholds(
 ) -> HoldCheck:
     config = thresholds.config
     executed = np.zeros(len(y), dtype=bool)
-    keys = [group_key(s, config.granularity) for s in slices]
+    keys = [thresholds.group_of(s) or "" for s in slices]
     for i, s in enumerate(slices):
         t = thresholds.threshold_for(s)
         executed[i] = t is not None and scores[i] >= t
     groups: dict[str, GroupHold] = {}
-    for key in sorted(set(keys)):
+    for key in sorted(set(keys) - {""}):
         rows = np.array([k == key for k in keys]) & executed
         n = int(rows.sum())
         if n == 0:
@@ -199,7 +219,9 @@ def _xy(records: Sequence[FeedbackRecord], label: LabelRule) -> tuple[list[Criti
 def train_critic(
     records: Sequence[FeedbackRecord], config: PipelineConfig, plots_dir: Path | None = None
 ) -> TrainedCritic:
-    """The whole procedure on one window of feedback (see the module docstring)."""
+    """The whole procedure on one window of feedback (see the module docstring). Rows without a label under
+    ``config.label`` (environment rejections under the default rule) are left out first."""
+    records = labelled(records, config.label)
     check_feedback(records, config.min_rows, config.label)
     splits = split_by_time(records, config.fractions)
     for name, part in vars(splits).items():
@@ -217,7 +239,14 @@ def train_critic(
     baseline = CalibratedCritic(PolicyConfidenceCritic().fit(x_fit, y_fit), method=config.calibration)
     baseline.fit(x_cal, y_cal)
 
-    thresholds = fit_slice_thresholds(accept_scores(critic, x_thr), y_thr, s_thr, config.thresholds)
+    thresholds = fit_slice_thresholds(
+        accept_scores(critic, x_thr),
+        y_thr,
+        s_thr,
+        config.thresholds,
+        sessions=sessions_of(splits.threshold),
+        admission=admission_rows(critic, splits.calibrate, config.label),
+    )
     test_scores = accept_scores(critic, x_test)
     scored = [CriticScores(BASELINE_NAME, accept_scores(baseline, x_test))]
     if critic.name != BASELINE_NAME:

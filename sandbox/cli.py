@@ -62,7 +62,11 @@ def register(commands: Any) -> None:
     gen.add_argument("--sessions", type=positive_int, required=True, help="number of cases")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help="output JSONL path")
-    gen.add_argument("--scenario", default="default", help="default, drift, new_process, long_tail, only_new")
+    gen.add_argument(
+        "--scenario",
+        default="default",
+        help="default (the calibrated world), classic, drift, new_process, long_tail, only_new",
+    )
     gen.add_argument("--start", type=int, default=0, help="first case index (to continue a stream)")
     gen.set_defaults(handler=_generate)
 

@@ -4,6 +4,10 @@ Accepted proposals are executed as proposed; otherwise the operator does their o
 recorded with the sandbox's truth about whether the proposal was acceptable, so critic labels (accept / reject,
 with a graded reason) stay separate from policy corrections (what the operator did instead).
 
+In the calibrated world the customer may write while the operator reviews (``SandboxPlatform.nudge``): the
+screen changed under the proposal, so it is rejected with reason ``environment`` and nothing is executed; the
+operator re-observes and the policy proposes again on the new state (re-observe and retry).
+
 ``run_copilot`` works one case at a time with a per-state policy; ``run_copilot_batched`` keeps many cases open
 in lockstep so a learned policy can propose for all of them in one batched call.
 """
@@ -17,7 +21,7 @@ from typing import Generic, TypeVar
 
 from tqdm import tqdm
 
-from sandbox.operators import SimOperator, operator_pool, review
+from sandbox.operators import Review, SimOperator, acceptable, operator_pool, review
 from sandbox.platform import MAX_STEPS, SandboxPlatform
 from sandbox.scenario import Scenario
 from sandbox.simulate import StepModel, sample, step_model, update_posterior
@@ -41,9 +45,21 @@ class CopilotStep:
     proposed: Action
     verdict: Verdict
     reason: RejectReason | None
-    executed: Action
+    executed: Action | None  # None: the screen changed under the proposal (environment), nothing was done
     acceptable: bool
     operator_id: str
+
+
+def _stale(proposed: Action, model: StepModel, operator: SimOperator) -> Review:
+    """The review of a proposal whose screen changed before the operator could act on it."""
+    ok = acceptable(proposed, model.bases, model.guesses if operator.flags_guesses else frozenset(),
+                    operator.strict_facts)  # fmt: skip
+    return Review(Verdict.REJECT, RejectReason.ENVIRONMENT, None, ok)
+
+
+def _failed(answer: Review) -> Review:
+    """An accepted proposal whose execution failed in the environment: the operator reports it as such."""
+    return Review(Verdict.REJECT, RejectReason.ENVIRONMENT, None, answer.acceptable)
 
 
 def copilot_case(
@@ -67,15 +83,23 @@ def copilot_case(
             break
         own = sample(own_dist, rng)
         proposed = policy(state, model)
-        answer = review(operator, proposed, own, model.bases, rng)
+        if platform.nudge(case_id):  # the screen changed under the proposal: re-observe and retry
+            stale = _stale(proposed, model, operator)
+            steps.append(CopilotStep(state, proposed, stale.verdict, stale.reason, None, stale.acceptable,
+                                     operator.operator_id))  # fmt: skip
+            continue
+        answer = review(operator, proposed, own, model.bases, rng, guesses=model.guesses,
+                        other_reject=platform.other_reject_rate(case_id))  # fmt: skip
         executed = proposed if answer.verdict == Verdict.ACCEPT else own
+        posterior = update_posterior(posterior, model, action_key(executed))
+        platform.act(case_id, executed)
+        if answer.verdict == Verdict.ACCEPT and platform.failed(case_id):
+            answer = _failed(answer)  # the accepted action failed in the environment (a tool did not answer)
         steps.append(
             CopilotStep(
                 state, proposed, answer.verdict, answer.reason, executed, answer.acceptable, operator.operator_id
             )
         )
-        posterior = update_posterior(posterior, model, action_key(executed))
-        platform.act(case_id, executed)
     return steps
 
 
@@ -84,7 +108,7 @@ def run_copilot(
 ) -> list[CopilotStep]:
     scenario = scenario or Scenario()
     platform = SandboxPlatform(scenario, seed)
-    pool = operator_pool(scenario.operators, seed)
+    pool = operator_pool(scenario.operators, seed, scenario.world)
     out: list[CopilotStep] = []
     for index in range(start_index, start_index + sessions):
         rng = random.Random(f"{seed}:{index}:copilot")
@@ -107,12 +131,13 @@ class BatchedCopilotStep(Generic[P]):
     correction data, kept apart from the critic's label (``verdict`` / ``reason``)."""
 
     case_index: int
+    turn: int  # the case's turns so far: the state's step, plus one per environment rejection (no action taken)
     state: UIState
     proposal: P
     proposed: Action
     verdict: Verdict
     reason: RejectReason | None
-    executed: Action
+    executed: Action | None  # None: the screen changed under the proposal (environment), nothing was done
     own_action: Action | None
     acceptable: bool  # the sandbox's truth about the proposal: for analysis, never a critic feature
     operator_id: str
@@ -189,7 +214,7 @@ def _lockstep(
     progress: bool,
 ) -> Iterator[BatchedCopilotStep[P]]:
     platform = SandboxPlatform(scenario, seed)
-    pool = operator_pool(scenario.operators, seed)
+    pool = operator_pool(scenario.operators, seed, scenario.world)
     next_index, end = start_index, start_index + sessions
     waiting: list[_Turn] = []
     with tqdm(total=sessions, desc="copilot", unit="case", disable=not progress, leave=False) as bar:
@@ -221,23 +246,52 @@ def _lockstep(
                 case = turn.case
                 if proposal is None:
                     executed = turn.own
-                else:
+                elif platform.nudge(case.case_id):  # the screen changed under the proposal: re-observe, retry
                     proposed = action_of(proposal)
-                    answer = review(case.operator, proposed, turn.own, turn.model.bases, case.rng)
-                    accepted = answer.verdict == Verdict.ACCEPT
-                    executed = proposed if accepted else turn.own
+                    stale = _stale(proposed, turn.model, case.operator)
                     yield BatchedCopilotStep(
                         case_index=case.index,
+                        turn=case.turns,
+                        state=turn.state,
+                        proposal=proposal,
+                        proposed=proposed,
+                        verdict=stale.verdict,
+                        reason=stale.reason,
+                        executed=None,
+                        own_action=None,
+                        acceptable=stale.acceptable,
+                        operator_id=case.operator.operator_id,
+                    )
+                    case.turns += 1
+                    advance(case)
+                    continue
+                else:
+                    proposed = action_of(proposal)
+                    answer = review(case.operator, proposed, turn.own, turn.model.bases, case.rng,
+                                    guesses=turn.model.guesses,
+                                    other_reject=platform.other_reject_rate(case.case_id))  # fmt: skip
+                    accepted = answer.verdict == Verdict.ACCEPT
+                    executed = proposed if accepted else turn.own
+                    case.posterior = update_posterior(case.posterior, turn.model, action_key(executed))
+                    platform.act(case.case_id, executed)
+                    if accepted and platform.failed(case.case_id):
+                        answer, accepted = _failed(answer), False  # the accepted action failed (a tool outage)
+                    yield BatchedCopilotStep(
+                        case_index=case.index,
+                        turn=case.turns,
                         state=turn.state,
                         proposal=proposal,
                         proposed=proposed,
                         verdict=answer.verdict,
                         reason=answer.reason,
                         executed=executed,
-                        own_action=None if accepted else turn.own,
+                        own_action=None if accepted or answer.reason == RejectReason.ENVIRONMENT else turn.own,
                         acceptable=answer.acceptable,
                         operator_id=case.operator.operator_id,
                     )
+                    case.turns += 1
+                    advance(case)
+                    continue
                 case.posterior = update_posterior(case.posterior, turn.model, action_key(executed))
                 platform.act(case.case_id, executed)
                 case.turns += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ CREATE TABLE IF NOT EXISTS customers (
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL REFERENCES customers(customer_id),
     item TEXT NOT NULL, price REAL NOT NULL, status TEXT NOT NULL, eta TEXT NOT NULL, proof TEXT NOT NULL,
-    purchased TEXT NOT NULL, warranty_until TEXT NOT NULL
+    purchased TEXT NOT NULL, warranty_until TEXT NOT NULL, lines TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS invoices (
     invoice_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL REFERENCES customers(customer_id),
-    amount REAL NOT NULL, period TEXT NOT NULL, duplicate_of TEXT NOT NULL
+    amount REAL NOT NULL, period TEXT NOT NULL, duplicate_of TEXT NOT NULL, lines TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS plans (name TEXT PRIMARY KEY, monthly_fee REAL NOT NULL);
 """
@@ -66,15 +67,28 @@ class CRM:
         proof: str,
         purchased: str,
         warranty_until: str,
+        lines: list[dict[str, str]] | None = None,
     ) -> None:
+        """``lines``: the order's table (its items, or its parcel's scans), shown as rows by the lookup."""
         self.db.execute(
-            "INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (order_id, customer_id, item, price, status, eta, proof, purchased, warranty_until),
-        )
+            "INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (order_id, customer_id, item, price, status, eta, proof, purchased, warranty_until,
+             json.dumps(lines or [])),
+        )  # fmt: skip
 
-    def add_invoice(self, invoice_id: str, customer_id: str, amount: float, period: str, duplicate_of: str) -> None:
+    def add_invoice(
+        self,
+        invoice_id: str,
+        customer_id: str,
+        amount: float,
+        period: str,
+        duplicate_of: str,
+        lines: list[dict[str, str]] | None = None,
+    ) -> None:
+        """``lines``: the invoice's charges, shown as rows by the lookup."""
         self.db.execute(
-            "INSERT INTO invoices VALUES (?, ?, ?, ?, ?)", (invoice_id, customer_id, amount, period, duplicate_of)
+            "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?)",
+            (invoice_id, customer_id, amount, period, duplicate_of, json.dumps(lines or [])),
         )
 
     def fresh_id(self, prefix: str, rng: random.Random) -> str:
@@ -102,6 +116,14 @@ class CRM:
             return None
         keys = ("order_id", "item", "price", "status", "eta", "proof", "purchased", "warranty_until")
         return {k: (f"{v:.2f}" if k == "price" else str(v)) for k, v in zip(keys, row, strict=True)}
+
+    def lines(self, table: str, key: str, customer_id: str) -> list[dict[str, str]]:
+        """The table rows stored with an order or invoice (empty when it has none or does not exist)."""
+        column = {"orders": "order_id", "invoices": "invoice_id"}[table]
+        row = self.db.execute(
+            f"SELECT lines FROM {table} WHERE {column} = ? AND customer_id = ?", (key, customer_id)
+        ).fetchone()
+        return [dict(line) for line in json.loads(row[0])] if row else []
 
     def invoice(self, invoice_id: str, customer_id: str) -> dict[str, str] | None:
         row = self.db.execute(

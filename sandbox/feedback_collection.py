@@ -19,10 +19,10 @@ from schemas.risk import SliceKey
 _ID_NAMESPACE = uuid.UUID("6f1d2c0e-5b7a-4c3e-9a8d-2f4b6e8c0a1d")  # fixed: record ids are reproducible
 
 
-def _record_id(kind: str, scenario: str, model_version: str, seed: int, case_index: int, step: int) -> str:
+def _record_id(kind: str, scenario: str, model_version: str, seed: int, case_index: int, turn: int) -> str:
     # The scenario and the model version are part of the key: a new policy (or scenario) reviewed on the same
     # cases is new feedback, which the store's de-duplication on record_id must not drop.
-    key = f"{kind}:{scenario}:{model_version}:{seed}:{case_index}:{step}"
+    key = f"{kind}:{scenario}:{model_version}:{seed}:{case_index}:{turn}"
     return uuid.uuid5(_ID_NAMESPACE, key).hex
 
 
@@ -37,7 +37,8 @@ def collect_copilot_feedback(
 ) -> CopilotFeedback:
     """Run the sandbox copilot with ``policy`` (batched over open cases) and turn every reviewed proposal into a
     FeedbackRecord. Deterministic for a fitted policy and seed: ids, proposal ids and timestamps are derived from
-    (scenario, model version, seed, case index, step)."""
+    (scenario, model version, seed, case index, turn): a turn is a step, or a proposal rejected because the screen
+    changed under it (environment), after which the step is proposed again."""
     scenario = scenario or Scenario()
     version = policy.version_
     out = CopilotFeedback()
@@ -53,7 +54,7 @@ def collect_copilot_feedback(
     )
     for step in steps:
         state = step.state
-        ids = (scenario.name, version, seed, step.case_index, state.step)
+        ids = (scenario.name, version, seed, step.case_index, step.turn)
         # The LM draws random proposal ids; a derived one makes a collection reproducible byte for byte.
         proposal: Proposal = step.proposal.model_copy(update={"proposal_id": _record_id("proposal", *ids)})
         accepted = step.verdict == Verdict.ACCEPT
@@ -68,10 +69,10 @@ def collect_copilot_feedback(
                 operator_action=step.own_action,
                 operator_id=step.operator_id,
                 slice=SliceKey(process_id=state.process_id, action_type=proposal.action.type),
-                created_at=SYNTHETIC_EPOCH + timedelta(minutes=step.case_index, seconds=state.step),
+                created_at=SYNTHETIC_EPOCH + timedelta(minutes=step.case_index, seconds=step.turn),
             )
         )
         out.truth.append(step.acceptable)
-    # Lockstep rounds interleave cases; time order (case, then step) does not depend on ``concurrency``.
+    # Lockstep rounds interleave cases; time order (case, then turn) does not depend on ``concurrency``.
     order = sorted(range(len(out.records)), key=lambda i: out.records[i].created_at)
     return CopilotFeedback([out.records[i] for i in order], [out.truth[i] for i in order])

@@ -72,7 +72,7 @@ def _run(
     sessions: int, seed: int, scenario: Scenario, start_index: int, progress: bool, sink: Callable[[Trace], None]
 ) -> None:
     platform = SandboxPlatform(scenario, seed)
-    pool = operator_pool(scenario.operators, seed)
+    pool = operator_pool(scenario.operators, seed, scenario.world)
     for index in tqdm(
         range(start_index, start_index + sessions), desc="cases", unit="case", disable=not progress, leave=False
     ):

@@ -74,7 +74,9 @@ class SandboxRuntime(Runtime):
         )
         self.platform = platform
         self.operators = (
-            list(operators) if operators is not None else operator_pool(self.settings.operators, self.settings.seed)
+            list(operators)
+            if operators is not None
+            else operator_pool(self.settings.operators, self.settings.seed, platform.scenario.world)
         )
         self.with_operators = with_operators
         self.pool: SimulatedOperatorPool | None = None

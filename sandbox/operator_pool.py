@@ -271,7 +271,8 @@ class SimulatedOperatorPool:
             own_dist = model.per_operator[operator.operator_id]
             proposed = deferral.proposal.action
             if own_dist:
-                answer = review(operator, proposed, sample(own_dist, rng), model.bases, rng)
+                answer = review(operator, proposed, sample(own_dist, rng), model.bases, rng, guesses=model.guesses,
+                                other_reject=self.platform.other_reject_rate(case_id))  # fmt: skip
             else:  # the operator has no idea what to do on this screen either: the case needs a human
                 answer = Review(Verdict.REJECT, RejectReason.OTHER, None, acceptable(proposed, model.bases))
             seconds = self._reading_seconds(case_id, current)

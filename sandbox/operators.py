@@ -7,8 +7,13 @@ import random
 import re
 from dataclasses import dataclass
 
+from sandbox.crm import PLANS
 from sandbox.playbook import STYLES, Screen, Style, style_distribution
+from sandbox.processes.billing_dispute import CHARGES
+from sandbox.processes.delivery_status import HUBS
+from sandbox.processes.orders import ITEMS
 from sandbox.view import View, classify_operator_text
+from sandbox.world import World
 from schemas import (
     Action,
     ActionType,
@@ -51,8 +56,11 @@ class SimOperator:
     accept_alternative: float  # P(accept an acceptable proposal that is not what they would have done)
     accept_alternative_text: float  # the same for a reply worded differently from their own
     lazy_accept: float  # P(accept a wrong proposal without noticing)
-    environment_reject: float = 0.012  # P(reject because the screen or a tool misbehaved)
-    other_reject: float = 0.02  # P(reject for other reasons)
+    environment_reject: float = 0.012  # P(reject because the screen or a tool misbehaved), classic world only
+    other_reject: float = 0.02  # P(reject for other reasons); the calibrated world sets it per case
+    flags_guesses: bool = False  # a committed guess is a model error (calibrated world)
+    strict_facts: bool = False  # a reply must state the same named facts (plans, items), not only ids and amounts
+    wording_only: bool = False  # accept_alternative_text only for a reply with the intent of their own reply
 
     def action_seconds(self, action: Action, rng: random.Random) -> float:
         base = MEAN_SECONDS[action.type]
@@ -61,7 +69,10 @@ class SimOperator:
         return round(base * self.speed * rng.lognormvariate(0.0, 0.25), 2)
 
 
-def operator_pool(size: int = 12, seed: int = 0) -> list[SimOperator]:
+def operator_pool(size: int = 12, seed: int = 0, world: World | None = None) -> list[SimOperator]:
+    """The pool of simulated operators. Their style, skill and speed depend on ``seed`` only; how they review
+    a copilot proposal follows ``world`` (default: the calibrated world)."""
+    world = world or World()
     rng = random.Random(f"operators:{seed}")
     pool = []
     for i in range(size):
@@ -71,9 +82,14 @@ def operator_pool(size: int = 12, seed: int = 0) -> list[SimOperator]:
                 style=STYLES[i % len(STYLES)],
                 mistake_rate=round(rng.uniform(0.005, 0.035), 4),
                 speed=round(rng.uniform(0.75, 1.35), 3),
-                accept_alternative=round(rng.uniform(0.55, 0.8), 3),
-                accept_alternative_text=round(rng.uniform(0.05, 0.3), 3),
-                lazy_accept=round(rng.uniform(0.02, 0.08), 3),
+                accept_alternative=round(rng.uniform(*world.accept_alternative), 3),
+                accept_alternative_text=round(rng.uniform(*world.accept_alternative_text), 3),
+                lazy_accept=round(rng.uniform(*world.lazy_accept), 3),
+                environment_reject=world.environment_reject,
+                other_reject=world.other_reject,
+                flags_guesses=world.flag_guesses,
+                strict_facts=world.strict_facts,
+                wording_only=world.wording_is_the_reply_preference,
             )
         )
     return pool
@@ -146,25 +162,43 @@ def operator_distribution(
     return with_mistakes(bases[op.style.name], op.mistake_rate, schema)
 
 
-def _facts(text: str) -> set[str]:
-    return {tok.strip(".,!?;:") for tok in text.split() if _DIGITS.search(tok)}
+# Named facts a reply can get wrong besides ids, amounts and dates: the plan, the item, the hub a parcel was last
+# scanned in, the disputed charge.
+FACT_WORDS = (
+    frozenset(PLANS)
+    | frozenset(word for item in ITEMS for word in item.split())
+    | frozenset(hub.lower() for hub in HUBS)
+    | frozenset(CHARGES)
+)
 
 
-def acceptable(proposed: Action, bases: dict[str, dict[str, tuple[Action, float, str]]]) -> bool:
-    """A proposal is acceptable if some operator style would do it (no slips). A reply is acceptable if it has the
-    intent of a reply some style would send and states the same facts (ids, amounts, dates)."""
+def _facts(text: str, strict: bool = False) -> set[str]:
+    tokens = [tok.strip(".,!?;:()").lower() for tok in text.split()]
+    return {tok for tok in tokens if _DIGITS.search(tok) or (strict and tok in FACT_WORDS)}
+
+
+def acceptable(
+    proposed: Action,
+    bases: dict[str, dict[str, tuple[Action, float, str]]],
+    guesses: frozenset[str] = frozenset(),
+    strict: bool = False,
+) -> bool:
+    """A proposal is acceptable if some operator style would do it (no slips), other than by a guess (an item
+    named in ``guesses``). A reply is acceptable if it has the intent of a reply some style would send and states
+    the same facts: ids, amounts and dates, and with ``strict`` also the plan and item names."""
     key = action_key(proposed)
-    if any(key in base for base in bases.values()):
+    if any(key in base and base[key][2] not in guesses for base in bases.values()):
         return True
     if isinstance(proposed, SendTextToChat):
         intent = classify_operator_text(proposed.text)
-        facts = _facts(proposed.text)
+        facts = _facts(proposed.text, strict)
         for base in bases.values():
-            for action, _p, _item in base.values():
+            for action, _p, item in base.values():
                 if (
                     isinstance(action, SendTextToChat)
+                    and item not in guesses
                     and classify_operator_text(action.text) == intent
-                    and _facts(action.text) == facts
+                    and _facts(action.text, strict) == facts
                 ):
                     return True
     return False
@@ -184,18 +218,31 @@ def review(
     own: Action,
     bases: dict[str, dict[str, tuple[Action, float, str]]],
     rng: random.Random,
+    *,
+    guesses: frozenset[str] = frozenset(),
+    other_reject: float | None = None,
 ) -> Review:
-    """How ``op`` answers a copilot proposal, given the action ``own`` they would have taken themselves."""
-    ok = acceptable(proposed, bases)
+    """How ``op`` answers a copilot proposal, given the action ``own`` they would have taken themselves.
+    ``guesses``: the items that would be guesses in this state (``StepModel.guesses``); ``other_reject``: the
+    case's P(taking over for reasons of their own) (``SandboxPlatform.other_reject_rate``), else the operator's."""
+    ok = acceptable(proposed, bases, guesses if op.flags_guesses else frozenset(), op.strict_facts)
+    other = op.other_reject if other_reject is None else other_reject
     u = rng.random()
     if u < op.environment_reject:
         return Review(Verdict.REJECT, RejectReason.ENVIRONMENT, None, ok)
-    if u < op.environment_reject + op.other_reject:
+    if u < op.environment_reject + other:
         return Review(Verdict.REJECT, RejectReason.OTHER, None, ok)
     if action_key(proposed) == action_key(own):
         return Review(Verdict.ACCEPT, None, None, ok)
     if ok:
-        rate = op.accept_alternative_text if isinstance(proposed, SendTextToChat) else op.accept_alternative
+        worded = isinstance(proposed, SendTextToChat) and (
+            not op.wording_only
+            or (
+                isinstance(own, SendTextToChat)
+                and classify_operator_text(own.text) == classify_operator_text(proposed.text)
+            )
+        )
+        rate = op.accept_alternative_text if worded else op.accept_alternative
         if rng.random() < rate:
             return Review(Verdict.ACCEPT, None, None, ok)
         return Review(Verdict.CORRECT, RejectReason.ACCEPTABLE_ALTERNATIVE, own, ok)

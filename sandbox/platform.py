@@ -17,10 +17,21 @@ from SpiffWorkflow.util.task import TaskState
 
 from sandbox.crm import CRM, PLANS, Customer
 from sandbox.journal import PlatformJournal
-from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec
+from sandbox.playbook import Screen
+from sandbox.processes.common import CaseContext, CaseSeed, ProcessSpec, thanks
+from sandbox.processes.customers import (
+    FOLLOWUP_QUESTIONS,
+    UPSET_ENDINGS,
+    UPSET_OPENINGS,
+    mistyped,
+    named_items,
+    recheck_reply,
+    with_questions,
+)
+from sandbox.processes.orders import ITEMS
 from sandbox.processes.registry import PROCESSES, gateway_variables, workflow_spec
 from sandbox.scenario import Scenario
-from sandbox.view import View, classify_operator_text
+from sandbox.view import NUDGES, View, classify_operator_text
 from schemas import (
     Action,
     ChatMessage,
@@ -74,6 +85,9 @@ class Case:
     end_code: str | None = None
     idempotency: dict[str, int] = field(default_factory=dict)  # key -> step at which it was applied
     rng: random.Random = field(default_factory=random.Random)
+    world_rng: random.Random = field(default_factory=random.Random)  # nudges, moods (calibrated world)
+    followup_asked: bool = False
+    failed: bool = False  # the last action failed in the environment (a tool that did not answer)
 
     @property
     def step(self) -> int:
@@ -91,6 +105,8 @@ class SandboxPlatform:
         self.lock = threading.RLock()  # public: the REST API holds it for check-then-act sequences
         self._next_index = 0
         self._used_indexes: set[int] = set()
+        self._classic = self.scenario.world.is_classic
+        self._screens: dict[tuple[str, str], Screen] = {}
         self.journal: PlatformJournal | None = None
 
     def attach_journal(self, journal: PlatformJournal) -> int:
@@ -134,8 +150,16 @@ class SandboxPlatform:
             spec = PROCESSES[process_id]
             customer = self._new_customer(rng, index)
             rules = self.scenario.rules_at(index)
-            ctx = CaseContext(rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules)
+            world = self.scenario.world
+            world_rng = random.Random(f"{self.seed}:{index}:world")
+            ctx = CaseContext(
+                rng, self.crm, index, customer.customer_id, self.scenario.typo_rate, rules, world.second_request_rate,
+                world, world_rng,
+            )  # fmt: skip
             seed = spec.new_case(ctx)
+            case_id = f"C{self.seed}-{index:06d}"
+            if not self._classic:
+                self._shape(seed, spec, world_rng, case_id)
             self.crm.commit()
             workflow = BpmnWorkflow(workflow_spec(process_id))
             # Gateway variables start as None so a condition never fails on a name no screen has set yet.
@@ -143,7 +167,7 @@ class SandboxPlatform:
             workflow.data.update(rules)
             workflow.do_engine_steps()
             case = Case(
-                case_id=f"C{self.seed}-{index:06d}",
+                case_id=case_id,
                 session_id=f"S{self.seed}-{index:06d}",
                 index=index,
                 spec=spec,
@@ -151,22 +175,57 @@ class SandboxPlatform:
                 workflow=workflow,
                 rules=rules,
                 rng=random.Random(f"{self.seed}:{index}:customer"),
+                world_rng=world_rng,
             )
-            case.panels["customer"] = Panel(
-                title="Customer",
-                fields={
-                    "customer_id": customer.customer_id,
-                    "name": customer.name,
-                    "tier": customer.tier,
-                    "plan": customer.plan,
-                },
-            )
+            fields = {
+                "customer_id": customer.customer_id,
+                "name": customer.name,
+                "tier": customer.tier,
+                "plan": customer.plan,
+            }
+            if world.fact_rich_replies:  # what the calibrated world's answers quote from the record
+                fields |= {"contract_end": seed.facts["contract_end"], "reference": seed.facts["reference"]}
+            case.panels["customer"] = Panel(title="Customer", fields=fields)
             case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=seed.first_message))
             self._enter_next_screen(case)
             self.cases[case.case_id] = case
             if self.journal is not None:
                 self.journal.opened(case.case_id, requested, index)
             return case.case_id
+
+    def _shape(self, seed: CaseSeed, spec: ProcessSpec, rng: random.Random, case_id: str) -> None:
+        """The calibrated world's additions to a new case, drawn from the case's own world stream (the process's
+        draws, and so the classic cases, are untouched): a bad mood, a mistyped order number, a follow-up question
+        for after the confirmation, the record's contract end and the case reference."""
+        world = self.scenario.world
+        if rng.random() < world.upset_rate:
+            seed.facts["upset"] = "yes"
+            seed.first_message = f"{seed.first_message} {rng.choice(UPSET_OPENINGS)}"
+        order_id = seed.facts.get("order_id", "")
+        quoted = bool(order_id) and order_id in seed.first_message
+        named = named_items(seed.first_message)
+        if rng.random() < world.wrong_id_rate and quoted:
+            seed.first_message = seed.first_message.replace(order_id, mistyped(order_id, rng))
+        elif rng.random() < world.wrong_order_rate and quoted and named:
+            other = self._other_order(seed.customer_id, order_id, named, rng)
+            seed.facts["quoted_other_order"] = other
+            seed.first_message = seed.first_message.replace(order_id, other)
+        if rng.random() < world.followup_rate and "confirm" in spec.replies:
+            topics = ["reference", "confirmation"]
+            topics += [name for name, builder in (("timing", spec.timing), ("amount", spec.amount)) if builder]
+            seed.facts["followup"] = rng.choice(topics)
+        seed.facts["contract_end"] = f"{rng.randint(2027, 2029)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        seed.facts["reference"] = case_id
+
+    def _other_order(self, customer_id: str, order_id: str, named: list[str], rng: random.Random) -> str:
+        """Another order of the customer's, for an item they did not write about: the number they quote by mistake."""
+        order = self.crm.order(order_id, customer_id)
+        assert order is not None
+        other = self.crm.fresh_id("ORD", rng)
+        item = rng.choice([i for i in ITEMS if i not in named])
+        self.crm.add_order(other, customer_id, item, round(rng.uniform(15, 250), 2), "delivered", order["purchased"],
+                           "signature", order["purchased"], order["warranty_until"])  # fmt: skip
+        return other
 
     def _new_customer(self, rng: random.Random, index: int) -> Customer:
         customer = Customer(
@@ -229,7 +288,42 @@ class SandboxPlatform:
             chat=case.chat,
             said=case.said,
             clicked=case.clicked,
+            world=self.scenario.world,
         )
+
+    def playbook_screen(self, case_id: str) -> Screen:
+        """The operators' work items on the case's current screen (in the calibrated world with the answers to
+        the customer's extra questions, which the items that end the case wait for)."""
+        with self.lock:
+            case = self.case(case_id)
+            key = (case.spec.process_id, case.screen_id)
+            screen = self._screens.get(key)
+            if screen is None:
+                screen = case.spec.playbook[case.screen_id]
+                if not self._classic:
+                    screen = with_questions(screen, case.spec.schemas[case.screen_id], case.spec)
+                self._screens[key] = screen
+            return screen
+
+    def nudge(self, case_id: str) -> bool:
+        """With the world's nudge rate, the customer writes while the operator works ("Any update?"): the screen
+        changes under whatever was about to be done. Returns whether it happened."""
+        with self.lock:
+            case = self.case(case_id)
+            rate = self.scenario.world.nudge_rate
+            if rate <= 0.0 or case.ended or case.world_rng.random() >= rate:
+                return False
+            case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=case.world_rng.choice(NUDGES)))
+            return True
+
+    def other_reject_rate(self, case_id: str) -> float | None:
+        """P(a reviewing operator takes over for reasons of their own) on this case; None in the classic world,
+        where it is each operator's constant."""
+        if self._classic:
+            return None
+        world = self.scenario.world
+        upset = self.case(case_id).seed.facts.get("upset") == "yes"
+        return world.other_reject + (world.other_upset if upset else 0.0)
 
     def open_tasks(self, case_id: str) -> list[dict[str, str]]:
         """The BPMN user tasks that are ready (what a BPM task list shows)."""
@@ -260,6 +354,7 @@ class SandboxPlatform:
             if case.ended:
                 raise CaseEnded(f"case {case_id} has ended ({case.ended})")
             validate_action(action, case.spec.schemas[case.screen_id])
+            case.failed = False
             self._apply(case, action)
             case.actions.append(action)
             if idempotency_key is not None:
@@ -284,17 +379,43 @@ class SandboxPlatform:
                 case.chat.append(ChatMessage(role=ChatRole.OPERATOR, text=text))
                 intent = classify_operator_text(text)
                 case.said.add(intent)
-                reply = case.spec.replies.get(intent)
+                reply = self._customer_reply(case, intent)
                 if reply is not None:
-                    case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=reply(case.seed, case.rng)))
+                    case.chat.append(ChatMessage(role=ChatRole.CUSTOMER, text=reply))
             case TransferChat(queue=q):
                 self._end(case, "transferred", q)
             case CloseChat(resolution=r):
                 self._end(case, "closed", r)
 
+    def _customer_reply(self, case: Case, intent: str) -> str | None:
+        """What the customer answers to an operator message of ``intent`` (None: nothing)."""
+        reply = case.spec.replies.get(intent)
+        if self._classic:
+            return None if reply is None else reply(case.seed, case.rng)
+        facts = case.seed.facts
+        text: str | None
+        if intent == "confirm" and facts.get("followup") and not case.followup_asked:
+            case.followup_asked = True
+            text = case.world_rng.choice(FOLLOWUP_QUESTIONS[facts["followup"]])
+        elif intent.startswith("answer_"):
+            text = thanks(case.seed, case.rng)
+        elif intent == "ask_recheck" and "order_id" in facts:
+            text = recheck_reply(case.seed, case.rng)
+        else:
+            text = None if reply is None else reply(case.seed, case.rng)
+        if text is not None and facts.get("upset") == "yes" and case.world_rng.random() < 0.5:
+            text += case.world_rng.choice(UPSET_ENDINGS)
+        return text
+
     def _click(self, case: Case, control_id: str) -> None:
         control = case.spec.schemas[case.screen_id].control(control_id)
         assert control is not None  # validated before
+        if control.kind == ControlKind.TOOL and self._tool_down(case):
+            # The backend did not answer: the panel says so and the lookup is not done (try again).
+            result_panel = str(getattr(control, "result_panel", control_id))
+            case.panels[result_panel] = Panel(title=control.label, fields={"error": "service unavailable, try again"})
+            case.failed = True
+            return
         case.clicked.add(control_id)
         if control.kind == ControlKind.TOOL:
             tool = case.spec.tools[control_id]
@@ -307,6 +428,15 @@ class SandboxPlatform:
                 case.panels["form_errors"] = Panel(title="Form errors", fields={m: "required" for m in missing})
                 return
             self._complete_screen(case)
+
+    def _tool_down(self, case: Case) -> bool:
+        rate = self.scenario.world.tool_outage_rate
+        return rate > 0.0 and case.world_rng.random() < rate
+
+    def failed(self, case_id: str) -> bool:
+        """Whether the case's last action failed in the environment (a tool that did not answer)."""
+        with self.lock:
+            return self.case(case_id).failed
 
     def missing_required(self, case_id: str) -> list[str]:
         """What blocks submitting the current screen: required fields without a value and required lookups

@@ -59,7 +59,9 @@ class Item:
     ``applies`` says whether the item is relevant at all in this case (e.g. asking for the order number only
     when the customer did not give it); ``available`` whether what it needs is there yet (e.g. filling the order
     number once the customer has given it); ``done`` whether it has been done; ``after`` names items that must
-    be done (or not apply) first. ``optional`` items are done only by some operators.
+    be done (or not apply) first. ``optional`` items are done only by some operators. ``guess`` says when the
+    item's action would commit to something the customer has not said (a remedy, a plan): operators who do not
+    ask do it, and in the calibrated world a reviewer calls it a model error.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Item:
     available: Callable[[View], bool] = lambda view: True
     after: tuple[str, ...] = ()
     optional: bool = False
+    guess: Callable[[View], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,10 @@ class Screen:
 
     screen_id: str
     items: tuple[Item, ...]
+
+    def guessing(self, view: View) -> frozenset[str]:
+        """Names of the items whose action would be a guess in ``view``."""
+        return frozenset(it.name for it in self.items if it.guess is not None and it.guess(view))
 
     def ready(self, view: View) -> list[Item]:
         settled = {it.name for it in self.items if not it.applies(view) or it.done(view)}

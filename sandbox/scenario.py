@@ -1,8 +1,11 @@
-"""Scenario knobs: process mix, a long-tail process, a drift event, a process held out as new, noise levels."""
+"""Scenario knobs: process mix, a long-tail process, a drift event, a process held out as new, noise levels, and
+the world's difficulty (``sandbox.world.World``: calibrated by default, ``classic`` before the calibration)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sandbox.world import World
 
 DEFAULT_MIX: dict[str, float] = {
     "delivery_status": 0.25,
@@ -33,6 +36,7 @@ class Scenario(BaseModel):
     drift: Drift | None = None
     typo_rate: float = Field(default=0.04, ge=0.0, le=0.5)
     operators: int = Field(default=12, ge=1)
+    world: World = Field(default_factory=World, description="difficulty and review model (calibrated default)")
 
     @model_validator(mode="after")
     def _known_processes(self) -> Scenario:
@@ -58,6 +62,7 @@ class Scenario(BaseModel):
 
 SCENARIOS: dict[str, Scenario] = {
     "default": Scenario(),
+    "classic": Scenario(name="classic", world=World.classic()),
     "drift": Scenario(name="drift", drift=Drift(at_case=1000, value=60.0)),
     "new_process": Scenario(name="new_process", held_out=["warranty_claim"]),
     "long_tail": Scenario(name="long_tail", mix={**DEFAULT_MIX, "warranty_claim": 0.005}),

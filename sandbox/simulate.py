@@ -31,6 +31,7 @@ class StepModel:
     per_operator: dict[str, Distribution]
     predictive: dict[str, tuple[Action, float]]
     bases: dict[str, dict[str, tuple[Action, float, str]]]
+    guesses: frozenset[str] = frozenset()  # items whose action would be a guess here (sandbox.playbook.Item.guess)
 
     @property
     def bayes_p(self) -> float:
@@ -54,7 +55,7 @@ def step_model(
 ) -> StepModel:
     case = platform.case(case_id)
     view = platform.view(case_id)
-    screen = case.spec.playbook[case.screen_id]
+    screen = platform.playbook_screen(case_id)
     schema = case.spec.schemas[case.screen_id]
     bases = style_bases(screen, view, schema)
     per_operator = {op.operator_id: operator_distribution(op, bases, schema) for op in pool}
@@ -66,7 +67,7 @@ def step_model(
         for key, (action, p) in per_operator[op.operator_id].items():
             prev = predictive.get(key)
             predictive[key] = (action, w * p + (prev[1] if prev else 0.0))
-    return StepModel(per_operator, predictive, bases)
+    return StepModel(per_operator, predictive, bases, screen.guessing(view))
 
 
 def sample(dist: Distribution, rng: random.Random) -> Action:
@@ -106,6 +107,7 @@ def work_case(
         case = platform.case(case_id)
         if case.ended:
             break
+        platform.nudge(case_id)  # the customer may write while the operator works (calibrated world)
         state = platform.observe(case_id)
         customer_msgs = sum(1 for m in case.chat if m.role == ChatRole.CUSTOMER)
         reading = READ_SECONDS * (customer_msgs - seen_customer)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 
+from sandbox.world import World
 from schemas import ChatMessage, ChatRole, Panel
 
 ORDER_RE = re.compile(r"\bORD-?(\d{6})\b", re.IGNORECASE)
@@ -20,8 +22,20 @@ STREET_RE = re.compile(r"\b(\d{1,3} [A-Z][a-z]+ (?:Street|Road|Lane|Avenue|Way))
 CITY_RE = re.compile(r"\bin ([A-Z][a-z]+(?:ton|ford|ham|bury|field|port|chester|pool))\b")
 
 # Operator messages are recognised by their intent: each template of the operator model contains one of these
-# markers, and a policy that writes its own text gets credited with the intent whose marker it uses.
+# markers, and a policy that writes its own text gets credited with the intent whose marker it uses. The first
+# group belongs to the calibrated world (sandbox.world); no classic template contains their markers.
 INTENT_MARKERS: dict[str, tuple[str, ...]] = {
+    "ask_recheck": ("double-check",),
+    "ask_dispute": ("charged twice",),
+    "ask_repair": ("repair or",),
+    "answer_email": ("settings",),
+    "answer_invoice": ("flagged",),
+    "answer_contract": ("contract runs",),
+    "answer_app": ("latest version",),
+    "answer_reference": ("reference number",),
+    "answer_confirmation": ("within the hour",),
+    "answer_timing": ("usually takes",),
+    "answer_amount": ("the amount is",),
     "greet": ("thanks for contacting", "thank you for reaching out", "hi there", "hello and welcome"),
     "ask_order_id": ("order number",),
     "ask_invoice_id": ("invoice number",),
@@ -34,6 +48,20 @@ INTENT_MARKERS: dict[str, tuple[str, ...]] = {
     "inform_transfer": ("specialist", "colleague", "transfer"),
     "confirm": ("done", "confirmed", "all set", "has been", "is on its way", "was delivered", "is delayed"),
 }
+
+
+# What a customer writes while waiting: it changes the screen under a pending proposal (the environment) and
+# asks for nothing.
+NUDGES = ("Hello? Are you still there?", "Any update?", "Hello??", "I'm still waiting.")
+
+
+def similar_word(word: str, words: list[str]) -> bool:
+    """``word`` or a typo of it (80 % similar, for words of four letters or more) is among ``words``."""
+    return any(w == word or (len(word) >= 4 and SequenceMatcher(None, word, w).ratio() >= 0.8) for w in words)
+
+
+def words_of(text: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
 
 
 def classify_operator_text(text: str) -> str:
@@ -56,15 +84,18 @@ class View:
     chat: list[ChatMessage]
     said: set[str] = field(default_factory=set)
     clicked: set[str] = field(default_factory=set)
+    world: World = field(default_factory=World.classic)
 
     def customer_text(self) -> str:
         return "\n".join(m.text for m in self.chat if m.role == ChatRole.CUSTOMER)
 
+    def customer_messages(self) -> list[str]:
+        """What the customer wrote, oldest first, without the nudges (which say nothing)."""
+        return [m.text for m in self.chat if m.role == ChatRole.CUSTOMER and m.text not in NUDGES]
+
     def last_customer_text(self) -> str:
-        for message in reversed(self.chat):
-            if message.role == ChatRole.CUSTOMER:
-                return message.text
-        return ""
+        messages = self.customer_messages()
+        return messages[-1] if messages else ""
 
     def panel(self, name: str, key: str, default: str = "") -> str:
         panel = self.panels.get(name)

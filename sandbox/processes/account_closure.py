@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from sandbox.crm import CRM
-from sandbox.playbook import Item, ItemKind, Screen, Style
+from sandbox.playbook import Choice, Item, ItemKind, Screen, Style
 from sandbox.processes.common import (
     CaseContext,
     CaseSeed,
@@ -27,6 +27,7 @@ from sandbox.processes.common import (
     submit_button,
     thanks,
     tick,
+    wording_choice,
 )
 from sandbox.view import View
 from schemas import CheckboxControl, Panel, SelectControl, ToolControl
@@ -73,6 +74,27 @@ def _retention(view: View, style: Style) -> list[tuple[str, float]]:
     text = view.last_customer_text().lower()
     accepted = any(w in text for w in ("take the discount", "ok, i'll stay", "sounds good"))
     return [("accepted" if accepted else "declined", 1.0)]
+
+
+TIMING_RETAINED = (
+    "The discount usually takes effect from your next bill.",
+    "It usually takes until your next bill for the discount to show.",
+)
+TIMING_CLOSED = (
+    "Closing usually takes one working day; the final bill follows by email.",
+    "It usually takes one working day, and the final bill comes by email.",
+)
+
+
+AMOUNT = ("The amount is {balance} on your final bill.", "The amount is {balance}, your final balance.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, {"balance": view.panel("account", "balance")})
+
+
+def _timing(view: View, style: Style) -> Choice:
+    return wording_choice(TIMING_RETAINED if view.screen_id == "cl_retained" else TIMING_CLOSED, style, {})
 
 
 def new_case(ctx: CaseContext) -> CaseSeed:
@@ -179,4 +201,6 @@ SPEC = ProcessSpec(
     tools={"lookup_account": lookup_account, "close_account": close_account},
     new_case=new_case,
     replies={"offer_retention": _answer_offer, "confirm": thanks},
+    timing=_timing,
+    amount=_amount,
 )

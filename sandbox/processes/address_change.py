@@ -148,6 +148,16 @@ def _failed_end(view: View, style: Style) -> Choice:
     return [(CloseChat(resolution="identity_failed"), 1.0)]
 
 
+TIMING = (
+    "An address change usually takes effect at once; post goes to {street} from today.",
+    "It usually takes effect immediately: {street} from today.",
+)
+
+
+def _timing(view: View, style: Style) -> Choice:
+    return wording_choice(TIMING, style, _address_fmt(view))
+
+
 def _address_fmt(view: View) -> dict[str, str]:
     return {"street": view.panel("case", "street"), "city": view.panel("case", "city")}
 
@@ -256,4 +266,5 @@ SPEC = ProcessSpec(
     new_case=new_case,
     replies={"ask_identity": _give_identity, "ask_new_address": _give_address, "confirm": thanks},
     outcome_fields=("street", "city"),
+    timing=_timing,
 )

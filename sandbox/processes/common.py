@@ -10,6 +10,7 @@ from typing import Any
 from sandbox.crm import CRM
 from sandbox.playbook import Builder, Choice, Item, ItemKind, Screen, Style
 from sandbox.view import View
+from sandbox.world import World
 from schemas import (
     ButtonControl,
     ChatControl,
@@ -46,6 +47,10 @@ class CaseContext:
     customer_id: str
     typo_rate: float
     rules: dict[str, float]  # business rules in force for this case (e.g. the refund limit)
+    second_request_rate: float = 0.15  # share of openings that add a second, unrelated request
+    world: World = field(default_factory=World.classic)
+    # The calibrated world's own draws (tables in tool results, ...), so a classic case's draws stay as they were.
+    world_rng: random.Random = field(default_factory=random.Random)
 
 
 ToolResult = tuple[str, Panel]
@@ -64,6 +69,10 @@ class ProcessSpec:
     new_case: Callable[[CaseContext], CaseSeed]
     replies: dict[str, Reply]  # operator message intent -> customer reply
     outcome_fields: tuple[str, ...] = ()  # form values that are part of the outcome (checked against truth)
+    # How an operator answers "how long will that take?" and "how much was it?" after the confirmation (calibrated
+    # world); None: the process has no such follow-up.
+    timing: Builder | None = None
+    amount: Builder | None = None
 
 
 # --- screens -------------------------------------------------------------------------------------------
@@ -237,9 +246,9 @@ OTHER_INTENTS = (
 )
 
 
-def opening(ctx: CaseContext, parts: list[str], multi_intent_rate: float = 0.15) -> str:
+def opening(ctx: CaseContext, parts: list[str]) -> str:
     """Join the parts of an opening message, sometimes add a second, unrelated request, and add typos."""
     text = " ".join(p for p in parts if p)
-    if ctx.rng.random() < multi_intent_rate:
+    if ctx.rng.random() < ctx.second_request_rate:
         text = f"{text} {ctx.rng.choice(OTHER_INTENTS)}"
     return typo(text, ctx.rng, ctx.typo_rate)

@@ -57,8 +57,76 @@ LOST_REPLY = (
 )
 
 
+TIMING_STATUS = (
+    "It usually takes until {eta} at the latest; the courier texts you on the day.",
+    "Delivery usually takes until {eta}, the courier texts you on the day.",
+)
+TIMING_WAIT = (
+    "A parcel marked delivered usually takes up to 24 hours to turn up; if not, write to us again.",
+    "It usually takes up to 24 hours for such a parcel to turn up.",
+)
+TIMING_REDELIVERY = (
+    "A redelivery usually takes 2 working days; we'll text you the slot.",
+    "The redelivery usually takes 2 working days.",
+)
+
+
+AMOUNT = ("The amount is {price} for the {item}.", "The amount is {price}, paid for your {item}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, {"price": view.panel("order", "price"), "item": view.panel("order", "item")})
+
+
+def _timing(view: View, style: Style) -> Choice:
+    if view.screen_id == "ds_delivered":
+        templates = TIMING_WAIT if view.values.get("next_step") == "wait_24h" else TIMING_REDELIVERY
+        return wording_choice(templates, style, {})
+    return wording_choice(TIMING_STATUS, style, _fmt(view))
+
+
+# Calibrated world: the lookup lists the parcel's scans, oldest first (two to five of them), and the status reply
+# quotes the latest: where it was scanned last, and when. Which row that is depends on the parcel's journey.
+HUBS = ("Leeds", "York", "Bristol", "Derby", "Crewe", "Luton", "Exeter", "Hull", "Bath", "Wigan")
+SCAN_REPLY = (
+    "Your order {oid} is on its way: last scanned in {hub} on {date}, arriving by {eta}.",
+    "Good news: order {oid} is on its way, last scanned in {hub} on {date}; expected by {eta}.",
+    "Order {oid} is on its way (last scan: {hub}, {date}). Estimated delivery: {eta}.",
+    "{oid} is on its way, last scan {hub} {date}, ETA {eta}.",
+)
+DELIVERED_SCAN_REPLY = (
+    "Our records show order {oid} was delivered on {eta}; the last scan was in {hub} on {date}.",
+    "Tracking says order {oid} was delivered on {eta} (last scan: {hub}, {date}).",
+    "Order {oid} was delivered on {eta} according to the courier, last scanned in {hub} on {date}.",
+    "{oid} was delivered on {eta}, last scan {hub} {date}.",
+)
+DELAYED_SCAN_REPLY = (
+    "I'm sorry, your order {oid} is delayed; it was last scanned in {hub} on {date}, new estimated date {eta}.",
+    "Unfortunately order {oid} is delayed (last scan: {hub}, {date}). It should now arrive by {eta}.",
+    "Order {oid} is delayed, sorry about that; last scanned in {hub} on {date}. New ETA: {eta}.",
+    "{oid} is delayed, last scan {hub} {date}, new ETA {eta}.",
+)
+
+
 def _fmt(view: View) -> dict[str, str]:
-    return {"oid": view.panel("order", "order_id"), "eta": view.panel("order", "eta")}
+    fmt = {"oid": view.panel("order", "order_id"), "eta": view.panel("order", "eta")}
+    panel = view.panels.get("order")
+    if panel is not None and panel.rows:
+        fmt |= {"hub": panel.rows[-1].get("hub", ""), "date": panel.rows[-1].get("date", "")}
+    return fmt
+
+
+def _scans(ctx: CaseContext, today: date, status: str) -> list[dict[str, str]]:
+    """The parcel's scans, oldest first (calibrated world; none in the classic one or for lost parcels)."""
+    if not ctx.world.fact_rich_replies or status == "lost":
+        return []
+    rng = ctx.world_rng
+    hubs = rng.sample(HUBS, rng.randint(2, 5))
+    # A delivered parcel's last scan is the delivery (on its delivery date, a day or more ago).
+    days = sorted(rng.sample(range(1, 9), len(hubs)), reverse=True)
+    if status == "delivered":
+        days = [d + 3 for d in days]
+    return [{"date": (today - timedelta(days=d)).isoformat(), "hub": h} for d, h in zip(days, hubs, strict=True)]
 
 
 def _next_step(view: View, style: Style) -> list[tuple[str, float]]:
@@ -75,7 +143,8 @@ def new_case(ctx: CaseContext) -> CaseSeed:
     proof = rng.choice(("signature", "photo")) if status == "delivered" else "none"
     item = rng.choice(ITEMS)
     ctx.crm.add_order(order_id, ctx.customer_id, item, round(rng.uniform(15, 250), 2), status, eta, proof,
-                      (today - timedelta(days=10)).isoformat(), (today + timedelta(days=355)).isoformat())  # fmt: skip
+                      (today - timedelta(days=10)).isoformat(), (today + timedelta(days=355)).isoformat(),
+                      lines=_scans(ctx, today, status))  # fmt: skip
     mention = rng.random() < 0.75
     parts = [
         rng.choice(("Hi,", "Hello.", "hey", "Good morning,", "")),
@@ -119,8 +188,16 @@ SCHEMAS = {
 }
 
 
+def _delivered_reply(view: View, style: Style) -> Choice:
+    scans = bool(view.panels.get("order") and view.panels["order"].rows)
+    return wording_choice(DELIVERED_SCAN_REPLY if scans else DELIVERED_REPLY, style, _fmt(view))
+
+
 def _status_reply(view: View, style: Style) -> Choice:
-    templates = DELAYED_REPLY if view.panel("order", "status") == "delayed" else STATUS_REPLY
+    delayed = view.panel("order", "status") == "delayed"
+    scans = bool(view.panels.get("order") and view.panels["order"].rows)
+    with_scans, without = (DELAYED_SCAN_REPLY, DELAYED_REPLY) if delayed else (SCAN_REPLY, STATUS_REPLY)
+    templates = with_scans if scans else without
     return wording_choice(templates, style, _fmt(view))
 
 
@@ -133,7 +210,7 @@ PLAYBOOK = {
     "ds_delivered": Screen(
         "ds_delivered",
         (
-            Item("reply", ItemKind.CHAT, say(DELIVERED_REPLY, _fmt), said("confirm")),
+            Item("reply", ItemKind.CHAT, _delivered_reply, said("confirm")),
             Item("next_step", ItemKind.FORM, select("next_step", _next_step), filled("next_step")),
             Item(
                 "close",
@@ -159,4 +236,6 @@ SPEC = ProcessSpec(
     tools={"lookup_order": lookup_order},
     new_case=new_case,
     replies={"ask_order_id": give_order_id, "confirm": thanks},
+    timing=_timing,
+    amount=_amount,
 )

@@ -5,20 +5,20 @@ from __future__ import annotations
 import random
 
 from sandbox.crm import CRM
-from sandbox.playbook import Item, ItemKind
+from sandbox.playbook import Choice, Item, ItemKind, Style
 from sandbox.processes.common import (
     CaseSeed,
     ToolResult,
     click,
-    clicked,
     fill,
-    filled,
     greet_item,
     never,
     said,
     say,
     submit_button,
+    wording_choice,
 )
+from sandbox.processes.customers import ASK_RECHECK, WRONG_ORDER, named_items
 from sandbox.view import ORDER_RE, View
 from schemas import Panel, TextControl, ToolControl
 from schemas.screen import Control
@@ -42,16 +42,76 @@ def has_order_id(view: View) -> bool:
     return bool(order_id_in_chat(view))
 
 
+def _rechecks(view: View) -> bool:
+    """In the calibrated world customers mistype order numbers, so operators look up the number they were given
+    last and ask again when it is not found."""
+    return view.world.wrong_id_rate > 0 or view.world.wrong_order_rate > 0
+
+
+def _typed_current(view: View) -> bool:
+    return view.values.get("order_id") == order_id_in_chat(view)
+
+
+def _looked_up_current(view: View) -> bool:
+    return view.panel("order", "order_id") == view.values.get("order_id")
+
+
+def _order_filled(view: View) -> bool:
+    return view.filled("order_id") and (not _rechecks(view) or _typed_current(view))
+
+
+def _order_looked_up(view: View) -> bool:
+    # The number looked up must be the one in the field, and the field the one the customer gave last.
+    return "lookup_order" in view.clicked and (
+        not _rechecks(view) or (_looked_up_current(view) and _typed_current(view))
+    )
+
+
+def _order_items(view: View) -> list[str]:
+    panel = view.panels.get("order")
+    if panel is not None and panel.rows:
+        return [row.get("item", "") for row in panel.rows]
+    return [view.panel("order", "item")]
+
+
+def _wrong_order(view: View) -> bool:
+    """The order found is for none of the items the customer wrote about: they quoted another order's number."""
+    named = named_items(view.customer_text())
+    return bool(named) and not set(named) & set(_order_items(view))
+
+
+def _order_needs_recheck(view: View) -> bool:
+    """The number the customer gave last was looked up and is not their order (not found, or another item's)."""
+    if not (_rechecks(view) and _looked_up_current(view) and _typed_current(view)):
+        return False
+    return view.panel("order", "status") == "not_found" or _wrong_order(view)
+
+
+def _ask_recheck(view: View, style: Style) -> Choice:
+    oid = str(view.values.get("order_id") or "")
+    if view.panel("order", "status") == "not_found":
+        return wording_choice(ASK_RECHECK, style, {"oid": oid})
+    named = named_items(view.customer_text())
+    return wording_choice(WRONG_ORDER, style, {"oid": oid, "found": _order_items(view)[0], "wanted": named[0]})
+
+
 def find_order_items() -> list[Item]:
-    """Ask for the order number when the customer did not give it, fill it, look the order up, go on."""
+    """Ask for the order number when the customer did not give it, fill it, look the order up, go on; when the
+    lookup finds nothing (a mistyped number, calibrated world), ask the customer to double-check and redo it."""
     return [
         greet_item(),
         Item("ask_order", ItemKind.CHAT, say(ASK_ORDER), said("ask_order_id"), applies=lambda v: not has_order_id(v)),
+        Item("fill_order", ItemKind.FORM, fill("order_id", order_id_in_chat), _order_filled, available=has_order_id),
+        Item("lookup", ItemKind.TOOL, click("lookup_order"), _order_looked_up, after=("fill_order",)),
         Item(
-            "fill_order", ItemKind.FORM, fill("order_id", order_id_in_chat), filled("order_id"), available=has_order_id
+            "ask_recheck",
+            ItemKind.CHAT,
+            _ask_recheck,
+            said("ask_recheck"),
+            applies=_order_needs_recheck,
+            after=("lookup",),
         ),
-        Item("lookup", ItemKind.TOOL, click("lookup_order"), clicked("lookup_order"), after=("fill_order",)),
-        Item("next", ItemKind.SUBMIT, click("next"), never, after=("lookup",)),
+        Item("next", ItemKind.SUBMIT, click("next"), never, after=("lookup", "ask_recheck")),
     ]
 
 
@@ -64,8 +124,11 @@ def find_order_controls() -> list[Control]:
 
 
 def lookup_order(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolResult:
-    order = crm.order(str(values.get("order_id", "")), seed.customer_id)
-    return "order", Panel(title="Order", fields=order or {"status": "not_found"})
+    searched = str(values.get("order_id", ""))
+    order = crm.order(searched, seed.customer_id)
+    if order is None:
+        return "order", Panel(title="Order", fields={"order_id": searched, "status": "not_found"})
+    return "order", Panel(title="Order", fields=order, rows=crm.lines("orders", searched, seed.customer_id))
 
 
 def give_order_id(seed: CaseSeed, rng: random.Random) -> str:

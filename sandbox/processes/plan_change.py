@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 from sandbox.crm import CRM, PLANS
-from sandbox.playbook import Item, ItemKind, Screen, Style
+from sandbox.playbook import Choice, Item, ItemKind, Screen, Style
 from sandbox.processes.common import (
     CaseContext,
     CaseSeed,
@@ -27,6 +27,7 @@ from sandbox.processes.common import (
     submit_button,
     thanks,
     tick,
+    wording_choice,
 )
 from sandbox.view import View
 from schemas import CheckboxControl, DateControl, Panel, SelectControl, ToolControl
@@ -46,6 +47,48 @@ PLAN_DONE = (
     "The switch to {plan} is confirmed, effective {date}.",
     "Plan {plan} from {date}, all set.",
 )
+
+
+# Calibrated world: the confirmation states the new monthly fee, read from the row of the plans table that
+# lists the chosen plan (which row that is depends on the customer's current plan).
+PLAN_DONE_FEE = (
+    "Your plan has been changed to {plan} at {fee} a month from {date}.",
+    "Done: you're on {plan} ({fee} a month) from {date}.",
+    "The switch to {plan} at {fee} per month is confirmed, effective {date}.",
+    "Plan {plan}, {fee}/month from {date}, all set.",
+)
+TIMING = (
+    "The change usually takes effect on {date}; your next bill shows {fee} a month.",
+    "It usually takes effect on {date}, at {fee} a month.",
+)
+
+
+def _fee(view: View, plan: str) -> str:
+    panel = view.panels.get("plans")
+    for row in panel.rows if panel is not None else []:
+        if row.get("plan") == plan:
+            return row.get("monthly_fee", "")
+    return ""
+
+
+def _done_fmt(view: View) -> dict[str, str]:
+    plan = view.panel("case", "new_plan")
+    return {"plan": plan, "date": view.panel("case", "effective_date"), "fee": _fee(view, plan)}
+
+
+def _done_reply(view: View, style: Style) -> Choice:
+    return wording_choice(PLAN_DONE_FEE if view.world.fact_rich_replies else PLAN_DONE, style, _done_fmt(view))
+
+
+AMOUNT = ("The amount is {fee} a month for {plan}.", "The amount is {fee} per month on {plan}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, _done_fmt(view))
+
+
+def _timing(view: View, style: Style) -> Choice:
+    return wording_choice(TIMING, style, _done_fmt(view))
 
 
 def _plan_in_chat(view: View) -> str | None:
@@ -136,7 +179,13 @@ PLAYBOOK = {
                 applies=lambda v: _plan_in_chat(v) is None and not v.filled("new_plan"),
                 optional=True,
             ),
-            Item("plan", ItemKind.FORM, select("new_plan", _plan), filled("new_plan")),
+            Item(
+                "plan",
+                ItemKind.FORM,
+                select("new_plan", _plan),
+                filled("new_plan"),
+                guess=lambda v: _plan_in_chat(v) is None,
+            ),
             Item(
                 "date",
                 ItemKind.FORM,
@@ -150,15 +199,7 @@ PLAYBOOK = {
     "pc_done": Screen(
         "pc_done",
         (
-            Item(
-                "reply",
-                ItemKind.CHAT,
-                say(
-                    PLAN_DONE,
-                    lambda v: {"plan": v.panel("case", "new_plan"), "date": v.panel("case", "effective_date")},
-                ),
-                said("confirm"),
-            ),
+            Item("reply", ItemKind.CHAT, _done_reply, said("confirm")),
             Item("close", ItemKind.SUBMIT, close(lambda v: "plan_changed"), never, after=("reply",)),
         ),
     ),
@@ -174,4 +215,6 @@ SPEC = ProcessSpec(
     new_case=new_case,
     replies={"ask_plan": _give_plan, "confirm": thanks},
     outcome_fields=("new_plan",),
+    timing=_timing,
+    amount=_amount,
 )

@@ -30,7 +30,7 @@ from sandbox.processes.common import (
     wording_choice,
 )
 from sandbox.processes.orders import ITEMS, find_order_controls, find_order_items, give_order_id, lookup_order
-from sandbox.view import View
+from sandbox.view import View, similar_word, words_of
 from schemas import CheckboxControl, NumberControl, SelectControl
 
 PID = "refund_damaged"
@@ -90,9 +90,69 @@ def _remedy(view: View, style: Style) -> list[tuple[str, float]]:
     return leaning(REMEDIES, style.defaults["remedy"], 0.8)  # unclear customer: the operator guesses
 
 
+TIMING_REFUND = (
+    "A refund usually takes 5 working days to reach your card: {amount} for the {item}.",
+    "It usually takes 5 working days for the {amount} to reach your card.",
+)
+TIMING_REPLACEMENT = (
+    "The replacement {item} usually takes 3 working days to arrive.",
+    "It usually takes 3 working days for the new {item} to arrive.",
+)
+
+
+def _damaged(view: View) -> tuple[str, str]:
+    """(item, price) of the damaged item: with several items on the order (calibrated world), the row of the one
+    the customer named; otherwise the order's own."""
+    panel = view.panels.get("order")
+    if panel is not None and panel.rows:
+        words = words_of(view.customer_text())
+        for row in panel.rows:
+            if all(similar_word(w, words) for w in row["item"].split()):
+                return row["item"], row["price"]
+    return view.panel("order", "item"), view.panel("order", "price")
+
+
+AMOUNT = ("The amount is {amount} for the {item}.", "The amount is {amount}, for your {item}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    item, amount = _damaged(view)
+    return wording_choice(AMOUNT, style, {"amount": amount, "item": item})
+
+
+def _timing(view: View, style: Style) -> Choice:
+    item, amount = _damaged(view)
+    fmt = {"amount": amount, "item": item}
+    refund = view.panel("case", "remedy") == "refund"
+    return wording_choice(TIMING_REFUND if refund else TIMING_REPLACEMENT, style, fmt)
+
+
+REFUND_DONE_ITEM = (
+    "Your refund of {amount} for the {item} has been issued; you'll see it within 5 days.",
+    "Done! A refund of {amount} for the {item} has been issued to your card.",
+    "The refund of {amount} for your {item} has been issued.",
+    "Refund of {amount} ({item}) has been issued.",
+)
+
+
 def _done_reply(view: View, style: Style) -> Choice:
-    fmt = {"amount": view.panel("order", "price"), "item": view.panel("order", "item")}
-    return wording_choice(REFUND_DONE if view.panel("case", "remedy") == "refund" else REPLACEMENT_DONE, style, fmt)
+    item, amount = _damaged(view)
+    refund = view.panel("case", "remedy") == "refund"
+    templates = (REFUND_DONE_ITEM if view.world.fact_rich_replies else REFUND_DONE) if refund else REPLACEMENT_DONE
+    return wording_choice(templates, style, {"amount": amount, "item": item})
+
+
+def _other_items(ctx: CaseContext, item: str, price: float) -> list[dict[str, str]]:
+    """Calibrated world: most damaged items (85%) came in an order of two or three, listed by the lookup (in any order);
+    the refund is the damaged item's price, not the order total."""
+    rng = ctx.world_rng
+    if not ctx.world.fact_rich_replies or rng.random() >= 0.85:
+        return []
+    others = rng.sample([i for i in ITEMS if i != item], rng.randint(1, 2))
+    lines = [{"item": item, "price": f"{price:.2f}"}]
+    lines += [{"item": other, "price": f"{rng.uniform(12, 200):.2f}"} for other in others]
+    rng.shuffle(lines)
+    return lines
 
 
 def new_case(ctx: CaseContext) -> CaseSeed:
@@ -101,8 +161,12 @@ def new_case(ctx: CaseContext) -> CaseSeed:
     today = date(2026, 11, 1) + timedelta(days=ctx.case_index % 300)
     item = rng.choice(ITEMS)
     price = round(rng.choice((rng.uniform(12, 60), rng.uniform(60, 140), rng.uniform(140, 400))), 2)
-    ctx.crm.add_order(order_id, ctx.customer_id, item, price, "delivered", (today - timedelta(days=2)).isoformat(),
-                      "photo", (today - timedelta(days=8)).isoformat(), (today + timedelta(days=357)).isoformat())  # fmt: skip
+    lines = _other_items(ctx, item, price)
+    ordered = f"{len(lines)} items" if lines else item
+    total = round(sum(float(line["price"]) for line in lines), 2) if lines else price
+    ctx.crm.add_order(order_id, ctx.customer_id, ordered, total, "delivered", (today - timedelta(days=2)).isoformat(),
+                      "photo", (today - timedelta(days=8)).isoformat(), (today + timedelta(days=357)).isoformat(),
+                      lines=lines)  # fmt: skip
     remedy = rng.choice(REMEDIES)
     clarity = rng.random()
     if clarity < 0.55:
@@ -177,11 +241,17 @@ PLAYBOOK = {
                 applies=lambda v: _remedy_from_chat(v) is None and not v.filled("remedy"),
                 optional=True,
             ),
-            Item("remedy", ItemKind.FORM, select("remedy", _remedy), filled("remedy")),
+            Item(
+                "remedy",
+                ItemKind.FORM,
+                select("remedy", _remedy),
+                filled("remedy"),
+                guess=lambda v: _remedy_from_chat(v) is None,
+            ),
             Item(
                 "amount",
                 ItemKind.FORM,
-                fill("refund_amount", lambda v: v.panel("order", "price")),
+                fill("refund_amount", lambda v: _damaged(v)[1]),
                 filled("refund_amount"),
                 applies=lambda v: v.values.get("remedy") == "refund",
                 after=("remedy",),
@@ -220,4 +290,6 @@ SPEC = ProcessSpec(
         "confirm": thanks,
     },
     outcome_fields=("remedy",),
+    timing=_timing,
+    amount=_amount,
 )

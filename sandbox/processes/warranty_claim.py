@@ -3,6 +3,7 @@ decide repair / replace / reject."""
 
 from __future__ import annotations
 
+import random
 from datetime import date, timedelta
 
 from sandbox.crm import CRM
@@ -20,6 +21,8 @@ from sandbox.processes.common import (
     never,
     opening,
     reply_then,
+    said,
+    say,
     screen,
     select,
     thanks,
@@ -56,14 +59,43 @@ def check_warranty(crm: CRM, seed: CaseSeed, values: dict[str, object]) -> ToolR
     )
 
 
+ASK_REPAIR = (
+    "The warranty covers it: would you like a repair or a replacement?",
+    "Would you prefer a repair or a replacement?",
+    "Shall we repair or replace it?",
+    "Repair or replace?",
+)
+TIMING_ACCEPTED = (
+    "A {decision} usually takes 10 working days; a courier collects the {item}.",
+    "It usually takes 10 working days to {decision} the {item}.",
+)
+TIMING_REJECTED = (
+    "An appeal usually takes 14 days if you want to send one.",
+    "If you appeal, it usually takes 14 days to hear back.",
+)
+
+
+def _wanted(view: View) -> str | None:
+    """What the customer asked for, if they said it."""
+    text = view.customer_text().lower()
+    if "repair" in text or "fix" in text:
+        return "repair"
+    if "new one" in text or "replace" in text:
+        return "replace"
+    return None
+
+
+def _open_choice(view: View) -> bool:
+    """Covered, and the customer has not said whether they want a repair or a new one: nothing decides it."""
+    return view.panel("warranty", "covered") == "yes" and _wanted(view) is None
+
+
 def _decision(view: View, style: Style) -> list[tuple[str, float]]:
     if view.panel("warranty", "covered") != "yes":
         return [("reject", 1.0)]
-    text = view.customer_text().lower()
-    if "repair" in text or "fix" in text:
-        return [("repair", 1.0)]
-    if "new one" in text or "replace" in text:
-        return [("replace", 1.0)]
+    wanted = _wanted(view)
+    if wanted is not None:
+        return [(wanted, 1.0)]
     preferred = "repair" if style.defaults["remedy"] == "refund" else "replace"
     return leaning(DECISIONS[:2], preferred, 0.8)
 
@@ -72,6 +104,25 @@ def _reply(view: View, style: Style) -> Choice:
     decision = str(view.values.get("claim_decision") or "")
     fmt = {"decision": decision, "item": view.panel("order", "item")}
     return wording_choice(REJECTED if decision == "reject" else ACCEPTED, style, fmt)
+
+
+AMOUNT = ("The amount is {price} for the {item}.", "The amount is {price}, what you paid for the {item}.")
+
+
+def _amount(view: View, style: Style) -> Choice:
+    return wording_choice(AMOUNT, style, {"price": view.panel("order", "price"), "item": view.panel("order", "item")})
+
+
+def _timing(view: View, style: Style) -> Choice:
+    decision = str(view.values.get("claim_decision") or "")
+    templates = TIMING_REJECTED if decision == "reject" else TIMING_ACCEPTED
+    return wording_choice(templates, style, {"decision": decision, "item": view.panel("order", "item")})
+
+
+def _give_choice(seed: CaseSeed, rng: random.Random) -> str:
+    if seed.prefs["decision"] == "repair":
+        return rng.choice(("Please repair it.", "A repair is fine.", "repair please"))
+    return rng.choice(("I'd like a new one.", "Please replace it, a new one.", "new one please"))
 
 
 def new_case(ctx: CaseContext) -> CaseSeed:
@@ -108,7 +159,9 @@ def new_case(ctx: CaseContext) -> CaseSeed:
 
 _find_items = [
     *find_order_items()[:-1],
-    Item("warranty", ItemKind.TOOL, click("check_warranty"), clicked("check_warranty"), after=("lookup",)),
+    Item(
+        "warranty", ItemKind.TOOL, click("check_warranty"), clicked("check_warranty"), after=("lookup", "ask_recheck")
+    ),
     Item("next", ItemKind.SUBMIT, click("next"), never, after=("warranty",)),
 ]
 
@@ -136,7 +189,21 @@ PLAYBOOK = {
     "wc_decide": Screen(
         "wc_decide",
         (
-            Item("decision", ItemKind.FORM, select("claim_decision", _decision), filled("claim_decision")),
+            Item(
+                "ask_repair",
+                ItemKind.CHAT,
+                say(ASK_REPAIR),
+                said("ask_repair"),
+                applies=lambda v: v.world.clarify_everywhere and _open_choice(v) and not v.filled("claim_decision"),
+                optional=True,
+            ),
+            Item(
+                "decision",
+                ItemKind.FORM,
+                select("claim_decision", _decision),
+                filled("claim_decision"),
+                guess=_open_choice,
+            ),
             *reply_then(
                 _reply,
                 "confirm",
@@ -155,6 +222,8 @@ SPEC = ProcessSpec(
     playbook=PLAYBOOK,
     tools={"lookup_order": lookup_order, "check_warranty": check_warranty},
     new_case=new_case,
-    replies={"ask_order_id": give_order_id, "confirm": thanks},
+    replies={"ask_order_id": give_order_id, "ask_repair": _give_choice, "confirm": thanks},
     outcome_fields=("claim_decision",),
+    timing=_timing,
+    amount=_amount,
 )

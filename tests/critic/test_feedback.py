@@ -30,6 +30,7 @@ from sandbox.copilot import bayes_policy, run_copilot, run_copilot_batched
 from sandbox.feedback_collection import collect_copilot_feedback
 from sandbox.simulate import StepModel
 from schemas import Action, FeedbackRecord, Proposal, UIState, Verdict
+from schemas.decision import RejectReason
 from schemas.feedback import FeedbackSource
 
 # --- the lockstep batched runner ---------------------------------------------------------------------------
@@ -77,7 +78,10 @@ def test_batched_runner_reproduces_the_sequential_copilot_per_case() -> None:
             view(b.state, b.verdict, b.reason, b.executed, b.acceptable, b.operator_id)
         )
         assert b.proposal.action == b.proposed
-        assert b.own_action == (None if b.verdict == Verdict.ACCEPT else b.executed)
+        # Nothing of the operator's own on an accept or an environment rejection (the screen changed, or the
+        # accepted action failed: then ``executed`` is the failed try).
+        nothing_own = b.verdict == Verdict.ACCEPT or b.reason == RejectReason.ENVIRONMENT
+        assert b.own_action == (None if nothing_own else b.executed)
         assert b.state.case_id.endswith(f"-{b.case_index:06d}")
     assert len(by_case) == 25
     assert batched_by_case == by_case
@@ -136,9 +140,13 @@ def test_collected_records_keep_labels_apart_from_corrections(collected: Copilot
         assert r.slice.action_type == r.proposal.action.type
         if r.accepted:
             assert r.operator_action is None and r.reason is None
-        else:
+        elif r.reason == RejectReason.ENVIRONMENT:  # the screen changed under the proposal: nothing was done
+            assert r.operator_action is None
+        elif r.reason == RejectReason.OTHER:  # the operator took over for reasons of their own, maybe the same way
+            assert r.operator_action is not None
+        else:  # a correction: the operator did something else
             assert r.reason is not None
-            assert r.operator_action is not None and r.operator_action != r.proposal.action
+            assert r.operator_action is not None and r.operator_action != r.proposal.action, r.reason
     assert {r.accepted for r in records} == {True, False}
     assert len({r.record_id for r in records}) == len(records)
     # Time order is case order, then step order.

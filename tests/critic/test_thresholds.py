@@ -13,13 +13,17 @@ from scipy.stats import binom
 
 from critic.thresholds import (
     GLOBAL_KEY,
+    Admission,
     SliceThresholds,
     ThresholdConfig,
+    admitted_slices,
     clopper_pearson_upper,
+    effective_upper,
     fit_slice_thresholds,
     group_key,
     min_passing_rows,
     planned_rows,
+    pooled_cells,
     select_threshold,
     start_rows,
 )
@@ -317,3 +321,231 @@ def test_hundred_thousand_rows_take_well_under_a_second() -> None:
     select_threshold(scores, labels, ThresholdConfig())
     fit_slice_thresholds(scores, labels, keys, ThresholdConfig())
     assert time.perf_counter() - start < 1.0
+
+
+# --- sessions: errors that cluster in hard cases -----------------------------------------------------------------
+
+
+def clustered_sessions(
+    rng: np.random.Generator, m: int, hard_share: float = 0.06, hard_mult: float = 14.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``m`` sessions of 1 + Poisson(8) steps; a hard session (``hard_share`` of them) has ``hard_mult`` times the
+    error probability C * (1 - s) of its scores, the others less, so the mean over sessions stays C * (1 - s)
+    but errors come in bursts. Returns scores, labels, session ids and each row's true error probability."""
+    sizes = 1 + rng.poisson(8, m)
+    hard = rng.random(m) < hard_share
+    mult = np.where(hard, hard_mult, (1 - hard_share * hard_mult) / (1 - hard_share))
+    sid = np.repeat(np.arange(m), sizes)
+    s = rng.random(int(sizes.sum()))
+    p = np.clip(C * (1 - s) * mult[sid], 0.0, 1.0)
+    return s, (rng.random(s.size) >= p).astype(int), sid, p
+
+
+@pytest.fixture(scope="module")
+def clustered_population() -> tuple[np.ndarray, np.ndarray]:
+    """A large population of clustered sessions: scores sorted high first, and the running mean of the true
+    error probability, i.e. the true error rate among rows executed at each threshold."""
+    s, _, _, p = clustered_sessions(np.random.default_rng(10), 100_000)
+    order = np.argsort(-s)
+    return s[order], np.cumsum(p[order]) / np.arange(1, s.size + 1)
+
+
+def clustered_risk(population: tuple[np.ndarray, np.ndarray], threshold: float) -> float:
+    scores, risk = population
+    executed = int(np.searchsorted(-scores, -threshold, side="right"))
+    return float(risk[executed - 1]) if executed else 0.0
+
+
+def test_session_bound_is_the_plain_bound_without_clustering_and_wider_with_it() -> None:
+    rng = np.random.default_rng(11)
+    s = rng.random(3000)
+    y = (rng.random(3000) >= 0.1 * (1 - s)).astype(int)
+    config = ThresholdConfig(alpha=0.05, delta=0.1, max_candidates=30)
+    plain = select_threshold(s, y, config)
+    assert plain.threshold is not None
+    own_session = select_threshold(s, y, config, sessions=np.arange(3000))
+    assert own_session.threshold == plain.threshold and own_session.n_sessions == 3000
+    assert own_session.design_effect is not None and own_session.design_effect < 1.01
+    assert own_session.upper_bound == pytest.approx(plain.upper_bound, rel=0.02)
+    # The same 2% errors, all in a few sessions: the bound widens by the design effect.
+    y_clustered = np.ones(3000, dtype=int)
+    y_clustered[:60] = 0
+    order = np.argsort(-s)
+    s_sorted = s[order]
+    sessions = np.arange(3000) % 300
+    sessions[:60] = np.repeat(np.arange(6), 10)  # 60 errors in 6 sessions of 10 rows
+    loose = select_threshold(s_sorted[::-1], y_clustered, config)  # errors among the lowest scores
+    tight = select_threshold(s_sorted[::-1], y_clustered, config, sessions=sessions)
+    assert loose.threshold is not None and tight.threshold is not None
+    assert tight.design_effect is not None and tight.design_effect > 2
+    assert tight.upper_bound is not None and loose.upper_bound is not None and tight.upper_bound > loose.upper_bound
+    assert effective_upper(10, 1000, 1.0, 0.1) == pytest.approx(clopper_pearson_upper(10, 1000, 0.1))
+    assert effective_upper(10, 1000, 2.0, 0.1) > effective_upper(10, 1000, 1.0, 0.1)
+
+
+def test_refuses_too_few_sessions() -> None:
+    rng = np.random.default_rng(12)
+    s, y = linear_draw(rng, 500)
+    result = select_threshold(s, y, ThresholdConfig(min_rows=100, min_sessions=20), sessions=np.arange(500) % 10)
+    assert result.threshold is None and result.reason.startswith("too few sessions")
+    assert result.n_sessions == 10
+
+
+def test_the_guarantee_holds_over_session_redraws_where_a_step_level_bound_breaks_it(
+    clustered_population: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Calibration sets drawn by session (300 sessions each): with the session-level bound the chosen threshold's
+    true risk exceeds alpha in at most ~delta of the draws; treating the same steps as independent breaks it."""
+    config = ThresholdConfig(alpha=0.05, delta=0.1, max_candidates=30)
+    rng = np.random.default_rng(13)
+    draws = 200
+    by_session = by_step = found = 0
+    for _ in range(draws):
+        s, y, sid, _ = clustered_sessions(rng, 300)
+        session_level = select_threshold(s, y, config, sessions=sid)
+        step_level = select_threshold(s, y, config)
+        if session_level.threshold is not None:
+            found += 1
+            by_session += clustered_risk(clustered_population, session_level.threshold) > config.alpha
+        if step_level.threshold is not None:
+            by_step += clustered_risk(clustered_population, step_level.threshold) > config.alpha
+    slack = 3 * np.sqrt(draws * config.delta * (1 - config.delta))
+    assert by_session <= draws * config.delta + slack
+    assert found >= draws / 2
+    assert by_step > draws * config.delta + slack  # the simulation tells a bound that ignores sessions
+
+
+# --- the pooled hierarchy -----------------------------------------------------------------------------------------
+
+
+def _hierarchy(rng: np.random.Generator, scale: int = 1) -> tuple[np.ndarray, np.ndarray, list[SliceKey], np.ndarray]:
+    """A big slice (2,000 rows), three mid slices of one action type (300 rows each), a small slice (40 rows)
+    and a tiny one (10 rows) of another, all with linear errors; sessions of 8 rows."""
+    plan = [("big", ActionType.CLICK_CONTROL, 2000)]
+    plan += [(f"mid{i}", ActionType.FILL_FIELD, 300) for i in range(3)]
+    plan += [("small", ActionType.SEND_TEXT_TO_CHAT, 40), ("tiny", ActionType.SEND_TEXT_TO_CHAT, 10)]
+    scores, labels, keys = [], [], []
+    for process, action, n in plan:
+        s, y = linear_draw(rng, n * scale)
+        scores.append(s)
+        labels.append(y)
+        keys += [SliceKey(process_id=process, action_type=action)] * (n * scale)
+    s_all = np.concatenate(scores)
+    return s_all, np.concatenate(labels), keys, np.arange(s_all.size) // 8
+
+
+def test_pooled_cells_come_from_counts_and_small_slices_borrow_a_pooled_threshold() -> None:
+    scores, labels, keys, sessions = _hierarchy(np.random.default_rng(14))
+    config = ThresholdConfig(granularity="pooled", own_cell_rows=1000, min_slice_rows=30, max_candidates=30)
+    members = pooled_cells(keys, config)
+    assert members == {
+        "big/click_control": "big/click_control",  # enough rows for a cell of its own
+        "mid0/fill_field": GLOBAL_KEY,  # 900 rows together: short of a cell for fill_field, so global
+        "mid1/fill_field": GLOBAL_KEY,
+        "mid2/fill_field": GLOBAL_KEY,
+        "small/send_text_to_chat": GLOBAL_KEY,
+    }  # "tiny" (10 rows) is in no cell
+    thresholds = fit_slice_thresholds(scores, labels, keys, config, sessions=sessions)
+    assert set(thresholds) == {"big/click_control", GLOBAL_KEY}
+    assert thresholds[GLOBAL_KEY].n_rows == 940  # the tiny slice's rows are left out
+    small = SliceKey(process_id="small", action_type=ActionType.SEND_TEXT_TO_CHAT)
+    tiny = SliceKey(process_id="tiny", action_type=ActionType.SEND_TEXT_TO_CHAT)
+    big = SliceKey(process_id="big", action_type=ActionType.CLICK_CONTROL)
+    assert thresholds.threshold_for(small) == thresholds[GLOBAL_KEY].threshold is not None
+    assert thresholds.level_for(small) == "global" and thresholds.level_for(big) == "slice"
+    assert thresholds.threshold_for(tiny) is None and thresholds.level_for(tiny) is None
+    assert thresholds.threshold_for(SliceKey(process_id="new", action_type=ActionType.FILL_FIELD)) is None
+    # delta is split over the two cells tested
+    assert thresholds[GLOBAL_KEY] == select_threshold(
+        scores[2000:2940], labels[2000:2940], dataclasses.replace(config, delta=0.05), sessions[2000:2940]
+    )
+    # at a lower own_cell_rows the mid slices pool into their action type
+    by_type = pooled_cells(keys, dataclasses.replace(config, own_cell_rows=500))
+    assert by_type["mid1/fill_field"] == "fill_field" and by_type["small/send_text_to_chat"] == GLOBAL_KEY
+    loaded = SliceThresholds.from_dict(json.loads(json.dumps(thresholds.to_dict())))
+    assert loaded.members == thresholds.members and loaded.threshold_for(small) == thresholds.threshold_for(small)
+    assert "| global |" in thresholds.render_markdown()
+
+
+def test_pooled_refuses_when_data_is_too_small() -> None:
+    scores, labels, keys, sessions = _hierarchy(np.random.default_rng(15))
+    few = np.arange(scores.size) % 40 == 0  # 59 rows in all
+    thresholds = fit_slice_thresholds(
+        scores[few], labels[few], [k for k, f in zip(keys, few, strict=True) if f],
+        ThresholdConfig(granularity="pooled", min_slice_rows=5), sessions=sessions[few],
+    )  # fmt: skip
+    assert all(r.threshold is None for r in thresholds.values())
+    assert all(thresholds.threshold_for(k) is None for k in keys)
+
+
+def test_the_pooled_guarantee_holds_over_all_executed_steps() -> None:
+    """Slices with different error rates (1%, 3%, 12% scaled by 1 - score) pooled in one hierarchy: over session
+    redraws, the true error among all auto-executed steps exceeds alpha in at most ~delta of the draws."""
+    rates = {"a": 0.02, "b": 0.06, "c": 0.24}  # error probability rate * (1 - s): true risk rate * (1 - t) / 2
+    sizes = {"a": 1500, "b": 600, "c": 200}
+    config = ThresholdConfig(
+        granularity="pooled", alpha=0.05, delta=0.1, own_cell_rows=1000, min_slice_rows=30, max_candidates=30
+    )
+    rng = np.random.default_rng(16)
+    draws, violations, found = 200, 0, 0
+    for _ in range(draws):
+        scores, labels, keys = [], [], []
+        for name, rate in rates.items():
+            s = rng.random(sizes[name])
+            scores.append(s)
+            labels.append((rng.random(s.size) >= rate * (1 - s)).astype(int))
+            keys += [SliceKey(process_id=name, action_type=ActionType.FILL_FIELD)] * s.size
+        s_all = np.concatenate(scores)
+        thresholds = fit_slice_thresholds(
+            s_all, np.concatenate(labels), keys, config, sessions=np.arange(s_all.size) // 8
+        )
+        # True error among executed steps in the population (each slice's share as in calibration).
+        executed = errors = 0.0
+        for name, rate in rates.items():
+            t = thresholds.threshold_for(SliceKey(process_id=name, action_type=ActionType.FILL_FIELD))
+            if t is None:
+                continue
+            executed += sizes[name] * (1 - t)
+            errors += sizes[name] * (1 - t) * rate * (1 - t) / 2
+        if executed:
+            found += 1
+            violations += errors / executed > config.alpha
+    assert violations <= draws * config.delta + 3 * np.sqrt(draws * config.delta * (1 - config.delta))
+    assert found >= draws / 2
+
+
+def test_a_slice_the_critic_underestimates_is_kept_out_of_the_pool() -> None:
+    """The admission check: on rows apart from the threshold rows, a slice whose errors exceed what its scores
+    predict stays in copilot mode; one whose scores hold joins its cell; one never checked stays out."""
+    rng = np.random.default_rng(17)
+    good = SliceKey(process_id="old", action_type=ActionType.FILL_FIELD)
+    new = SliceKey(process_id="new", action_type=ActionType.FILL_FIELD)
+    unseen = SliceKey(process_id="unseen", action_type=ActionType.FILL_FIELD)
+
+    def rows(key: SliceKey, n: int, true_error: float) -> tuple[np.ndarray, np.ndarray, list[SliceKey]]:
+        s = rng.uniform(0.9, 1.0, n)  # the critic says "1-10% errors" for both slices
+        return s, (rng.random(n) >= true_error).astype(int), [key] * n
+
+    def stack(*parts: tuple[np.ndarray, np.ndarray, list[SliceKey]]) -> tuple[np.ndarray, np.ndarray, list[SliceKey]]:
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            [k for p in parts for k in p[2]],
+        )
+
+    admission = Admission(*stack(rows(good, 400, 0.05), rows(new, 120, 0.25)))
+    config = ThresholdConfig(granularity="pooled", own_cell_rows=5000, min_slice_rows=30, max_candidates=30)
+    ok, refused = admitted_slices(admission, config)
+    assert ok == {"old/fill_field"} and set(refused) == {"new/fill_field"}
+    assert "underestimates" in refused["new/fill_field"]
+    s, y, keys = stack(rows(good, 1500, 0.0), rows(new, 300, 0.25), rows(unseen, 300, 0.0))
+    thresholds = fit_slice_thresholds(s, y, keys, config, sessions=np.arange(s.size) // 8, admission=admission)
+    assert thresholds.threshold_for(good) is not None, thresholds.render_markdown()
+    assert thresholds.threshold_for(new) is None and thresholds.threshold_for(unseen) is None
+    assert set(thresholds.refused) == {"new/fill_field", "unseen/fill_field"}
+    assert thresholds[GLOBAL_KEY].n_rows == 1500  # the refused slices' rows are in no cell
+    # Without the check the new slice would ride on the pool, certified only at the pool's blended error.
+    blind = fit_slice_thresholds(s, y, keys, config, sessions=np.arange(s.size) // 8)
+    assert blind.group_of(new) == GLOBAL_KEY and not blind.refused
+    loaded = SliceThresholds.from_dict(json.loads(json.dumps(thresholds.to_dict())))
+    assert loaded.refused == thresholds.refused and "kept in copilot mode" in thresholds.render_markdown()

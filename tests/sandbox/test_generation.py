@@ -79,6 +79,7 @@ def test_ceiling_is_the_accuracy_of_the_bayes_optimal_policy() -> None:
         case_id = platform.open_case(case_index=int(trace.attributes["case_index"]))
         posterior = {op.operator_id: 1 / len(pool) for op in pool}
         for step in trace.steps:
+            platform.nudge(case_id)  # the world's own draws, in the order generation made them
             model = step_model(platform, case_id, pool, posterior)
             best = model.best()
             assert best is not None

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 
 from sandbox.platform import CaseEnded, CaseNotFound, SandboxPlatform
-from sandbox.scenario import Drift, Scenario
+from sandbox.scenario import SCENARIOS, Drift, Scenario
+from sandbox.world import World
 from schemas import ActionValidationError, ClickControl, CloseChat, FillField, SelectOption, SendTextToChat
+
+# The engine's mechanics, walked by hand: in the classic world (no tool outages, one item per order).
+CLASSIC = World.classic()
+CLASSIC_SCENARIO = SCENARIOS["classic"]
 
 
 def _walk_refund_to_gateway(platform: SandboxPlatform, case_id: str) -> str:
@@ -41,7 +46,7 @@ def _refund_case_with_price(platform: SandboxPlatform, low: float, high: float) 
 
 
 def test_gateway_routes_refunds_above_the_limit_to_a_senior() -> None:
-    platform = SandboxPlatform(Scenario(rules={"refund_limit": 150.0}), seed=4)
+    platform = SandboxPlatform(Scenario(rules={"refund_limit": 150.0}, world=CLASSIC), seed=4)
     above = _refund_case_with_price(platform, 160, 400)
     assert _walk_refund_to_gateway(platform, above) == "rf_senior"
     below = _refund_case_with_price(platform, 10, 140)
@@ -49,7 +54,7 @@ def test_gateway_routes_refunds_above_the_limit_to_a_senior() -> None:
 
 
 def test_drift_changes_the_business_rule_mid_stream() -> None:
-    scenario = Scenario(rules={"refund_limit": 150.0}, drift=Drift(at_case=100, value=60.0))
+    scenario = Scenario(rules={"refund_limit": 150.0}, drift=Drift(at_case=100, value=60.0), world=CLASSIC)
     assert scenario.rules_at(99)["refund_limit"] == 150.0
     assert scenario.rules_at(100)["refund_limit"] == 60.0
     platform = SandboxPlatform(scenario, seed=4)
@@ -65,7 +70,7 @@ def test_drift_changes_the_business_rule_mid_stream() -> None:
 
 
 def test_invalid_actions_are_refused_and_change_nothing() -> None:
-    platform = SandboxPlatform(seed=1)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=1)
     case_id = platform.open_case("delivery_status")
     before = platform.observe(case_id)
     with pytest.raises(ActionValidationError) as err:
@@ -81,7 +86,7 @@ def test_invalid_actions_are_refused_and_change_nothing() -> None:
 
 
 def test_submit_with_missing_required_fields_shows_form_errors() -> None:
-    platform = SandboxPlatform(seed=1)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=1)
     case_id = platform.open_case("delivery_status")
     state = platform.apply(case_id, ClickControl(control_id="next"))
     assert state.screen.screen_id == "ds_find"
@@ -89,7 +94,7 @@ def test_submit_with_missing_required_fields_shows_form_errors() -> None:
 
 
 def test_idempotency_key_applies_once() -> None:
-    platform = SandboxPlatform(seed=1)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=1)
     case_id = platform.open_case("delivery_status")
     action = SendTextToChat(text="What is the order number?")
     first = platform.apply(case_id, action, idempotency_key="k1")
@@ -99,7 +104,7 @@ def test_idempotency_key_applies_once() -> None:
 
 
 def test_customer_answers_a_question_in_the_chat() -> None:
-    platform = SandboxPlatform(seed=1)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=1)
     for _ in range(50):
         case_id = platform.open_case("delivery_status")
         if "ORD-" not in platform.observe(case_id).chat[0].text:
@@ -110,7 +115,7 @@ def test_customer_answers_a_question_in_the_chat() -> None:
 
 
 def test_closed_case_refuses_actions_and_unknown_case_is_reported() -> None:
-    platform = SandboxPlatform(seed=1)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=1)
     case_id = platform.open_case("billing_dispute")
     platform.apply(case_id, SendTextToChat(text="Transferring you to billing."))
     with pytest.raises(ActionValidationError):
@@ -125,7 +130,7 @@ def test_closed_case_refuses_actions_and_unknown_case_is_reported() -> None:
 
 def test_unknown_process_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="process_id"):
-        SandboxPlatform(seed=1).open_case("no_such_process")
+        SandboxPlatform(CLASSIC_SCENARIO, seed=1).open_case("no_such_process")
     with pytest.raises(ValueError, match="unknown process"):
         Scenario(mix={"no_such_process": 1.0})
 
@@ -136,7 +141,7 @@ def test_unknown_process_is_a_clear_error() -> None:
 )
 def test_submit_before_the_lookup_is_refused_and_the_case_goes_on(process_id: str, tool: str) -> None:
     """A screen whose gateway reads a lookup result cannot be submitted before the lookup ran."""
-    platform = SandboxPlatform(seed=2)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=2)
     case_id = platform.open_case(process_id)
     screen_id = platform.case(case_id).screen_id
     state = platform.apply(case_id, ClickControl(control_id="next"))
@@ -146,7 +151,7 @@ def test_submit_before_the_lookup_is_refused_and_the_case_goes_on(process_id: st
 
 
 def test_rejected_open_case_does_not_use_up_an_index() -> None:
-    platform = SandboxPlatform(seed=1)
+    platform = SandboxPlatform(CLASSIC_SCENARIO, seed=1)
     with pytest.raises(ValueError):
         platform.open_case("nope")
     assert platform.open_case("refund_damaged").endswith("-000000")

@@ -1,0 +1,199 @@
+"""Replies that are right: a guard over the policy's proposals for the two ways a learned reply goes wrong.
+
+1. **A fact from the wrong row.** A reply that quotes a table (the fee of the chosen plan from a plans table)
+   must quote it from the row the reply is about. The policy copies values through slots, and which row a slot
+   names is the part it gets wrong when the row's position varies from case to case. The guard finds the row the
+   reply talks about (the one row whose key value, a word such as the plan's name, the reply or the case data
+   names) and rewrites every value quoted from another row of the same table to the value of that row's column.
+   It then validates the reply: every identifier, date and amount it states must be a value of the state (the
+   screen, the panels, the chat); a reply stating one the state does not hold is replaced by the best-ranked
+   alternative reply that passes, if the policy has one.
+2. **A guess instead of a question.** When the proposal selects an option the customer has not named and the
+   policy's own probability is split between options of that control (the operators it learned from guessed
+   differently), the value is unknown: the guard proposes the clarifying question the policy ranks highest
+   instead (a reply ending in a question mark), if it ranks one at all.
+
+The guard follows the policy interface the runtime and the sandbox use (``propose_batch``), so it wraps any
+policy; it reads only the state and the policy's ranked alternatives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from policy.serialise import mentioned_options
+from policy.values import ENTITY_PATTERNS, value_sources
+from schemas.actions import SelectOption, SendTextToChat
+from schemas.proposal import Proposal, ScoredAction
+from schemas.screen import ControlKind
+from schemas.state import ChatRole, Panel, UIState
+
+# Entity kinds a reply states as facts; short numbers ("5 working days") are the wording's own.
+FACT_KINDS = frozenset({"email", "date", "id", "postcode", "amount"})
+_NUMERIC = re.compile(r"^[\d.,:/ -]+$")
+
+
+class Proposer(Protocol):
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]: ...
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= 3]
+
+
+def _says(text: str, value: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
+
+
+def _key_columns(panel: Panel) -> list[str]:
+    """Columns that tell the rows apart by a word (not a number): the plan's name, not its fee."""
+    columns = sorted({c for row in panel.rows for c in row})
+    out = []
+    for column in columns:
+        values = [row.get(column, "") for row in panel.rows]
+        if all(v and not _NUMERIC.match(v) for v in values) and len(set(values)) == len(values):
+            out.append(column)
+    return out
+
+
+def _case_values(state: UIState) -> set[str]:
+    """Values the case has settled: the screen's and those of non-table panels (e.g. the case data)."""
+    out = {str(v) for v in state.values.values() if v not in (None, "", True, False)}
+    for panel in state.panels.values():
+        out |= {v for v in panel.fields.values() if v}
+    return out
+
+
+def row_consistent(text: str, state: UIState) -> str:
+    """``text`` with every value quoted from a table row other than the row the text is about replaced by the
+    same column of that row. The row is the one whose key value the text names; failing that, the one whose key
+    value the case data holds; with no single such row the text is returned unchanged."""
+    for panel in state.panels.values():
+        if len(panel.rows) < 2:
+            continue
+        keys = _key_columns(panel)
+        if not keys:
+            continue
+        named = [i for i, row in enumerate(panel.rows) if any(_says(text, row[k]) for k in keys)]
+        if len(named) != 1:
+            settled = _case_values(state)
+            named = [i for i, row in enumerate(panel.rows) if any(row[k] in settled for k in keys)]
+        if len(named) != 1:
+            continue
+        about = panel.rows[named[0]]
+        for i, row in enumerate(panel.rows):
+            if i == named[0]:
+                continue
+            for column, value in row.items():
+                right = about.get(column, "")
+                if value and right and value != right and column not in keys and _says(text, value):
+                    text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", right, text)
+    return text
+
+
+def unsupported_facts(text: str, state: UIState) -> list[str]:
+    """Identifiers, dates and amounts ``text`` states that no value of the state holds."""
+    sources = value_sources(state)
+    known = set(sources.values())
+    blob = " ".join([*known, *(m.text for m in state.chat)])
+    out = []
+    for kind, pattern in ENTITY_PATTERNS:
+        if kind not in FACT_KINDS:
+            continue
+        for match in pattern.finditer(text):
+            fact = match.group()
+            if fact not in known and fact not in blob:
+                out.append(fact)
+    return out
+
+
+def _customer_words(state: UIState) -> list[str]:
+    return sorted({w for m in state.chat if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
+
+
+@dataclass
+class ReplyGuard:
+    """Wraps a policy: ``propose_batch`` returns its proposals with replies made consistent with the state and
+    guesses turned into clarifying questions (see the module docstring).
+
+    ``alternatives``: how many ranked candidates to ask the policy for (the guard chooses among them);
+    ``ask_below``: a select is a guess when its option holds less than this share of the probability the
+    policy gives that control's options; ``min_question``: the least probability a question needs to be
+    asked instead."""
+
+    policy: Proposer
+    alternatives: int = 10
+    ask_below: float = 0.75
+    min_question: float = 0.02
+
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
+        proposals = self.policy.propose_batch(states, k=max(k, self.alternatives))
+        out: list[Proposal | None] = []
+        for state, proposal in zip(states, proposals, strict=True):
+            out.append(None if proposal is None else self.guard(state, proposal, k))
+        return out
+
+    def propose(self, state: UIState, k: int = 5) -> Proposal | None:
+        return self.propose_batch([state], k)[0]
+
+    def guard(self, state: UIState, proposal: Proposal, k: int = 5) -> Proposal:
+        ranked = [ScoredAction(action=proposal.action, features=proposal.features), *proposal.alternatives]
+        question = self._question_instead_of_guess(state, ranked)
+        if question is not None:
+            return self._with_top(proposal, ranked, question, k)
+        top = ranked[0]
+        if isinstance(top.action, SendTextToChat):
+            fixed = self._right_reply(state, ranked)
+            if fixed is not None and fixed != top:
+                return self._with_top(proposal, ranked, fixed, k)
+        return self._with_top(proposal, ranked, top, k)
+
+    def _right_reply(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        """The top reply with its table facts from the right row, or failing validation the best alternative
+        reply that passes; None if no reply passes."""
+        for candidate in ranked:
+            if not isinstance(candidate.action, SendTextToChat):
+                continue
+            text = row_consistent(candidate.action.text, state)
+            if not unsupported_facts(text, state):
+                if text == candidate.action.text:
+                    return candidate
+                return ScoredAction(action=SendTextToChat(text=text), features=candidate.features)
+        return None
+
+    def _question_instead_of_guess(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        top = ranked[0].action
+        if not isinstance(top, SelectOption):
+            return None
+        control = state.screen.control(top.control_id)
+        options = list(getattr(control, "options", []) or [])
+        if control is None or control.kind != ControlKind.SELECT or not options:
+            return None
+        if mentioned_options(options, _customer_words(state)):
+            return None  # the customer named an option: not a guess
+        mass = {
+            c.action.option: c.features.probability
+            for c in ranked
+            if isinstance(c.action, SelectOption) and c.action.control_id == top.control_id
+        }
+        if sum(mass.values()) <= 0 or mass[top.option] / sum(mass.values()) >= self.ask_below:
+            return None  # the policy is sure of the value (the tools or the chat settle it)
+        for candidate in ranked:
+            action = candidate.action
+            if (
+                isinstance(action, SendTextToChat)
+                and action.text.rstrip().endswith("?")
+                and candidate.features.probability >= self.min_question
+            ):
+                return candidate
+        return None
+
+    @staticmethod
+    def _with_top(proposal: Proposal, ranked: list[ScoredAction], top: ScoredAction, k: int) -> Proposal:
+        rest = [c for c in ranked if c.action != top.action][: max(0, k - 1)]
+        if top.action == proposal.action and len(proposal.alternatives) == len(rest):
+            return proposal
+        return proposal.model_copy(update={"action": top.action, "features": top.features, "alternatives": rest})

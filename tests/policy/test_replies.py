@@ -1,0 +1,142 @@
+"""The reply guard (policy.replies) on hand-built states: facts from the right table row, unsupported facts
+refused, and a clarifying question instead of a guess. A scripted proposer stands in for the LM (a pure unit
+test of the guard's own logic)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from policy.replies import ReplyGuard, row_consistent, unsupported_facts
+from schemas import (
+    Action,
+    ChatMessage,
+    ChatRole,
+    ClickControl,
+    Panel,
+    ScreenSchema,
+    SelectOption,
+    SendTextToChat,
+    UIState,
+)
+from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
+from schemas.screen import ButtonControl, ChatControl, SelectControl
+
+PLANS = Panel(
+    title="Plans",
+    fields={"current_plan": "basic", "effective_from": "2027-03-01"},
+    rows=[
+        {"plan": "plus", "monthly_fee": "19.99"},
+        {"plan": "premium", "monthly_fee": "34.99"},
+        {"plan": "family", "monthly_fee": "44.99"},
+    ],
+)
+
+
+def state(chat: list[str], panels: dict[str, Panel] | None = None) -> UIState:
+    screen = ScreenSchema(
+        screen_id="s",
+        process_id="p",
+        title="S",
+        controls=[
+            ChatControl(id="chat", label="Chat"),
+            SelectControl(id="remedy", label="Remedy", options=["refund", "replacement"]),
+            ButtonControl(id="next", label="Next", submits=True),
+        ],
+    )
+    messages = [ChatMessage(role=ChatRole.CUSTOMER if i % 2 == 0 else ChatRole.OPERATOR, text=t) for i, t in
+                enumerate(chat)]  # fmt: skip
+    return UIState(session_id="S", case_id="C", process_id="p", screen=screen, chat=messages, panels=panels or {})
+
+
+def scored(action: Action, p: float, rank: int = 0) -> ScoredAction:
+    return ScoredAction(
+        action=action, features=ProposalFeatures(logprob=-1.0, margin=0.0, entropy=1.0, rank=rank, probability=p)
+    )
+
+
+class Scripted:
+    """A proposer that ranks the given actions with the given probabilities, whatever the state."""
+
+    def __init__(self, ranked: Sequence[tuple[Action, float]]) -> None:
+        self.ranked = ranked
+        self.asked_for: list[int] = []
+
+    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
+        self.asked_for.append(k)
+        out: list[Proposal | None] = []
+        for s in states:
+            items = [scored(a, p, i) for i, (a, p) in enumerate(self.ranked)]
+            out.append(
+                Proposal(
+                    proposal_id="x",
+                    session_id=s.session_id,
+                    case_id=s.case_id,
+                    process_id=s.process_id,
+                    step=s.step,
+                    state_etag=s.etag,
+                    action=items[0].action,
+                    features=items[0].features,
+                    alternatives=items[1:k],
+                )
+            )
+        return out
+
+
+def test_a_fee_quoted_from_another_row_is_replaced_by_the_named_row() -> None:
+    s = state(["I want premium"], {"plans": PLANS})
+    wrong = "Your plan has been changed to premium at 19.99 a month from 2027-03-01."
+    assert row_consistent(wrong, s) == "Your plan has been changed to premium at 34.99 a month from 2027-03-01."
+    right = "Done: you're on family (44.99 a month) from 2027-03-01."
+    assert row_consistent(right, s) == right
+    # No plan named in the text: the row the case data settles (the case panel's new plan) decides.
+    case = Panel(title="Case data", fields={"new_plan": "family", "effective_date": "2027-03-01"})
+    s2 = state(["hi"], {"plans": PLANS, "case": case})
+    assert row_consistent("It usually takes effect on 2027-03-01, at 19.99 a month.", s2).endswith("44.99 a month.")
+    # Two rows named: nothing to decide.
+    assert row_consistent("plus or premium at 19.99?", s) == "plus or premium at 19.99?"
+
+
+def test_facts_the_state_does_not_hold_are_reported() -> None:
+    s = state(["My order is ORD-123456"], {"order": Panel(title="Order", fields={"price": "42.50"})})
+    assert unsupported_facts("Order ORD-123456: refund of 42.50 within 5 working days.", s) == []
+    assert unsupported_facts("Order ORD-654321: refund of 42.50.", s) == ["ORD-654321"]
+    assert unsupported_facts("A refund of 99.99 was issued on 2026-01-01.", s) == ["2026-01-01", "99.99"]
+
+
+def test_the_guard_fixes_the_top_reply_and_falls_back_to_a_valid_alternative() -> None:
+    s = state(["I want premium"], {"plans": PLANS})
+    wrong_row = SendTextToChat(text="Your plan has been changed to premium at 19.99 a month.")
+    guard = ReplyGuard(Scripted([(wrong_row, 0.6), (ClickControl(control_id="next"), 0.4)]))
+    proposal = guard.propose(s)
+    assert proposal is not None and isinstance(proposal.action, SendTextToChat)
+    assert "34.99" in proposal.action.text and proposal.features.probability == 0.6
+    invented = SendTextToChat(text="Your refund for ORD-999999 is on its way.")
+    valid = SendTextToChat(text="Your plan has been changed to family at 44.99 a month.")
+    guard = ReplyGuard(Scripted([(invented, 0.5), (valid, 0.3), (ClickControl(control_id="next"), 0.2)]))
+    fallback = guard.propose(s)
+    assert fallback is not None and fallback.action == valid and fallback.features.probability == 0.3
+    assert all(a.action != valid for a in fallback.alternatives)
+
+
+def test_a_split_guess_becomes_the_clarifying_question() -> None:
+    ask = SendTextToChat(text="Would you prefer a refund or a replacement?")
+    ranked: list[tuple[Action, float]] = [
+        (SelectOption(control_id="remedy", option="refund"), 0.45),
+        (SelectOption(control_id="remedy", option="replacement"), 0.35),
+        (ask, 0.15),
+        (ClickControl(control_id="next"), 0.05),
+    ]
+    unclear = state(["my lamp arrived broken, sort it out"])
+    proposer = Scripted(ranked)
+    guarded = ReplyGuard(proposer).propose(unclear)
+    assert guarded is not None and guarded.action == ask
+    assert proposer.asked_for == [10]  # the guard reads ten ranked candidates
+    # The customer named an option: selecting it is no guess.
+    clear = state(["my lamp arrived broken, I'd like a refund"])
+    assert ReplyGuard(Scripted(ranked)).propose(clear).action == ranked[0][0]  # type: ignore[union-attr]
+    # The policy is sure of the value (say a tool settled it): no question.
+    sure: list[tuple[Action, float]] = [(ranked[0][0], 0.85), (ranked[1][0], 0.05), (ask, 0.1)]
+    assert ReplyGuard(Scripted(sure)).propose(unclear).action == sure[0][0]  # type: ignore[union-attr]
+    # No question ranked: the guess stays (nothing better to propose).
+    no_question = [r for r in ranked if r[0] != ask]
+    assert ReplyGuard(Scripted(no_question)).propose(unclear).action == ranked[0][0]  # type: ignore[union-attr]

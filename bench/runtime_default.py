@@ -171,8 +171,9 @@ def markdown(
         f"{args.audit_rate:.0%} audits {args.audit_mode} execution), against an all-manual run of the same cases. "
         f"{PAPER[0].upper()}{PAPER[1:]}.",
         "",
-        f"Thresholds per {args.granularity.replace('_', ' ')} (a slice is promoted on its own, with 200 labels), the "
-        "fixed-sequence test starting where an error rate of alpha/2 could pass (docs/critic.md). Labels: "
+        f"Thresholds: {args.granularity.replace('_', ' ')} "
+        f"({'global -> action type -> slice cells fixed by row counts, session-level bounds; a member slice is promoted with its cell' if args.granularity == 'pooled' else 'a slice is promoted on its own, with 200 labels'}), "
+        "the fixed-sequence test starting where an error rate of alpha/2 could pass (docs/critic.md). Labels: "
         f"`{args.label}` (the operators' graded label) and `{args.compare_label}` (the paper's accept label). The "
         "realised error comes from the after-the-fact reviews of a uniform 5% sample of the executed steps "
         "(docs/runtime.md): unacceptable = model error or other, environment left out; under the accept label "
@@ -243,9 +244,9 @@ def main() -> None:
     parser.add_argument("--audit-mode", choices=["after", "before"], default="after")
     parser.add_argument(
         "--granularity",
-        choices=["slice", "action_type", "process", "global"],
-        default="action_type",
-        help="which rows share a threshold (the demo's choice: action_type)",
+        choices=["pooled", "slice", "action_type", "process", "global"],
+        default="pooled",
+        help="which rows share a threshold (the pipeline's and the demo's choice: pooled)",
     )
     args = parser.parse_args()
     if args.sessions < 1 or args.feedback_sessions < 1:

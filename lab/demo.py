@@ -23,30 +23,29 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.harness import SandboxRuntime
 
 if TYPE_CHECKING:  # the heavy imports stay lazy: `autopilot --help` must start fast
-    from critic.thresholds import SliceThresholds
     from lab.report import AutopilotReport, ManualResult
     from sandbox.adapter import SandboxAdapter
     from sandbox.operators import SimOperator
     from sandbox.scenario import Scenario
     from schemas import FeedbackRecord, SliceKey
-    from service.runtime.autonomy import AutonomyStages
     from service.runtime.worker import ProposalPolicy
 
 SMALL_BATCH = 8  # states per policy call in the demo's LM stages (see _InBatchesOf for the measurement)
 DEMO_FRACTIONS = (0.35, 0.1, 0.45, 0.1)  # fit, calibrate, threshold, test (the nightly job's default: 50/15/20/15)
 
 ALPHA_NOTE = (
-    "Thresholds are fitted per action type (pooled over processes; a slice is still promoted on its own, with 200 "
-    "labels), testing from the highest score down and starting where an error rate of alpha/2 could pass. alpha "
-    "0.10 is the paper's 0.9 acceptance target; at 0.05 the sandbox's 3-4% random rejections of even the best "
-    "proposals leave little room (docs/critic.md)."
+    "Thresholds are pooled (decision 0011): a slice with enough rows has its own, the others share their action "
+    "type's or the global one, which cells are decided from row counts before any label is read; each cell is "
+    "tested from the highest score down with session-level bounds, so the guarantee covers every auto-executed "
+    "step. Risk is the operators' graded label: an error is a model_error or other rejection; an acceptable "
+    "alternative is a preference and an environment rejection carries no label (docs/critic.md)."
 )
 
 
@@ -208,10 +207,9 @@ def _critic_stage(
     import torch
 
     from critic.feedback import write_feedback
-    from critic.pipeline import MAX_CANDIDATES, PipelineConfig
+    from critic.pipeline import PipelineConfig, default_thresholds
     from critic.retrain import RetrainConfig, retrain
     from critic.store import FeedbackStore
-    from critic.thresholds import ThresholdConfig
     from policy.combined import load_policy
     from sandbox.feedback_collection import collect_copilot_feedback
     from sandbox.scenario import scenario_by_name
@@ -239,14 +237,9 @@ def _critic_stage(
         # The policy was retrained above: critics an earlier demo run registered belong to another policy version
         # and must not stay champion (the promotion rule compares AURC only), so the demo starts a new registry.
         shutil.rmtree(registry)
-    # Thresholds per action type, on 45% of the rows: with a demo's few thousand copilot rows, per-slice groups
-    # hold a few dozen rows each and can certify almost nothing; an action type pools its slices (each slice is
-    # still promoted on its own, with enough labels). Measured on this demo's 5,286 rows at alpha 0.1: 47% of
-    # the fresh rows under a holding threshold (5.7% error) against 10% per slice (docs/critic.md).
-    pipeline = PipelineConfig(
-        fractions=DEMO_FRACTIONS,
-        thresholds=ThresholdConfig(alpha=alpha, max_candidates=MAX_CANDIDATES, granularity="action_type"),
-    )
+    # The pipeline's pooled thresholds on 45% of the rows: with a demo's few thousand copilot rows most slices hold
+    # a few dozen threshold rows, too few to certify on their own; a pool certifies them together.
+    pipeline = PipelineConfig(fractions=DEMO_FRACTIONS, thresholds=replace(default_thresholds(), alpha=alpha))
     outcome = retrain(
         str(feedback_path), registry,
         RetrainConfig(pipeline=pipeline, window_days=None, policy_version=policy.version_),
@@ -343,20 +336,6 @@ def label_counts(records: Iterable[FeedbackRecord]) -> list[tuple[SliceKey, int]
         counts[name] += 1
         keys.setdefault(name, record.slice)
     return [(keys[name], counts[name]) for name in sorted(counts)]
-
-
-def promote_slices(
-    stages: AutonomyStages, thresholds: SliceThresholds, labels: Sequence[tuple[SliceKey, int]]
-) -> list[str]:
-    """One promotion round over every slice with labels; returns the slices now in autopilot."""
-    from schemas import AutonomyStage
-
-    promoted = []
-    for slice_key, n in labels:
-        state = stages.consider_promotion(slice_key, thresholds.threshold_for(slice_key), n)
-        if state.stage == AutonomyStage.AUTOPILOT:
-            promoted.append(str(slice_key))
-    return promoted
 
 
 def case_operator(seed: int, case_index: int, operators: Sequence[SimOperator]) -> tuple[SimOperator, random.Random]:
@@ -487,6 +466,7 @@ def run_autopilot_phase(
     from schemas import ChatRole, DecisionOutcome, Verdict, qa_label
     from service.runtime.autonomy import AutonomyConfig, AutonomyStages
     from service.runtime.blockers import first_blockers, rank
+    from service.runtime.promotion import promotion_round
     from service.runtime.qa_store import QAStore
     from service.runtime.settings import RuntimeSettings
     from service.runtime.worker import Reservoir
@@ -506,7 +486,7 @@ def run_autopilot_phase(
     # The guardrail's target acceptance is the thresholds' own 1 - alpha, so audits and thresholds agree.
     stages = AutonomyStages(AutonomyConfig(alpha=alpha))
     labels = label_counts(feedback)
-    promoted = promote_slices(stages, thresholds, labels)
+    promoted = promotion_round(stages, thresholds, labels)
     labels_by_name = {str(k): n for k, n in labels}
     with_threshold = sum(1 for r in thresholds.values() if r.threshold is not None)
     print(

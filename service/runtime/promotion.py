@@ -25,6 +25,16 @@ from service.runtime.stage_sync import StageSync
 MIN_LABELS = 200  # copilot -> autopilot needs this many labels besides a holding threshold
 
 
+def labels_needed(thresholds: SliceThresholds, min_labels: int = MIN_LABELS) -> int:
+    """The labels a slice needs of its own to be promoted under ``thresholds``. Pooled thresholds (decision 0011)
+    certify a cell of slices together, and a slice is a member only with ``min_slice_rows`` rows, which is then
+    all it needs: asking each slice for ``min_labels`` as well would keep the long tail the pool exists for in
+    copilot mode. Other granularities certify each slice's group on its own rows: ``min_labels``."""
+    if thresholds.config.granularity == "pooled":
+        return min(min_labels, thresholds.config.min_slice_rows)
+    return min_labels
+
+
 def slice_of(group: str) -> SliceKey | None:
     """The slice of a threshold group name at slice granularity (``process/action_type``); None for coarser
     names (global ``*``, an action type or a process alone) and for names that are no slice."""
@@ -61,14 +71,16 @@ def promotion_round(
     sync: StageSync | None = None,
     min_labels: int = MIN_LABELS,
 ) -> list[str]:
-    """Promote every slice of ``labels`` that qualifies, by one stage; returns those in autopilot afterwards.
+    """Promote every slice of ``labels`` that qualifies, by one stage (``min_labels`` as ``labels_needed`` reads
+    it); returns those in autopilot afterwards.
     With ``sync`` (a process among others) each promotion goes through the stage-event log first; without it (a
     process alone) it is applied directly."""
     if sync is not None:
         sync.poll(force=True)  # decide on the freshest view: a compare-and-set on a stale one is refused
+    needed = labels_needed(thresholds, min_labels)
     in_autopilot = []
     for key, n in labels:
-        due = stages.promotion_due(key, thresholds.threshold_for(key), n, min_labels)
+        due = stages.promotion_due(key, thresholds.threshold_for(key), n, needed)
         if due is not None:
             if sync is None:
                 stages.promote(key, *due)

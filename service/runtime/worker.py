@@ -13,7 +13,8 @@ One loop, one thread. ``run`` alternates three phases until its stop event is se
    message of a session). Handlers only touch the store and mark sessions ready; no BPM call happens here, so a
    slow BPM never delays the commit of a batch;
 3. one step batch of up to ``batch_size`` READY sessions: first what an answer or an adoption left to do (apply
-   the approved action, hand over after a reject, re-send unconfirmed keys), then every session is observed,
+   the approved action, hand over after a reject, observe again after an "environment" reject (up to
+   ``MAX_ENVIRONMENT_RETRIES`` per session), re-send unconfirmed keys), then every session is observed,
    proposed for in one ``propose_batch`` call (in a Runtime, through its ``BatchedProposer``: the steps of
    concurrent workers are gathered into one batched policy call on the batcher's thread; a full queue backs the
    sessions off, counted as ``policy_busy``), scored in one critic call and routed, and only then executed
@@ -72,7 +73,7 @@ import numpy as np
 from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate
 from policy.batching import BatcherFull
 from schemas.actions import Action, action_key
-from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, Verdict
+from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, RejectReason, Verdict
 from schemas.proposal import Proposal
 from schemas.qa import QAAnswer, QALabel
 from schemas.risk import RiskTier
@@ -122,6 +123,7 @@ log = logging.getLogger(__name__)
 
 WORKER_GROUP = "workers"
 QUIET_POLL_MS = 250  # the bus poll of a worker with nothing to step (see ``_poll_timeout_ms``)
+MAX_ENVIRONMENT_RETRIES = 3  # "environment" answers per session that send it back to observe; then a human takes it
 
 
 class ProposalPolicy(Protocol):
@@ -224,6 +226,7 @@ class _Session:
     deferral: Deferral | None = None  # while parked
     deferral_published: bool = True
     interrupted: bool = False  # a human had to act on it already (its first blocker is counted)
+    environment_retries: int = 0  # answers "the environment got in the way": the step was observed again
 
 
 @dataclass(slots=True)
@@ -1091,6 +1094,18 @@ class SessionWorker:
         answer = session.pending_answer
         assert answer is not None
         deferral, decision = answer.deferral, answer.decision
+        if (
+            decision.verdict == Verdict.REJECT
+            and decision.reason == RejectReason.ENVIRONMENT
+            and session.environment_retries < MAX_ENVIRONMENT_RETRIES
+        ):
+            # The screen changed under the proposal or its action failed: nothing is wrong with the proposal
+            # (it carries no label), so the session observes the case again and proposes anew instead of being
+            # handed over. Bounded: an environment that keeps failing needs a human.
+            session.pending_answer = None
+            session.environment_retries += 1
+            self._counts.add("environment_retries")
+            return True
         if decision.verdict == Verdict.REJECT:
             session.pending_answer = None
             outcome = {

@@ -17,7 +17,7 @@ from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
 from schemas import ActionType, AutonomyStage, SliceKey
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 from service.runtime.champion import Champion, ChampionHolder, load_champion
-from service.runtime.promotion import promotion_round, slice_labels, slice_of
+from service.runtime.promotion import labels_needed, promotion_round, slice_labels, slice_of
 from service.runtime.registry_watch import RegistryWatcher
 from service.runtime.stage_sync import PROMOTION, StageSync
 from service.runtime.store import RuntimeStore
@@ -70,6 +70,18 @@ def test_a_round_promotes_holding_slices_with_enough_labels(store: RuntimeStore)
     # A second round changes nothing and writes nothing.
     assert promotion_round(here, thresholds, labels, StageSync(store, here, "w1")) == [str(CLICK)]
     assert len(store.stage_events_after(0)) == 1
+
+
+def test_a_pooled_cell_promotes_its_member_slices_with_few_labels_of_their_own() -> None:
+    # Pooled thresholds (decision 0011): CLICK and FILL share the global cell, which holds; SEND is in no cell.
+    config = ThresholdConfig(granularity="pooled", min_slice_rows=30)
+    thresholds = SliceThresholds(config, {"*": result(0.7, 900)}, members={str(CLICK): "*", str(FILL): "*"})
+    assert labels_needed(thresholds) == 30 and labels_needed(slice_thresholds()) == 200
+    here = stages()
+    labels = [(CLICK, 45), (FILL, 29), (SEND, 900)]
+    assert promotion_round(here, thresholds, labels) == [str(CLICK)]
+    assert here.stage(FILL) == AutonomyStage.COPILOT  # a member, but under min_slice_rows labels of its own
+    assert here.stage(SEND) == AutonomyStage.COPILOT  # in no cell: no threshold, however many labels
 
 
 def test_a_promotion_made_by_one_process_reaches_the_others_once(store: RuntimeStore) -> None:

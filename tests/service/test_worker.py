@@ -66,7 +66,7 @@ from service.runtime.bus.producer import BusProducer
 from service.runtime.inprocess import session_id_for
 from service.runtime.settings import RuntimeSettings
 from service.runtime.store import AnswerStatus, DeferralStatus, RuntimeStore, SessionStatus
-from service.runtime.worker import idempotency_key
+from service.runtime.worker import MAX_ENVIRONMENT_RETRIES, idempotency_key
 from service.runtime.worker_process import WorkerSpec, build_worker, run_worker_process
 
 with warnings.catch_warnings():
@@ -378,6 +378,55 @@ def test_stale_unknown_and_repeated_answers_change_nothing(
         assert {store.get_session(s).status for s in session_ids} == {SessionStatus.STOPPED}  # type: ignore[union-attr]
         assert store.pending_deferrals() == []  # cancelled with their sessions
         assert assert_applied_once(platform, store, cases) == 1
+
+
+def test_an_environment_rejection_observes_again_and_only_repeated_ones_hand_over(
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    policy_dir: tuple[LMPolicy, Path],
+    critic_dir: tuple[PolicyConfidenceCritic, Path],
+) -> None:
+    platform = SandboxPlatform(seed=23)
+    cases = open_cases(platform, 1)
+    copilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.COPILOT))  # every step is deferred
+    config = settings(tmp_path, broker.bootstrap, workers=1)
+    runtime = SandboxRuntime(
+        platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=copilot, with_operators=False
+    )
+    with runtime:
+        store, producer, worker = runtime.store, runtime.producer, runtime.workers[0]
+        assert store is not None and producer is not None
+        (session_id,) = runtime.start_sessions(cases)
+        seen: set[str] = set()
+
+        def next_deferral() -> Deferral:
+            assert store is not None
+            assert runtime.wait_until(lambda: any(d.deferral_id not in seen for d in store.pending_deferrals()), 20)
+            deferral = next(d for d in store.pending_deferrals() if d.deferral_id not in seen)
+            seen.add(deferral.deferral_id)
+            return deferral
+
+        for retry in range(1, MAX_ENVIRONMENT_RETRIES + 2):
+            deferral = next_deferral()
+            assert deferral.proposal.step == 0  # nothing was applied: the same step is proposed again
+            answer = OperatorDecision(
+                proposal_id=deferral.proposal.proposal_id,
+                session_id=session_id,
+                state_etag=deferral.state.etag,
+                verdict=Verdict.REJECT,
+                reason=RejectReason.ENVIRONMENT,
+                operator_id="op-test",
+            )
+            assert answer_deferral(store, producer, runtime.topics, deferral, answer).result == AnswerStatus.ACCEPTED
+            if retry <= MAX_ENVIRONMENT_RETRIES:  # observed again and parked on a fresh proposal, not handed over
+                assert runtime.wait_until(lambda n=retry: worker.stats().get("environment_retries") == n, 20), (
+                    worker.stats()
+                )
+        # One environment rejection too many: the environment keeps failing, so a human takes the case.
+        assert runtime.wait_until(lambda: runtime.finished([session_id]), 20)
+        row = store.get_session(session_id)
+        assert row is not None and row.status == SessionStatus.HANDED_OVER
+        assert platform.case(cases[0]).actions == []
 
 
 def test_a_reservation_the_bpm_never_applied_is_dropped_and_the_step_decided_again(

@@ -257,7 +257,7 @@ def main() -> None:
     import torch
 
     from lab.demo import all_manual_run
-    from policy.policy import LMPolicy
+    from policy.combined import load_policy
     from sandbox.scenario import scenario_by_name
 
     torch.set_num_threads(1)
@@ -266,7 +266,7 @@ def main() -> None:
     feedback_path = (
         ROOT / "out" / "bench" / f"critic_feedback_default_{SEED}_{FEEDBACK_START}_{args.feedback_sessions}.jsonl"
     )
-    policy = LMPolicy.load(args.policy)
+    policy = load_policy(args.policy)
     mark = time.perf_counter()
     manual = all_manual_run(args.sessions, SEED, scenario_by_name("default"), args.start)
     manual_s = time.perf_counter() - mark

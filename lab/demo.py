@@ -605,6 +605,7 @@ def run_autopilot_phase(
                 manual_steps,
                 bool(outcome["correct"]),
                 float(outcome["handling_time_s"] or 0.0),
+                ambiguous=case.seed.ambiguous,
             )
         )
     if manual is None:

@@ -178,6 +178,7 @@ class SessionResult:
     manual_steps: int
     correct: bool
     handling_time_s: float
+    ambiguous: bool = False  # the customer left their preference open: a clarifying question is the right step
 
     @property
     def fully_automated(self) -> bool:
@@ -365,6 +366,15 @@ class AutopilotReport:
         return paired_newcombe_difference(self.quality_table, self.confidence)
 
     @property
+    def ambiguous_quality_difference(self) -> Interval | None:
+        """Autopilot minus all-manual correct resolution on the ambiguous cases only (None without any)."""
+        pairs = [(s.correct, m.correct) for s, m in zip(self.sessions, self.manual, strict=True) if s.ambiguous]
+        if not pairs:
+            return None
+        table = PairedTable.from_pairs([a for a, _ in pairs], [b for _, b in pairs])
+        return paired_newcombe_difference(table, self.confidence)
+
+    @property
     def error(self) -> AuditedError:
         return audited_error(self.audit_labels, self.confidence)
 
@@ -385,6 +395,7 @@ class AutopilotReport:
         its upper 95% bound, alpha."""
         reduction = self.handling_reduction
         quality = self.quality_difference
+        ambiguous = self.ambiguous_quality_difference
         error = self.realised[label]
 
         def number(value: float | None) -> float | None:
@@ -395,6 +406,9 @@ class AutopilotReport:
             "handling_time_reduction": number(reduction.estimate),
             "quality_difference": number(quality.estimate),
             "quality_difference_low": number(quality.low),
+            "quality_difference_ambiguous": None if ambiguous is None else number(ambiguous.estimate),
+            "quality_difference_ambiguous_low": None if ambiguous is None else number(ambiguous.low),
+            "ambiguous_sessions": sum(s.ambiguous for s in self.sessions),
             "realised_error": number(error.estimate),
             "realised_error_high": number(error.high),
             "alpha": self.alpha,
@@ -575,6 +589,9 @@ HEADLINE_ROWS = (
     ("handling_time_reduction", "handling time saved vs all-manual"),
     ("quality_difference", "correct resolution, autopilot - all-manual"),
     ("quality_difference_low", "... its lower 95% bound"),
+    ("quality_difference_ambiguous", "correct resolution on ambiguous cases, autopilot - all-manual"),
+    ("quality_difference_ambiguous_low", "... its lower 95% bound"),
+    ("ambiguous_sessions", "ambiguous cases (preference left open)"),
     ("realised_error", "realised error among auto-executed steps"),
     ("realised_error_high", "... its upper 95% bound"),
     ("alpha", "alpha"),
@@ -586,7 +603,7 @@ HEADLINE_ROWS = (
 def _figure(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    if key == "sessions_to_autonomy_new_process":
+    if key in ("sessions_to_autonomy_new_process", "ambiguous_sessions"):
         return str(value)
     if key.startswith("quality_difference"):
         return f"{float(value) * 100:+.1f} pt"

@@ -5,6 +5,7 @@ audited error, and the targets and markdown a report derives from them."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,20 @@ def test_report_pairs_cases_by_index_and_judges_the_targets(tmp_path: Path) -> N
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ambiguous_cases_get_their_own_quality_difference() -> None:
+    # Cases 12 and 13 are ambiguous: autopilot got 12 wrong (manual right) and 13 right (manual wrong).
+    report = small_report([])
+    report.sessions = [replace(s, ambiguous=s.case_index in (12, 13)) for s in report.sessions]
+    ambiguous = report.ambiguous_quality_difference
+    assert ambiguous is not None and ambiguous.estimate == pytest.approx(0.0)
+    report.sessions = [replace(s, correct=s.correct or s.case_index == 12) for s in report.sessions]
+    headline = report.headline()
+    assert headline["ambiguous_sessions"] == 2 and headline["quality_difference_ambiguous"] == pytest.approx(0.5)
+    assert (
+        headline["quality_difference_ambiguous_low"] is not None and headline["quality_difference_ambiguous_low"] < 0.5
+    )
+
+
 def test_report_refuses_unpaired_runs() -> None:
     with pytest.raises(ValueError, match="manual"):
         AutopilotReport(0.1, [session(1)], [ManualResult(2, True, 10.0)], [])
@@ -254,8 +269,10 @@ def test_headline_reviews_blockers_and_non_inferiority() -> None:
     headline = report.headline()
     assert set(headline) == {
         "fully_automated", "handling_time_reduction", "quality_difference", "quality_difference_low",
+        "quality_difference_ambiguous", "quality_difference_ambiguous_low", "ambiguous_sessions",
         "realised_error", "realised_error_high", "alpha",
     }  # fmt: skip
+    assert headline["ambiguous_sessions"] == 0 and headline["quality_difference_ambiguous"] is None
     assert headline["realised_error"] == pytest.approx(1 / 3) and report.headline("accept")["realised_error"] == 0.75
     assert headline["quality_difference"] == pytest.approx(0.0) and headline["quality_difference_low"] < -0.03
     assert (

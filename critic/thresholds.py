@@ -42,7 +42,10 @@ gets no threshold (it stays in copilot mode). Each cell is tested as above with 
 tested (Bonferroni), so with probability >= 1 - delta every cell's error is at most alpha at once, and so is the
 error among all auto-executed steps (a weighted mean of the cells'). A slice with few labels thereby runs under
 its action type's or the global threshold; the guarantee covers the pool, not each small slice alone (per-slice
-monitoring and demotion in the runtime watch those).
+monitoring and demotion in the runtime watch those). With admission rows (``admitted_slices``, rows apart from the
+threshold rows), a slice whose errors the critic underestimates never pools: with ``min_rows`` threshold rows it
+is a cell of its own, its threshold resting on its own rows only, else it is in no cell. The cells still depend
+on counts and on rows the threshold test never reads, so the guarantee is unchanged.
 
 Why the procedure is valid. Each candidate ``t`` is the hypothesis "risk(t) > alpha"; it is rejected (``t``
 passes) when the one-sided Clopper-Pearson ``(1 - delta)`` upper confidence bound on the error rate of the
@@ -437,16 +440,23 @@ def pooled_cells(
     """Slice key -> cell key of the pooled hierarchy, from row counts only (never the threshold rows' labels): a
     slice with at least ``own_cell_rows`` rows is its own cell; the other slices of an action type share the
     action type's cell when they have that many rows together; the rest share the global cell. Slices with fewer
-    than ``min_slice_rows`` rows, or outside ``admitted`` when it is given, are in no cell."""
+    than ``min_slice_rows`` rows are in no cell. With ``admitted`` given, a slice outside it never pools: it is a
+    cell of its own when it has ``min_rows`` rows (its threshold then rests on its own rows alone, so the critic's
+    misjudging it costs coverage, not the guarantee), else in no cell."""
     counts: dict[str, int] = {}
     types: dict[str, str] = {}
     for name, kind in names if names is not None else _slice_names(slices):
         counts[name] = counts.get(name, 0) + 1
         types[name] = kind
+    alone = {
+        name: name
+        for name, c in counts.items()
+        if admitted is not None and name not in admitted and c >= config.min_rows
+    }
     eligible = {
         name: c for name, c in counts.items() if c >= config.min_slice_rows and (admitted is None or name in admitted)
     }
-    members = {name: name for name, c in eligible.items() if c >= config.own_cell_rows}
+    members = {name: name for name, c in eligible.items() if c >= config.own_cell_rows} | alone
     pooled: dict[str, int] = {}
     for name, c in eligible.items():
         if name not in members:
@@ -475,8 +485,8 @@ def admitted_slices(admission: Admission, config: ThresholdConfig) -> tuple[set[
     process it never saw, say) would ride on its neighbours' record. So before the cells are formed, each slice's
     errors on the admission rows are compared with the errors its scores predict (the sum of 1 - score): if more
     errors are observed than that prediction makes plausible (a one-sided Poisson test at ``admission_level``), the
-    slice is left out of every cell and stays in copilot mode; so is a slice with fewer than ``min_slice_rows // 3``
-    admission rows, or none (no evidence yet). The check reads only rows the threshold test does not use, so the
+    slice may not pool (``pooled_cells``: a cell of its own with ``min_rows`` rows, else none); so is a slice with
+    fewer than ``min_slice_rows // 3`` admission rows, or none (no evidence yet). The check reads only rows the threshold test does not use, so the
     cells are fixed before the threshold rows' labels are read and the guarantee is unchanged."""
     s = np.asarray(admission.scores, dtype=np.float64)
     y = np.asarray(admission.labels)
@@ -643,6 +653,8 @@ def fit_slice_thresholds(
                 if name not in admitted and name not in refused:
                     refused[name] = "no admission rows: the critic has not been checked on it yet"
         members = pooled_cells(slices, config, named, admitted)
+        # A refused slice with enough rows of its own is tested alone; "refused" keeps those left in no cell.
+        refused = {name: why for name, why in refused.items() if name not in members}
         names = [members.get(name) for name, _ in named]
     else:
         names = [group_key(k, config.granularity) for k in slices]

@@ -516,11 +516,13 @@ def test_the_pooled_guarantee_holds_over_all_executed_steps() -> None:
 
 def test_a_slice_the_critic_underestimates_is_kept_out_of_the_pool() -> None:
     """The admission check: on rows apart from the threshold rows, a slice whose errors exceed what its scores
-    predict stays in copilot mode; one whose scores hold joins its cell; one never checked stays out."""
+    predict never pools: with enough rows it is tested on its own rows alone (and a bad one gets no threshold),
+    else it stays in copilot mode; one whose scores hold joins its cell."""
     rng = np.random.default_rng(17)
     good = SliceKey(process_id="old", action_type=ActionType.FILL_FIELD)
     new = SliceKey(process_id="new", action_type=ActionType.FILL_FIELD)
     unseen = SliceKey(process_id="unseen", action_type=ActionType.FILL_FIELD)
+    rare = SliceKey(process_id="rare", action_type=ActionType.FILL_FIELD)
 
     def rows(key: SliceKey, n: int, true_error: float) -> tuple[np.ndarray, np.ndarray, list[SliceKey]]:
         s = rng.uniform(0.9, 1.0, n)  # the critic says "1-10% errors" for both slices
@@ -538,14 +540,19 @@ def test_a_slice_the_critic_underestimates_is_kept_out_of_the_pool() -> None:
     ok, refused = admitted_slices(admission, config)
     assert ok == {"old/fill_field"} and set(refused) == {"new/fill_field"}
     assert "underestimates" in refused["new/fill_field"]
-    s, y, keys = stack(rows(good, 1500, 0.0), rows(new, 300, 0.25), rows(unseen, 300, 0.0))
+    s, y, keys = stack(rows(good, 1500, 0.0), rows(new, 300, 0.25), rows(unseen, 300, 0.0), rows(rare, 60, 0.0))
     thresholds = fit_slice_thresholds(s, y, keys, config, sessions=np.arange(s.size) // 8, admission=admission)
     assert thresholds.threshold_for(good) is not None, thresholds.render_markdown()
-    assert thresholds.threshold_for(new) is None and thresholds.threshold_for(unseen) is None
-    assert set(thresholds.refused) == {"new/fill_field", "unseen/fill_field"}
-    assert thresholds[GLOBAL_KEY].n_rows == 1500  # the refused slices' rows are in no cell
+    # Refused slices with min_rows rows are cells of their own: the bad one (25% errors) gets no threshold, the
+    # unchecked one earns its own on its own error-free rows; a refused slice under min_rows is in no cell.
+    assert thresholds.group_of(new) == "new/fill_field" and thresholds.threshold_for(new) is None
+    assert thresholds.group_of(unseen) == "unseen/fill_field" and thresholds.threshold_for(unseen) is not None
+    assert thresholds.level_for(unseen) == "slice"
+    assert set(thresholds.refused) == {"rare/fill_field"} and thresholds.group_of(rare) is None
+    assert thresholds[GLOBAL_KEY].n_rows == 1500  # the refused slices' rows never pool
     # Without the check the new slice would ride on the pool, certified only at the pool's blended error.
     blind = fit_slice_thresholds(s, y, keys, config, sessions=np.arange(s.size) // 8)
     assert blind.group_of(new) == GLOBAL_KEY and not blind.refused
     loaded = SliceThresholds.from_dict(json.loads(json.dumps(thresholds.to_dict())))
     assert loaded.refused == thresholds.refused and "kept in copilot mode" in thresholds.render_markdown()
+    assert loaded.members == thresholds.members

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from policy.model import ModelConfig, build_model
-from policy.train import Example, TrainConfig, train
+from policy.train import Example, TrainConfig, _lr, train
 
 TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
 
@@ -54,3 +54,11 @@ def test_the_thread_probe_keeps_the_faster_count(examples: list[Example]) -> Non
     timings = {int(n): t for n, t in history.step_seconds.items()}
     assert history.threads == min(timings, key=lambda n: timings[n])
     torch.set_num_threads(1)  # the suite's setting (conftest)
+
+
+def test_warmup_is_at_most_a_tenth_of_a_short_schedule() -> None:
+    cfg = TrainConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=100)
+    assert _lr(9, 100, cfg) == pytest.approx(1e-3)  # 100 planned steps: warm after 10
+    assert _lr(0, 100, cfg) == pytest.approx(1e-4)
+    assert _lr(9, 5000, cfg) == pytest.approx(1e-3 * 10 / 100)  # a long schedule keeps its 100
+    assert _lr(99, 100, cfg) < _lr(50, 100, cfg) < _lr(10, 100, cfg)  # then the cosine decays to the end

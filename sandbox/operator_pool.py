@@ -45,6 +45,7 @@ from typing import Any
 from sandbox.adapter import SandboxAdapter
 from sandbox.operators import READ_SECONDS, Review, SimOperator, acceptable, review
 from sandbox.platform import MAX_STEPS, CaseNotFound, SandboxPlatform
+from sandbox.poll_loop import run_until_stopped
 from sandbox.simulate import sample, step_model
 from schemas.decision import Deferral, OperatorDecision, RejectReason, Verdict
 from schemas.state import ChatRole, UIState
@@ -153,16 +154,9 @@ class SimulatedOperatorPool:
     # ---- the loop -----------------------------------------------------------------------------------------------
 
     def run(self, stop_event: threading.Event) -> None:
-        errors = 0
-        while not stop_event.is_set():
-            try:
-                self.run_once()
-                errors = 0
-            except Exception:
-                errors += 1
-                self._count("loop_errors")
-                log.exception("operator pool: loop failed (%d in a row)", errors)
-                stop_event.wait(min(5.0, 0.05 * 2**errors))
+        run_until_stopped(
+            self.run_once, stop_event, name="operator pool", on_error=lambda: self._count("loop_errors"), log=log
+        )
 
     def run_once(self) -> None:
         busy = bool(self._scheduled) or any(self._inbox.values())

@@ -32,6 +32,7 @@ from sandbox.adapter import HandlingClock, SandboxAdapter
 from sandbox.operator_pool import ACCEPT_FRACTION
 from sandbox.operators import READ_SECONDS, Review, SimOperator, acceptable, operator_distribution, review, style_bases
 from sandbox.platform import CaseNotFound, SandboxPlatform
+from sandbox.poll_loop import run_until_stopped
 from sandbox.simulate import sample
 from sandbox.view import View
 from schemas.actions import Action
@@ -149,16 +150,9 @@ class SimulatedQAReviewers:
         )
 
     def run(self, stop_event: threading.Event) -> None:
-        errors = 0
-        while not stop_event.is_set():
-            try:
-                self.run_once()
-                errors = 0
-            except Exception:
-                errors += 1
-                self._count("loop_errors")
-                log.exception("QA reviewers: loop failed (%d in a row)", errors)
-                stop_event.wait(min(5.0, 0.05 * 2**errors))
+        run_until_stopped(
+            self.run_once, stop_event, name="QA reviewers", on_error=lambda: self._count("loop_errors"), log=log
+        )
 
     def run_once(self) -> None:
         self._consumer.poll_once(timeout_ms=10 if self._inbox else 50)

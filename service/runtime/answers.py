@@ -11,6 +11,9 @@ answers a deferral.
 Workers never record answers: they read an announcement, check with the store that it is the recorded answer
 (``RuntimeStore.recorded_answer``) and resume the session; an announcement nobody recorded changes nothing. A
 lost announcement costs only time: a worker notices the answered deferral in its next scan of parked sessions.
+
+A QA review (an after-the-fact audit, ``service.runtime.qa``) is recorded the same way: its compare-and-set and its
+audit entry (``answer_note``) in one transaction (``QAStore.answer``), its effects after.
 """
 
 from __future__ import annotations
@@ -22,7 +25,20 @@ from schemas.decision import Deferral, OperatorDecision, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from service.runtime.bus.producer import BusProducer
 from service.runtime.bus.topics import Topics
-from service.runtime.store import AnswerResult, AnswerStatus, AuditNote, RuntimeStore
+from service.runtime.store import ANSWER_AUDIT, AnswerResult, AnswerStatus, AuditNote, RuntimeStore
+
+
+def answer_note(
+    kind: str,
+    operator_id: str,
+    verdict: Verdict,
+    target: str,
+    session_id: str,
+    details: Mapping[str, Any] | None = None,
+) -> AuditNote:
+    """The audit entry of an operator's answer, to be written with it: the operator did ``<kind>:<verdict>``
+    (``answer`` a deferral, ``qa`` a review) to ``target`` (the deferral or QA id) in ``session_id``."""
+    return AuditNote(operator_id, f"{kind}:{verdict.value}", target, {"session_id": session_id, **(details or {})})
 
 
 def feedback_row(deferral: Deferral, decision: OperatorDecision) -> FeedbackRecord:
@@ -64,8 +80,9 @@ def answer_deferral(
     and the duplicate announces it)."""
     if decision.proposal_id != deferral.proposal.proposal_id or decision.session_id != deferral.session_id:
         raise ValueError("decision: does not answer this deferral")
-    details = {"session_id": deferral.session_id, **(audit_details or {})}
-    note = AuditNote(decision.operator_id, f"answer:{decision.verdict.value}", deferral.deferral_id, details)
+    note = answer_note(
+        ANSWER_AUDIT, decision.operator_id, decision.verdict, deferral.deferral_id, deferral.session_id, audit_details
+    )
     result = store.answer(decision, audit=note)
     if result.result in (AnswerStatus.ACCEPTED, AnswerStatus.DUPLICATE):
         announce(producer, topics, deferral, decision)

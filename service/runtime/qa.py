@@ -4,7 +4,8 @@ With ``AUTOPILOT_AUDIT_MODE=after`` (the default) the router executes an audited
 marks it ``audit``; the worker that executed it queues a ``QAItem`` (``QAReviews.queue``) and publishes it on the
 ``qa`` topic for the operator side. A review (``QAAnswer``) is recorded once, through one path whoever sends it (an
 operator in the sidebar through the API, an operator gateway over the ``qa-answers`` topic, which the workers
-consume): ``QAReviews.record`` stores it (``QAStore.answer``, exactly once) and, for the accepted one only:
+consume): ``QAReviews.record`` stores it with its audit entry in one transaction (``QAStore.answer``, exactly once:
+the protocol of a deferral's answer, ``service.runtime.answers``) and then, for the accepted one only:
 
 - feeds the guardrails (``AutonomyStages.record_audit``) with what operators mean by an error: acceptable
   (accept, acceptable alternative) or unacceptable (model error, other); an environment rejection is left out;
@@ -23,18 +24,20 @@ for what follows, as they would after a pre-execution audit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from schemas.decision import Decision, Verdict
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.proposal import Proposal
 from schemas.qa import QAAnswer, QAItem, QALabel
 from schemas.state import UIState
+from service.runtime.answers import answer_note
 from service.runtime.autonomy import AutonomyStages, StageEvent
 from service.runtime.bus.producer import BusProducer
 from service.runtime.bus.topics import Topics
-from service.runtime.qa_store import QAAnswerResult, QAStore, qa_id_for
+from service.runtime.qa_store import QA_AUDIT, QAAnswerResult, QAStore, qa_id_for
 from service.runtime.stage_sync import StageSync
 from service.runtime.store import AnswerStatus
 
@@ -116,13 +119,17 @@ class QAReviews:
 
     # ---- the review ----------------------------------------------------------------------------------------------
 
-    def record(self, answer: QAAnswer) -> QAAnswerResult:
-        """Store a review (once) and, if it is the accepted one, feed the guardrails and the nightly retraining."""
-        result = self.store.answer(answer)
+    def record(self, answer: QAAnswer, *, audit_details: Mapping[str, Any] | None = None) -> QAAnswerResult:
+        """Store a review (once) with its audit entry (``qa:<verdict>`` on the QA id by the operator, with the
+        session, the label and ``audit_details``) in one transaction and, if it is the accepted one, feed the
+        guardrails and the nightly retraining. Raises what the store raises; nothing of the review stands then."""
+        label = answer.label
+        details = {"label": label.value, **(audit_details or {})}
+        note = answer_note(QA_AUDIT, answer.operator_id, answer.verdict, answer.qa_id, answer.session_id, details)
+        result = self.store.answer(answer, audit=note)
         if result.result != AnswerStatus.ACCEPTED or result.item is None:
             return result
         item = result.item
-        label = answer.label
         if label != QALabel.EXCLUDED:
             event = self.stages.record_audit(item.decision.slice, label == QALabel.ACCEPTABLE)
             self._replicate(event)

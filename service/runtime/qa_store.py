@@ -2,25 +2,39 @@
 
 A worker that executed an audited step adds a QA item (``add``: idempotent by id, one item per proposal); an
 operator answers it once (``answer``: of concurrent answers exactly one is accepted, a repeat with the same content
-is a duplicate, a different one is stale); the realised-error estimate and the dashboard read the answered items
-(``labels``, ``outcomes``). The table lives beside the store's own tables and shares its engine, transactions and
-time conventions (naive UTC in the database, aware UTC out), so a QA item can be read wherever the store can.
+is a duplicate, a different one is stale), the review and its audit entry in one transaction, as the store records
+a deferral's answer; the realised-error estimate and the dashboard read the answered items (``labels``,
+``outcomes``). The table lives beside the store's own tables and shares its engine, its table creation,
+transactions and time conventions (naive UTC in the database, aware UTC out), so a QA item can be read wherever the
+store can.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, false, func, select
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 
 from schemas.qa import QAAnswer, QAItem, QALabel
-from service.runtime.store import AnswerStatus, QueueStats, RuntimeStore
+from service.runtime.store import (
+    AnswerStatus,
+    AuditEntry,
+    AuditNote,
+    QueueStats,
+    RuntimeStore,
+    _aware,
+    _aware_req,
+    _naive_utc,
+    _same_answer,
+)
 
 qa_metadata = MetaData()
+
+QA_AUDIT = "qa"  # the kind of a review's audit entry: its action is ``qa:<verdict>``, its target the QA id
 
 
 class QAStatus(StrEnum):
@@ -74,6 +88,7 @@ class QAAnswerResult:
     result: AnswerStatus
     reason: str
     item: QAItem | None = None  # set when the item exists
+    audit_id: int | None = None  # the review's audit entry (accepted: written with it; duplicate: found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +102,11 @@ class QALabelRow:
     accepted: bool  # the verdict was accept (the paper's label)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return None if moment is None else moment.replace(tzinfo=UTC)
-
-
 def _row(row: RowMapping) -> QARow:
-    created = _aware(row["created_at"])
-    assert created is not None
     return QARow(
         item=QAItem.model_validate_json(row["payload"]),
         status=QAStatus(row["status"]),
-        created_at=created,
+        created_at=_aware_req(row["created_at"]),
         answered_at=_aware(row["answered_at"]),
         answer=None if row["answer"] is None else QAAnswer.model_validate_json(row["answer"]),
         label=None if row["label"] is None else QALabel(row["label"]),
@@ -111,19 +114,12 @@ def _row(row: RowMapping) -> QARow:
     )
 
 
-def _same_answer(stored: str, answer: QAAnswer) -> bool:
-    # A redelivery is byte-identical, a double click a second answer a moment later: compare what it says.
-    content = {"schema_version", "decided_at", "note"}
-    return QAAnswer.model_validate_json(stored).model_dump(exclude=content) == answer.model_dump(exclude=content)
-
-
 class QAStore:
     """The QA queue in ``store``'s database; the table is created if missing. Thread-safe as the store is."""
 
     def __init__(self, store: RuntimeStore) -> None:
         self.store = store
-        with store._write() as conn:
-            qa_metadata.create_all(conn)
+        store._create_tables(qa_metadata)
 
     def add(self, item: QAItem) -> bool:
         """Queue an executed step for review; False if its id is queued already (a retry)."""
@@ -138,7 +134,7 @@ class QAStore:
             "queue": item.queue,
             "step": item.step,
             "status": QAStatus.PENDING.value,
-            "created_at": _utc(item.executed_at),
+            "created_at": _naive_utc(item.executed_at),
             "payload": item.model_dump_json(),
             "published": False,
         }
@@ -188,7 +184,7 @@ class QAStore:
 
     def pending_stats(self, now: datetime | None = None) -> dict[str, QueueStats]:
         """Per queue with pending items: how many, and the age in seconds of the oldest."""
-        at = _utc(now) or datetime.now(UTC).replace(tzinfo=None)
+        at = _naive_utc(now)
         q = qa_items_table.c
         query = (
             select(q.queue, func.count(), func.min(q.created_at))
@@ -199,43 +195,69 @@ class QAStore:
             rows = conn.execute(query).all()
         return {queue: QueueStats(int(n), max(0.0, (at - oldest).total_seconds())) for queue, n, oldest in sorted(rows)}
 
-    def answer(self, answer: QAAnswer, now: datetime | None = None) -> QAAnswerResult:
+    def answer(
+        self, answer: QAAnswer, now: datetime | None = None, *, audit: AuditNote | None = None
+    ) -> QAAnswerResult:
         """Record a review, at most once per item: ``accepted`` (the item was pending; now answered with its
         label), ``duplicate`` (answered already with the same content), ``stale`` (answered differently, or the
         answer names another proposal or session), ``unknown`` (no such item). One transaction; the status
-        compare-and-set makes exactly one of concurrent answers win."""
+        compare-and-set makes exactly one of concurrent answers win.
+
+        ``audit``: the review's audit entry (target the QA id, action ``qa:<verdict>``), written in the same
+        transaction as an accepted review, so no crash or failed write separates them; a duplicate finds it again
+        (``audit_id``)."""
         if not isinstance(answer, QAAnswer):
             raise ValueError(f"answer: expected a QAAnswer, got {type(answer).__name__}")
-        at = _utc(now) or datetime.now(UTC).replace(tzinfo=None)
-        q = qa_items_table.c
-        with self.store._write() as conn:
-            query = select(qa_items_table).where(q.qa_id == answer.qa_id).with_for_update()
-            row = conn.execute(query).mappings().one_or_none()
-            if row is None or row["session_id"] != answer.session_id:
-                return QAAnswerResult(AnswerStatus.UNKNOWN, f"no QA item {answer.qa_id!r} in that session")
-            item = QAItem.model_validate_json(row["payload"])
-            if row["proposal_id"] != answer.proposal_id:
-                return QAAnswerResult(AnswerStatus.STALE, "the answer names another proposal", item)
-            if row["status"] == QAStatus.ANSWERED.value:
-                if _same_answer(row["answer"], answer):
-                    return QAAnswerResult(AnswerStatus.DUPLICATE, "already answered with the same answer", item)
-                return QAAnswerResult(AnswerStatus.STALE, "already answered differently", item)
-            updated = conn.execute(
-                qa_items_table.update()
-                .where(q.qa_id == answer.qa_id, q.status == QAStatus.PENDING.value)
-                .values(
-                    status=QAStatus.ANSWERED.value,
-                    answered_at=at,
-                    verdict=answer.verdict.value,
-                    reason=None if answer.reason is None else answer.reason.value,
-                    label=answer.label.value,
-                    operator_id=answer.operator_id,
-                    answer=answer.model_dump_json(),
-                )
+        audit_row = self.store._answer_audit_row(audit, QA_AUDIT)
+        if audit is not None and audit.target != answer.qa_id:
+            raise ValueError(
+                f"audit: the target of a review's entry is its QA id {answer.qa_id!r}, got {audit.target!r}"
             )
-            if updated.rowcount != 1:  # only reachable without row locks (SQLite serialises writers anyway)
-                return QAAnswerResult(AnswerStatus.STALE, "answered concurrently", item)
+        at = _naive_utc(now)
+        with self.store._write() as conn:
+            result = self._answer(conn, answer, at)
+            if result.item is None:
+                return result
+            return replace(
+                result, audit_id=self.store._audit_answer(conn, result.result, answer.qa_id, audit_row, QA_AUDIT)
+            )
+
+    @staticmethod
+    def _answer(conn: Connection, answer: QAAnswer, at: datetime) -> QAAnswerResult:
+        q = qa_items_table.c
+        query = select(qa_items_table).where(q.qa_id == answer.qa_id).with_for_update()
+        row = conn.execute(query).mappings().one_or_none()
+        if row is None or row["session_id"] != answer.session_id:
+            return QAAnswerResult(AnswerStatus.UNKNOWN, f"no QA item {answer.qa_id!r} in that session")
+        item = QAItem.model_validate_json(row["payload"])
+        if row["proposal_id"] != answer.proposal_id:
+            return QAAnswerResult(AnswerStatus.STALE, "the answer names another proposal", item)
+        if row["status"] == QAStatus.ANSWERED.value:
+            # A note is free text for the QA log, not part of the verdict: the same verdict with another note
+            # repeats it.
+            if _same_answer(row["answer"], answer, also_ignore=frozenset({"note"})):
+                return QAAnswerResult(AnswerStatus.DUPLICATE, "already answered with the same answer", item)
+            return QAAnswerResult(AnswerStatus.STALE, "already answered differently", item)
+        updated = conn.execute(
+            qa_items_table.update()
+            .where(q.qa_id == answer.qa_id, q.status == QAStatus.PENDING.value)
+            .values(
+                status=QAStatus.ANSWERED.value,
+                answered_at=at,
+                verdict=answer.verdict.value,
+                reason=None if answer.reason is None else answer.reason.value,
+                label=answer.label.value,
+                operator_id=answer.operator_id,
+                answer=answer.model_dump_json(),
+            )
+        )
+        if updated.rowcount != 1:  # only reachable without row locks (SQLite serialises writers anyway)
+            return QAAnswerResult(AnswerStatus.STALE, "answered concurrently", item)
         return QAAnswerResult(AnswerStatus.ACCEPTED, "accepted", item)
+
+    def review_audit(self, qa_id: str) -> AuditEntry | None:
+        """The audit entry of the review of ``qa_id`` (None if it was never reviewed with one)."""
+        return self.store.answer_audit(qa_id, QA_AUDIT)
 
     def labels(self, since: datetime | None = None, session_ids: list[str] | None = None) -> list[QALabelRow]:
         """Every answered item (executed at or after ``since``; of ``session_ids`` if given), oldest first."""
@@ -246,7 +268,7 @@ class QAStore:
             .order_by(q.created_at, q.qa_id)
         )
         if since is not None:
-            query = query.where(q.created_at >= _utc(since))
+            query = query.where(q.created_at >= _naive_utc(since))
         if session_ids is not None:
             query = query.where(q.session_id.in_(list(session_ids)))
         with self.store._read() as conn:
@@ -263,7 +285,7 @@ class QAStore:
             q.slice, q.status, q.label, q.verdict
         )
         if since is not None:
-            query = query.where(q.created_at >= _utc(since))
+            query = query.where(q.created_at >= _naive_utc(since))
         result: dict[str, dict[str, int]] = {}
         with self.store._read() as conn:
             for name, status, label, verdict, n in conn.execute(query):
@@ -288,7 +310,7 @@ class QAStore:
         q = qa_items_table.c
         query = (
             select(q.payload)
-            .where(q.published.is_(False), q.status == QAStatus.PENDING.value, q.created_at < _utc(before))
+            .where(q.published.is_(False), q.status == QAStatus.PENDING.value, q.created_at < _naive_utc(before))
             .order_by(q.created_at, q.qa_id)
             .limit(limit)
         )

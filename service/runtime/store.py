@@ -57,6 +57,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar, get_args
 
+from pydantic import BaseModel
 from sqlalchemy import (
     Boolean,
     Column,
@@ -96,6 +97,7 @@ _WRITE = "autopilot_write"  # execution option that makes the SQLite BEGIN an IM
 _PG_SCHEMA_LOCK = 0x5E55_1025  # advisory lock key: two processes creating the tables at once must not collide
 _PG_STAGE_EVENT_LOCK = 0x5E55_1026  # advisory lock key of the stage-event compare-and-set
 _ANSWER_ATTEMPTS = 3
+ANSWER_AUDIT = "answer"  # the kind of a deferral answer's audit entry: its action is ``answer:<verdict>``
 
 
 class SessionStatus(StrEnum):
@@ -426,13 +428,12 @@ def _audit_entry(row: RowMapping) -> AuditEntry:
     )
 
 
-def _same_answer(stored: str, decision: OperatorDecision) -> bool:
-    # A redelivered message is byte-identical, but a double click is a second decision a moment later: compare
-    # what the answer says, not when it was made.
-    content = {"schema_version", "decided_at"}
-    return OperatorDecision.model_validate_json(stored).model_dump(exclude=content) == decision.model_dump(
-        exclude=content
-    )
+def _same_answer(stored: str, answer: BaseModel, *, also_ignore: frozenset[str] = frozenset()) -> bool:
+    """Whether ``answer`` says what the stored answer (JSON of the same model) says. A redelivered message is
+    byte-identical, but a double click is a second answer a moment later: compare what it says, not when it was
+    made (nor ``also_ignore``: free text the caller does not count as content)."""
+    ignore = {"schema_version", "decided_at", *also_ignore}
+    return type(answer).model_validate_json(stored).model_dump(exclude=ignore) == answer.model_dump(exclude=ignore)
 
 
 def _make_engine(url: str) -> tuple[Engine, str]:
@@ -583,11 +584,17 @@ class RuntimeStore:
         self.engine, self.url = _make_engine(url)
         self._writer = self.engine.execution_options(**{_WRITE: True})
         self._postgres = self.engine.dialect.name == "postgresql"
+        self._create_tables(metadata, self._migrate)
+
+    def _create_tables(self, tables: MetaData, migrate: Callable[[Connection], None] | None = None) -> None:
+        """Create the missing tables of ``tables`` (the store's, or another module's beside them: the QA queue),
+        then ``migrate``, in one transaction that two processes creating tables at once cannot both enter."""
         with self._write() as conn:
             if self._postgres:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
-            metadata.create_all(conn)
-            self._migrate(conn)
+            tables.create_all(conn)
+            if migrate is not None:
+                migrate(conn)
 
     def _migrate(self, conn: Connection) -> None:
         """Add the columns newer versions of this module need to tables an older one created (create_all adds
@@ -1029,20 +1036,16 @@ class RuntimeStore:
         Of concurrent answers for one deferral exactly one is accepted."""
         if not isinstance(decision, OperatorDecision):
             raise ValueError(f"decision: expected an OperatorDecision, got {type(decision).__name__}")
-        if audit is not None and not isinstance(audit, AuditNote):
-            raise ValueError(f"audit: expected an AuditNote, got {type(audit).__name__}")
-        audit_row = None if audit is None else self._audit_row(audit.actor, audit.action, audit.target, audit.details)
+        audit_row = self._answer_audit_row(audit, ANSWER_AUDIT)
         at = _naive_utc(now)
         for _ in range(_ANSWER_ATTEMPTS):
             try:
                 with self._write() as conn:
                     result = self._answer(conn, decision, at)
-                    if result.result == AnswerStatus.ACCEPTED and audit_row is not None:
-                        audit_id = self._insert_audit(conn, audit_row)
-                        return replace(result, audit_id=audit_id)
-                    if result.result == AnswerStatus.DUPLICATE and result.deferral_id is not None:
-                        return replace(result, audit_id=self._answer_audit_id(conn, result.deferral_id))
-                    return result
+                    if result.deferral_id is None:
+                        return result
+                    audit_id = self._audit_answer(conn, result.result, result.deferral_id, audit_row, ANSWER_AUDIT)
+                    return replace(result, audit_id=audit_id)
             except _Conflict:
                 continue  # lost a race: the next attempt sees the winner's answer
         raise RuntimeError(f"answer: proposal {decision.proposal_id!r} kept changing; gave up")
@@ -1384,17 +1387,45 @@ class RuntimeStore:
         result = conn.execute(audit_log_table.insert().values(**{**row, "at": _utcnow()}))
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
+    # An answer's audit entry (a deferral's answer, a QA review) is written in the answer's own transaction: the
+    # compare-and-set and its entry commit together or not at all. Its action is ``<kind>:<verdict>`` and its
+    # target the id answered, so a duplicate answer finds the entry again.
+
+    def _answer_audit_row(self, audit: AuditNote | None, kind: str) -> dict[str, Any] | None:
+        """The audit row of an answer of ``kind`` about to be recorded (None without a note)."""
+        if audit is None:
+            return None
+        if not isinstance(audit, AuditNote):
+            raise ValueError(f"audit: expected an AuditNote, got {type(audit).__name__}")
+        if not audit.action.startswith(f"{kind}:"):
+            raise ValueError(
+                f"audit: the action of an answer's entry must start with {kind + ':'!r}, got {audit.action!r}"
+            )
+        return self._audit_row(audit.actor, audit.action, audit.target, audit.details)
+
+    def _audit_answer(
+        self, conn: Connection, result: AnswerStatus, target: str, row: dict[str, Any] | None, kind: str
+    ) -> int | None:
+        """Inside the answer's transaction: write the entry of an accepted answer (``row``), or find the one of
+        the answer a duplicate repeats; the entry's id (None if there is none)."""
+        if result == AnswerStatus.ACCEPTED and row is not None:
+            return self._insert_audit(conn, row)
+        if result == AnswerStatus.DUPLICATE:
+            return self._answer_audit_id(conn, target, kind)
+        return None
+
     @staticmethod
-    def _answer_audit_id(conn: Connection, deferral_id: str) -> int | None:
+    def _answer_audit_id(conn: Connection, target: str, kind: str) -> int | None:
         t = audit_log_table.c
-        query = select(t.id).where(t.target == deferral_id, t.action.like("answer:%")).order_by(t.id.desc()).limit(1)
+        query = select(t.id).where(t.target == target, t.action.like(f"{kind}:%")).order_by(t.id.desc()).limit(1)
         found = conn.execute(query).scalar_one_or_none()
         return None if found is None else int(found)
 
-    def answer_audit(self, deferral_id: str) -> AuditEntry | None:
-        """The audit entry of the answer to ``deferral_id`` (None if it was never answered with one)."""
+    def answer_audit(self, target: str, kind: str = ANSWER_AUDIT) -> AuditEntry | None:
+        """The audit entry of the answer to ``target`` (a deferral id; with ``kind`` ``qa`` a QA id), or None if
+        it was never answered with one."""
         with self._read() as conn:
-            entry_id = self._answer_audit_id(conn, deferral_id)
+            entry_id = self._answer_audit_id(conn, target, kind)
             if entry_id is None:
                 return None
             row = conn.execute(select(audit_log_table).where(audit_log_table.c.id == entry_id)).mappings().one()

@@ -535,8 +535,8 @@ class SessionWorker:
 
     def _on_qa_answer(self, answer: QAAnswer) -> None:
         """A review of an executed step from an operator gateway: recorded once (the store decides), then it feeds
-        the guardrails and the nightly retraining (``QAReviews.record``)."""
-        result = self.qa.record(answer)
+        the guardrails and the nightly retraining (``QAReviews.record``, with its audit entry)."""
+        result = self.qa.record(answer, audit_details={"via": "qa-answers"})
         self._counts.add(f"qa_result:{result.result.value}")
 
     def _on_qa_recorded(self, item: Any, label: QALabel) -> None:

@@ -113,7 +113,10 @@ def test_a_review_is_recorded_once_and_feeds_guardrails_log_and_feedback(
     accepted, total = service.stages.audited_acceptance(key)
     assert (accepted, total) == (audits_before[0], audits_before[1] + 1)
     log = qa_client.get("/api/v1/supervisor/audit-log", headers=qa_running.tokens.header("supervisor")).json()
-    assert any(e["action"] == "qa:reject" and e["target"] == qa_id for e in log)
+    # One entry (the duplicate wrote none), written with the review: who, what, on which slice.
+    entries = [e for e in log if e["target"] == qa_id]
+    assert [(e["actor"], e["action"]) for e in entries] == [("olga", "qa:reject")]
+    assert entries[0]["details"] == {"session_id": item["session_id"], "slice": str(key), "label": "unacceptable"}
     wait_for(lambda: any(r.record_id == f"qa-{qa_id}" for r in feedback_store.read()), timeout=30.0)
     row = service.qa.store.get(qa_id)
     assert row is not None and row.status == QAStatus.ANSWERED

@@ -3,7 +3,8 @@
 Unit level (a real SQLite file): the QA label rule, the QA store (once-only answers under concurrency, counts,
 labels), the realised-error estimate (the plain Clopper-Pearson limits without clusters, a wider interval when
 errors concentrate in sessions, and its coverage in simulation), what a recorded review feeds (the guardrails,
-not for environment rejections; a demotion it raises), and the first blocker of every kind of interrupted session.
+not for environment rejections; a demotion it raises), a review and its audit entry written together (a failed
+audit write leaves nothing of the review), and the first blocker of every kind of interrupted session.
 
 End to end (a real Tansu broker, the sandbox engine, a tiny LM policy, the simulated operators and QA reviewers):
 audited steps execute instead of waiting, each becomes a QA item, the reviewers answer it over the bus, the answer
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import event
 
 from critic.confidence import PolicyConfidenceCritic, fit_on_steps
 from policy.policy import LMPolicy
@@ -247,6 +249,45 @@ def test_a_recorded_review_feeds_the_guardrails_except_environment(store: Runtim
     assert [e.kind for e in store.stage_events_after(0)] == ["demotion"]
 
 
+def test_a_review_and_its_audit_entry_are_written_together(store: RuntimeStore) -> None:
+    """One transaction: when the audit entry cannot be written, nothing of the review stands (the item is still
+    pending, no entry, nothing fed); the retry is accepted with its entry, a repeat finds that entry again."""
+    stages = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.AUTOPILOT))
+    recorded: list[QALabel] = []
+    qa = QAStore(store)
+    reviews = QAReviews(qa, stages, None, Topics("t."), on_record=lambda item, label: recorded.append(label))
+    item = queued(store, "s1")
+    rejection = review(item, Verdict.REJECT, RejectReason.MODEL_ERROR)
+
+    def fail_the_audit_write(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_LOG"):
+            raise RuntimeError("the audit log is unavailable")
+
+    event.listen(store.engine, "before_cursor_execute", fail_the_audit_write)
+    try:
+        with pytest.raises(RuntimeError, match="audit log"):
+            reviews.record(rejection)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", fail_the_audit_write)
+    row = qa.get(item.qa_id)
+    assert row is not None and (row.status, row.answer, row.label) == (QAStatus.PENDING, None, None)
+    assert qa.review_audit(item.qa_id) is None and store.audit_log() == []
+    assert stages.audited_acceptance(CLICK) == (0, 0) and recorded == []
+
+    accepted = reviews.record(rejection, audit_details={"slice": str(CLICK)})
+    assert accepted.result == AnswerStatus.ACCEPTED and accepted.audit_id is not None
+    entry = qa.review_audit(item.qa_id)
+    assert entry is not None and (entry.id, entry.actor, entry.action) == (accepted.audit_id, "op-1", "qa:reject")
+    assert entry.details == {"session_id": "s1", "label": "unacceptable", "slice": str(CLICK)}
+    # A retry is a duplicate that finds the same entry; a different review is refused; neither writes an entry.
+    duplicate = reviews.record(rejection.model_copy(update={"decided_at": datetime.now(UTC)}))
+    assert duplicate.result == AnswerStatus.DUPLICATE and duplicate.audit_id == accepted.audit_id
+    stale = reviews.record(review(item))
+    assert stale.result == AnswerStatus.STALE and stale.audit_id is None
+    assert [e.target for e in store.audit_log()] == [item.qa_id]
+    assert stages.audited_acceptance(CLICK) == (0, 1) and recorded == [QALabel.UNACCEPTABLE]  # fed once
+
+
 # ---- the realised-error estimate ----------------------------------------------------------------------------------
 
 
@@ -387,6 +428,13 @@ def test_after_the_fact_audits_run_through_the_runtime(tmp_path: Path, models: A
             case = platform.case(row.item.state.case_id)
             assert row.item.step < len(case.actions), "a QA item is for a step that was applied"
             assert row.answer is not None and row.label == qa_label(row.answer.verdict, row.answer.reason)
+            # Recorded by the workers from qa-answers with its audit entry, as a review through the API is.
+            entry = qa.review_audit(row.item.qa_id)
+            assert entry is not None and (entry.actor, entry.action) == (
+                row.answer.operator_id,
+                f"qa:{row.answer.verdict.value}",
+            )
+            assert entry.details == {"session_id": row.item.session_id, "label": row.label, "via": "qa-answers"}
         assert len(rows) == runtime.qa_reviewers.stats()["received"] - runtime.qa_reviewers.stats()["no_snapshot"]
 
         # The guardrails saw every review but the environment ones.

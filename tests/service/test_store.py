@@ -29,9 +29,11 @@ from critic.store import FeedbackStore
 from schemas.actions import ActionType, ClickControl, TransferChat
 from schemas.decision import Decision, DecisionOutcome, Deferral, OperatorDecision, RejectReason, Verdict
 from schemas.proposal import Proposal, ProposalFeatures
+from schemas.qa import QAAnswer, QAItem
 from schemas.risk import AutonomyStage, RiskTier, SliceKey
 from schemas.screen import ButtonControl, ChatControl, ScreenSchema
 from schemas.state import UIState
+from service.runtime.qa_store import QAStatus, QAStore
 from service.runtime.store import (
     AnswerStatus,
     ApplyRefusedError,
@@ -878,20 +880,32 @@ def test_a_stage_event_compare_and_set_refuses_a_stale_view_of_the_slice(store: 
 # ---- an answer and its audit entry (issue 17, finding 3) -------------------------------------------------------
 
 
-def _crash_at_the_audit_write(url: str, decision_json: str) -> None:
-    """Answer with an audit entry and die (as kill -9 would: no cleanup, no rollback) the moment the audit row is
-    written: the old protocol committed the answer before it wrote the audit entry."""
+def _die_at_the_audit_write(store: RuntimeStore) -> None:
+    """Make this process die (as kill -9 would: no cleanup, no rollback) the moment an audit row is written."""
     from sqlalchemy import event
-
-    store = RuntimeStore(url)
 
     @event.listens_for(store.engine, "before_cursor_execute")
     def _die(conn: object, cursor: object, statement: str, *args: object) -> None:
         if statement.lstrip().upper().startswith("INSERT INTO AUDIT_LOG"):
             os._exit(9)
 
+
+def _crash_at_the_audit_write(url: str, decision_json: str) -> None:
+    """Answer with an audit entry and die writing it: the old protocol committed the answer before it wrote the
+    audit entry."""
+    store = RuntimeStore(url)
+    _die_at_the_audit_write(store)
     decision = OperatorDecision.model_validate_json(decision_json)
     store.answer(decision, audit=AuditNote("op-1", "answer:accept", "s1/f0", {"session_id": "s1"}))
+
+
+def _crash_at_the_review_audit_write(url: str, review_json: str) -> None:
+    """Record a QA review with its audit entry and die writing it: the old protocol committed the review first."""
+    store = RuntimeStore(url)
+    qa = QAStore(store)
+    _die_at_the_audit_write(store)
+    review = QAAnswer.model_validate_json(review_json)
+    qa.answer(review, audit=AuditNote("op-1", "qa:accept", review.qa_id, {"session_id": review.session_id}))
 
 
 def test_an_answer_and_its_audit_entry_commit_together(store: RuntimeStore, url: str) -> None:
@@ -919,6 +933,49 @@ def test_an_answer_and_its_audit_entry_commit_together(store: RuntimeStore, url:
     duplicate = store.answer(reply, audit=note)
     assert duplicate.result == AnswerStatus.DUPLICATE and duplicate.audit_id == accepted.audit_id
     assert [e.target for e in store.audit_log()].count(deferral.deferral_id) == 1
+
+
+def test_a_qa_review_and_its_audit_entry_commit_together(store: RuntimeStore, url: str) -> None:
+    qa = QAStore(store)
+    executed = _deferral("s1", 0)
+    item = QAItem(
+        qa_id="qa-s1/p0",
+        session_id="s1",
+        queue="billing",
+        state=executed.state,
+        proposal=executed.proposal,
+        decision=executed.decision.model_copy(update={"outcome": DecisionOutcome.EXECUTE, "audit": True}),
+    )
+    assert qa.add(item)
+    review = QAAnswer(
+        qa_id=item.qa_id,
+        proposal_id=item.proposal.proposal_id,
+        session_id="s1",
+        verdict=Verdict.ACCEPT,
+        operator_id="op-1",
+    )
+    process = multiprocessing.get_context("spawn").Process(
+        target=_crash_at_the_review_audit_write, args=(url, review.model_dump_json())
+    )
+    process.start()
+    process.join(60)
+    assert process.exitcode == 9  # died writing the audit entry, inside the review's transaction
+    row = qa.get(item.qa_id)
+    assert row is not None and (row.status, row.answer) == (QAStatus.PENDING, None)
+    assert qa.review_audit(item.qa_id) is None
+
+    note = AuditNote("op-1", "qa:accept", item.qa_id, {"session_id": "s1"})
+    for wrong in (replace(note, action="answer:accept"), replace(note, target="qa-other")):
+        with pytest.raises(ValueError, match="audit"):
+            qa.answer(review, audit=wrong)
+    accepted = qa.answer(review, audit=note)
+    assert accepted.result == AnswerStatus.ACCEPTED and accepted.audit_id is not None
+    entry = qa.review_audit(item.qa_id)
+    assert entry is not None and (entry.id, entry.action, entry.target) == (accepted.audit_id, "qa:accept", item.qa_id)
+    assert store.answer_audit(item.qa_id) is None  # a review's entry is not a deferral answer's
+    duplicate = qa.answer(review.model_copy(update={"note": "again"}), audit=note)
+    assert duplicate.result == AnswerStatus.DUPLICATE and duplicate.audit_id == accepted.audit_id
+    assert [e.target for e in store.audit_log()].count(item.qa_id) == 1
 
 
 def test_recorded_answer_reads_what_the_store_holds(store: RuntimeStore) -> None:

@@ -91,18 +91,12 @@ def answer(qa_id: QAId, body: QAAnswerRequest, service: ServiceDep, caller: Oper
         note=body.note,
         operator_id=caller.name,
     )
-    result = service.qa.record(review)
+    # The review and its audit entry are written in one transaction (``QAReviews.record``), then its effects.
+    result = service.qa.record(review, audit_details={"slice": str(item.decision.slice)})
     if result.result == AnswerStatus.UNKNOWN:
         raise NotFoundError(f"qa_id: {result.reason}")
     if result.result == AnswerStatus.STALE:
         raise ConflictError(f"qa_id: {result.reason}")
-    if result.result == AnswerStatus.ACCEPTED:
-        service.store.audit(
-            caller.name,
-            f"qa:{review.verdict.value}",
-            qa_id,
-            {"session_id": item.session_id, "slice": str(item.decision.slice), "label": review.label.value},
-        )
     kind: Literal["accepted", "duplicate"] = "accepted" if result.result == AnswerStatus.ACCEPTED else "duplicate"
     return QAAnswerResponse(result=kind, session_id=item.session_id, label=review.label)
 

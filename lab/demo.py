@@ -2,12 +2,14 @@
 
 Stages: (1) the logging stage: the sandbox BPM generates cases, simulated operators work them on the real BPMN
 engine, traces are written, and the sandbox's own ceiling per action type is printed; (2) a copilot acceptance
-check of the best possible policy; (3) the next-UI-action policy is trained on the earlier traces and evaluated
-on the later ones (a time split) beside the two floors and the ceiling; (4) a copilot phase of new cases with the
-trained policy, whose feedback trains, calibrates and thresholds the critic (the nightly job, into a registry),
-printed beside the policy's own confidence; (5) the autopilot: slices with a holding threshold are promoted, and
-new cases run as background sessions through the runtime (embedded Kafka broker, SQLite store, simulated
-operators answering deferrals), measured against an all-manual run of the same cases (``lab.report``).
+check of the best possible policy; (3) the next-UI-action policy (``policy.combined.CombinedPolicy``: the LM and
+the simple predictors, each answering where held-out cases show it is better) is trained on the earlier traces and
+evaluated on the later ones (a time split) beside the two floors and the ceiling, with which predictor it chose
+where; (4) a copilot phase of new cases with the trained policy, whose feedback trains, calibrates and thresholds
+the critic (the nightly job, into a registry), printed beside the policy's own confidence; (5) the autopilot:
+slices with a holding threshold are promoted, and new cases run as background sessions through the runtime
+(embedded Kafka broker, SQLite store, simulated operators answering deferrals), measured against an all-manual
+run of the same cases (``lab.report``).
 
 Stage 5's phase (``run_autopilot_phase``) is also what ``bench/runtime_default.py`` runs on the bench artefacts.
 Every stage's wall time is printed at the end: the whole demo is meant to finish within 15 minutes on two cores.
@@ -37,7 +39,7 @@ if TYPE_CHECKING:  # the heavy imports stay lazy: `autopilot --help` must start 
     from schemas import FeedbackRecord, SliceKey
     from service.runtime.worker import ProposalPolicy
 
-SMALL_BATCH = 8  # states per policy call in the demo's LM stages (see _InBatchesOf for the measurement)
+SMALL_BATCH = 8  # states per policy call in the demo's LM stages (see _policy_stage for the measurement)
 DEMO_FRACTIONS = (0.35, 0.1, 0.45, 0.1)  # fit, calibrate, threshold, test (the nightly job's default: 50/15/20/15)
 
 ALPHA_NOTE = (
@@ -138,29 +140,10 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-class _InBatchesOf:
-    """A fitted predictor whose ``predict`` runs in batches of ``size`` states. The LM policy packs a batch into one
-    padded pass, and on this CPU batches of 8 cost about 25 ms a state against 35-45 ms in batches of 64 (measured
-    for this demo): the padding and the attention mask grow with the batch."""
-
-    def __init__(self, predictor: Any, size: int) -> None:
-        self.predictor = predictor
-        self.name = predictor.name
-        self.size = size
-
-    def fit(self, traces: Sequence[Any]) -> _InBatchesOf:
-        self.predictor.fit(traces)
-        return self
-
-    def predict(self, states: Sequence[Any]) -> list[Any]:
-        return [p for i in range(0, len(states), self.size) for p in self.predictor.predict(states[i : i + self.size])]
-
-
 def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: int) -> dict[str, Any]:
     from importers.jsonl import read_traces
-    from policy.policy import LMPolicy
+    from policy.combined import CombinedPolicy
     from policy.report import compare_with_floors
-    from policy.train import TrainConfig
 
     traces = read_traces(traces_path)
     # 97/3: training is bounded by its time budget, not by the data, and scoring the test steps with the LM is
@@ -168,22 +151,38 @@ def _policy_stage(traces_path: Path, model_dir: Path, time_budget: float, seed: 
     cut = int(len(traces) * 0.97)
     train, test = traces[:cut], traces[cut:]
     print(
-        f"\n[3/6] policy: training the default model on the first {len(train)} cases "
-        f"(at most {time_budget:.0f} s on one thread), testing on the last {len(test)}"
+        f"\n[3/6] policy: training the default policy (the LM combined with the simple predictors) on the first "
+        f"{len(train)} cases (at most {time_budget:.0f} s, the LM on one thread), testing on the last {len(test)}"
     )
-    policy = LMPolicy(training=TrainConfig(epochs=3, threads=1, time_budget_s=time_budget, seed=seed)).fit(train)
+    # The product's default trained policy (``autopilot policy train``) under the demo's one budget: the LM gets
+    # what the counting and boosting members leave of it. The LM's floor is lowered for a short budget (its
+    # default 60 s would overrun a 60 s demo budget by the members' fit and the held-out scoring).
+    policy = CombinedPolicy(
+        time_budget_s=time_budget,
+        min_lm_budget_s=min(CombinedPolicy.min_lm_budget_s, 0.5 * time_budget),
+        lm_threads=1,
+        seed=seed,
+        progress=True,
+    ).fit(train)
     policy.save(model_dir)
-    report = compare_with_floors(_InBatchesOf(policy, SMALL_BATCH), test, train, name="lm policy")
-    print(report.markdown)
+    # Batches of SMALL_BATCH states: the LM packs a batch into one padded pass, and on this CPU batches of 8 cost
+    # about 25 ms a state against 35-45 ms in batches of 64 (the padding and the attention mask grow with it).
+    report = compare_with_floors(policy, test, train, name="combined policy", batch_size=SMALL_BATCH)
+    print(report.markdown)  # the floor table, then which predictor the policy chose where
     results = report.results
-    history = policy.history_
+    validation = policy.report_.get("validation", {})
     return {
         "model_dir": str(model_dir),
+        "kind": "combined",
         "version": policy.version_,
-        "training_seconds": history.seconds if history else None,
+        "training_seconds": policy.report_.get("fit_s"),
         "test_cases": len(test),
         "action_accuracy": {name: r.overall.action_accuracy for name, r in results.items()},
-        "ceiling": results["lm policy"].overall.ceiling_action,
+        "ceiling": results["combined policy"].overall.ceiling_action,
+        "members": {name: info.get("validation_accuracy") for name, info in policy.report_.get("members", {}).items()},
+        "left_out": policy.report_.get("left_out", {}),
+        "route_share": validation.get("route_share", {}),
+        "lm_epochs": policy.report_.get("members", {}).get("lm", {}).get("epochs_done"),
     }
 
 

@@ -224,7 +224,10 @@ class SimulatedQAReviewers:
         own = operator_distribution(operator, bases, schema)
         proposed = item.proposal.action
         if own:
-            verdict = review(operator, proposed, sample(own, rng), bases, rng)
+            # Judged as a copilot reviewer judges a proposal (``SimulatedOperatorPool._review``): a committed guess
+            # at what the customer has not said is a model error for operators who flag guesses.
+            guesses = screen.guessing(snapshot.view)
+            verdict = review(operator, proposed, sample(own, rng), bases, rng, guesses=guesses)
         else:  # nobody would act on this screen: the step should not have happened
             verdict = Review(Verdict.REJECT, RejectReason.OTHER, None, acceptable(proposed, bases))
         customers = sum(1 for message in snapshot.view.chat if message.role == ChatRole.CUSTOMER)

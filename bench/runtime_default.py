@@ -28,6 +28,8 @@ The JSON's top-level ``headline`` holds the figures of the ``--headline-alpha`` 
     .venv/bin/python -m bench.runtime_default [--sessions 1000] [--alphas 0.05] [--feedback-sessions 3000]
 
 Writes ``bench/results/runtime_default.{json,md,png}``; the runtime stores go to ``out/bench/runtime_default``.
+``--refresh-critic-figures`` only re-reads the critic benches' figures (coverage, time to autonomy; their own runs)
+into the existing results.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ def headline_figures(
     """The ``headline`` (the ``--headline-alpha`` run under ``--label``, realised error under the operators'
     label), the ``headline_accept_label`` (the accept-label run, realised error under the accept label) and notes."""
     figures, notes = critic_figures(RESULTS_DIR, args.headline_alpha)
+    accept_figures, accept_notes = critic_figures(RESULTS_DIR, args.headline_alpha, label="accept")
+    notes += [f"accept label: {note}" for note in accept_notes]
 
     def pick(label: str) -> AutopilotReport | None:
         for name, report in reports.items():
@@ -138,7 +142,7 @@ def headline_figures(
 
     graded, accept = pick(args.label), pick(args.compare_label) if args.compare_label else None
     headline = None if graded is None else {**graded.headline("operators"), **figures}
-    accept_headline = None if accept is None else {**accept.headline("accept"), **figures}
+    accept_headline = None if accept is None else {**accept.headline("accept"), **accept_figures}
     if graded is None:
         notes.append(f"no run at alpha {args.headline_alpha:g} with label {args.label}: no headline")
     if accept is None:
@@ -146,7 +150,7 @@ def headline_figures(
     if figures["coverage_share_of_oracle"] is not None or figures["sessions_to_autonomy_new_process"] is not None:
         notes.append(
             "coverage_share_of_oracle and sessions_to_autonomy_new_process come from bench/results/critic_sandbox.json "
-            "and critic_time_to_autonomy.json (their own runs), the same numbers beside both labels"
+            "and critic_time_to_autonomy.json (their own runs), each label's beside its headline"
         )
     return headline, accept_headline, notes
 
@@ -226,8 +230,41 @@ def markdown(
     return "\n".join(lines)
 
 
+def refresh_critic_figures() -> None:
+    """Re-read the critic benches' figures (coverage, time to autonomy) into the existing results, both labels,
+    without re-running the sessions: those figures come from their own benches, which may finish later."""
+    import json
+
+    json_path, md_path = RESULTS_DIR / f"{NAME}.json", RESULTS_DIR / f"{NAME}.md"
+    result = json.loads(json_path.read_text())
+    alpha = result["protocol"]["headline_alpha"]
+    notes = [n for n in result.get("headline_notes", []) if "critic_" not in n]
+    notes.append(
+        "coverage_share_of_oracle and sessions_to_autonomy_new_process come from bench/results/critic_sandbox.json "
+        "and critic_time_to_autonomy.json (their own runs), each label's beside its headline"
+    )
+    for key, label in (("headline", "operators"), ("headline_accept_label", "accept")):
+        if result.get(key) is not None:
+            figures, figure_notes = critic_figures(RESULTS_DIR, alpha, label=label)
+            result[key].update(figures)
+            notes += [note if label == "operators" else f"accept label: {note}" for note in figure_notes]
+    result["headline_notes"] = notes
+    text = md_path.read_text()
+    start, end = text.index("| figure | operators' label"), text.index("| alpha | label |")
+    block = headline_markdown(result["headline"], result.get("headline_accept_label"))
+    block += "\n" + "".join(f"- {note}\n" for note in notes) + "\n"
+    md_path.write_text(text[:start] + block + text[end:])
+    json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"critic figures refreshed in {json_path} and {md_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--refresh-critic-figures",
+        action="store_true",
+        help="only re-read the critic benches' figures into the existing results (no sessions are run)",
+    )
     parser.add_argument("--policy", type=Path, default=POLICY_DIR)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument(
@@ -249,6 +286,9 @@ def main() -> None:
         help="which rows share a threshold (the pipeline's and the demo's choice: pooled)",
     )
     args = parser.parse_args()
+    if args.refresh_critic_figures:
+        refresh_critic_figures()
+        return
     if args.sessions < 1 or args.feedback_sessions < 1:
         raise SystemExit("--sessions, --feedback-sessions: must be >= 1")
     if args.start < FEEDBACK_START + args.feedback_sessions:

@@ -291,9 +291,11 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
     # only the realised error differs), and the critic benches' coverage and time to autonomy (not this run's).
     from lab.report import critic_figures, headline_markdown
 
-    figures, figure_notes = critic_figures(Path(__file__).resolve().parents[1] / "bench" / "results", report.alpha)
+    results_dir = Path(__file__).resolve().parents[1] / "bench" / "results"
+    figures, figure_notes = critic_figures(results_dir, report.alpha)
+    accept_figures, _ = critic_figures(results_dir, report.alpha, label="accept")
     headline = {**report.headline(), **figures}
-    accept = {**report.headline("accept"), **figures}
+    accept = {**report.headline("accept"), **accept_figures}
     print("### Headline\n")
     print(headline_markdown(headline, accept))
     for note in figure_notes:

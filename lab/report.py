@@ -618,10 +618,10 @@ def non_inferiority(headline: Mapping[str, Any]) -> bool | None:
     return bool(estimate >= 0.0 and low >= -NON_INFERIORITY_MARGIN)
 
 
-def critic_figures(results_dir: str | Path, alpha: float) -> tuple[dict[str, Any], list[str]]:
+def critic_figures(results_dir: str | Path, alpha: float, label: str = "operators") -> tuple[dict[str, Any], list[str]]:
     """``coverage_share_of_oracle`` and ``sessions_to_autonomy_new_process`` at ``alpha`` from the critic benches'
-    results (``critic_sandbox.json``, ``critic_time_to_autonomy.json``; a ``headline`` object in them wins), each
-    None with a note when a file or figure is missing."""
+    results (``critic_sandbox.json``, ``critic_time_to_autonomy.json``; a ``headline`` object in them wins, and
+    for ``label="accept"`` its ``accept_label`` part), each None with a note when a file or figure is missing."""
     import json
 
     folder = Path(results_dir)
@@ -641,10 +641,17 @@ def critic_figures(results_dir: str | Path, alpha: float) -> tuple[dict[str, Any
             return None
         return data if isinstance(data, dict) else None
 
+    def headline_of(data: dict[str, Any]) -> dict[str, Any]:
+        top = data.get("headline") or {}
+        if label == "accept":  # the figures measured under the paper's label, where the bench wrote them
+            return {"alpha": top.get("alpha"), **(top.get("accept_label") or {})} if top.get("accept_label") else {}
+        return top
+
     sandbox = load("critic_sandbox.json")
     if sandbox is not None:
-        top = sandbox.get("headline") or {}
-        feature = (sandbox.get("coverage") or {}).get("feature") or {}
+        top = headline_of(sandbox)
+        # Older files have no headline: their top-level figures are the default label's.
+        feature = ((sandbox.get("coverage") or {}).get("feature") or {}) if label != "accept" else {}
         measured_at = top.get("alpha", ((feature.get("thresholds") or {}).get("config") or {}).get("alpha"))
         coverage = top.get("coverage_share_of_oracle", feature.get("share_of_oracle"))
         if measured_at is not None and abs(float(measured_at) - alpha) > 1e-9:
@@ -655,8 +662,8 @@ def critic_figures(results_dir: str | Path, alpha: float) -> tuple[dict[str, Any
         figures["coverage_share_of_oracle"] = coverage
     autonomy = load("critic_time_to_autonomy.json")
     if autonomy is not None:
-        sessions = (autonomy.get("headline") or {}).get("sessions_to_autonomy_new_process")
-        if sessions is None:
+        sessions = headline_of(autonomy).get("sessions_to_autonomy_new_process")
+        if sessions is None and label != "accept":
             sessions = (autonomy.get("first_holding_threshold_sessions") or {}).get(key)
         figures["sessions_to_autonomy_new_process"] = sessions
         if sessions is None:

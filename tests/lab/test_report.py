@@ -312,3 +312,16 @@ def test_critic_figures_come_from_the_critic_benches_at_the_same_alpha(tmp_path:
         json.dumps({"headline": {"coverage_share_of_oracle": 0.9, "alpha": 0.1}})
     )
     assert critic_figures(tmp_path, 0.1)[0]["coverage_share_of_oracle"] == 0.9
+    # The paper's label reads its own figures, never the default label's.
+    figures, notes = critic_figures(tmp_path, 0.1, label="accept")
+    assert figures == {"coverage_share_of_oracle": None, "sessions_to_autonomy_new_process": None}
+    headline = {"alpha": 0.1, "coverage_share_of_oracle": 0.9, "accept_label": {"coverage_share_of_oracle": 0.3}}
+    (tmp_path / "critic_sandbox.json").write_text(json.dumps({"headline": headline}))
+    (tmp_path / "critic_time_to_autonomy.json").write_text(
+        json.dumps({"headline": {"alpha": 0.1, "accept_label": {"sessions_to_autonomy_new_process": 10}}})
+    )
+    assert critic_figures(tmp_path, 0.1, label="accept")[0] == {
+        "coverage_share_of_oracle": 0.3,
+        "sessions_to_autonomy_new_process": 10,
+    }
+    assert critic_figures(tmp_path, 0.1)[0]["coverage_share_of_oracle"] == 0.9

@@ -277,6 +277,7 @@ def main() -> None:
     parser.add_argument(
         "--compare-label", choices=[*sorted(LABEL_RULES), ""], default=ACCEPT_LABEL, help="'' for no comparison"
     )
+    parser.add_argument("--no-reply-guard", action="store_true", help="run the bare policy (policy.replies off)")
     parser.add_argument("--audit-rate", type=float, default=0.05)
     parser.add_argument("--audit-mode", choices=["after", "before"], default="after")
     parser.add_argument(
@@ -298,6 +299,7 @@ def main() -> None:
 
     from lab.demo import all_manual_run
     from policy.combined import load_policy
+    from policy.replies import with_reply_guard
     from sandbox.scenario import scenario_by_name
 
     torch.set_num_threads(1)
@@ -306,7 +308,8 @@ def main() -> None:
     feedback_path = (
         ROOT / "out" / "bench" / f"critic_feedback_default_{SEED}_{FEEDBACK_START}_{args.feedback_sessions}.jsonl"
     )
-    policy = load_policy(args.policy)
+    # As the service runs it (AUTOPILOT_REPLY_GUARD); the cached copilot feedback is the bare policy's.
+    policy = with_reply_guard(load_policy(args.policy), not args.no_reply_guard)
     mark = time.perf_counter()
     manual = all_manual_run(args.sessions, SEED, scenario_by_name("default"), args.start)
     manual_s = time.perf_counter() - mark
@@ -343,6 +346,7 @@ def main() -> None:
             "audit_rate": args.audit_rate,
             "audit_mode": args.audit_mode,
             "granularity": args.granularity,
+            "reply_guard": not args.no_reply_guard,
             "labels": labels,
             "headline_alpha": args.headline_alpha,
         },

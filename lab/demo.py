@@ -210,6 +210,7 @@ def _critic_stage(
     from critic.retrain import RetrainConfig, retrain
     from critic.store import FeedbackStore
     from policy.combined import load_policy
+    from policy.replies import with_reply_guard
     from sandbox.feedback_collection import collect_copilot_feedback
     from sandbox.scenario import scenario_by_name
 
@@ -218,7 +219,7 @@ def _critic_stage(
         f"accept or correct), then train, calibrate and threshold the critic (alpha {alpha:g})"
     )
     torch.set_num_threads(1)
-    policy = load_policy(out / "policy")
+    policy = with_reply_guard(load_policy(out / "policy"))  # as the service runs it (AUTOPILOT_REPLY_GUARD)
     feedback = collect_copilot_feedback(
         policy, sessions, seed, scenario_by_name(scenario_name), start_index=start_index, concurrency=SMALL_BATCH
     )
@@ -265,6 +266,7 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
     from critic.feedback import read_feedback
     from lab.report import plot_reports
     from policy.combined import load_policy
+    from policy.replies import with_reply_guard
 
     print(
         f"\n[5/6] autopilot: promote the slices whose threshold holds, then {sessions} new cases (indices "
@@ -272,7 +274,7 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
         "Kafka broker, SQLite store, simulated operators), against an all-manual run of the same cases"
     )
     torch.set_num_threads(1)
-    policy = load_policy(out / "policy")
+    policy = with_reply_guard(load_policy(out / "policy"))  # as the service runs it (AUTOPILOT_REPLY_GUARD)
     feedback = read_feedback(out / "feedback.jsonl")
     report = run_autopilot_phase(
         policy,

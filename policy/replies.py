@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from policy.serialise import mentioned_options
 from policy.values import ENTITY_PATTERNS, value_sources
@@ -38,6 +38,9 @@ _NUMERIC = re.compile(r"^[\d.,:/ -]+$")
 
 class Proposer(Protocol):
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]: ...
+
+
+P = TypeVar("P", bound=Proposer)
 
 
 def _words(text: str) -> list[str]:
@@ -129,6 +132,12 @@ class ReplyGuard:
     ask_below: float = 0.75
     min_question: float = 0.02
 
+    @property
+    def version_(self) -> str:
+        """The wrapped policy's version ("" if it has none): the guard is a fixed rule over its proposals, not a
+        model of its own."""
+        return str(getattr(self.policy, "version_", ""))
+
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
         proposals = self.policy.propose_batch(states, k=max(k, self.alternatives))
         out: list[Proposal | None] = []
@@ -197,3 +206,9 @@ class ReplyGuard:
         if top.action == proposal.action and len(proposal.alternatives) == len(rest):
             return proposal
         return proposal.model_copy(update={"action": top.action, "features": top.features, "alternatives": rest})
+
+
+def with_reply_guard(policy: P, enabled: bool = True) -> P | ReplyGuard:
+    """``policy`` behind a ``ReplyGuard`` (the service's and the demo's default, ``AUTOPILOT_REPLY_GUARD``), or as
+    it is when ``enabled`` is false."""
+    return ReplyGuard(policy) if enabled else policy

@@ -9,6 +9,7 @@ from datetime import timedelta
 from critic.feedback import SYNTHETIC_EPOCH, CopilotFeedback
 from policy.combined import CombinedPolicy
 from policy.policy import LMPolicy
+from policy.replies import ReplyGuard
 from sandbox.copilot import run_copilot_batched
 from sandbox.scenario import Scenario
 from schemas.decision import Verdict
@@ -27,7 +28,7 @@ def _record_id(kind: str, scenario: str, model_version: str, seed: int, case_ind
 
 
 def collect_copilot_feedback(
-    policy: LMPolicy | CombinedPolicy,
+    policy: LMPolicy | CombinedPolicy | ReplyGuard,
     sessions: int,
     seed: int,
     scenario: Scenario | None = None,

@@ -154,6 +154,7 @@ class AutopilotService:
         WorkerSetupError naming the setting when something is missing."""
         from policy.combined import load_policy
         from policy.remote import remote_scorer
+        from policy.replies import with_reply_guard
 
         if runtime_factory is None and not settings.bpm_url:
             raise _no_bpm()  # before anything is loaded
@@ -173,7 +174,9 @@ class AutopilotService:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        policy = load_policy(policy_dir, scorer=remote_scorer(settings.policy_server_url))
+        policy = with_reply_guard(
+            load_policy(policy_dir, scorer=remote_scorer(settings.policy_server_url)), settings.reply_guard
+        )
         return cls.build(
             settings, policy, champion.critic, champion.thresholds, champion.version, runtime_factory=runtime_factory
         )

@@ -45,6 +45,10 @@ class RuntimeSettings(BaseSettings):
         default=AuditMode.AFTER,
         description="after: audited steps run and are reviewed in the QA queue; before: a human approves them first",
     )
+    reply_guard: bool = Field(
+        default=True,
+        description="Replies' facts checked against the state and guesses turned into questions (policy.replies)",
+    )
     operators: int = Field(default=12, ge=1, description="Simulated operators in the pool")
     think_time_s: float = Field(default=0.0, ge=0.0, description="Wall-clock seconds an operator spends per review")
     seed: int = 0

@@ -66,6 +66,7 @@ class WorkerSpec(BaseModel):
     autonomy: dict[str, Any] = Field(default_factory=dict, description="AutonomyConfig.to_dict()")
     audit_rate: float = Field(default=0.05, ge=0.0, lt=1.0)
     audit_mode: AuditMode = AuditMode.AFTER
+    reply_guard: bool = True
     seed: int = 0
     batch_size: int = Field(default=32, ge=1)
     lease_s: float = Field(default=30.0, gt=0)
@@ -100,6 +101,7 @@ def build_worker(
     from critic.persist import load_critic
     from policy.combined import load_policy
     from policy.remote import remote_scorer
+    from policy.replies import with_reply_guard
     from service.runtime.adapters.http import HttpBpmAdapter
 
     stages = AutonomyStages(AutonomyConfig.from_dict(spec.autonomy))
@@ -113,7 +115,7 @@ def build_worker(
     return SessionWorker(
         spec.worker_id,
         adapter if adapter is not None else HttpBpmAdapter(spec.bpm_url),
-        load_policy(spec.policy_path, scorer=remote_scorer(spec.policy_server_url)),
+        with_reply_guard(load_policy(spec.policy_path, scorer=remote_scorer(spec.policy_server_url)), spec.reply_guard),
         champion,
         router,
         stages,
@@ -270,6 +272,7 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         ).to_dict(),
         audit_rate=settings.audit_rate,
         audit_mode=settings.audit_mode,
+        reply_guard=settings.reply_guard,
         seed=settings.seed,
         batch_size=settings.batch_size,
         lease_s=settings.lease_s,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policy.replies import ReplyGuard, row_consistent, unsupported_facts
+from policy.replies import ReplyGuard, row_consistent, unsupported_facts, with_reply_guard
 from schemas import (
     Action,
     ChatMessage,
@@ -140,3 +140,15 @@ def test_a_split_guess_becomes_the_clarifying_question() -> None:
     # No question ranked: the guess stays (nothing better to propose).
     no_question = [r for r in ranked if r[0] != ask]
     assert ReplyGuard(Scripted(no_question)).propose(unclear).action == ranked[0][0]  # type: ignore[union-attr]
+
+
+def test_the_service_runs_the_guard_by_default_and_can_turn_it_off() -> None:
+    from service.runtime.settings import RuntimeSettings
+
+    proposer = Scripted([(ClickControl(control_id="next"), 1.0)])
+    proposer.version_ = "lm-1"  # type: ignore[attr-defined]
+    guarded = with_reply_guard(proposer)
+    assert isinstance(guarded, ReplyGuard) and guarded.version_ == "lm-1"  # the critic's policy version is the LM's
+    assert with_reply_guard(proposer, enabled=False) is proposer
+    assert RuntimeSettings().reply_guard is True
+    assert RuntimeSettings(reply_guard=False).reply_guard is False

@@ -679,7 +679,11 @@ def register(commands: Any) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--scenario", default="default")
     demo.add_argument("--policy-time-budget", type=float, default=180.0, help="seconds of policy training")
-    demo.add_argument("--critic-sessions", type=int, default=600, help="copilot cases whose feedback trains the critic")
+    # 1,200: on the calibrated world 600 cases gave one pooled cell of 2,104 threshold rows, and one unlucky
+    # error among its first 38 tested rows left it without a threshold (nothing ran in the background).
+    demo.add_argument(
+        "--critic-sessions", type=int, default=1200, help="copilot cases whose feedback trains the critic"
+    )
     demo.add_argument(
         "--alpha", type=float, default=0.10, help="tolerated error rate among auto-executed steps (critic thresholds)"
     )

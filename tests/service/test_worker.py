@@ -306,6 +306,21 @@ def sum_counts(items: Any) -> dict[str, int]:
 # ---- answers that must change nothing -----------------------------------------------------------------------------
 
 
+def copilot_runtime(
+    platform: SandboxPlatform,
+    tmp_path: Path,
+    broker: EmbeddedBroker,
+    policy_dir: tuple[LMPolicy, Path],
+    critic_dir: tuple[PolicyConfidenceCritic, Path],
+) -> SandboxRuntime:
+    """One worker, every step deferred (copilot stage), no simulated operators: the test gives the answers."""
+    copilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.COPILOT))
+    config = settings(tmp_path, broker.bootstrap, workers=1)
+    return SandboxRuntime(
+        platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=copilot, with_operators=False
+    )
+
+
 def test_stale_unknown_and_repeated_answers_change_nothing(
     tmp_path: Path,
     broker: EmbeddedBroker,
@@ -314,12 +329,7 @@ def test_stale_unknown_and_repeated_answers_change_nothing(
 ) -> None:
     platform = SandboxPlatform(seed=22)
     cases = open_cases(platform, 2)
-    copilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.COPILOT))  # every step is deferred
-    config = settings(tmp_path, broker.bootstrap, workers=1)
-    runtime = SandboxRuntime(
-        platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=copilot, with_operators=False
-    )
-    with runtime:
+    with copilot_runtime(platform, tmp_path, broker, policy_dir, critic_dir) as runtime:
         store, producer, worker = runtime.store, runtime.producer, runtime.workers[0]
         assert store is not None and producer is not None
         session_ids = runtime.start_sessions(cases)
@@ -388,12 +398,7 @@ def test_an_environment_rejection_observes_again_and_only_repeated_ones_hand_ove
 ) -> None:
     platform = SandboxPlatform(seed=23)
     cases = open_cases(platform, 1)
-    copilot = AutonomyStages(AutonomyConfig(initial_stage=AutonomyStage.COPILOT))  # every step is deferred
-    config = settings(tmp_path, broker.bootstrap, workers=1)
-    runtime = SandboxRuntime(
-        platform, policy_dir[0], critic_dir[0], thresholds(), config, stages=copilot, with_operators=False
-    )
-    with runtime:
+    with copilot_runtime(platform, tmp_path, broker, policy_dir, critic_dir) as runtime:
         store, producer, worker = runtime.store, runtime.producer, runtime.workers[0]
         assert store is not None and producer is not None
         (session_id,) = runtime.start_sessions(cases)
@@ -419,9 +424,11 @@ def test_an_environment_rejection_observes_again_and_only_repeated_ones_hand_ove
             )
             assert answer_deferral(store, producer, runtime.topics, deferral, answer).result == AnswerStatus.ACCEPTED
             if retry <= MAX_ENVIRONMENT_RETRIES:  # observed again and parked on a fresh proposal, not handed over
-                assert runtime.wait_until(lambda n=retry: worker.stats().get("environment_retries") == n, 20), (
-                    worker.stats()
-                )
+
+                def retried(n: int = retry) -> bool:
+                    return bool(worker.stats().get("environment_retries") == n)
+
+                assert runtime.wait_until(retried, 20), worker.stats()
         # One environment rejection too many: the environment keeps failing, so a human takes the case.
         assert runtime.wait_until(lambda: runtime.finished([session_id]), 20)
         row = store.get_session(session_id)

@@ -137,6 +137,17 @@ def test_demotion_on_a_quality_drop_within_a_bounded_number_of_audits() -> None:
     assert max(delays) <= 150
 
 
+def test_a_slice_failing_outright_is_demoted_within_a_few_audits() -> None:
+    # Every audit unacceptable: the bound is far below target after a handful, and the default min_audits lets
+    # it act there (a small reply slice on the calibrated sandbox ran 10 audits, 9 unacceptable, under 20).
+    stages = autopilot_stages()
+    assert [stages.record_audit(FILL, False) is not None for _ in range(5)] == [False] * 4 + [True]
+    assert stages.stage(FILL) == AutonomyStage.COPILOT
+    # One early error alone never demotes (the bound at 1 of 5 is well above a 5% error rate's).
+    calm = autopilot_stages()
+    assert all(calm.record_audit(FILL, i != 0) is None for i in range(50))
+
+
 def test_no_false_alarm_at_steady_quality_above_target() -> None:
     stages = autopilot_stages()
     rng = random.Random(2024)

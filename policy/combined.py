@@ -29,9 +29,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -50,10 +47,11 @@ from policy.fast_scoring import CandidateScorer
 from policy.policy import LMPolicy
 from policy.predictor import Prediction
 from policy.routing import Routing, choose_routes, group_path
-from policy.saved import COMBINED_FILE, POLICY_FILE
+from policy.saved import COMBINED_FILE, POLICY_FILE, read_meta
 from policy.serialise import SerialConfig
 from policy.sizing import plan_lm
 from schemas.actions import Action, ActionValidationError, action_key, validate_action
+from schemas.files import atomic_directory
 from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.state import UIState
 from schemas.trace import Trace
@@ -712,12 +710,9 @@ class CombinedPolicy:
         only), the choice, calibration and held-out figures in ``combined.json``."""
         routing = self._require()
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
+        with atomic_directory(target) as tmp:
             if self.lm_ is not None:
-                tmp.rmdir()
-                self.lm_.save(tmp)  # LMPolicy.save writes a fresh directory and renames it to tmp
+                self.lm_.save(tmp)  # the LM at the top, exactly as LMPolicy.save writes it (it replaces tmp)
             joblib.dump(self.members_, tmp / MEMBERS_FILE)
             meta = {
                 "format_version": FORMAT_VERSION,
@@ -752,28 +747,13 @@ class CombinedPolicy:
                 "report": self.report_,
             }
             (tmp / COMBINED_FILE).write_text(json.dumps(meta, indent=1, default=str))
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:6]}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
     @classmethod
     def load(cls, path: str | Path, *, progress: bool = False, scorer: CandidateScorer | None = None) -> CombinedPolicy:
         """The saved policy; ``scorer`` (a server holding the same LM checkpoint) is handed to the LM member."""
         root = Path(path)
-        meta_path = root / COMBINED_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{root} is not a combined policy directory (no {COMBINED_FILE})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+        meta = read_meta(root, COMBINED_FILE, FORMAT_VERSION, "a combined policy directory")
         policy = cls(**meta["params"], progress=progress)
         policy.members_ = joblib.load(root / MEMBERS_FILE)  # trusted input only (see save)
         policy.lm_ = LMPolicy.load(root, progress=progress, scorer=scorer) if meta["has_lm"] else None

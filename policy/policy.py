@@ -25,7 +25,7 @@ from policy.fast_scoring import PACK_TOKENS, CandidateScorer, score_states, supp
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.predictor import Prediction
-from policy.saved import POLICY_FILE
+from policy.saved import POLICY_FILE, read_meta
 from policy.scoring import next_token_logprobs, score_candidates
 from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text, serialise_state
 from policy.tokenizer import PAD, train_tokenizer
@@ -353,12 +353,7 @@ class LMPolicy:
     def load(cls, path: str | Path, *, progress: bool = False, scorer: CandidateScorer | None = None) -> LMPolicy:
         """The saved policy; with ``scorer`` (a server holding the same checkpoint) its weights are not loaded."""
         root = Path(path)
-        meta_path = root / POLICY_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{root} is not a policy directory (no {POLICY_FILE})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
+        meta = read_meta(root, POLICY_FILE, FORMAT_VERSION, "a policy directory")
         policy = cls(
             model=ModelConfig(**meta["model"]),
             training=TrainConfig(**meta["training"]),

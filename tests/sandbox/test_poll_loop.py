@@ -44,15 +44,20 @@ def test_stopping_does_not_wait_for_the_backoff() -> None:
         raise RuntimeError("always")
 
     failures: list[int] = []
+    sixth = threading.Event()  # 3.1 s in: the 6th failure backs off 3.2 s
+
+    def failed() -> None:
+        failures.append(1)
+        if len(failures) == 6:
+            sixth.set()
+
     thread = threading.Thread(
         target=run_until_stopped,
         args=(step, stop),
-        kwargs={"name": "pool", "on_error": lambda: failures.append(1), "log": logging.getLogger("t")},
+        kwargs={"name": "pool", "on_error": failed, "log": logging.getLogger("t")},
     )
     thread.start()
-    deadline = time.monotonic() + 30.0
-    while len(failures) < 6 and time.monotonic() < deadline:  # 3.1 s in: the 6th failure backs off 3.2 s
-        time.sleep(0.01)
+    assert sixth.wait(30.0)
     assert len(failures) == 6
     started = time.monotonic()
     stop.set()

@@ -1,4 +1,4 @@
-"""The fast scoring path: each state's prompt and all its candidates, as a prefix tree, in one lean pass.
+"""The fast scoring path: each state's prompt and its candidates as a prefix tree, through a lean forward.
 
 ``policy.scoring`` (the reference) runs one pass over the prompt for the first-token pruning, then a second
 pass over the prompt and every surviving candidate packed behind it, through the ``transformers`` forward with
@@ -7,26 +7,30 @@ a dense 4-D mask, and runs the vocabulary head once per candidate token. Measure
 prompt, the framework's per-call overhead (mask building, output capturing, kernel lookups) and the vocabulary
 head. This path:
 
-* runs a lean forward of the decoder's own modules (Llama and Qwen2 layouts: embeddings, RMSNorm, rotary q/k/v
-  projections with grouped-query attention, gated MLP), so any checkpoint of these architectures works, ours or
-  a pretrained Qwen2.5, with its own weights;
-* lays each state out as its prompt followed by its candidates as a prefix tree: candidates sharing a prefix
-  ("select new_plan = ...", "send Hello ...") share its nodes; a node attends to the prompt and to its own
-  ancestors, at the position it would have after the prompt, so each candidate is scored exactly as if alone;
+* runs a lean forward of the decoder's own weights (Llama and Qwen2 layouts: embeddings, RMSNorm, rotary q/k/v
+  projections with grouped-query attention, gated MLP; q/k/v and gate/up fused in a small model), so any
+  checkpoint of these architectures works, ours or a pretrained Qwen2.5;
+* lays each state's candidates out as a prefix tree: candidates sharing a prefix ("select new_plan = ...",
+  "send Hello ...") share its nodes; a node attends to the prompt and to its own ancestors, at the position it
+  would have after the prompt, so each candidate is scored exactly as if alone;
 * packs several states in one row with no padding (projections and MLP run on all tokens at once, attention
   per state);
-* reads the first-token log-probabilities at the prompt's last position, applies the pruning rule, and runs
-  the vocabulary head (the most expensive part) only at tree nodes of the candidates that survive, once per
-  node rather than once per candidate token.
+* with pruning (the policy's default), runs in stages (docs/decisions/0012-staged-candidate-scoring.md): the
+  prompts with the tree's shallow nodes first, keeping their keys and values, then deeper nodes a few depths at
+  a time, only for candidates still within ``prune_logprob`` of the best complete one; the vocabulary head (the
+  most expensive part) runs once per node that is run, not once per candidate token.
 
-Scores equal the reference path's within float rounding (tests/policy/test_fast_scoring.py).
+Scores equal the reference path's within float rounding, and the kept candidates are the same
+(``kept_candidates``; tests/policy/test_fast_scoring.py).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,6 +43,10 @@ HEAD_CHUNK_ELEMENTS_GPU = 1 << 28  # on a GPU fewer, larger head calls (1 GiB of
 # Tokens per packed pass. On CPU a larger pass buys nothing (the projections are compute-bound from ~100 rows
 # on) and its activations fall out of cache; the bound also keeps one pass's masks small.
 PACK_TOKENS = 4096
+FUSE_MAX_PARAMETERS = 64_000_000  # decoder layers up to this size get fused projections (see _LayerWeights)
+# Staged scoring (``PackedDecoder.score`` with pruning): tree depths run per stage, after the prompts' own pass.
+# Chosen on the default policy's test states (docs/decisions/0012-staged-candidate-scoring.md).
+STAGE_DEPTHS = (2, 5, 1 << 30)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,19 @@ class ScoredState:
 
     kept: list[int]
     logprobs: list[float]
+
+
+def kept_candidates(firsts: Sequence[float], totals: Sequence[float], prune_logprob: float | None) -> list[int]:
+    """The pruning rule, one for every scoring path: a candidate is kept when its first token's log-probability is
+    within ``prune_logprob`` of the state's best first token *and* its sequence log-probability is within
+    ``prune_logprob`` of the best among those (None keeps every candidate). A dropped candidate is at most
+    ``exp(-prune_logprob)`` as likely as the best one."""
+    if prune_logprob is None or not firsts:
+        return list(range(len(firsts)))
+    first_floor = max(firsts) - prune_logprob
+    passed = [c for c, lp in enumerate(firsts) if lp >= first_floor]
+    floor = max(totals[c] for c in passed) - prune_logprob
+    return [c for c in passed if totals[c] >= floor]
 
 
 class CandidateScorer(Protocol):
@@ -72,6 +93,7 @@ class _Tree:
     positions: list[int]
     ancestors: list[list[int]]
     steps: list[list[tuple[int, int]]]  # per candidate: (node predicting it, token) for every token after the first
+    firsts: list[int]  # per candidate: its first token (predicted at the prompt's last position)
 
 
 def supports(model: PreTrainedModel) -> bool:
@@ -92,7 +114,7 @@ def supports(model: PreTrainedModel) -> bool:
 
 
 def build_tree(prompt_length: int, candidates: Sequence[Sequence[int]]) -> _Tree:
-    tree = _Tree(tokens=[], positions=[], ancestors=[], steps=[])
+    tree = _Tree(tokens=[], positions=[], ancestors=[], steps=[], firsts=[cand[0] for cand in candidates])
     children: dict[tuple[int, int], int] = {}  # (parent node, -1 for the prompt; token) -> node
     for cand in candidates:
         parent, steps = -1, []
@@ -122,6 +144,71 @@ def _causal_block(n: int) -> np.ndarray:
     return _CAUSAL[:n, :n]
 
 
+Projection = list[tuple[torch.Tensor, torch.Tensor | None]]  # (weight, bias) pairs whose outputs are concatenated
+
+
+def _project(x: torch.Tensor, parts: Projection) -> torch.Tensor:
+    if len(parts) == 1:
+        return F.linear(x, *parts[0])
+    return torch.cat([F.linear(x, weight, bias) for weight, bias in parts], dim=-1)
+
+
+def _linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    assert isinstance(module, torch.nn.Linear)
+    return module.weight, module.bias
+
+
+def _fused(parts: Projection) -> Projection:
+    """One (weight, bias) pair for projections that share an input: one matrix product instead of several."""
+    weight = torch.cat([w for w, _ in parts])
+    if all(b is None for _, b in parts):
+        return [(weight, None)]
+    biases = [b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts]
+    return [(weight, torch.cat(biases))]
+
+
+@dataclass
+class _LayerWeights:
+    """One decoder layer as the lean forward reads it. In a small model q/k/v and gate/up are fused into one
+    matrix each (a copy of those weights): on a CPU each matrix product of a few hundred rows costs mostly its
+    call; a large model keeps them apart (its products are arithmetic, and a copy would be gigabytes)."""
+
+    norm_shape: tuple[int]
+    input_norm: torch.Tensor
+    input_eps: float
+    post_norm: torch.Tensor
+    post_eps: float
+    qkv: Projection
+    out: Projection
+    gate_up: Projection
+    down: Projection
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+    @classmethod
+    def of(cls, layer: Any, fuse: bool) -> _LayerWeights:  # a LlamaDecoderLayer or Qwen2DecoderLayer
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = [_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj)]
+        gate_up = [_linear(mlp.gate_proj), _linear(mlp.up_proj)]
+        weight = layer.input_layernorm.weight
+        return cls(
+            norm_shape=(int(weight.shape[0]),),
+            input_norm=weight,
+            input_eps=float(layer.input_layernorm.variance_epsilon),
+            post_norm=layer.post_attention_layernorm.weight,
+            post_eps=float(layer.post_attention_layernorm.variance_epsilon),
+            qkv=_fused(qkv) if fuse else qkv,
+            out=[_linear(attn.o_proj)],
+            gate_up=_fused(gate_up) if fuse else gate_up,
+            down=[_linear(mlp.down_proj)],
+            act=mlp.act_fn,
+        )
+
+
+def _versions(model: torch.nn.Module) -> tuple[int, ...]:
+    """The parameters' in-place modification counters: they move when the weights are trained or loaded."""
+    return tuple(p._version for p in model.parameters())
+
+
 @dataclass
 class _Segment:
     """One state's span of the packed row and its additive attention mask (None: plain causal)."""
@@ -132,7 +219,9 @@ class _Segment:
 
 
 class PackedDecoder:
-    """A lean, inference-only forward over packed sequences that reuses a Llama/Qwen2 model's own modules."""
+    """A lean, inference-only forward over packed sequences with a Llama/Qwen2 model's own weights.
+    ``padded_attention`` applies to the one-pass forward (``forward``, ``last_hidden``, scoring without pruning);
+    staged scoring attends state by state."""
 
     def __init__(self, model: PreTrainedModel, padded_attention: bool | None = None) -> None:
         if not supports(model):
@@ -154,6 +243,9 @@ class PackedDecoder:
         self.dtype = head.weight.dtype
         self.padded_attention = padded_attention  # None: padded on a GPU, state by state on a CPU
         self.head_chunk_elements = HEAD_CHUNK_ELEMENTS if self.device.type == "cpu" else HEAD_CHUNK_ELEMENTS_GPU
+        fuse = sum(p.numel() for layer in self.layers for p in layer.parameters()) <= FUSE_MAX_PARAMETERS
+        self.weights = [_LayerWeights.of(layer, fuse) for layer in self.layers]
+        self.versions = _versions(model)
 
     # ---- the forward ---------------------------------------------------------------------------------------
 
@@ -165,21 +257,34 @@ class PackedDecoder:
     def forward(self, tokens: list[int], positions: list[int], segments: Sequence[_Segment]) -> torch.Tensor:
         """Final hidden states (after the decoder's norm) of a packed row, shape (tokens, hidden). Segments must
         be contiguous and in order, covering the row."""
-        n = len(tokens)
-        hidden = self.embed(torch.tensor([tokens], dtype=torch.long, device=self.device))
-        cos, sin = self.rotary(hidden, torch.tensor([positions], dtype=torch.long, device=self.device))
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         attend = self._padded_attention(segments) if self._pad(segments) else self._segment_attention(segments)
-        for layer in self.layers:
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = self._rope(attn.q_proj(x).view(1, n, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-            k = self._rope(attn.k_proj(x).view(1, n, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            v = attn.v_proj(x).view(1, n, self.kv_heads, self.head_dim).transpose(1, 2)
-            attended = attend(q, k, v)
-            hidden = hidden + attn.o_proj(attended.transpose(1, 2).reshape(1, n, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.norm(hidden[0])
+        return self._run(tokens, positions, lambda _, q, k, v: attend(q, k, v))
+
+    def _run(
+        self,
+        tokens: list[int],
+        positions: list[int],
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """The decoder over a packed row, ``attend(layer index, q, k, v)`` (shapes (1, heads, n, head_dim)) doing
+        the attention; the final hidden states after the norm, (n, hidden)."""
+        n, heads, kv_heads = len(tokens), self.heads, self.kv_heads
+        hidden = self.embed(torch.tensor(tokens, dtype=torch.long, device=self.device))
+        cos, sin = self.rotary(hidden, torch.tensor([positions], dtype=torch.long, device=self.device))
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (n, 1, head_dim): broadcast over heads
+        for index, w in enumerate(self.weights):
+            x = F.rms_norm(hidden, w.norm_shape, w.input_norm, w.input_eps)
+            qkv = _project(x, w.qkv).view(n, heads + 2 * kv_heads, self.head_dim)
+            qk = self._rope(qkv[:, : heads + kv_heads], cos, sin)
+            q = qk[:, :heads].transpose(0, 1).unsqueeze(0)
+            k = qk[:, heads:].transpose(0, 1).unsqueeze(0)
+            v = qkv[:, heads + kv_heads :].transpose(0, 1).unsqueeze(0)
+            attended = attend(index, q, k, v)
+            hidden = hidden + _project(attended[0].transpose(0, 1).reshape(n, -1), w.out)
+            x = F.rms_norm(hidden, w.norm_shape, w.post_norm, w.post_eps)
+            gate, up = _project(x, w.gate_up).chunk(2, dim=-1)
+            hidden = hidden + _project(w.act(gate) * up, w.down)
+        return self.norm(hidden)
 
     def _pad(self, segments: Sequence[_Segment]) -> bool:
         if self.padded_attention is not None:
@@ -304,8 +409,12 @@ class PackedDecoder:
         candidates: Sequence[Sequence[Sequence[int]]],
         prune_logprob: float | None = None,
     ) -> list[ScoredState]:
-        """Sequence log-probabilities of each state's candidates, after dropping those whose first token is less
-        likely than ``exp(-prune_logprob)`` times the state's likeliest first token (None keeps them all)."""
+        """Sequence log-probabilities of each state's candidates that ``kept_candidates`` keeps (None: all).
+
+        Without pruning, prompt and tree run in one pass. With it, in stages (``STAGE_DEPTHS``): the prompts first
+        (their keys and values kept), then the tree a few depths at a time against them, only the nodes of
+        candidates still in the race: a candidate whose log-probability so far is more than ``prune_logprob`` below
+        the best complete one can only fall further, so neither its deeper nodes nor their head rows are run."""
         if len(prompts) != len(candidates):
             raise ValueError("one candidate list per prompt")
         if any(len(p) == 0 for p in prompts):
@@ -313,9 +422,26 @@ class PackedDecoder:
         if any(len(c) == 0 for cands in candidates for c in cands):
             raise ValueError("empty candidate")
         live = [b for b, cands in enumerate(candidates) if cands]
+        out = [ScoredState([], []) for _ in prompts]
         if not live:
-            return [ScoredState([], []) for _ in prompts]
+            return out
         trees = {b: build_tree(len(prompts[b]), candidates[b]) for b in live}
+        if prune_logprob is None:
+            scored = self._score_in_one_pass(prompts, candidates, live, trees)
+        else:
+            scored = self._score_in_stages(prompts, candidates, live, trees, prune_logprob)
+        for b, state in zip(live, scored, strict=True):
+            out[b] = state
+        return out
+
+    def _score_in_one_pass(
+        self,
+        prompts: Sequence[Sequence[int]],
+        candidates: Sequence[Sequence[Sequence[int]]],
+        live: list[int],
+        trees: dict[int, _Tree],
+    ) -> list[ScoredState]:
+        """Every candidate in full: prompts and trees packed in one pass, the head at every tree node."""
         tokens: list[int] = []
         positions: list[int] = []
         segments: list[_Segment] = []
@@ -327,34 +453,229 @@ class PackedDecoder:
             tokens += [*prompts[b], *tree.tokens]
             positions += [*range(len(prompts[b])), *tree.positions]
         hidden = self.forward(tokens, positions, segments)
-        # first tokens, predicted at each prompt's last position
-        rows = [s.start + len(prompts[b]) - 1 for b, s in zip(live, segments, strict=True) for _ in candidates[b]]
-        firsts = self.token_logprobs(hidden, rows, [c[0] for b in live for c in candidates[b]])
-        kept: dict[int, list[int]] = {}
-        totals: dict[int, list[float]] = {}
-        at = 0
-        for b in live:
-            lps = firsts[at : at + len(candidates[b])]
-            at += len(candidates[b])
-            floor = max(lps) - prune_logprob if prune_logprob is not None else -float("inf")
-            kept[b] = [c for c, lp in enumerate(lps) if lp >= floor]
-            totals[b] = [lps[c] for c in kept[b]]
-        # the rest of every surviving candidate, at its tree nodes
         rows, wanted = [], []
         for b, s in zip(live, segments, strict=True):
-            base = s.start + len(prompts[b])
-            for c in kept[b]:
+            last, base = s.start + len(prompts[b]) - 1, s.start + len(prompts[b])
+            for c, cand in enumerate(candidates[b]):
+                rows.append(last)
+                wanted.append(cand[0])
                 for node, token in trees[b].steps[c]:
                     rows.append(base + node)
                     wanted.append(token)
-        rest = self.token_logprobs(hidden, rows, wanted)
-        at = 0
+        logprobs = self.token_logprobs(hidden, rows, wanted)
+        out, at = [], 0
         for b in live:
-            for i, c in enumerate(kept[b]):
-                n = len(trees[b].steps[c])
-                totals[b][i] += sum(rest[at : at + n])
-                at += n
-        return [ScoredState(kept.get(b, []), totals.get(b, [])) for b in range(len(prompts))]
+            totals = []
+            for cand in candidates[b]:
+                totals.append(sum(logprobs[at : at + len(cand)]))
+                at += len(cand)
+            out.append(ScoredState(list(range(len(totals))), totals))
+        return out
+
+    def _score_in_stages(
+        self,
+        prompts: Sequence[Sequence[int]],
+        candidates: Sequence[Sequence[Sequence[int]]],
+        live: list[int],
+        trees: dict[int, _Tree],
+        prune_logprob: float,
+    ) -> list[ScoredState]:
+        races = [
+            _Race(prompts[b], trees[b], self._cache(len(prompts[b]) + len(trees[b].tokens)), prune_logprob)
+            for b in live
+        ]
+        low = 0
+        for high in STAGE_DEPTHS:
+            # the first stage runs the prompts too, with the shallow nodes of every candidate: the first-token
+            # rule needs the prompt's output, and those nodes cost less than another pass
+            running = [race for race in races if race.running]
+            if not running:
+                break
+            spans, tokens, positions = [], [], []
+            for race in running:
+                nodes = race.nodes_between(low, high)
+                span = race.stage_tokens(nodes)
+                spans.append((race.cache, len(span[0]), race.mask_for(nodes)))
+                tokens += span[0]
+                positions += span[1]
+            hidden = self._extend(tokens, positions, spans)
+            rows, wanted, owners = [], [], []
+            at = 0
+            for race, (_, count, _) in zip(running, spans, strict=True):
+                for c, row, token in race.wanted(low, high):
+                    rows.append(at + row)
+                    wanted.append(token)
+                    owners.append((race, c))
+                at += count
+            scores = self.token_logprobs(hidden, rows, wanted)
+            for race in running:
+                race.advance(low, high, [lp for (owner, c), lp in zip(owners, scores, strict=True) if owner is race])
+            low = high
+        return [race.result() for race in races]
+
+    def _cache(self, slots: int) -> _Cache:
+        shape = (self.kv_heads, slots, self.head_dim)
+        return _Cache(
+            keys=[torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers],
+            values=[torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers],
+        )
+
+    def _extend(
+        self, tokens: list[int], positions: list[int], spans: Sequence[tuple[_Cache, int, np.ndarray | None]]
+    ) -> torch.Tensor:
+        """Final hidden states (after the norm) of new tokens, packed state by state, each state's ``count`` tokens
+        attending to its cache's filled slots and to one another as its mask says (rows: the new tokens; columns:
+        the cache's filled slots, then the new tokens; None: causal over an empty cache). Their keys and values
+        are written to the cache's next slots."""
+        if any(mask is None and cache.used for cache, _, mask in spans):
+            raise ValueError("a causal span needs an empty cache")
+        masks = [
+            None if m is None else torch.from_numpy(m).to(device=self.device, dtype=self.dtype) for _, _, m in spans
+        ]
+        gqa = self.kv_heads != self.heads
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            parts, at = [], 0
+            for (cache, count, _), mask in zip(spans, masks, strict=True):
+                used = cache.used
+                keys, values = cache.keys[index], cache.values[index]
+                keys[:, used : used + count] = k[0, :, at : at + count]
+                values[:, used : used + count] = v[0, :, at : at + count]
+                parts.append(
+                    F.scaled_dot_product_attention(
+                        q[:, :, at : at + count],
+                        keys[None, :, : used + count],
+                        values[None, :, : used + count],
+                        attn_mask=mask,
+                        is_causal=mask is None,
+                        scale=self.scaling,
+                        enable_gqa=gqa,
+                    )
+                )
+                at += count
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+        hidden = self._run(tokens, positions, attend)
+        for cache, count, _ in spans:
+            cache.used += count
+        return hidden
+
+
+@dataclass
+class _Cache:
+    """One state's keys and values per layer, (kv_heads, slots, head_dim): the prompt's, then tree nodes' in the
+    order they were run."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    used: int = 0
+
+
+class _Race:
+    """One state's candidates during staged scoring: those still running, their log-probabilities so far, and
+    the tree nodes run so far (their cache slots). Before the first stage every candidate runs and none is
+    scored; the first stage's scores bring the first-token rule, every stage's the sequence rule."""
+
+    def __init__(self, prompt: Sequence[int], tree: _Tree, cache: _Cache, prune_logprob: float) -> None:
+        self.prompt = prompt
+        self.tree = tree
+        self.cache = cache
+        self.prune_logprob = prune_logprob
+        self.slot = np.full(len(tree.tokens), -1, dtype=np.int64)  # node -> cache slot, -1: not run
+        self.row_of: dict[int, int] = {}  # node -> row in the current stage's output
+        self.totals = [0.0] * len(tree.steps)
+        self.running = list(range(len(tree.steps)))
+        self.complete: list[int] = []
+        self.scored = False  # False until the first stage: the prompt has not run yet
+
+    def nodes_between(self, low: int, high: int) -> list[int]:
+        """The nodes running candidates need at depths [low, high), in tree order (ancestors first); assigns their
+        cache slots and their rows in this stage's output (after the prompt's, in the first stage)."""
+        nodes = sorted({node for c in self.running for node, _ in self.tree.steps[c][low:high]})
+        first = self.cache.used if self.scored else len(self.prompt)
+        self.slot[nodes] = np.arange(first, first + len(nodes))
+        offset = 0 if self.scored else len(self.prompt)
+        self.row_of = {node: offset + i for i, node in enumerate(nodes)}
+        return nodes
+
+    def stage_tokens(self, nodes: list[int]) -> tuple[list[int], list[int]]:
+        """(tokens, positions) this stage runs: the nodes, after the prompt in the first stage."""
+        tokens = [self.tree.tokens[n] for n in nodes]
+        positions = [self.tree.positions[n] for n in nodes]
+        if self.scored:
+            return tokens, positions
+        return [*self.prompt, *tokens], [*range(len(self.prompt)), *positions]
+
+    def mask_for(self, nodes: list[int]) -> np.ndarray:
+        """Additive mask of this stage's rows over the cache's slots then theirs: a node sees the prompt and its
+        ancestors; in the first stage the prompt's rows come first, causal."""
+        p = len(self.prompt)
+        head = 0 if self.scored else p  # rows of the prompt in this stage
+        width = (self.cache.used if self.scored else 0) + head + len(nodes)
+        mask = np.full((head + len(nodes), width), -np.inf, dtype=np.float32)
+        mask[:head, :head] = _causal_block(head)
+        mask[head:, :p] = 0.0
+        ancestors = [self.tree.ancestors[n] for n in nodes]
+        depth = np.fromiter((len(a) for a in ancestors), dtype=np.int64, count=len(ancestors))
+        rows = head + np.repeat(np.arange(len(nodes)), depth)
+        cols = self.slot[np.fromiter((a for anc in ancestors for a in anc), dtype=np.int64, count=int(depth.sum()))]
+        mask[rows, cols] = 0.0
+        return mask
+
+    def wanted(self, low: int, high: int) -> list[tuple[int, int, int]]:
+        """(candidate, row, token) of the log-probabilities this stage adds: each running candidate's tokens
+        predicted at its nodes of depths [low, high), and in the first stage its first token, predicted at the
+        prompt's last row."""
+        out = []
+        for c in self.running:
+            if not self.scored:
+                out.append((c, len(self.prompt) - 1, self.tree.firsts[c]))
+            out += [(c, self.row_of[node], token) for node, token in self.tree.steps[c][low:high]]
+        return out
+
+    def advance(self, low: int, high: int, scores: list[float]) -> None:
+        """Add a stage's ``scores`` (in ``wanted``'s order); apply the first-token rule after the first stage; move
+        finished candidates to ``complete``; drop those already more than ``prune_logprob`` below the best
+        complete one: a log-probability only falls as tokens are added."""
+        at, firsts = 0, {}
+        for c in self.running:
+            n = len(self.tree.steps[c][low:high]) + (0 if self.scored else 1)
+            if not self.scored:
+                firsts[c] = scores[at]
+            self.totals[c] += sum(scores[at : at + n])
+            at += n
+        if not self.scored:
+            floor = max(firsts.values()) - self.prune_logprob
+            self.running = [c for c in self.running if firsts[c] >= floor]
+            self.scored = True
+        self.complete += [c for c in self.running if len(self.tree.steps[c]) <= high]
+        self.running = [c for c in self.running if len(self.tree.steps[c]) > high]
+        if self.complete:
+            floor = max(self.totals[c] for c in self.complete) - self.prune_logprob
+            self.running = [c for c in self.running if self.totals[c] >= floor]
+
+    def result(self) -> ScoredState:
+        """The kept candidates: ``kept_candidates``'s rule, from the complete ones (every candidate dropped on the
+        way is below its floor too)."""
+        done = sorted(self.complete)
+        floor = max(self.totals[c] for c in done) - self.prune_logprob
+        kept = [c for c in done if self.totals[c] >= floor]
+        return ScoredState(kept, [self.totals[c] for c in kept])
+
+
+_DECODERS: weakref.WeakKeyDictionary[PreTrainedModel, dict[bool | None, PackedDecoder]] = weakref.WeakKeyDictionary()
+_DECODERS_LOCK = threading.Lock()
+
+
+def decoder_for(model: PreTrainedModel, padded_attention: bool | None = None) -> PackedDecoder:
+    """The model's ``PackedDecoder``, built once and rebuilt when the model's weights have changed since (its
+    fused projections are copies)."""
+    with _DECODERS_LOCK:
+        built = _DECODERS.setdefault(model, {})
+        decoder = built.get(padded_attention)
+        if decoder is None or decoder.versions != _versions(model):
+            decoder = built[padded_attention] = PackedDecoder(model, padded_attention)
+        return decoder
 
 
 def score_states(
@@ -366,11 +687,11 @@ def score_states(
     padded_attention: bool | None = None,
 ) -> list[ScoredState]:
     """The fast path for a supported model (``supports``): see ``PackedDecoder.score``."""
-    return PackedDecoder(model, padded_attention).score(prompts, candidates, prune_logprob)
+    return decoder_for(model, padded_attention).score(prompts, candidates, prune_logprob)
 
 
 def last_hidden_states(
     model: PreTrainedModel, seqs: Sequence[Sequence[int]], *, padded_attention: bool | None = None
 ) -> torch.Tensor:
     """The fast path's final hidden state at each sequence's last token (after the decoder's norm)."""
-    return PackedDecoder(model, padded_attention).last_hidden(seqs)
+    return decoder_for(model, padded_attention).last_hidden(seqs)

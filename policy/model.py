@@ -61,7 +61,19 @@ def load_model(path: str | Path) -> PreTrainedModel:
     """Any causal LM directory `from_pretrained` can read (ours, or a pretrained checkpoint such as Qwen2.5)."""
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
+    _own_weights(model)
     return model
+
+
+def _own_weights(model: torch.nn.Module) -> None:
+    """Move the weights into memory of their own. Loaded from safetensors they can stay views into the mapped
+    file, at offsets that leave rows unaligned for the matrix kernels and on pages the kernel may drop and fault
+    back in: on this CPU single head products of 4 ms then took up to 170 ms (docs/decisions/0012)."""
+    with torch.no_grad():
+        for parameter in model.parameters():  # each shared (tied) parameter once
+            parameter.data = parameter.data.clone(memory_format=torch.contiguous_format)
+        for buffer in model.buffers():
+            buffer.data = buffer.data.clone()
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from policy.candidates import Candidate, TemplateBank, enumerate_candidates
 from policy.codec import Codec
-from policy.fast_scoring import PACK_TOKENS, CandidateScorer, score_states, supports
+from policy.fast_scoring import PACK_TOKENS, CandidateScorer, kept_candidates, score_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.predictor import Prediction
@@ -70,7 +70,7 @@ class LMPolicy:
     vocab_size: int = 8192
     max_prompt_tokens: int = 768
     max_templates: int = 48
-    prune_logprob: float | None = 9.0  # see _prune; None scores every candidate in full
+    prune_logprob: float | None = 9.0  # see fast_scoring.kept_candidates; None scores every candidate in full
     pretrained: str | None = None
     lora: LoraSettings | None = None
     fast_scoring: bool = True  # policy.fast_scoring where the model's layout allows; False = the reference path
@@ -212,40 +212,32 @@ class LMPolicy:
     def _score_reference(
         self, prompts: list[list[int]], candidate_lists: Sequence[list[Candidate]], encoded: list[list[list[int]]]
     ) -> list[_Scored]:
-        """The reference path (policy.scoring): a pruning pass, then prompt and candidates packed in one pass."""
+        """The reference path (policy.scoring): a first-token pass for pruning, then prompt and candidates packed
+        in one pass, then the rest of the pruning rule (``kept_candidates``) on the sequence scores."""
         _, model, _ = self._require()
-        candidate_lists, encoded = self._prune(prompts, candidate_lists, encoded)
+        firsts = self._first_token_logprobs(model, prompts, encoded)
+        survivors = [kept_candidates(f, f, self.prune_logprob) for f in firsts]  # the first-token part of the rule
+        encoded = [[ids[c] for c in keep] for ids, keep in zip(encoded, survivors, strict=True)]
         results: list[_Scored] = []
         for i, j in self._groups(prompts, encoded, MAX_TOKENS_PER_BATCH):
             live = [b for b in range(i, j) if encoded[b]]
             scores = score_candidates(model, [prompts[b] for b in live], [encoded[b] for b in live])
             by_state = dict(zip(live, scores, strict=True))
             for b in range(i, j):
-                results.append(_Scored(list(candidate_lists[b]), by_state.get(b, [])))
+                totals = by_state.get(b, [])
+                keep = kept_candidates([firsts[b][c] for c in survivors[b]], totals, self.prune_logprob)
+                cands = [candidate_lists[b][survivors[b][k]] for k in keep]
+                results.append(_Scored(cands, [totals[k] for k in keep]))
         return results
 
-    def _prune(
-        self, prompts: list[list[int]], candidate_lists: Sequence[list[Candidate]], encoded: list[list[list[int]]]
-    ) -> tuple[list[list[Candidate]], list[list[list[int]]]]:
-        """Drop candidates whose *first* token is less likely than ``exp(-prune_logprob)`` times the likeliest
-        first token among the state's candidates: they cannot reach a meaningful probability, and scoring them
-        in full (dozens of reply templates when a reply is not due) is most of the cost of a proposal."""
+    def _first_token_logprobs(
+        self, model: PreTrainedModel, prompts: list[list[int]], encoded: list[list[list[int]]]
+    ) -> list[list[float]]:
+        """Each candidate's first-token log-probability (all zero without pruning: not needed then)."""
         if self.prune_logprob is None or not prompts:
-            return list(candidate_lists), encoded
-        _, model, _ = self._require()
+            return [[0.0] * len(ids) for ids in encoded]
         first = next_token_logprobs(model, prompts)
-        kept_cands: list[list[Candidate]] = []
-        kept_ids: list[list[list[int]]] = []
-        for b, (cands, ids) in enumerate(zip(candidate_lists, encoded, strict=True)):
-            if not ids:
-                kept_cands.append([])
-                kept_ids.append([])
-                continue
-            lps = first[b, torch.tensor([c[0] for c in ids])]
-            keep = (lps >= lps.max() - self.prune_logprob).tolist()
-            kept_cands.append([c for c, k in zip(cands, keep, strict=True) if k])
-            kept_ids.append([c for c, k in zip(ids, keep, strict=True) if k])
-        return kept_cands, kept_ids
+        return [[float(first[b, c[0]]) for c in ids] for b, ids in enumerate(encoded)]
 
     def _ranked(self, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from policy.fast_scoring import ScoredState
+from policy.fast_scoring import ScoredState, kept_candidates
 
 
 class RemoteScoringError(RuntimeError):
@@ -86,8 +86,9 @@ class SGLangScorer:
         candidates: Sequence[Sequence[Sequence[int]]],
         prune_logprob: float | None = None,
     ) -> list[ScoredState]:
-        """As ``PackedDecoder.score``: every candidate is scored in full, then the first-token pruning rule is
-        applied to the result (on a GPU the pruned ones cost little; the kept set and scores are the same)."""
+        """As ``PackedDecoder.score``: every candidate is scored in full, then the pruning rule
+        (``kept_candidates``) is applied to the result (on a GPU the pruned ones cost little; the kept set and
+        scores are the same)."""
         if len(prompts) != len(candidates):
             raise ValueError("one candidate list per prompt")
         if any(len(p) == 0 for p in prompts):
@@ -108,10 +109,9 @@ class SGLangScorer:
         for cands in candidates:
             tokens = per_token[at : at + len(cands)]
             at += len(cands)
-            firsts = [lps[0] for lps in tokens]
-            floor = max(firsts) - prune_logprob if prune_logprob is not None and firsts else -float("inf")
-            kept = [c for c, lp in enumerate(firsts) if lp >= floor]
-            out.append(ScoredState(kept, [sum(tokens[c]) for c in kept]))
+            totals = [sum(lps) for lps in tokens]
+            kept = kept_candidates([lps[0] for lps in tokens], totals, prune_logprob)
+            out.append(ScoredState(kept, [totals[c] for c in kept]))
         return out
 
     def close(self) -> None:

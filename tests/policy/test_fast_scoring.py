@@ -12,8 +12,16 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from importers.jsonl import read_traces
-from policy.fast_scoring import PackedDecoder, build_tree, last_hidden_states, score_states, supports
-from policy.model import Architecture, ModelConfig, build_model
+from policy.fast_scoring import (
+    PackedDecoder,
+    build_tree,
+    decoder_for,
+    kept_candidates,
+    last_hidden_states,
+    score_states,
+    supports,
+)
+from policy.model import Architecture, ModelConfig, build_model, load_model
 from policy.policy import LMPolicy
 from policy.scoring import next_token_logprobs, score_candidates
 from policy.train import TrainConfig
@@ -78,16 +86,18 @@ def _inputs(seed: int, states: int) -> tuple[list[list[int]], list[list[list[int
 def _reference(
     model: PreTrainedModel, prompts: list[list[int]], candidates: list[list[list[int]]], prune: float | None
 ) -> list[tuple[list[int], list[float]]]:
-    """The reference path as LMPolicy ran it: first-token pruning pass, then one packed scoring pass."""
+    """The reference path: every candidate scored in full by ``policy.scoring``, first tokens from a pass of their
+    own, then the pruning rule applied to the result."""
     first = next_token_logprobs(model, prompts)
-    kept = []
+    live = [b for b, cands in enumerate(candidates) if cands]
+    scored = score_candidates(model, [prompts[b] for b in live], [candidates[b] for b in live])
+    scores = dict(zip(live, scored, strict=True))
+    out: list[tuple[list[int], list[float]]] = []
     for b, cands in enumerate(candidates):
-        lps = [float(first[b, c[0]]) for c in cands]
-        kept.append([c for c, lp in enumerate(lps) if prune is None or lp >= max(lps) - prune])
-    live = [b for b in range(len(prompts)) if kept[b]]
-    scores = score_candidates(model, [prompts[b] for b in live], [[candidates[b][c] for c in kept[b]] for b in live])
-    by_state = dict(zip(live, scores, strict=True))
-    return [(kept[b], by_state.get(b, [])) for b in range(len(prompts))]
+        totals = scores.get(b, [])
+        kept = kept_candidates([float(first[b, c[0]]) for c in cands], totals, prune)
+        out.append((kept, [totals[c] for c in kept]))
+    return out
 
 
 def _assert_equal(
@@ -228,3 +238,66 @@ def test_vocabulary_head_in_chunks_equals_one_call() -> None:
     chunked = decoder.score(prompts, candidates, None)
     for a, b in zip(whole, chunked, strict=True):
         assert a.kept == b.kept and a.logprobs == pytest.approx(b.logprobs, abs=1e-6)
+
+
+# ---- the pruning rule and staged scoring ------------------------------------------------------------------------
+
+
+def test_kept_candidates_applies_both_parts_of_the_rule() -> None:
+    firsts = [-0.1, -0.2, -5.0, -0.3]
+    totals = [-3.0, -0.5, -5.5, -4.0]
+    # first-token rule at 2.0 drops candidate 2; the sequence rule (best kept -0.5) then drops 0 and 3
+    assert kept_candidates(firsts, totals, 2.0) == [1]
+    assert kept_candidates(firsts, totals, 4.0) == [0, 1, 3]
+    assert kept_candidates(firsts, totals, None) == [0, 1, 2, 3]
+    assert kept_candidates([], [], 2.0) == []
+
+
+def test_staged_scoring_skips_the_nodes_of_hopeless_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long candidates that share their first tokens with a likely short one: once the short one is complete, the
+    long ones far below it stop running, so fewer tree nodes run than the tree has; the result is still the
+    reference's."""
+    model = _model("llama")
+    rng = random.Random(5)
+    prompt = [rng.randrange(3, VOCAB) for _ in range(12)] + [1]
+    stem = [4, 5]
+    cands = [[*stem, 2]] + [[*stem, *(rng.randrange(3, VOCAB) for _ in range(8)), 2] for _ in range(12)]
+    decoder = PackedDecoder(model)
+    ran: list[int] = []
+    extend = decoder._extend
+
+    def counting(tokens: list[int], positions: list[int], spans: object) -> torch.Tensor:
+        ran.append(len(tokens))
+        return extend(tokens, positions, spans)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decoder, "_extend", counting)
+    scored = decoder.score([prompt], [cands], 3.0)[0]
+    _assert_equal([(scored.kept, scored.logprobs)], _reference(model, [prompt], [cands], 3.0), "staged")
+    tree = build_tree(len(prompt), cands)
+    assert len(ran) >= 2  # the prompt's stage and at least one more
+    assert sum(ran) < len(prompt) + len(tree.tokens)
+    assert len(scored.kept) < len(cands)
+
+
+def test_the_decoder_is_rebuilt_when_the_weights_change() -> None:
+    model = _model("llama")
+    prompts, candidates = _inputs(seed=3, states=3)
+    before = score_states(model, prompts, candidates, None)
+    assert decoder_for(model) is decoder_for(model)
+    with torch.no_grad():
+        model.get_decoder().layers[0].self_attn.q_proj.weight.mul_(1.5)  # the fused copy would be stale
+    after = score_states(model, prompts, candidates, None)
+    fresh = PackedDecoder(model).score(prompts, candidates, None)
+    assert [s.logprobs for s in after] == [s.logprobs for s in fresh]
+    assert [s.logprobs for s in after] != [s.logprobs for s in before]
+
+
+def test_loaded_weights_are_owned_and_stay_tied(tmp_path: Path) -> None:
+    model = _model("llama")
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    head, embeddings = loaded.get_output_embeddings().weight, loaded.get_input_embeddings().weight
+    assert head is embeddings  # tied: one parameter, one copy
+    for parameter in loaded.parameters():  # safetensors leaves them at the file's offsets (8 bytes aligned)
+        assert parameter.is_contiguous()
+        assert parameter.data_ptr() % 64 == 0

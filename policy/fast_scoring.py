@@ -26,6 +26,7 @@ Scores equal the reference path's within float rounding, and the kept candidates
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ HEAD_CHUNK_ELEMENTS_GPU = 1 << 28  # on a GPU fewer, larger head calls (1 GiB of
 # Tokens per packed pass. On CPU a larger pass buys nothing (the projections are compute-bound from ~100 rows
 # on) and its activations fall out of cache; the bound also keeps one pass's masks small.
 PACK_TOKENS = 4096
+TREE_CACHE_SIZE = 4096  # candidate trees kept (tree_for)
 FUSE_MAX_PARAMETERS = 64_000_000  # decoder layers up to this size get fused projections (see _LayerWeights)
 # Staged scoring (``PackedDecoder.score`` with pruning): tree depths run per stage, after the prompts' own pass.
 # Chosen on the default policy's test states (docs/decisions/0012-staged-candidate-scoring.md).
@@ -87,10 +89,11 @@ class CandidateScorer(Protocol):
 class _Tree:
     """One state's candidates as a prefix tree. A node is a proper prefix of a candidate; its token is the
     prefix's last token, and its output predicts the next token. ``ancestors[i]`` lists node ``i``'s ancestors
-    and itself, the tree nodes it attends to besides the prompt."""
+    and itself, the tree nodes it attends to besides the prompt. Trees are shared between states (``tree_for``):
+    nothing changes one once built."""
 
     tokens: list[int]
-    positions: list[int]
+    depths: list[int]  # a node's position is the prompt's length plus its depth
     ancestors: list[list[int]]
     steps: list[list[tuple[int, int]]]  # per candidate: (node predicting it, token) for every token after the first
     firsts: list[int]  # per candidate: its first token (predicted at the prompt's last position)
@@ -113,8 +116,8 @@ def supports(model: PreTrainedModel) -> bool:
     return parts and isinstance(model.get_output_embeddings(), torch.nn.Linear)
 
 
-def build_tree(prompt_length: int, candidates: Sequence[Sequence[int]]) -> _Tree:
-    tree = _Tree(tokens=[], positions=[], ancestors=[], steps=[], firsts=[cand[0] for cand in candidates])
+def build_tree(candidates: Sequence[Sequence[int]]) -> _Tree:
+    tree = _Tree(tokens=[], depths=[], ancestors=[], steps=[], firsts=[cand[0] for cand in candidates])
     children: dict[tuple[int, int], int] = {}  # (parent node, -1 for the prompt; token) -> node
     for cand in candidates:
         parent, steps = -1, []
@@ -124,12 +127,23 @@ def build_tree(prompt_length: int, candidates: Sequence[Sequence[int]]) -> _Tree
                 node = len(tree.tokens)
                 children[(parent, cand[j])] = node
                 tree.tokens.append(cand[j])
-                tree.positions.append(prompt_length + j)
+                tree.depths.append(j)
                 tree.ancestors.append([*(tree.ancestors[parent] if parent >= 0 else []), node])
             steps.append((node, cand[j + 1]))
             parent = node
         tree.steps.append(steps)
     return tree
+
+
+@functools.lru_cache(maxsize=TREE_CACHE_SIZE)
+def _cached_tree(candidates: tuple[tuple[int, ...], ...]) -> _Tree:
+    return build_tree(candidates)
+
+
+def tree_for(candidates: Sequence[Sequence[int]]) -> _Tree:
+    """``build_tree``, memoised: the same screens offer the same candidates (on the sandbox's test states, 168
+    distinct candidate lists in 1,996 states), and building a tree costs more than looking one up."""
+    return _cached_tree(tuple(tuple(c) for c in candidates))
 
 
 _CAUSAL = np.zeros((0, 0), dtype=np.float32)
@@ -425,7 +439,7 @@ class PackedDecoder:
         out = [ScoredState([], []) for _ in prompts]
         if not live:
             return out
-        trees = {b: build_tree(len(prompts[b]), candidates[b]) for b in live}
+        trees = {b: tree_for(candidates[b]) for b in live}
         if prune_logprob is None:
             scored = self._score_in_one_pass(prompts, candidates, live, trees)
         else:
@@ -451,7 +465,7 @@ class PackedDecoder:
                 _Segment(len(tokens), len(prompts[b]) + len(tree.tokens), self._tree_mask(len(prompts[b]), tree))
             )
             tokens += [*prompts[b], *tree.tokens]
-            positions += [*range(len(prompts[b])), *tree.positions]
+            positions += [*range(len(prompts[b])), *(len(prompts[b]) + d for d in tree.depths)]
         hidden = self.forward(tokens, positions, segments)
         rows, wanted = [], []
         for b, s in zip(live, segments, strict=True):
@@ -601,7 +615,7 @@ class _Race:
     def stage_tokens(self, nodes: list[int]) -> tuple[list[int], list[int]]:
         """(tokens, positions) this stage runs: the nodes, after the prompt in the first stage."""
         tokens = [self.tree.tokens[n] for n in nodes]
-        positions = [self.tree.positions[n] for n in nodes]
+        positions = [len(self.prompt) + self.tree.depths[n] for n in nodes]
         if self.scored:
             return tokens, positions
         return [*self.prompt, *tokens], [*range(len(self.prompt)), *positions]

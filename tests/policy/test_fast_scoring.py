@@ -155,10 +155,10 @@ def test_separate_passes_agree_with_the_fast_path() -> None:
 
 
 def test_prefix_tree_shares_nodes() -> None:
-    tree = build_tree(4, [[7, 8, 9, 2], [7, 8, 5, 2], [7, 3, 2], [6, 2]])
+    tree = build_tree([[7, 8, 9, 2], [7, 8, 5, 2], [7, 3, 2], [6, 2]])
     # nodes: 7, 7-8, 7-8-9, 7-8-5, 7-3, 6 (the last token of a candidate is never read)
     assert tree.tokens == [7, 8, 9, 5, 3, 6]
-    assert tree.positions == [4, 5, 6, 6, 5, 4]
+    assert tree.depths == [0, 1, 2, 2, 1, 0]
     assert tree.ancestors == [[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 4], [5]]
     assert tree.steps[1] == [(0, 8), (1, 5), (3, 2)]
 
@@ -273,7 +273,7 @@ def test_staged_scoring_skips_the_nodes_of_hopeless_candidates(monkeypatch: pyte
     monkeypatch.setattr(decoder, "_extend", counting)
     scored = decoder.score([prompt], [cands], 3.0)[0]
     _assert_equal([(scored.kept, scored.logprobs)], _reference(model, [prompt], [cands], 3.0), "staged")
-    tree = build_tree(len(prompt), cands)
+    tree = build_tree(cands)
     assert len(ran) >= 2  # the prompt's stage and at least one more
     assert sum(ran) < len(prompt) + len(tree.tokens)
     assert len(scored.kept) < len(cands)

@@ -513,17 +513,17 @@ class PackedDecoder:
                 tokens += span[0]
                 positions += span[1]
             hidden = self._extend(tokens, positions, spans)
-            rows, wanted, owners = [], [], []
+            rows, wanted, ends = [], [], []
             at = 0
             for race, (_, count, _) in zip(running, spans, strict=True):
-                for c, row, token in race.wanted(low, high):
+                for row, token in race.wanted(low, high):
                     rows.append(at + row)
                     wanted.append(token)
-                    owners.append((race, c))
+                ends.append(len(rows))
                 at += count
             scores = self.token_logprobs(hidden, rows, wanted)
-            for race in running:
-                race.advance(low, high, [lp for (owner, c), lp in zip(owners, scores, strict=True) if owner is race])
+            for race, start, end in zip(running, [0, *ends], ends, strict=False):
+                race.advance(low, high, scores[start:end])
             low = high
         return [race.result() for race in races]
 
@@ -636,15 +636,15 @@ class _Race:
         mask[rows, cols] = 0.0
         return mask
 
-    def wanted(self, low: int, high: int) -> list[tuple[int, int, int]]:
-        """(candidate, row, token) of the log-probabilities this stage adds: each running candidate's tokens
-        predicted at its nodes of depths [low, high), and in the first stage its first token, predicted at the
-        prompt's last row."""
+    def wanted(self, low: int, high: int) -> list[tuple[int, int]]:
+        """(row, token) of the log-probabilities this stage adds, candidate by candidate in ``running`` order: each
+        running candidate's tokens predicted at its nodes of depths [low, high), after its first token (predicted
+        at the prompt's last row) in the first stage."""
         out = []
         for c in self.running:
             if not self.scored:
-                out.append((c, len(self.prompt) - 1, self.tree.firsts[c]))
-            out += [(c, self.row_of[node], token) for node, token in self.tree.steps[c][low:high]]
+                out.append((len(self.prompt) - 1, self.tree.firsts[c]))
+            out += [(self.row_of[node], token) for node, token in self.tree.steps[c][low:high]]
         return out
 
     def advance(self, low: int, high: int, scores: list[float]) -> None:

@@ -73,12 +73,13 @@ bench-critic: $(STAMP)
 	$(BIN)/python -m bench.policy_replies
 
 # The runtime benchmarks (about 40 minutes on two cores; they need bench-policy's model and bench-critic's cached
-# copilot feedback): the default scenario, drift, fault injection, throughput and latency.
+# copilot feedback): the default scenario, drift, fault injection, throughput and latency, the guardrails.
 bench-runtime: $(STAMP)
 	$(BIN)/python -m bench.runtime_default
 	$(BIN)/python -m bench.runtime_drift
 	$(BIN)/python -m bench.runtime_faults
 	$(BIN)/python -m bench.runtime_throughput
+	$(BIN)/python -m bench.runtime_guardrails
 
 # The API load benchmark (suggest with 50 concurrent clients; uses the demo's models when out/demo has them).
 bench-api: $(STAMP)

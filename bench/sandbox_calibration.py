@@ -96,6 +96,20 @@ def share(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
 
+def cases_without_unacceptable(records: Sequence[FeedbackRecord], truth: Sequence[bool] | None) -> float | None:
+    """The share of cases in which the sandbox's truth calls every proposal acceptable: roughly the most an
+    autopilot that executed exactly the acceptable steps could finish without a human (roughly: where the operator
+    took an acceptable alternative, the autopilot's own trajectory would differ from the one reviewed here)."""
+    if truth is None:
+        return None
+    if len(truth) != len(records):
+        raise ValueError(f"truth has {len(truth)} rows for {len(records)} feedback records")
+    clean: dict[str, bool] = {}
+    for record, acceptable in zip(records, truth, strict=True):
+        clean[record.state.case_id] = clean.get(record.state.case_id, True) and acceptable
+    return sum(clean.values()) / len(clean) if clean else None
+
+
 def measure(records: list[FeedbackRecord], truth: list[bool] | None, seed: int, scenario: str) -> dict[str, Any]:
     by_type: dict[str, list[bool]] = defaultdict(list)
     causes: Counter[str] = Counter()
@@ -164,6 +178,7 @@ def measure(records: list[FeedbackRecord], truth: list[bool] | None, seed: int, 
         "rejection_causes": rejection_causes,
         "rejection_counts": dict(causes),
         "unacceptable_share_of_proposals": None if truth is None else 1 - sum(truth) / len(truth),
+        "cases_without_unacceptable_proposal": cases_without_unacceptable(records, truth),
         "model_errors": {
             "count": total_errors,
             "share_of_proposals": total_errors / len(records),
@@ -228,7 +243,9 @@ def render(result: dict[str, Any], command: str) -> str:
         f"proposals; the sandbox's truth calls {pct(result['unacceptable_share_of_proposals'])} of them "
         f"unacceptable, some accepted without noticing). {pct(result['model_errors']['cases_with_one_or_more'])} of "
         f"the cases have one or more; the tenth of the cases with the most hold "
-        f"{pct(result['model_errors']['share_in_top_decile_of_cases'])} of them.",
+        f"{pct(result['model_errors']['share_in_top_decile_of_cases'])} of them. In "
+        f"{pct(result['cases_without_unacceptable_proposal'])} of the cases the truth calls every proposal "
+        "acceptable: about the most an autopilot that ran exactly the acceptable steps could finish without a human.",
         "",
         "| case feature | rows with | model-error rate with | rows without | rate without | share of all model errors |",
         "|---|---:|---:|---:|---:|---:|",

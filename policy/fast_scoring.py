@@ -443,7 +443,7 @@ class PackedDecoder:
         if prune_logprob is None:
             scored = self._score_in_one_pass(prompts, candidates, live, trees)
         else:
-            scored = self._score_in_stages(prompts, candidates, live, trees, prune_logprob)
+            scored = self._score_in_stages(prompts, live, trees, prune_logprob)
         for b, state in zip(live, scored, strict=True):
             out[b] = state
         return out
@@ -487,12 +487,7 @@ class PackedDecoder:
         return out
 
     def _score_in_stages(
-        self,
-        prompts: Sequence[Sequence[int]],
-        candidates: Sequence[Sequence[Sequence[int]]],
-        live: list[int],
-        trees: dict[int, _Tree],
-        prune_logprob: float,
+        self, prompts: Sequence[Sequence[int]], live: list[int], trees: dict[int, _Tree], prune_logprob: float
     ) -> list[ScoredState]:
         races = [
             _Race(prompts[b], trees[b], self._cache(len(prompts[b]) + len(trees[b].tokens)), prune_logprob)

@@ -16,12 +16,12 @@ Guardrails demote an autopilot slice to copilot automatically (actor ``"system"`
     least ``min_audits``), if the one-sided Clopper-Pearson upper bound on the acceptance rate at confidence
     ``1 - delta`` is below the target ``1 - alpha``, quality is significantly below target. The test is repeated
     after every audit, so the false-alarm rate over a long run is larger than ``delta`` per test. With the
-    defaults (simulated, 300 seeds): a slice at 97% acceptance (target 95%) raises a false alarm in about 2% of
-    runs of 2,000 audits; a drop to 80% is caught after a median of 35 audits (95th percentile 74). The bound
-    itself guards against noise, so ``min_audits`` is small (5): a slice that fails outright (10% acceptance) is
-    demoted at its 5th audit instead of its 20th, with the same false-alarm rate (measured 1.7% of 300 runs
-    at 97% for 5, 10 and 20; on the calibrated sandbox a reply slice ran 10 audits, 9 unacceptable, without
-    reaching 20).
+    defaults (``bench/results/runtime_guardrails.md``, 300 seeds): a slice at 97% acceptance (target 95%) raises
+    a false alarm in 1.7% of runs of 2,000 audits, one at 96% in 14%; a drop from 97% to 80% is caught after a
+    median of 36 audits (95th percentile 75). The bound itself guards against noise, so ``min_audits`` is small
+    (5): a slice that fails outright (10% acceptance) is demoted at its 5th audit instead of its 20th, with the
+    same false-alarm rate as 10 or 20 (on the calibrated sandbox a reply slice ran 10 audits, 9 unacceptable,
+    without reaching 20).
 (b) correction spike. Among the last ``answer_window`` answered deferrals, the corrected share exceeds
     ``spike_factor`` times the long-run share (answers since the slice's windows were last reset, the window
     excluded), with at least ``spike_min_count`` corrections, at least ``spike_min_baseline`` long-run answers,

@@ -52,6 +52,7 @@ from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_res
 from sandbox.harness import service_runtime
 
 NAME = "api_load"
+MAX_ERROR_DETAILS = 10
 TARGET_P99_MS = 50.0
 TARGET_RPS = 500.0
 DEMO_POLICY = ROOT / "out" / "demo" / "policy"
@@ -86,6 +87,8 @@ async def _load(url: str, token: str, bodies: list[dict[str, Any]], total: int, 
     rejected: list[float] = []  # 429: the queue was full
     ok: list[float] = []
     errors: dict[str, int] = {}
+    details: list[str] = []
+    phase_started = time.perf_counter()
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {token}"}
@@ -112,6 +115,11 @@ async def _load(url: str, token: str, bodies: list[dict[str, Any]], total: int, 
                         errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
                 except httpx.HTTPError as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    if len(details) < MAX_ERROR_DETAILS:  # when and how, to tell a startup burst from a stall
+                        details.append(
+                            f"{time.perf_counter() - phase_started:.2f} s into the phase, after "
+                            f"{(time.perf_counter() - started) * 1000:.0f} ms: {type(exc).__name__}: {exc!r}"
+                        )
                 latencies.append((time.perf_counter() - started) * 1000.0)
                 bar.update()
 
@@ -119,7 +127,14 @@ async def _load(url: str, token: str, bodies: list[dict[str, Any]], total: int, 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     bar.close()
-    return {"latencies_ms": latencies, "ok_ms": ok, "rejected_ms": rejected, "errors": errors, "seconds": elapsed}
+    return {
+        "latencies_ms": latencies,
+        "ok_ms": ok,
+        "rejected_ms": rejected,
+        "errors": errors,
+        "error_details": details,
+        "seconds": elapsed,
+    }
 
 
 def client_main(spec_path: str, out_path: str) -> None:
@@ -271,6 +286,7 @@ def run(
             "served": len(overload["ok_ms"]),
             "rejected_429": len(overload["rejected_ms"]),
             "errors_by_kind": overload["errors"],
+            "error_details": overload["error_details"],
             "timeouts_or_transport_errors": sum(transport.values()),
             "latency_ms_served": _summary(overload["ok_ms"]),
             "latency_ms_429": _summary(overload["rejected_ms"]),

@@ -234,10 +234,14 @@ class _Segment:
 
 class PackedDecoder:
     """A lean, inference-only forward over packed sequences with a Llama/Qwen2 model's own weights.
-    ``padded_attention`` applies to the one-pass forward (``forward``, ``last_hidden``, scoring without pruning);
-    staged scoring attends state by state."""
+    ``padded_attention`` applies to the one-pass forward (``forward``, ``last_hidden``, one-pass scoring); staged
+    scoring attends state by state. ``staged``: score with pruning in stages (None: on a CPU, where the pruned
+    nodes' arithmetic is the cost; on a GPU one pass, as measured in decision 0010, with the rule applied to its
+    result)."""
 
-    def __init__(self, model: PreTrainedModel, padded_attention: bool | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, padded_attention: bool | None = None, staged: bool | None = None
+    ) -> None:
         if not supports(model):
             raise TypeError(f"{type(model).__name__} ({model.config.model_type}): no lean forward for this layout")
         decoder = model.get_decoder()
@@ -256,6 +260,7 @@ class PackedDecoder:
         self.device = head.weight.device
         self.dtype = head.weight.dtype
         self.padded_attention = padded_attention  # None: padded on a GPU, state by state on a CPU
+        self.staged = self.device.type == "cpu" if staged is None else staged
         self.head_chunk_elements = HEAD_CHUNK_ELEMENTS if self.device.type == "cpu" else HEAD_CHUNK_ELEMENTS_GPU
         fuse = sum(p.numel() for layer in self.layers for p in layer.parameters()) <= FUSE_MAX_PARAMETERS
         self.weights = [_LayerWeights.of(layer, fuse) for layer in self.layers]
@@ -425,10 +430,11 @@ class PackedDecoder:
     ) -> list[ScoredState]:
         """Sequence log-probabilities of each state's candidates that ``kept_candidates`` keeps (None: all).
 
-        Without pruning, prompt and tree run in one pass. With it, in stages (``STAGE_DEPTHS``): the prompts first
-        (their keys and values kept), then the tree a few depths at a time against them, only the nodes of
-        candidates still in the race: a candidate whose log-probability so far is more than ``prune_logprob`` below
-        the best complete one can only fall further, so neither its deeper nodes nor their head rows are run."""
+        Without pruning (or ``staged`` off), prompt and tree run in one pass. With it, in stages
+        (``STAGE_DEPTHS``): the prompts first (their keys and values kept), then the tree a few depths at a time
+        against them, only the nodes of candidates still in the race: a candidate whose log-probability so far is
+        more than ``prune_logprob`` below the best complete one can only fall further, so neither its deeper nodes
+        nor their head rows are run."""
         if len(prompts) != len(candidates):
             raise ValueError("one candidate list per prompt")
         if any(len(p) == 0 for p in prompts):
@@ -440,10 +446,10 @@ class PackedDecoder:
         if not live:
             return out
         trees = {b: tree_for(candidates[b]) for b in live}
-        if prune_logprob is None:
-            scored = self._score_in_one_pass(prompts, candidates, live, trees)
-        else:
+        if prune_logprob is not None and self.staged:
             scored = self._score_in_stages(prompts, live, trees, prune_logprob)
+        else:
+            scored = self._score_in_one_pass(prompts, candidates, live, trees, prune_logprob)
         for b, state in zip(live, scored, strict=True):
             out[b] = state
         return out
@@ -454,8 +460,10 @@ class PackedDecoder:
         candidates: Sequence[Sequence[Sequence[int]]],
         live: list[int],
         trees: dict[int, _Tree],
+        prune_logprob: float | None,
     ) -> list[ScoredState]:
-        """Every candidate in full: prompts and trees packed in one pass, the head at every tree node."""
+        """Every candidate in full: prompts and trees packed in one pass, the head at every tree node; then the
+        pruning rule on the result."""
         tokens: list[int] = []
         positions: list[int] = []
         segments: list[_Segment] = []
@@ -479,11 +487,13 @@ class PackedDecoder:
         logprobs = self.token_logprobs(hidden, rows, wanted)
         out, at = [], 0
         for b in live:
-            totals = []
+            firsts, totals = [], []
             for cand in candidates[b]:
+                firsts.append(logprobs[at])
                 totals.append(sum(logprobs[at : at + len(cand)]))
                 at += len(cand)
-            out.append(ScoredState(list(range(len(totals))), totals))
+            kept = kept_candidates(firsts, totals, prune_logprob)
+            out.append(ScoredState(kept, [totals[c] for c in kept]))
         return out
 
     def _score_in_stages(
@@ -672,18 +682,22 @@ class _Race:
         return ScoredState(kept, [self.totals[c] for c in kept])
 
 
-_DECODERS: weakref.WeakKeyDictionary[PreTrainedModel, dict[bool | None, PackedDecoder]] = weakref.WeakKeyDictionary()
+_DECODERS: weakref.WeakKeyDictionary[PreTrainedModel, dict[tuple[bool | None, bool | None], PackedDecoder]] = (
+    weakref.WeakKeyDictionary()
+)
 _DECODERS_LOCK = threading.Lock()
 
 
-def decoder_for(model: PreTrainedModel, padded_attention: bool | None = None) -> PackedDecoder:
+def decoder_for(
+    model: PreTrainedModel, padded_attention: bool | None = None, staged: bool | None = None
+) -> PackedDecoder:
     """The model's ``PackedDecoder``, built once and rebuilt when the model's weights have changed since (its
     fused projections are copies)."""
     with _DECODERS_LOCK:
         built = _DECODERS.setdefault(model, {})
-        decoder = built.get(padded_attention)
+        decoder = built.get((padded_attention, staged))
         if decoder is None or decoder.versions != _versions(model):
-            decoder = built[padded_attention] = PackedDecoder(model, padded_attention)
+            decoder = built[(padded_attention, staged)] = PackedDecoder(model, padded_attention, staged)
         return decoder
 
 
@@ -694,9 +708,10 @@ def score_states(
     prune_logprob: float | None = None,
     *,
     padded_attention: bool | None = None,
+    staged: bool | None = None,
 ) -> list[ScoredState]:
     """The fast path for a supported model (``supports``): see ``PackedDecoder.score``."""
-    return decoder_for(model, padded_attention).score(prompts, candidates, prune_logprob)
+    return decoder_for(model, padded_attention, staged).score(prompts, candidates, prune_logprob)
 
 
 def last_hidden_states(

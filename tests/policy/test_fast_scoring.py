@@ -119,14 +119,17 @@ MODELS = {
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("prune", [None, 1.5])
-@pytest.mark.parametrize("padded", [False, True], ids=["state-by-state", "padded"])
-def test_packed_batch_equals_reference(name: str, prune: float | None, padded: bool) -> None:
-    """Both attention layouts of a packed batch (state by state: the CPU default; padded: the GPU default)."""
+@pytest.mark.parametrize(
+    ("padded", "staged"), [(False, True), (True, False)], ids=["state-by-state+staged", "padded+one-pass"]
+)
+def test_packed_batch_equals_reference(name: str, prune: float | None, padded: bool, staged: bool) -> None:
+    """The CPU default (attention state by state, staged scoring) and the GPU default (padded attention, one
+    pass with the pruning rule applied to its result) of a packed batch."""
     model = MODELS[name]()
     assert supports(model)
     prompts, candidates = _inputs(seed=len(name), states=7)
     assert any(not c for c in candidates) and any(c for c in candidates)
-    scored = score_states(model, prompts, candidates, prune, padded_attention=padded)
+    scored = score_states(model, prompts, candidates, prune, padded_attention=padded, staged=staged)
     fast = [(s.kept, s.logprobs) for s in scored]
     _assert_equal(fast, _reference(model, prompts, candidates, prune), f"{name} packed")
     if prune is not None:  # the rule must have pruned something, or this case tests nothing beyond the other

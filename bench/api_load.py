@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
 from sandbox.harness import service_runtime
+from schemas.progress import progress_bar
 
 NAME = "api_load"
 MAX_ERROR_DETAILS = 10
@@ -92,7 +92,7 @@ async def _load(url: str, token: str, bodies: list[dict[str, Any]], total: int, 
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {token}"}
-    bar = tqdm(total=total, desc="requests", unit="req", file=sys.stderr, mininterval=1.0)
+    bar = progress_bar(total=total, desc="requests", unit="req", file=sys.stderr, mininterval=1.0)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120.0) as client:
 
         async def worker() -> None:
@@ -263,7 +263,7 @@ def run(
                 service.suggest(states[index % len(states)])
             direct: list[float] = []
             started = time.perf_counter()
-            for index in tqdm(range(requests), desc="in-process suggest()", unit="call", mininterval=1.0):
+            for index in progress_bar(range(requests), desc="in-process suggest()", unit="call", mininterval=1.0):
                 t0 = time.perf_counter()
                 service.suggest(states[index % len(states)])
                 direct.append((time.perf_counter() - t0) * 1000.0)

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
 from critic.base import BASELINE_LABEL, DEFAULT_LABEL, LabelRule, accept_scores, labelled, labels, slice_of
@@ -49,6 +48,7 @@ from critic.pipeline import (
 from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds
 from sandbox.feedback_collection import collect_copilot_feedback
 from schemas.feedback import FeedbackRecord
+from schemas.progress import progress_bar
 
 NAME = "critic_sandbox"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
@@ -115,7 +115,7 @@ def guarantee_draws(trained: TrainedCritic, config: ThresholdConfig, draws: int,
     violations = executing = 0
     risks, coverages, executed_rows = [], [], []
     group_trials = group_violations = 0
-    for _ in tqdm(range(draws), desc=f"draws {trained.label} alpha={config.alpha}", leave=False):
+    for _ in progress_bar(range(draws), desc=f"draws {trained.label} alpha={config.alpha}", leave=False):
         picked = rng.integers(0, len(rows_of), size=len(rows_of) // 2)
         rows = np.concatenate([rows_of[i] for i in picked])
         copies = np.repeat(np.arange(picked.size), [rows_of[i].size for i in picked])

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
 from importers.jsonl import read_traces
@@ -47,6 +46,7 @@ from policy.policy import LMPolicy
 from policy.train import TrainConfig
 from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
+from schemas.progress import progress_bar
 from schemas.trace import Trace
 
 NAME = "policy_learning_curve"
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     points: list[dict[str, Any]] = []
     ceiling: float | None = None
-    for n in tqdm(sizes, desc="learning curve", unit="point", disable=not progress):
+    for n in progress_bar(sizes, desc="learning curve", unit="point", disable=not progress):
         point_started = time.perf_counter()
         train = pool[:n]
         n_val = max(1, int(n * args.val_fraction))

@@ -76,6 +76,7 @@ from sandbox.simulate import step_model
 from schemas import AutonomyStage, UIState
 from schemas.actions import Action, ActionType
 from schemas.decision import DecisionOutcome, Verdict
+from schemas.progress import progress_bar
 from schemas.proposal import Proposal
 from schemas.risk import RiskTier, SliceKey
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages, StageEvent
@@ -355,7 +356,7 @@ def run(config: Config, work: Path) -> dict[str, Any]:
     ]
     started = time.monotonic()
     case_ids: list[str] = []
-    with runtime, tqdm(total=config.end - config.start, desc="cases", unit="case", mininterval=2.0) as bar:
+    with runtime, progress_bar(total=config.end - config.start, desc="cases", unit="case", mininterval=2.0) as bar:
         for name, indices in segments:
             timeline.boundaries[name] = time.monotonic()
             case_ids += feed(runtime, indices, config.in_flight, timeline, bar, timeout_s=900.0)

@@ -82,6 +82,7 @@ from sandbox.platform import SandboxPlatform
 from schemas import AutonomyStage, Deferral, FeedbackRecord, OperatorDecision, Payload, SessionCommand, UIState
 from schemas.decision import RejectReason, Verdict
 from schemas.files import atomic_write_text
+from schemas.progress import progress_bar
 from schemas.proposal import Proposal
 from service.api.server_thread import serve_in_thread
 from service.runtime.autonomy import AutonomyConfig
@@ -738,7 +739,7 @@ def drive(
     started = time.monotonic()
     deadline = started + phase.timeout_s
     done = 0
-    bar = tqdm(total=phase.sessions, desc=f"{phase.name} sessions", unit="session", mininterval=2.0)
+    bar = progress_bar(total=phase.sessions, desc=f"{phase.name} sessions", unit="session", mininterval=2.0)
     try:
         while True:
             statuses = {row.session_id: row.status for row in store.sessions()}

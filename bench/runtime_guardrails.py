@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from bench.common import environment, write_results
 from schemas import ActionType, AutonomyStage, SliceKey
+from schemas.progress import progress_bar
 from service.runtime.autonomy import AutonomyConfig, AutonomyStages
 
 NAME = "runtime_guardrails"
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--min-audits: each must be in 1..{AutonomyConfig().audit_window}")
     started = time.perf_counter()
     total = len(args.min_audits) * args.seeds * (len(STEADY) + 1)
-    with tqdm(total=total, desc="runs", file=sys.stderr, mininterval=2.0) as bar:
+    with progress_bar(total=total, desc="runs", file=sys.stderr, mininterval=2.0) as bar:
         settings = [measure(m, args.seeds, args.audits, args.warmup, bar) for m in args.min_audits]
     result = {
         "config": AutonomyConfig().to_dict(),

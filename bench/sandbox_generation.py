@@ -33,7 +33,6 @@ from typing import Any
 
 from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.util.task import TaskState
-from tqdm import tqdm
 
 from bench.common import environment, peak_rss_kib
 from importers.jsonl import read_traces
@@ -43,6 +42,7 @@ from sandbox.processes.registry import PROCESSES, workflow_spec
 from sandbox.scenario import Scenario, scenario_by_name
 from sandbox.view import classify_operator_text
 from schemas import SendTextToChat, Trace
+from schemas.progress import progress_bar
 
 TARGET_SESSIONS_PER_S = 100.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -447,14 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up: first-call costs (pydantic schema builds, lazy imports) are not part of steady-state speed.
         generate(min(50, args.sessions), args.seed, workdir / "warmup.jsonl", scenario, progress=False)
         last = workdir / "traces.jsonl"
-        for _ in tqdm(range(args.repeats), desc="generation", unit="repeat"):
+        for _ in progress_bar(range(args.repeats), desc="generation", unit="repeat"):
             gen_runs.append(time_generation(args.sessions, args.seed, scenario, last))
         rss_after_generation = peak_rss_kib()  # before the traces are read back, which costs memory of its own
         traces = read_traces(last)
 
     paths = engine_paths(traces)
     run_engine(paths[: min(50, len(paths))])  # warm-up, as for generation
-    eng_runs = [time_engine(paths) for _ in tqdm(range(args.repeats), desc="engine only", unit="repeat")]
+    eng_runs = [time_engine(paths) for _ in progress_bar(range(args.repeats), desc="engine only", unit="repeat")]
     serialise_s = statistics.median(time_serialisation(traces) for _ in range(args.repeats))
     loadavg_end = os.getloadavg()
 

@@ -39,7 +39,6 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.metrics import log_loss, roc_auc_score
 from tokenizers import AddedToken
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from critic.artifact import read_critic_meta, write_critic_dir
@@ -51,6 +50,7 @@ from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import load_model
 from policy.policy import LMPolicy
 from policy.serialise import SerialConfig, action_text, serialise_state
+from schemas.progress import progress_bar
 
 FORMAT_VERSION = 1
 CRITIC_MARKER = " verdict:"
@@ -366,7 +366,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
             bar.set_postfix(train=f"{running:.3f}", val=f"{score:.3f}", best=f"{history.best_val_loss:.3f}")
             return stale >= self.patience
 
-        bar = tqdm(total=total, desc="critic", unit="batch", disable=not self.progress, dynamic_ncols=True)
+        bar = progress_bar(total=total, desc="critic", unit="batch", disable=not self.progress, dynamic_ncols=True)
         model.train()
         stop = False
         for _epoch in range(self.epochs):

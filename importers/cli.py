@@ -28,13 +28,12 @@ def _history(text: str) -> int:
 
 
 def _write(args: argparse.Namespace, prepare: Callable[[], LogImport]) -> int:
-    from tqdm import tqdm
-
     from importers.jsonl import write_traces
+    from schemas.progress import progress_bar
 
     log = prepare()  # reads and checks the whole input before the output is opened
     out = Path(args.out)
-    progress = tqdm(
+    progress = progress_bar(
         log.traces,
         total=log.cases,
         unit="trace",

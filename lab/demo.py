@@ -418,14 +418,13 @@ class _Finished:
 
 
 def _wait(runtime: Any, total: int, timeout_s: float, progress: bool) -> bool:
-    from tqdm import tqdm
-
+    from schemas.progress import progress_bar
     from service.runtime.store import TERMINAL_STATUSES
 
     terminal = {status.value for status in TERMINAL_STATUSES}
     deadline = time.monotonic() + timeout_s
     done = 0
-    with tqdm(total=total, desc="autopilot", unit="session", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="autopilot", unit="session", disable=not progress, leave=False) as bar:
         while True:
             counts = runtime.store.counts_by_status()
             now_done = sum(n for status, n in counts.items() if status in terminal)

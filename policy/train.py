@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
+
+from schemas.progress import progress_bar
 
 IGNORE = -100
 
@@ -195,7 +196,7 @@ def train(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stale = 0
     started = time.perf_counter()
-    bar = tqdm(total=total, desc="training", unit="batch", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc="training", unit="batch", disable=not progress, dynamic_ncols=True)
     model.train()
     step = 0
     running = 0.0

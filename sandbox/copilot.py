@@ -19,13 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from tqdm import tqdm
-
 from sandbox.operators import Review, SimOperator, acceptable, operator_pool, review
 from sandbox.platform import MAX_STEPS, SandboxPlatform
 from sandbox.scenario import Scenario
 from sandbox.simulate import StepModel, sample, step_model, update_posterior
 from schemas import Action, RejectReason, UIState, Verdict, action_key
+from schemas.progress import progress_bar
 
 # A policy for the sandbox's copilot loop: the state, plus the sandbox's step model (only the Bayes-optimal
 # reference policy may look at it; a learned policy ignores it).
@@ -217,7 +216,7 @@ def _lockstep(
     pool = operator_pool(scenario.operators, seed, scenario.world)
     next_index, end = start_index, start_index + sessions
     waiting: list[_Turn] = []
-    with tqdm(total=sessions, desc="copilot", unit="case", disable=not progress, leave=False) as bar:
+    with progress_bar(total=sessions, desc="copilot", unit="case", disable=not progress, leave=False) as bar:
 
         def advance(open_case: _OpenCase) -> None:
             turn = _next_turn(platform, pool, open_case)

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sandbox.ceiling import CeilingSample, ceiling_samples, summarise
 from sandbox.operators import operator_pool
 from sandbox.platform import SandboxPlatform
@@ -18,6 +16,7 @@ from sandbox.scenario import Scenario
 from sandbox.simulate import work_case
 from schemas import Trace
 from schemas.files import atomic_file
+from schemas.progress import progress_bar
 
 
 @dataclass
@@ -73,7 +72,7 @@ def _run(
 ) -> None:
     platform = SandboxPlatform(scenario, seed)
     pool = operator_pool(scenario.operators, seed, scenario.world)
-    for index in tqdm(
+    for index in progress_bar(
         range(start_index, start_index + sessions), desc="cases", unit="case", disable=not progress, leave=False
     ):
         rng = random.Random(f"{seed}:{index}:operator")

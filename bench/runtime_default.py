@@ -125,14 +125,26 @@ def run_alpha(
     return report, {"retrain_seconds": round(retrain_s, 1), "thresholds": thresholds, "label": label}
 
 
+CRITIC_FIGURES_NOTE = (
+    "coverage_share_of_oracle and sessions_to_autonomy_new_process come from bench/results/critic_sandbox.json "
+    "and critic_time_to_autonomy.json (their own runs), each label's beside its headline"
+)
+
+
+def both_labels_critic_figures(alpha: float) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The critic benches' figures at ``alpha`` for the operators' label and for the accept label, and their notes
+    (the accept label's marked so)."""
+    figures, notes = critic_figures(RESULTS_DIR, alpha)
+    accept_figures, accept_notes = critic_figures(RESULTS_DIR, alpha, label="accept")
+    return figures, accept_figures, [*notes, *(f"accept label: {note}" for note in accept_notes)]
+
+
 def headline_figures(
     reports: dict[str, AutopilotReport], extra: dict[str, dict[str, Any]], args: argparse.Namespace
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
     """The ``headline`` (the ``--headline-alpha`` run under ``--label``, realised error under the operators'
     label), the ``headline_accept_label`` (the accept-label run, realised error under the accept label) and notes."""
-    figures, notes = critic_figures(RESULTS_DIR, args.headline_alpha)
-    accept_figures, accept_notes = critic_figures(RESULTS_DIR, args.headline_alpha, label="accept")
-    notes += [f"accept label: {note}" for note in accept_notes]
+    figures, accept_figures, notes = both_labels_critic_figures(args.headline_alpha)
 
     def pick(label: str) -> AutopilotReport | None:
         for name, report in reports.items():
@@ -148,10 +160,7 @@ def headline_figures(
     if accept is None:
         notes.append("no accept-label run: no headline_accept_label")
     if figures["coverage_share_of_oracle"] is not None or figures["sessions_to_autonomy_new_process"] is not None:
-        notes.append(
-            "coverage_share_of_oracle and sessions_to_autonomy_new_process come from bench/results/critic_sandbox.json "
-            "and critic_time_to_autonomy.json (their own runs), each label's beside its headline"
-        )
+        notes.append(CRITIC_FIGURES_NOTE)
     return headline, accept_headline, notes
 
 
@@ -238,16 +247,12 @@ def refresh_critic_figures() -> None:
     json_path, md_path = RESULTS_DIR / f"{NAME}.json", RESULTS_DIR / f"{NAME}.md"
     result = json.loads(json_path.read_text())
     alpha = result["protocol"]["headline_alpha"]
-    notes = [n for n in result.get("headline_notes", []) if "critic_" not in n]
-    notes.append(
-        "coverage_share_of_oracle and sessions_to_autonomy_new_process come from bench/results/critic_sandbox.json "
-        "and critic_time_to_autonomy.json (their own runs), each label's beside its headline"
-    )
-    for key, label in (("headline", "operators"), ("headline_accept_label", "accept")):
+    figures, accept_figures, figure_notes = both_labels_critic_figures(alpha)
+    for key, values in (("headline", figures), ("headline_accept_label", accept_figures)):
         if result.get(key) is not None:
-            figures, figure_notes = critic_figures(RESULTS_DIR, alpha, label=label)
-            result[key].update(figures)
-            notes += [note if label == "operators" else f"accept label: {note}" for note in figure_notes]
+            result[key].update(values)
+    notes = [n for n in result.get("headline_notes", []) if "critic_" not in n]
+    notes += [*figure_notes, CRITIC_FIGURES_NOTE]
     result["headline_notes"] = notes
     text = md_path.read_text()
     start, end = text.index("| figure | operators' label"), text.index("| alpha | label |")

@@ -291,17 +291,19 @@ class SandboxPlatform:
             world=self.scenario.world,
         )
 
-    def playbook_screen(self, case_id: str) -> Screen:
-        """The operators' work items on the case's current screen (in the calibrated world with the answers to
-        the customer's extra questions, which the items that end the case wait for)."""
+    def playbook_screen(self, case_id: str, screen_id: str | None = None) -> Screen:
+        """The operators' work items on the case's current screen, or on its screen ``screen_id`` (what an
+        after-the-fact reviewer judges a past step on); in the calibrated world with the answers to the customer's
+        extra questions, which the items that end the case wait for."""
         with self.lock:
             case = self.case(case_id)
-            key = (case.spec.process_id, case.screen_id)
+            screen_id = case.screen_id if screen_id is None else screen_id
+            key = (case.spec.process_id, screen_id)
             screen = self._screens.get(key)
             if screen is None:
-                screen = case.spec.playbook[case.screen_id]
+                screen = case.spec.playbook[screen_id]
                 if not self._classic:
-                    screen = with_questions(screen, case.spec.schemas[case.screen_id], case.spec)
+                    screen = with_questions(screen, case.spec.schemas[screen_id], case.spec)
                 self._screens[key] = screen
             return screen
 

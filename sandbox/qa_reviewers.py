@@ -75,19 +75,7 @@ class SnapshottingAdapter(SandboxAdapter):
             except CaseNotFound:
                 case = None  # the adapter raises its own error below
             if case is not None and case.ended is None and idempotency_key not in case.idempotency:
-                view = self.platform.view(case_id)
-                snapshot = Snapshot(
-                    case.screen_id,
-                    View(
-                        process_id=view.process_id,
-                        screen_id=view.screen_id,
-                        values=dict(view.values),
-                        panels=dict(view.panels),
-                        chat=list(view.chat),
-                        said=set(view.said),
-                        clicked=set(view.clicked),
-                    ),
-                )
+                snapshot = Snapshot(case.screen_id, self.platform.view(case_id).copy())
                 with self._snapshot_lock:
                     self._snapshots[(case_id, case.step)] = snapshot
                     while len(self._snapshots) > self.keep:
@@ -98,6 +86,32 @@ class SnapshottingAdapter(SandboxAdapter):
         """The case as it was before the action applied at ``step`` (None if none was applied through here)."""
         with self._snapshot_lock:
             return self._snapshots.get((case_id, step))
+
+
+def judge_snapshot(
+    platform: SandboxPlatform,
+    operator: SimOperator,
+    case_id: str,
+    snapshot: Snapshot,
+    proposed: Action,
+    rng: random.Random,
+) -> Review:
+    """How ``operator`` judges ``proposed`` on the case as it was (``snapshot``), exactly as a copilot reviewer
+    judges a proposal on the live case (``sandbox.copilot``, ``SimulatedOperatorPool._review``): the same work
+    items (the world's, with the answers to the customer's extra questions), the same world in the view, the
+    case's own rate of taking over for reasons of their own, and a committed guess at what the customer has not
+    said is a model error for operators who flag guesses. Raises ``CaseNotFound`` for a case the platform forgot."""
+    with platform.lock:
+        case = platform.case(case_id)
+        screen = platform.playbook_screen(case_id, snapshot.screen_id)
+        schema = case.spec.schemas[snapshot.screen_id]
+        other_reject = platform.other_reject_rate(case_id)
+    bases = style_bases(screen, snapshot.view, schema)
+    own = operator_distribution(operator, bases, schema)
+    if not own:  # nobody would act on this screen: the step should not have happened
+        return Review(Verdict.REJECT, RejectReason.OTHER, None, acceptable(proposed, bases))
+    guesses = screen.guessing(snapshot.view)
+    return review(operator, proposed, sample(own, rng), bases, rng, guesses=guesses, other_reject=other_reject)
 
 
 class SimulatedQAReviewers:
@@ -212,24 +226,12 @@ class SimulatedQAReviewers:
         if snapshot is None:
             self._count("no_snapshot")
             return None
-        with self.platform.lock:
-            try:
-                case = self.platform.case(case_id)
-            except CaseNotFound:
-                self._count("no_snapshot")
-                return None
-            screen = case.spec.playbook[snapshot.screen_id]
-            schema = case.spec.schemas[snapshot.screen_id]
-        bases = style_bases(screen, snapshot.view, schema)
-        own = operator_distribution(operator, bases, schema)
         proposed = item.proposal.action
-        if own:
-            # Judged as a copilot reviewer judges a proposal (``SimulatedOperatorPool._review``): a committed guess
-            # at what the customer has not said is a model error for operators who flag guesses.
-            guesses = screen.guessing(snapshot.view)
-            verdict = review(operator, proposed, sample(own, rng), bases, rng, guesses=guesses)
-        else:  # nobody would act on this screen: the step should not have happened
-            verdict = Review(Verdict.REJECT, RejectReason.OTHER, None, acceptable(proposed, bases))
+        try:
+            verdict = judge_snapshot(self.platform, operator, case_id, snapshot, proposed, rng)
+        except CaseNotFound:
+            self._count("no_snapshot")
+            return None
         customers = sum(1 for message in snapshot.view.chat if message.role == ChatRole.CUSTOMER)
         seconds = self.accept_fraction * (operator.action_seconds(proposed, rng) + READ_SECONDS * customers)
         try:

@@ -8,7 +8,7 @@ a statement about the UIState and not about hidden truth.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 
 from sandbox.world import World
@@ -85,6 +85,18 @@ class View:
     said: set[str] = field(default_factory=set)
     clicked: set[str] = field(default_factory=set)
     world: World = field(default_factory=World.classic)
+
+    def copy(self) -> View:
+        """This view with containers of its own (the case's keep changing), the world included: a reviewer who
+        judges the copy later judges it in the same world as the operators did."""
+        return replace(
+            self,
+            values=dict(self.values),
+            panels=dict(self.panels),
+            chat=list(self.chat),
+            said=set(self.said),
+            clicked=set(self.clicked),
+        )
 
     def customer_text(self) -> str:
         return "\n".join(m.text for m in self.chat if m.role == ChatRole.CUSTOMER)

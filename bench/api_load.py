@@ -6,7 +6,8 @@ Protocol:
   ``out/demo/registry``, via ``AutopilotService.from_settings``) when they exist; else, with ``--policy DIR``, that
   saved policy and the policy-confidence critic; else the tiny test policy with the policy-confidence critic
   (``tests/api/conftest``); the embedded broker, SQLite, the sandbox BPM, no session workers (only the copilot
-  path is measured); one torch thread. It is served by uvicorn (one event loop; the route awaits the copilot
+  path is measured); one torch thread; the policy in ``--policy-processes`` child processes of its own (default 1,
+  ``policy.process``; 0: in the service's process; the tiny policy always in process). It is served by uvicorn (one event loop; the route awaits the copilot
   micro-batcher, which gathers concurrent suggestions for at most ``policy_max_wait_ms`` and answers them in one
   batch on its own thread) in a thread of this process.
 * the clients run in a child process (``--client``), so they do not share this process's interpreter lock: one
@@ -26,6 +27,7 @@ Targets: p99 <= 50 ms, >= 500 requests/s and 0 errors with 50 concurrent clients
 timeouts. A miss is reported as such.
 
     .venv/bin/python -m bench.api_load [--requests 3000] [--concurrency 50] [--warmup 100] [--tiny] [--policy DIR]
+        [--policy-processes 1]
 
 Writes ``bench/results/api_load.{json,md}``.
 """
@@ -154,7 +156,7 @@ def client_main(spec_path: str, out_path: str) -> None:
 
 
 def _build_service(
-    data_dir: Path, bootstrap: str, tiny: bool, policy_dir: Path | None, max_queue: int
+    data_dir: Path, bootstrap: str, tiny: bool, policy_dir: Path | None, max_queue: int, policy_processes: int
 ) -> tuple[Any, str]:
     from service.api.context import AutopilotService
     from service.api.settings import ServiceSettings
@@ -166,6 +168,7 @@ def _build_service(
         "sandbox_cases": 60,
         "torch_threads": 1,
         "policy_max_queue": max_queue,
+        "policy_processes": policy_processes,
     }
     if demo:
         settings: ServiceSettings = service_settings(
@@ -179,10 +182,10 @@ def _build_service(
     if policy_dir is not None and not tiny:
         from critic.confidence import fit_on_steps
         from critic.thresholds import SliceThresholds, ThresholdConfig, ThresholdResult
-        from policy.policy import LMPolicy
+        from policy.process import serving_policy
         from sandbox.generate import iter_traces
 
-        policy = LMPolicy.load(policy_dir)
+        policy = serving_policy(policy_dir, processes=policy_processes, reply_guard=False)
         critic = fit_on_steps(policy, [step for trace in iter_traces(6, 77) for step in trace.steps])
         result = ThresholdResult(0.6, 200, 100, 3, 0.03, 0.07, 0.5, "set by hand for the benchmark")
         thresholds = SliceThresholds(ThresholdConfig(granularity="global", alpha=0.1), {"*": result})
@@ -207,6 +210,7 @@ def run(
     policy_dir: Path | None = None,
     overload_concurrency: int = 0,
     max_queue: int = 64,
+    policy_processes: int = 1,
 ) -> dict[str, Any]:
     import torch
 
@@ -219,7 +223,9 @@ def run(
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp, EmbeddedBroker() as broker:
         workdir = Path(tmp)
-        service, models = _build_service(workdir / "service", broker.bootstrap, tiny, policy_dir, max_queue)
+        service, models = _build_service(
+            workdir / "service", broker.bootstrap, tiny, policy_dir, max_queue, 0 if tiny else policy_processes
+        )
         try:
             tokens_file = workdir / "tokens.json"
             token = issue_token(tokens_file, "bench", Role.SERVICE)
@@ -298,6 +304,7 @@ def run(
         "name": NAME,
         "models": models,
         "route": f"POST {ROUTE}",
+        "policy_processes": 0 if tiny else policy_processes,
         "concurrency": concurrency,
         "requests": requests,
         "warmup": warmup,
@@ -333,6 +340,12 @@ def run(
     }
 
 
+def _where_policy(processes: int) -> str:
+    if processes == 0:
+        return "in the service's process"
+    return f"in {processes} child process{'es' if processes > 1 else ''} of its own (AUTOPILOT_POLICY_PROCESSES)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     http, base = result["http"], result["baseline_in_process"]
     lat, blat = http["latency_ms"], base["latency_ms"]
@@ -346,7 +359,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# API load: {result['route']}, {result['concurrency']} concurrent clients",
         "",
         f"Models: {result['models']}; one torch thread; uvicorn (one process; the route awaits the copilot "
-        "micro-batcher, which answers concurrent suggestions in one batch on its own thread) on loopback; clients in "
+        "micro-batcher, which answers concurrent suggestions in one batch on its own thread) on loopback; the policy "
+        f"{_where_policy(result.get('policy_processes', 0))}; clients in "
         f"a child process (httpx.AsyncClient, keep-alive, {result['concurrency']} tasks); {result['requests']} "
         f"measured requests after {result['warmup']} warm-up. Load average before / after: "
         f"{[round(x, 2) for x in result['load_average_before']]} / "
@@ -367,8 +381,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"HTTP p50 / in-process p50: {result['ratio_http_p50_over_direct_p50']}x. Micro-batches in the HTTP phases "
         f"(warm-up, measured, beyond capacity): {batching['batches']} for {batching['suggestions']} suggestions "
         f"(mean {batching['mean_batch']}, largest {batching['largest_batch']}). Throughput is bounded by the "
-        "policy's rate on the one core its thread runs on (bench/results/policy_speed.md) plus the HTTP stack's "
-        "own work per request in the same process (one interpreter lock), and latency under concurrency by about "
+        "policy's rate on the core it runs on (bench/results/policy_speed.md) and by the HTTP stack's own work per "
+        "request (one interpreter lock; the policy's too when it runs in the service's process), and latency under "
+        "concurrency by about "
         "clients / throughput. Small mean batches mean requests reached the batcher slower than it answered them: "
         "the bound was then upstream of the policy (event loop, request handling, the clients on the same cores).",
         "",
@@ -403,6 +418,9 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, default=None, help="a saved policy (with the policy-confidence critic)")
     parser.add_argument("--overload-concurrency", type=int, default=None, help="default: 4 x --concurrency")
     parser.add_argument("--max-queue", type=int, default=64, help="states the copilot's queue holds")
+    parser.add_argument(
+        "--policy-processes", type=int, default=1, help="child processes holding the policy (0: in the service's)"
+    )
     parser.add_argument("--client", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -412,7 +430,16 @@ def main() -> None:
     log.setLevel(logging.INFO)
     logging.getLogger("kafka").setLevel(logging.ERROR)
     overload = 4 * args.concurrency if args.overload_concurrency is None else args.overload_concurrency
-    result = run(args.requests, args.concurrency, args.warmup, args.tiny, args.policy, overload, args.max_queue)
+    result = run(
+        args.requests,
+        args.concurrency,
+        args.warmup,
+        args.tiny,
+        args.policy,
+        overload,
+        args.max_queue,
+        args.policy_processes,
+    )
     # bench.api_streams merges its keys (edge, streams, idle) into the same file: keep them.
     previous = RESULTS_DIR / f"{NAME}.json"
     if previous.is_file():

@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # the heavy imports stay lazy: `autopilot --help` must start 
     from service.runtime.worker import ProposalPolicy
 
 SMALL_BATCH = 8  # states per policy call in the demo's LM stages (see _policy_stage for the measurement)
+# Cases open at once in the copilot phase: each round's batch is split between the two policy processes (8 states
+# each). The reviews do not depend on it (the same 1,936 reviews of 200 cases at 8, 16 and 32; 15.6 / 14.3 / 13.9 s).
+COPILOT_CONCURRENCY = 16
 DEMO_FRACTIONS = (0.35, 0.1, 0.45, 0.1)  # fit, calibrate, threshold, test (the nightly job's default: 50/15/20/15)
 
 ALPHA_NOTE = (
@@ -209,8 +212,7 @@ def _critic_stage(
     from critic.pipeline import PipelineConfig, default_thresholds
     from critic.retrain import RetrainConfig, retrain
     from critic.store import FeedbackStore
-    from policy.combined import load_policy
-    from policy.replies import with_reply_guard
+    from policy.process import PolicyProcesses
     from sandbox.feedback_collection import collect_copilot_feedback
     from sandbox.scenario import scenario_by_name
 
@@ -219,10 +221,17 @@ def _critic_stage(
         f"accept or correct), then train, calibrate and threshold the critic (alpha {alpha:g})"
     )
     torch.set_num_threads(1)
-    policy = with_reply_guard(load_policy(out / "policy"))  # as the service runs it (AUTOPILOT_REPLY_GUARD)
-    feedback = collect_copilot_feedback(
-        policy, sessions, seed, scenario_by_name(scenario_name), start_index=start_index, concurrency=SMALL_BATCH
-    )
+    # The policy as the service runs it (AUTOPILOT_REPLY_GUARD), in two processes of its own: each round's batch
+    # is split between them, so both cores score while this one runs the simulated operators.
+    with PolicyProcesses(out / "policy", processes=2, reply_guard=True) as policy:
+        feedback = collect_copilot_feedback(
+            policy,
+            sessions,
+            seed,
+            scenario_by_name(scenario_name),
+            start_index=start_index,
+            concurrency=COPILOT_CONCURRENCY,
+        )
     feedback_path = write_feedback(feedback.records, out / "feedback.jsonl", truth=feedback.truth)
     # The same rows in the feedback store the service's sink writes to (what its promotion rounds count).
     feedback_db = out / "feedback.db"
@@ -265,8 +274,7 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
 
     from critic.feedback import read_feedback
     from lab.report import plot_reports
-    from policy.combined import load_policy
-    from policy.replies import with_reply_guard
+    from policy.process import PolicyProcesses
 
     print(
         f"\n[5/6] autopilot: promote the slices whose threshold holds, then {sessions} new cases (indices "
@@ -274,18 +282,20 @@ def _autopilot_stage(out: Path, sessions: int, seed: int, scenario: Scenario, st
         "Kafka broker, SQLite store, simulated operators), against an all-manual run of the same cases"
     )
     torch.set_num_threads(1)
-    policy = with_reply_guard(load_policy(out / "policy"))  # as the service runs it (AUTOPILOT_REPLY_GUARD)
     feedback = read_feedback(out / "feedback.jsonl")
-    report = run_autopilot_phase(
-        policy,
-        out / "registry",
-        feedback,
-        sessions=sessions,
-        seed=seed,
-        scenario=scenario,
-        start_index=start_index,
-        data_dir=out,
-    )
+    # The policy as the service runs it (AUTOPILOT_REPLY_GUARD), in a process of its own
+    # (AUTOPILOT_POLICY_PROCESSES=1): the runtime, the bus client and the simulated people keep this process's core.
+    with PolicyProcesses(out / "policy", processes=1, reply_guard=True) as policy:
+        report = run_autopilot_phase(
+            policy,
+            out / "registry",
+            feedback,
+            sessions=sessions,
+            seed=seed,
+            scenario=scenario,
+            start_index=start_index,
+            data_dir=out,
+        )
     report.notes.append(ALPHA_NOTE)
     markdown = report.markdown(f"Autopilot phase ({sessions} sessions, alpha {report.alpha:g})")
     print(markdown)

@@ -9,6 +9,7 @@ from datetime import timedelta
 from critic.feedback import SYNTHETIC_EPOCH, CopilotFeedback
 from policy.combined import CombinedPolicy
 from policy.policy import LMPolicy
+from policy.process import PolicyProcesses
 from policy.replies import ReplyGuard
 from sandbox.copilot import run_copilot_batched
 from sandbox.scenario import Scenario
@@ -28,7 +29,7 @@ def _record_id(kind: str, scenario: str, model_version: str, seed: int, case_ind
 
 
 def collect_copilot_feedback(
-    policy: LMPolicy | CombinedPolicy | ReplyGuard,
+    policy: LMPolicy | CombinedPolicy | ReplyGuard | PolicyProcesses,
     sessions: int,
     seed: int,
     scenario: Scenario | None = None,

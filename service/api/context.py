@@ -31,6 +31,7 @@ from critic.base import Candidate
 from critic.store import FeedbackStore
 from critic.thresholds import SliceThresholds
 from policy.batching import MicroBatcher, ProposalJob, top_k
+from policy.process import PolicyProcesses, serving_policy
 from policy.saved import is_policy_dir
 from schemas.actions import Action, ActionValidationError, validate_action
 from schemas.decision import Decision, OperatorDecision, RejectReason, Verdict
@@ -152,10 +153,6 @@ class AutopilotService:
     ) -> AutopilotService:
         """Load the policy and the registry's champion and build the runtime (not started). Raises
         WorkerSetupError naming the setting when something is missing."""
-        from policy.combined import load_policy
-        from policy.remote import remote_scorer
-        from policy.replies import with_reply_guard
-
         if runtime_factory is None and not settings.bpm_url:
             raise _no_bpm()  # before anything is loaded
         policy_dir = settings.resolved_policy_dir()
@@ -174,8 +171,12 @@ class AutopilotService:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
-        policy = with_reply_guard(
-            load_policy(policy_dir, scorer=remote_scorer(settings.policy_server_url)), settings.reply_guard
+        policy = serving_policy(
+            policy_dir,
+            processes=settings.policy_processes,
+            reply_guard=settings.reply_guard,
+            threads=settings.torch_threads or 1,
+            server_url=settings.policy_server_url,
         )
         return cls.build(
             settings, policy, champion.critic, champion.thresholds, champion.version, runtime_factory=runtime_factory
@@ -305,6 +306,8 @@ class AutopilotService:
             self.sink.close()
             self.sink = None
         self.runtime.stop()
+        if isinstance(self.policy, PolicyProcesses):
+            self.policy.close()  # its children; a start after this stop starts them again
         self._qa = None  # bound to the runtime's store, which is closed now
         if self.feedback_store is not None:
             self.feedback_store.close()

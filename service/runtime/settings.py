@@ -83,6 +83,12 @@ class RuntimeSettings(BaseSettings):
         default=None,
         description="An SGLang server holding the policy's checkpoint (docs/deploy.md); None: the weights in process",
     )
+    policy_processes: int = Field(
+        default=0,
+        ge=0,
+        description="Child processes that hold the policy (policy.process), so the interpreter's own core serves "
+        "HTTP, the bus and the workers; 0: the policy in this process",
+    )
     bus_timeout_s: float = Field(default=10.0, gt=0, description="How long a starting worker waits for the broker")
     risk_file: Path | None = Field(
         default=None,

@@ -67,6 +67,7 @@ class WorkerSpec(BaseModel):
     audit_rate: float = Field(default=0.05, ge=0.0, lt=1.0)
     audit_mode: AuditMode = AuditMode.AFTER
     reply_guard: bool = True
+    policy_processes: int = Field(default=0, ge=0, description="Child processes holding the policy (policy.process)")
     seed: int = 0
     batch_size: int = Field(default=32, ge=1)
     lease_s: float = Field(default=30.0, gt=0)
@@ -99,9 +100,7 @@ def build_worker(
     HTTP adapter and the producer the spec describes."""
     # Imported here: loading the policy pulls in torch and transformers, which the in-process Runtime never needs.
     from critic.persist import load_critic
-    from policy.combined import load_policy
-    from policy.remote import remote_scorer
-    from policy.replies import with_reply_guard
+    from policy.process import serving_policy
     from service.runtime.adapters.http import HttpBpmAdapter
 
     stages = AutonomyStages(AutonomyConfig.from_dict(spec.autonomy))
@@ -115,7 +114,12 @@ def build_worker(
     return SessionWorker(
         spec.worker_id,
         adapter if adapter is not None else HttpBpmAdapter(spec.bpm_url),
-        with_reply_guard(load_policy(spec.policy_path, scorer=remote_scorer(spec.policy_server_url)), spec.reply_guard),
+        serving_policy(
+            spec.policy_path,
+            processes=spec.policy_processes,
+            reply_guard=spec.reply_guard,
+            server_url=spec.policy_server_url,
+        ),
         champion,
         router,
         stages,
@@ -273,6 +277,7 @@ def worker_spec_from_settings(settings: RuntimeSettings) -> WorkerSpec:
         audit_rate=settings.audit_rate,
         audit_mode=settings.audit_mode,
         reply_guard=settings.reply_guard,
+        policy_processes=settings.policy_processes,
         seed=settings.seed,
         batch_size=settings.batch_size,
         lease_s=settings.lease_s,

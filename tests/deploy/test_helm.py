@@ -328,6 +328,7 @@ def test_policy_batcher_settings_reach_the_pods(release: Rendered) -> None:
     data = release.one("ConfigMap", "-config")["data"]
     for key in ("MAX_BATCH", "MAX_WAIT_MS", "MAX_QUEUE", "TIMEOUT_S"):
         assert data[f"AUTOPILOT_POLICY_{key}"], key
+    assert data["AUTOPILOT_POLICY_PROCESSES"] == "0"  # the policy in the pod's own process unless asked
     assert "AUTOPILOT_POLICY_SERVER_URL" not in data  # the default policy runs in process
     assert not any(d["metadata"]["name"].endswith("-policy-server") for d in release.docs)
 

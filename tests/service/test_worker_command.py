@@ -182,6 +182,19 @@ def _next_event(events: queue.Queue[dict[str, Any]], name: str, timeout: float, 
     return event
 
 
+def _children_cmdlines(pid: int) -> list[str]:
+    """The command lines of a process's children (Linux /proc: each process's stat names its parent)."""
+    lines = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                lines.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):  # it exited meanwhile
+            continue
+    return lines
+
+
 def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
     tmp_path: Path, broker: EmbeddedBroker, models: tuple[LMPolicy, PolicyConfidenceCritic, Path, Path]
 ) -> None:
@@ -219,6 +232,7 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
         "AUTOPILOT_AUDIT_RATE": str(config.audit_rate),
         "AUTOPILOT_INITIAL_STAGE": "autopilot",
         "AUTOPILOT_POLICY_DIR": str(policy_dir),
+        "AUTOPILOT_POLICY_PROCESSES": "1",  # the policy in a child of the worker (policy.process), as a pod with 2 CPUs
         "AUTOPILOT_REGISTRY_DIR": str(registry_dir),
         **{f"AUTOPILOT_{name.upper()}": str(value) for name, value in FAST_GROUP.items()},
     }
@@ -243,6 +257,7 @@ def test_worker_command_runs_sessions_and_stops_gracefully_on_sigterm(
         try:
             ready = _next_event(events, "ready", 60, log)
             assert ready["worker_id"] == "cmd-worker" and "critic-test-1" in ready["critic"]
+            assert any("spawn_main" in line for line in _children_cmdlines(process.pid)), "no policy process"
 
             # Two sessions run to completion through the worker process.
             finished = runtime.start_sessions(cases[:2])

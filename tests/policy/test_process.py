@@ -9,27 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from importers.jsonl import read_traces
 from policy.combined import load_policy
-from policy.model import ModelConfig
-from policy.policy import LMPolicy
 from policy.process import PolicyProcessError, PolicyProcesses, _chunks
 from policy.replies import with_reply_guard
-from policy.train import TrainConfig
-from sandbox.generate import generate
-from sandbox.scenario import scenario_by_name
 from schemas.state import UIState
+from tests.policy.checkpoints import tiny_saved_policy
 
 
 @pytest.fixture(scope="module")
 def saved_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[UIState]]:
-    root = tmp_path_factory.mktemp("process")
-    generate(12, 5, root / "t.jsonl", scenario_by_name("default"), progress=False)
-    traces = read_traces(root / "t.jsonl")
-    tiny = ModelConfig(architecture="llama", hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
-    quick = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
-    LMPolicy(model=tiny, training=quick, vocab_size=500, progress=False).fit(traces[:9]).save(root / "policy")
-    return root / "policy", [step.state for trace in traces[9:] for step in trace.steps]
+    return tiny_saved_policy(tmp_path_factory.mktemp("process"), seed=5, architecture="llama")
 
 
 def _same(a: list, b: list) -> None:

@@ -16,15 +16,11 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from importers.jsonl import read_traces
 from policy.fast_scoring import score_states
-from policy.model import ModelConfig
 from policy.policy import LMPolicy
 from policy.remote import RemoteScoringError, SGLangScorer
-from policy.train import TrainConfig
-from sandbox.generate import generate
-from sandbox.scenario import scenario_by_name
 from schemas.state import UIState
+from tests.policy.checkpoints import tiny_saved_policy
 from tests.policy.test_fast_scoring import TOLERANCE, _inputs, _model
 
 
@@ -126,14 +122,7 @@ def test_a_reply_for_other_tokens_is_refused(server: tuple[str, FakeSGLang]) -> 
 
 @pytest.fixture(scope="module")
 def saved_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[UIState]]:
-    root = tmp_path_factory.mktemp("remote")
-    generate(12, 9, root / "t.jsonl", scenario_by_name("default"), progress=False)
-    traces = read_traces(root / "t.jsonl")
-    tiny = ModelConfig(architecture="qwen2", hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
-    quick = TrainConfig(epochs=1, batch_size=16, eval_every=20, warmup_steps=5, threads=1)
-    policy = LMPolicy(model=tiny, training=quick, vocab_size=500, progress=False).fit(traces[:9])
-    policy.save(root / "policy")
-    return root / "policy", [step.state for trace in traces[9:] for step in trace.steps]
+    return tiny_saved_policy(tmp_path_factory.mktemp("remote"), seed=9)
 
 
 def test_policy_with_a_remote_scorer_proposes_as_in_process(saved_policy: tuple[Path, list[UIState]]) -> None:

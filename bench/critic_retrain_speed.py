@@ -30,6 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.common import ROOT, environment, peak_rss_kib, write_results
+from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback_path
 from critic.base import labels
 from critic.feature_critic import FeatureCritic
 from critic.feedback import SYNTHETIC_EPOCH, read_feedback, write_feedback
@@ -38,7 +39,7 @@ from critic.retrain import RetrainConfig, retrain
 from schemas.feedback import FeedbackRecord
 
 NAME = "critic_retrain_speed"
-FEEDBACK = ROOT / "out" / "bench" / "critic_feedback_default_7_2500_3000.jsonl"
+FEEDBACK = copilot_feedback_path(COPILOT_SESSIONS, 7, 2500, "default")  # what bench.critic_sandbox collects
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
 TARGET_S = 60.0
 

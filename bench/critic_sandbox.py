@@ -59,18 +59,26 @@ PRECISION_GAIN = 0.05
 COVERAGE_SHARE = 0.90
 
 
-def copilot_feedback(policy_dir: Path, sessions: int, seed: int, start: int, scenario: str) -> list[FeedbackRecord]:
-    """Collected once and cached: the LM proposing every step is the slow part (minutes)."""
-    path = WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}.jsonl"
-    if not path.exists():
-        import torch
+def copilot_feedback_path(sessions: int, seed: int, start: int, scenario: str, *, reply_guard: bool = True) -> Path:
+    """Where ``copilot_feedback`` caches its collection (and the sandbox's truth beside it)."""
+    guarded = "_guarded" if reply_guard else ""
+    return WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}{guarded}.jsonl"
 
-        from policy.policy import LMPolicy
+
+def copilot_feedback(
+    policy_dir: Path, sessions: int, seed: int, start: int, scenario: str, *, reply_guard: bool = True
+) -> list[FeedbackRecord]:
+    """Collected once and cached: the LM proposing every step is the slow part (minutes). ``reply_guard``: the
+    policy as the service and the runtime benches run it (behind the reply guard, the default), so the critic is
+    calibrated on the proposals it will gate; without it, the bare policy (the sandbox's calibration against the
+    paper, whose policy had no such guard). The policy runs in two processes of its own (``policy.process``)."""
+    path = copilot_feedback_path(sessions, seed, start, scenario, reply_guard=reply_guard)
+    if not path.exists():
+        from policy.process import PolicyProcesses
         from sandbox.scenario import scenario_by_name
 
-        torch.set_num_threads(1)
-        policy = LMPolicy.load(policy_dir)
-        feedback = collect_copilot_feedback(policy, sessions, seed, scenario_by_name(scenario), start_index=start)
+        with PolicyProcesses(policy_dir, processes=2, reply_guard=reply_guard) as policy:
+            feedback = collect_copilot_feedback(policy, sessions, seed, scenario_by_name(scenario), start_index=start)
         write_feedback(feedback.records, path, truth=feedback.truth)
     return read_feedback(path)
 
@@ -295,9 +303,14 @@ def main() -> None:
     parser.add_argument("--generative-budget", type=float, default=0.0, help="seconds; 0 (default) skips it")
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--min-rows", type=int, default=100)
+    parser.add_argument(
+        "--no-reply-guard", action="store_true", help="feedback of the bare policy (default: behind the reply guard)"
+    )
     args = parser.parse_args()
 
-    records = copilot_feedback(args.policy, args.sessions, args.seed, args.start, "default")
+    records = copilot_feedback(
+        args.policy, args.sessions, args.seed, args.start, "default", reply_guard=not args.no_reply_guard
+    )
     accepted_share = sum(r.accepted for r in records) / len(records)
     print(f"{len(records)} feedback rows, accepted share {accepted_share:.3f}")
     thresholds = dataclasses.replace(default_thresholds(), alpha=0.05, delta=0.1, min_rows=args.min_rows)

@@ -44,6 +44,7 @@ from critic.pipeline import (
 )
 from critic.thresholds import fit_slice_thresholds
 from schemas.feedback import FeedbackRecord
+from schemas.progress import progress_bar
 
 NAME = "critic_time_to_autonomy"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
@@ -89,7 +90,8 @@ def curve_for(
     fresh_y, fresh_slices = labels(fresh, label), [slice_of(r) for r in fresh]
     rng = np.random.default_rng(args.seed)
     points: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for order in range(args.orders):
+    name = f"{label}, critic {'retrained' if retrain else 'fixed'}"
+    for order in progress_bar(range(args.orders), desc=name, unit="order"):
         shuffled = list(arriving) if order == 0 else [arriving[i] for i in rng.permutation(len(arriving))]
         for n in SESSIONS:
             if n > len(shuffled):
@@ -233,10 +235,14 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=3)
     parser.add_argument("--min-rows", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--no-reply-guard", action="store_true", help="feedback of the bare policy (default: behind the reply guard)"
+    )
     args = parser.parse_args()
 
-    default = copilot_feedback(args.policy, args.default_sessions, args.seed, 2500, "default")
-    new = copilot_feedback(args.policy, args.max_sessions + args.fresh, args.seed, 5000, "only_new")
+    guard = not args.no_reply_guard
+    default = copilot_feedback(args.policy, args.default_sessions, args.seed, 2500, "default", reply_guard=guard)
+    new = copilot_feedback(args.policy, args.max_sessions + args.fresh, args.seed, 5000, "only_new", reply_guard=guard)
     results: dict[str, dict[str, Any]] = {
         f"{label}, critic retrained": curve_for(label, default, new, args, retrain=True)
         for label in (DEFAULT_LABEL, BASELINE_LABEL)

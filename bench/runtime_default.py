@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
-from bench.critic_sandbox import copilot_feedback
+from bench.critic_sandbox import copilot_feedback, copilot_feedback_path
 from critic.base import DEFAULT_LABEL, LABEL_RULES
 from critic.pipeline import MAX_CANDIDATES, PipelineConfig
 from critic.registry import CriticRegistry
@@ -176,7 +176,8 @@ def markdown(
         "# Selective autopilot on the sandbox (runtime, default scenario)",
         "",
         f"`python -m bench.runtime_default --sessions {args.sessions} --feedback-sessions {args.feedback_sessions}`: "
-        f"the default policy and its {args.feedback_sessions:,}-session copilot feedback (cases {FEEDBACK_START}.."
+        f"the default policy ({'bare' if args.no_reply_guard else 'behind the reply guard, as the service runs it'}) "
+        f"and its own {args.feedback_sessions:,}-session copilot feedback (cases {FEEDBACK_START}.."
         f"{FEEDBACK_START + args.feedback_sessions - 1}, seed {SEED}); per alpha and critic label the feature critic "
         "is retrained on that feedback, slices whose threshold holds are promoted, and "
         f"{n} new cases (indices {args.start}..{args.start + n - 1}) run as background sessions through the "
@@ -309,11 +310,15 @@ def main() -> None:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    feedback = copilot_feedback(args.policy, args.feedback_sessions, SEED, FEEDBACK_START, "default")
-    feedback_path = (
-        ROOT / "out" / "bench" / f"critic_feedback_default_{SEED}_{FEEDBACK_START}_{args.feedback_sessions}.jsonl"
+    # The critic is calibrated on feedback of the policy exactly as it runs here (with or without the reply guard):
+    # the guarantee assumes the calibration proposals and the gated ones come from the same policy.
+    feedback = copilot_feedback(
+        args.policy, args.feedback_sessions, SEED, FEEDBACK_START, "default", reply_guard=not args.no_reply_guard
     )
-    # As the service runs it (AUTOPILOT_REPLY_GUARD); the cached copilot feedback is the bare policy's.
+    feedback_path = copilot_feedback_path(
+        args.feedback_sessions, SEED, FEEDBACK_START, "default", reply_guard=not args.no_reply_guard
+    )
+    # As the service runs it (AUTOPILOT_REPLY_GUARD).
     policy = with_reply_guard(load_policy(args.policy), not args.no_reply_guard)
     mark = time.perf_counter()
     manual = all_manual_run(args.sessions, SEED, scenario_by_name("default"), args.start)

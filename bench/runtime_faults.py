@@ -7,7 +7,7 @@ the store is a SQLite file; the BPM is the sandbox task API (uvicorn, in this pr
 ``SandboxPlatform``; ``--workers`` SessionWorkers run in their own processes (``build_worker`` +
 ``run_worker_process``, reaching the BPM over HTTP) with the trained policy ``out/bench/policy_default`` (else a
 tiny policy fitted here, as ``tests/critic/conftest.py`` does) and the policy-confidence critic; thresholds come
-from ``fit_slice_thresholds`` on the cached copilot feedback ``out/bench/critic_feedback_default_7_2500_3000.jsonl``
+from ``fit_slice_thresholds`` on the cached copilot feedback ``out/bench/critic_feedback_default_7_2500_3000_guarded.jsonl``
 (alpha 0.10, per action type, so that a fair share of steps executes) or, without it, one threshold set by hand.
 Every slice starts in autopilot; the router defers what the critic does not trust, always-ask actions and a random
 audit share. The simulated operator pool (``SimulatedOperatorPool``) answers the deferrals and publishes feedback.
@@ -73,6 +73,7 @@ from sqlalchemy import create_engine, select
 from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
+from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback_path
 from critic.base import Candidate, critic_label
 from critic.confidence import PolicyConfidenceCritic
 from critic.feedback import read_feedback
@@ -109,7 +110,7 @@ log = logging.getLogger(__name__)
 
 NAME = "runtime_faults"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
-FEEDBACK = ROOT / "out" / "bench" / "critic_feedback_default_7_2500_3000.jsonl"
+FEEDBACK = copilot_feedback_path(COPILOT_SESSIONS, 7, 2500, "default")  # what bench.critic_sandbox collects
 INJECTOR = "stale-injector"
 ECHO_HEADER = "echo"
 # Consumer settings (host order: session timeout, heartbeat, fetch wait; ms). On the memory broker, the tests' fast

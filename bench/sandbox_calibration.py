@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, environment, write_results
-from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback
+from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback, copilot_feedback_path
 from critic.feedback import read_truth
 from sandbox.platform import SandboxPlatform
 from sandbox.processes.customers import second_request_topic
@@ -212,7 +212,7 @@ def render(result: dict[str, Any], command: str) -> str:
     lines = [
         "# The calibrated sandbox against the paper's copilot statistics",
         "",
-        f"`{command}`: the default policy reviewed in copilot mode on {result['cases']} new cases of the default "
+        f"`{command}`: the default policy (bare, without the reply guard, like the paper's copilot) reviewed in copilot mode on {result['cases']} new cases of the default "
         f"scenario ({result['rows']} proposals, {result['rejections']} rejections; overall acceptance "
         f"{pct(result['acceptance_overall'])}). Load average at the end: {result['environment']['load_average']}.",
         "",
@@ -278,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     policy = default_policy(args.policy, args.seed)
-    records = copilot_feedback(policy, args.sessions, args.seed, args.start, args.scenario)
-    truth = read_truth(WORK / f"critic_feedback_{args.scenario}_{args.seed}_{args.start}_{args.sessions}.jsonl")
+    # The bare policy: the paper's copilot had no reply guard, so the world is compared with the paper on it.
+    records = copilot_feedback(policy, args.sessions, args.seed, args.start, args.scenario, reply_guard=False)
+    truth = read_truth(copilot_feedback_path(args.sessions, args.seed, args.start, args.scenario, reply_guard=False))
     result = measure(records, truth, args.seed, args.scenario)
     result["comparison"] = compare(result)
     result["paper"] = {"acceptance": PAPER_ACCEPTANCE, "rejection_causes": PAPER_CAUSES}

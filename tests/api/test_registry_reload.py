@@ -3,6 +3,7 @@ in-process workers without a restart, critic and thresholds together (real regis
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,33 @@ def test_a_new_champion_is_loaded_without_a_restart(
         assert service.reload_champion() is True and service.critic_version == "critic-v1"
     finally:
         service.stop()
+
+
+def test_the_service_runs_its_policy_in_a_child_process_when_asked(
+    tmp_path: Path, broker: EmbeddedBroker, models: tuple[Any, Any, SliceThresholds]
+) -> None:
+    """AUTOPILOT_POLICY_PROCESSES=1 (decision 0013): the copilot route is answered by the policy in a child
+    process, as the policy in process answers it, and stopping the service stops the child."""
+    from policy.process import PolicyProcesses
+    from policy.replies import with_reply_guard
+
+    policy, critic, global_thresholds = models
+    policy.save(tmp_path / "policy")
+    registry = CriticRegistry(tmp_path / "registry")
+    registry.promote(register(registry, critic, "critic-v1", global_thresholds, tmp_path), "first")
+    settings = service_settings(tmp_path, broker.bootstrap, registry_poll_s=0, policy_processes=1, workers=0)
+    service = AutopilotService.from_settings(settings, service_runtime).start()
+    try:
+        assert isinstance(service.policy, PolicyProcesses) and service.policy.version_ == policy.version_
+        child = service.policy.pids()[0]
+        assert child is not None and child != os.getpid()
+        platform = service.runtime.platform
+        assert platform is not None
+        state = platform.observe(sorted(platform.cases)[0])
+        suggestion = service.suggest(state)
+        expected = with_reply_guard(policy, settings.reply_guard).propose_batch([state])[0]  # as the service runs it
+        assert suggestion is not None and expected is not None
+        assert suggestion.proposal.action == expected.action
+    finally:
+        service.stop()
+    assert service.policy.pids() == [None]  # the child is stopped with the service

@@ -24,6 +24,7 @@ from sklearn.inspection import permutation_importance
 from critic.artifact import read_critic_meta, write_critic_dir
 from critic.base import CriticInput
 from critic.errors import NotFittedError
+from critic.fast_trees import FastTrees
 from critic.features import CriticFeaturizer, check_training_set
 
 KIND = "feature"
@@ -87,11 +88,19 @@ class FeatureCritic(BaseEstimator):
             raise NotFittedError("FeatureCritic: call fit (or FeatureCritic.load) before predicting")
         return self.featurizer_, self.model_
 
+    def _trees(self) -> FastTrees:
+        """The model's ``predict_proba`` without scikit-learn's per-call overhead (``critic.fast_trees``; it
+        checks itself against the model on its first call)."""
+        trees = self.__dict__.get("_fast_trees")
+        if trees is None or trees.model is not self.model_:
+            trees = self.__dict__["_fast_trees"] = FastTrees(self.model_)
+        return trees
+
     def predict_proba(self, X: Sequence[CriticInput]) -> np.ndarray:
-        featurizer, model = self._require()
+        featurizer, _ = self._require()
         if len(X) == 0:
             return np.zeros((0, 2), dtype=np.float64)
-        proba = model.predict_proba(featurizer.transform(X))
+        proba = self._trees().predict_proba(featurizer.transform(X))
         # The model's classes are the sorted labels [0, 1], so column 1 is already P(acceptable).
         return np.asarray(proba, dtype=np.float64)
 

@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--default-sessions", type=int, default=COPILOT_SESSIONS, help="default-scenario feedback")
     parser.add_argument("--max-sessions", type=int, default=400)
     parser.add_argument("--fresh", type=int, default=300)
-    parser.add_argument("--orders", type=int, default=3)
+    parser.add_argument("--orders", type=int, default=10)  # 3 were too few: the holding share moved by a third
     parser.add_argument("--min-rows", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(

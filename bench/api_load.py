@@ -220,12 +220,11 @@ def run(
     from tests.api.conftest import serve
 
     torch.set_num_threads(1)
+    processes = 0 if tiny else policy_processes  # the tiny test policy is not saved: it stays in process
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="api-load-") as tmp, EmbeddedBroker() as broker:
         workdir = Path(tmp)
-        service, models = _build_service(
-            workdir / "service", broker.bootstrap, tiny, policy_dir, max_queue, 0 if tiny else policy_processes
-        )
+        service, models = _build_service(workdir / "service", broker.bootstrap, tiny, policy_dir, max_queue, processes)
         try:
             tokens_file = workdir / "tokens.json"
             token = issue_token(tokens_file, "bench", Role.SERVICE)
@@ -304,7 +303,7 @@ def run(
         "name": NAME,
         "models": models,
         "route": f"POST {ROUTE}",
-        "policy_processes": 0 if tiny else policy_processes,
+        "policy_processes": processes,
         "concurrency": concurrency,
         "requests": requests,
         "warmup": warmup,

@@ -91,9 +91,9 @@ class FeatureCritic(BaseEstimator):
     def _trees(self) -> FastTrees:
         """The model's ``predict_proba`` without scikit-learn's per-call overhead (``critic.fast_trees``; it
         checks itself against the model on its first call)."""
-        trees = self.__dict__.get("_fast_trees")
-        if trees is None or trees.model is not self.model_:
-            trees = self.__dict__["_fast_trees"] = FastTrees(self.model_)
+        trees: FastTrees | None = getattr(self, "_fast_trees", None)
+        if trees is None or trees.model is not self.model_:  # none yet, or the model was refitted or reloaded
+            trees = self._fast_trees = FastTrees(self.model_)
         return trees
 
     def predict_proba(self, X: Sequence[CriticInput]) -> np.ndarray:

@@ -49,6 +49,9 @@ FUSE_MAX_PARAMETERS = 64_000_000  # decoder layers up to this size get fused pro
 # Staged scoring (``PackedDecoder.score`` with pruning): tree depths run per stage, after the prompts' own pass.
 # Chosen on the default policy's test states (docs/decisions/0012-staged-candidate-scoring.md).
 STAGE_DEPTHS = (2, 5, 1 << 30)
+# Rotary types whose module changes its frequencies with the sequence length: no table of cos/sin by position.
+STATEFUL_ROPE_TYPES = frozenset({"dynamic", "longrope"})
+ROPE_TABLE_MIN = 1024  # positions in the first table (it doubles when a longer sequence comes)
 
 
 @dataclass(frozen=True)
@@ -218,9 +221,9 @@ class _LayerWeights:
         )
 
 
-def _versions(model: torch.nn.Module) -> tuple[int, ...]:
+def _versions(parameters: Sequence[torch.Tensor]) -> tuple[int, ...]:
     """The parameters' in-place modification counters: they move when the weights are trained or loaded."""
-    return tuple(p._version for p in model.parameters())
+    return tuple(p._version for p in parameters)
 
 
 @dataclass
@@ -252,9 +255,14 @@ class PackedDecoder:
         self.norm = decoder.norm
         self.rotary = decoder.rotary_emb
         self.head = head
+        # a table of cos/sin by position, unless the rotary module changes with the sequence length
+        self.rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.rope_tabled = getattr(self.rotary, "rope_type", "default") not in STATEFUL_ROPE_TYPES
         attention = self.layers[0].self_attn
         self.head_dim = int(attention.head_dim)
         self.scaling = float(attention.scaling)
+        self.norm_shape = (int(self.norm.weight.shape[0]),)
+        self.norm_eps = float(self.norm.variance_epsilon)
         self.heads = int(model.config.num_attention_heads)
         self.kv_heads = int(model.config.num_key_value_heads)
         self.device = head.weight.device
@@ -264,7 +272,9 @@ class PackedDecoder:
         self.head_chunk_elements = HEAD_CHUNK_ELEMENTS if self.device.type == "cpu" else HEAD_CHUNK_ELEMENTS_GPU
         fuse = sum(p.numel() for layer in self.layers for p in layer.parameters()) <= FUSE_MAX_PARAMETERS
         self.weights = [_LayerWeights.of(layer, fuse) for layer in self.layers]
-        self.versions = _versions(model)
+        # the parameters, listed once: checking their versions on every call must not walk the module tree
+        self.parameters = list(model.parameters())
+        self.versions = _versions(self.parameters)
 
     # ---- the forward ---------------------------------------------------------------------------------------
 
@@ -288,9 +298,8 @@ class PackedDecoder:
         """The decoder over a packed row, ``attend(layer index, q, k, v)`` (shapes (1, heads, n, head_dim)) doing
         the attention; the final hidden states after the norm, (n, hidden)."""
         n, heads, kv_heads = len(tokens), self.heads, self.kv_heads
-        hidden = self.embed(torch.tensor(tokens, dtype=torch.long, device=self.device))
-        cos, sin = self.rotary(hidden, torch.tensor([positions], dtype=torch.long, device=self.device))
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (n, 1, head_dim): broadcast over heads
+        hidden = F.embedding(torch.tensor(tokens, dtype=torch.long, device=self.device), self.embed.weight)
+        cos, sin = self._rotary(hidden, positions)
         for index, w in enumerate(self.weights):
             x = F.rms_norm(hidden, w.norm_shape, w.input_norm, w.input_eps)
             qkv = _project(x, w.qkv).view(n, heads + 2 * kv_heads, self.head_dim)
@@ -303,7 +312,22 @@ class PackedDecoder:
             x = F.rms_norm(hidden, w.norm_shape, w.post_norm, w.post_eps)
             gate, up = _project(x, w.gate_up).chunk(2, dim=-1)
             hidden = hidden + _project(w.act(gate) * up, w.down)
-        return self.norm(hidden)
+        return F.rms_norm(hidden, self.norm_shape, self.norm.weight, self.norm_eps)
+
+    def _rotary(self, hidden: torch.Tensor, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at each position, (n, 1, head_dim) to broadcast over heads: rows of a table built once by
+        the model's own rotary module (each position's values do not depend on the others), or the module's
+        call where its frequencies change with the sequence length."""
+        index = torch.tensor(positions, dtype=torch.long, device=self.device)
+        if not self.rope_tabled:
+            cos, sin = self.rotary(hidden, index[None])
+            return cos[0].unsqueeze(1), sin[0].unsqueeze(1)
+        table = self.rope_table
+        if table is None or table[0].shape[0] <= max(positions):
+            size = max(max(positions) + 1, ROPE_TABLE_MIN, 2 * (0 if table is None else table[0].shape[0]))
+            cos, sin = self.rotary(hidden, torch.arange(size, device=self.device)[None])
+            table = self.rope_table = (cos[0].unsqueeze(1), sin[0].unsqueeze(1))  # one assignment: thread-safe
+        return table[0][index], table[1][index]
 
     def _pad(self, segments: Sequence[_Segment]) -> bool:
         if self.padded_attention is not None:
@@ -696,7 +720,7 @@ def decoder_for(
     with _DECODERS_LOCK:
         built = _DECODERS.setdefault(model, {})
         decoder = built.get((padded_attention, staged))
-        if decoder is None or decoder.versions != _versions(model):
+        if decoder is None or decoder.versions != _versions(decoder.parameters):
             decoder = built[(padded_attention, staged)] = PackedDecoder(model, padded_attention, staged)
         return decoder
 

@@ -13,6 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, Qwen2Conf
 
 from importers.jsonl import read_traces
 from policy.fast_scoring import (
+    ROPE_TABLE_MIN,
     PackedDecoder,
     build_tree,
     decoder_for,
@@ -293,6 +294,19 @@ def test_the_decoder_is_rebuilt_when_the_weights_change() -> None:
     fresh = PackedDecoder(model).score(prompts, candidates, None)
     assert [s.logprobs for s in after] == [s.logprobs for s in fresh]
     assert [s.logprobs for s in after] != [s.logprobs for s in before]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_rotary_table_rows_equal_the_models_rotary_module(architecture: Architecture) -> None:
+    model = _model(architecture)
+    decoder = PackedDecoder(model)
+    rotary = model.get_decoder().rotary_emb
+    hidden = torch.zeros(1, model.config.hidden_size)
+    for positions in ([0, 1, 2], [7, 3, 3, 0], [ROPE_TABLE_MIN - 1, ROPE_TABLE_MIN, 3 * ROPE_TABLE_MIN + 5]):
+        cos, sin = decoder._rotary(hidden, positions)  # the last list grows the table past its first size
+        want_cos, want_sin = rotary(hidden, torch.tensor([positions]))
+        assert torch.equal(cos[:, 0], want_cos[0]) and torch.equal(sin[:, 0], want_sin[0])
+    assert decoder.rope_table is not None and decoder.rope_table[0].shape[0] > 3 * ROPE_TABLE_MIN + 5
 
 
 def test_loaded_weights_are_owned_and_stay_tied(tmp_path: Path) -> None:

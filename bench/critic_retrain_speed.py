@@ -39,7 +39,6 @@ from critic.retrain import RetrainConfig, retrain
 from schemas.feedback import FeedbackRecord
 
 NAME = "critic_retrain_speed"
-FEEDBACK = copilot_feedback_path(COPILOT_SESSIONS, 7, 2500, "default")  # what bench.critic_sandbox collects
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
 TARGET_S = 60.0
 
@@ -99,9 +98,10 @@ def main() -> None:
     parser.add_argument("--generative-budget", type=float, default=120.0, help="seconds; 0 skips it")
     args = parser.parse_args()
 
-    if not FEEDBACK.exists():
-        raise SystemExit(f"{FEEDBACK} is missing: run `python -m bench.critic_sandbox` first")
-    base = read_feedback(FEEDBACK)
+    feedback = copilot_feedback_path(POLICY_DIR, COPILOT_SESSIONS, 7, 2500, "default")  # bench.critic_sandbox's
+    if not feedback.exists():
+        raise SystemExit(f"{feedback} is missing: run `python -m bench.critic_sandbox` first")
+    base = read_feedback(feedback)
     records = resample(base, args.rows, seed=0)
     config = PipelineConfig(kind="feature", progress=False)
     splits = split_by_time(records, config.fractions)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -59,10 +60,23 @@ PRECISION_GAIN = 0.05
 COVERAGE_SHARE = 0.90
 
 
-def copilot_feedback_path(sessions: int, seed: int, start: int, scenario: str, *, reply_guard: bool = True) -> Path:
-    """Where ``copilot_feedback`` caches its collection (and the sandbox's truth beside it)."""
+def policy_version(policy_dir: Path) -> str:
+    """The saved policy's version (a digest of its weights), which keys the caches of its proposals: a policy
+    trained again gets feedback of its own, never the previous policy's."""
+    path = policy_dir / "policy.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `python -m bench.policy_sandbox` first")
+    return str(json.loads(path.read_text())["version"])
+
+
+def copilot_feedback_path(
+    policy_dir: Path, sessions: int, seed: int, start: int, scenario: str, *, reply_guard: bool = True
+) -> Path:
+    """Where ``copilot_feedback`` caches its collection of ``policy_dir``'s proposals (and the sandbox's truth
+    beside it)."""
     guarded = "_guarded" if reply_guard else ""
-    return WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}{guarded}.jsonl"
+    version = policy_version(policy_dir)
+    return WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}{guarded}_{version}.jsonl"
 
 
 def copilot_feedback(
@@ -72,7 +86,7 @@ def copilot_feedback(
     policy as the service and the runtime benches run it (behind the reply guard, the default), so the critic is
     calibrated on the proposals it will gate; without it, the bare policy (the sandbox's calibration against the
     paper, whose policy had no such guard). The policy runs in two processes of its own (``policy.process``)."""
-    path = copilot_feedback_path(sessions, seed, start, scenario, reply_guard=reply_guard)
+    path = copilot_feedback_path(policy_dir, sessions, seed, start, scenario, reply_guard=reply_guard)
     if not path.exists():
         from policy.process import PolicyProcesses
         from sandbox.scenario import scenario_by_name

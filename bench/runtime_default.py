@@ -316,7 +316,7 @@ def main() -> None:
         args.policy, args.feedback_sessions, SEED, FEEDBACK_START, "default", reply_guard=not args.no_reply_guard
     )
     feedback_path = copilot_feedback_path(
-        args.feedback_sessions, SEED, FEEDBACK_START, "default", reply_guard=not args.no_reply_guard
+        args.policy, args.feedback_sessions, SEED, FEEDBACK_START, "default", reply_guard=not args.no_reply_guard
     )
     # As the service runs it (AUTOPILOT_REPLY_GUARD).
     policy = with_reply_guard(load_policy(args.policy), not args.no_reply_guard)

@@ -62,7 +62,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
-from bench.runtime_faults import FEEDBACK, POLICY_DIR, fit_tiny_policy, hand_thresholds
+from bench.runtime_faults import POLICY_DIR, fit_tiny_policy, hand_thresholds, trained_policy_feedback
 from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate, critic_label
 from critic.confidence import PolicyConfidenceCritic
 from critic.feedback import read_feedback
@@ -261,17 +261,18 @@ def thresholds_and_labels(alpha: float) -> tuple[SliceThresholds, dict[SliceId, 
     from bench.runtime_faults import feedback_thresholds
 
     critic = PolicyConfidenceCritic()
-    if not FEEDBACK.exists():
+    feedback = trained_policy_feedback()
+    if feedback is None or not feedback.exists():
         critic.classes_ = np.array([0, 1], dtype=np.int64)
         thresholds = hand_thresholds()
         # Without feedback there are no labels to promote on; every refund slice is treated as labelled enough.
         return thresholds, defaultdict(lambda: 10**6), critic, "one global threshold set by hand (no cached feedback)"
-    records = read_feedback(FEEDBACK)
+    records = read_feedback(feedback)
     sample = records[:500]
     critic.fit([Candidate(r.state, r.proposal) for r in sample], [critic_label(r) for r in sample])
     labels = Counter(slice_id(r.slice) for r in records)
     source = (
-        f"fit_slice_thresholds on {len(records)} rows of {FEEDBACK.relative_to(ROOT)} (alpha {alpha}, delta 0.1, "
+        f"fit_slice_thresholds on {len(records)} rows of {feedback.relative_to(ROOT)} (alpha {alpha}, delta 0.1, "
         "per slice, each slice's delta on its own)"
     )
     # Without the Bonferroni split over slices: with it only two refund_damaged slices get a threshold and about 5%

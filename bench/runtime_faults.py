@@ -110,7 +110,15 @@ log = logging.getLogger(__name__)
 
 NAME = "runtime_faults"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
-FEEDBACK = copilot_feedback_path(COPILOT_SESSIONS, 7, 2500, "default")  # what bench.critic_sandbox collects
+
+
+def trained_policy_feedback() -> Path | None:
+    """What bench.critic_sandbox collects and caches for the trained default policy; None without that policy."""
+    if not (POLICY_DIR / "policy.json").exists():
+        return None
+    return copilot_feedback_path(POLICY_DIR, COPILOT_SESSIONS, 7, 2500, "default")
+
+
 INJECTOR = "stale-injector"
 ECHO_HEADER = "echo"
 # Consumer settings (host order: session timeout, heartbeat, fetch wait; ms). On the memory broker, the tests' fast
@@ -189,13 +197,14 @@ def prepare_models(work: Path, alpha: float, granularity: Granularity) -> Models
         policy_dir = fit_tiny_policy(work)
         source["policy"] = "tiny policy fitted on 30 sandbox cases (out/bench/policy_default is missing)"
     critic = PolicyConfidenceCritic()
-    if FEEDBACK.exists():
-        records = read_feedback(FEEDBACK)
+    feedback = trained_policy_feedback()
+    if feedback is not None and feedback.exists():
+        records = read_feedback(feedback)
         thresholds = feedback_thresholds(records, alpha, granularity)
         sample = records[:500]
         critic.fit([Candidate(r.state, r.proposal) for r in sample], [critic_label(r) for r in sample])
         source["thresholds"] = (
-            f"fit_slice_thresholds on {len(records)} rows of {FEEDBACK.relative_to(ROOT)} "
+            f"fit_slice_thresholds on {len(records)} rows of {feedback.relative_to(ROOT)} "
             f"(alpha {alpha}, delta 0.1, granularity {granularity})"
         )
     else:

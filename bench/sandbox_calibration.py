@@ -280,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     policy = default_policy(args.policy, args.seed)
     # The bare policy: the paper's copilot had no reply guard, so the world is compared with the paper on it.
     records = copilot_feedback(policy, args.sessions, args.seed, args.start, args.scenario, reply_guard=False)
-    truth = read_truth(copilot_feedback_path(args.sessions, args.seed, args.start, args.scenario, reply_guard=False))
+    truth = read_truth(
+        copilot_feedback_path(policy, args.sessions, args.seed, args.start, args.scenario, reply_guard=False)
+    )
     result = measure(records, truth, args.seed, args.scenario)
     result["comparison"] = compare(result)
     result["paper"] = {"acceptance": PAPER_ACCEPTANCE, "rejection_causes": PAPER_CAUSES}

@@ -466,7 +466,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
         critic.reject_token_id_ = int(meta["reject_token_id"])
         critic.marker_ids_ = [int(t) for t in meta["marker_ids"]]
         critic.pad_id_ = int(meta["pad_id"])
-        critic.serial_ = SerialConfig(**meta["serial"])
+        critic.serial_ = SerialConfig.from_dict(meta["serial"])
         critic.lora_ = LoraSettings(**meta["lora"]) if meta.get("lora") else None
         critic.policy_version_ = meta["policy_version"]
         history = meta["history"]

@@ -349,7 +349,7 @@ class LMPolicy:
         policy = cls(
             model=ModelConfig(**meta["model"]),
             training=TrainConfig(**meta["training"]),
-            serial=SerialConfig(**meta["serial"]),
+            serial=SerialConfig.from_dict(meta["serial"]),
             vocab_size=meta["vocab_size"],
             max_prompt_tokens=meta["max_prompt_tokens"],
             max_templates=meta["max_templates"],

@@ -1,12 +1,16 @@
 """Replies that are right: a guard over the policy's proposals for the two ways a learned reply goes wrong.
 
-1. **A fact from the wrong row.** A reply that quotes a table (the fee of the chosen plan from a plans table)
-   must quote it from the row the reply is about. The policy copies values through slots, and which row a slot
-   names is the part it gets wrong when the row's position varies from case to case. The guard finds the row the
-   reply talks about (the one row whose key value, a word such as the plan's name, the reply or the case data
-   names) and rewrites every value quoted from another row of the same table to the value of that row's column.
-   It then validates the reply: every identifier, date and amount it states must be a value of the state (the
-   screen, the panels, the chat); a reply stating one the state does not hold is replaced by the best-ranked
+1. **A fact from the wrong row.** A reply or a value typed into a field (a note, an amount) that quotes a table
+   (the fee of the chosen plan from a plans table, the price of the damaged item from the order's items) must
+   quote it from the row the case is about. The policy copies values through slots, and which row a slot names
+   is the part it gets wrong when the row's position varies from case to case. The guard finds the row the case
+   is about: the one row whose key value (a word such as the plan's or the item's name) the customer names;
+   failing that, the one the text names; failing that, the one the case data holds. It rewrites every value
+   quoted from another row of the same table to the value of that row's column (the key too when the customer
+   named the row: "the insurance charge of 29.48" becomes "the streaming charge of 74.04" when the customer
+   wrote about the streaming charge). A text that names several rows (a comparison) is left as it is. A reply
+   is then validated: every identifier, date and amount it states must be a value of the state (the screen,
+   the panels, the chat); a reply stating one the state does not hold is replaced by the best-ranked
    alternative reply that passes, if the policy has one.
 2. **A guess instead of a question.** When the proposal selects an option the customer has not named and the
    policy's own probability is split between options of that control (the operators it learned from guessed
@@ -25,8 +29,8 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from policy.serialise import mentioned_options
-from policy.values import ENTITY_PATTERNS, value_sources
-from schemas.actions import SelectOption, SendTextToChat
+from policy.values import ENTITY_PATTERNS, recent_chat, value_sources
+from schemas.actions import FillField, SelectOption, SendTextToChat
 from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, Panel, UIState
@@ -70,17 +74,31 @@ def _case_values(state: UIState) -> set[str]:
     return out
 
 
+def _rows_named(panel: Panel, keys: list[str], text: str) -> list[int]:
+    """The rows of ``panel`` whose key value ``text`` names (as a word, any case)."""
+    low = text.lower()
+    return [i for i, row in enumerate(panel.rows) if any(_says(low, row[k].lower()) for k in keys)]
+
+
 def row_consistent(text: str, state: UIState) -> str:
-    """``text`` with every value quoted from a table row other than the row the text is about replaced by the
-    same column of that row. The row is the one whose key value the text names; failing that, the one whose key
-    value the case data holds; with no single such row the text is returned unchanged."""
+    """``text`` with every value quoted from a table row other than the row the case is about replaced by the
+    same column of that row. The row is the one whose key value the customer's messages name (then key values
+    are replaced too); failing that, the one the text names; failing that, the one the case data holds. With no
+    single such row, or when the text names several rows, the text is returned unchanged."""
+    customer = " ".join(m.text for m in recent_chat(state) if m.role == ChatRole.CUSTOMER)
     for panel in state.panels.values():
         if len(panel.rows) < 2:
             continue
         keys = _key_columns(panel)
         if not keys:
             continue
-        named = [i for i, row in enumerate(panel.rows) if any(_says(text, row[k]) for k in keys)]
+        in_text = [i for i, row in enumerate(panel.rows) if any(_says(text, row[k]) for k in keys)]
+        if len(in_text) > 1:
+            continue  # the text compares rows: nothing to decide
+        named = _rows_named(panel, keys, customer)
+        by_customer = len(named) == 1
+        if not by_customer:
+            named = in_text
         if len(named) != 1:
             settled = _case_values(state)
             named = [i for i, row in enumerate(panel.rows) if any(row[k] in settled for k in keys)]
@@ -92,7 +110,8 @@ def row_consistent(text: str, state: UIState) -> str:
                 continue
             for column, value in row.items():
                 right = about.get(column, "")
-                if value and right and value != right and column not in keys and _says(text, value):
+                quoted = value and right and value != right and _says(text, value)
+                if quoted and (by_customer or column not in keys):
                     text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", right, text)
     return text
 
@@ -119,8 +138,8 @@ def _customer_words(state: UIState) -> list[str]:
 
 @dataclass
 class ReplyGuard:
-    """Wraps a policy: ``propose_batch`` returns its proposals with replies made consistent with the state and
-    guesses turned into clarifying questions (see the module docstring).
+    """Wraps a policy: ``propose_batch`` returns its proposals with replies and typed values made consistent
+    with the state and guesses turned into clarifying questions (see the module docstring).
 
     ``alternatives``: how many ranked candidates to ask the policy for (the guard chooses among them);
     ``ask_below``: a select is a guess when its option holds less than this share of the probability the
@@ -158,6 +177,11 @@ class ReplyGuard:
             fixed = self._right_reply(state, ranked)
             if fixed is not None and fixed != top:
                 return self._with_top(proposal, ranked, fixed, k)
+        if isinstance(top.action, FillField):
+            value = row_consistent(top.action.value, state)
+            if value != top.action.value:
+                action = FillField(control_id=top.action.control_id, value=value)
+                return self._with_top(proposal, ranked, ScoredAction(action=action, features=top.features), k)
         return self._with_top(proposal, ranked, top, k)
 
     def _right_reply(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:

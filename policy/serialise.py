@@ -16,8 +16,9 @@ A select lists, after ``~``, the options the customer's messages name (typos all
 ``mentioned_options``.
 
 Truncation rule (documented in docs/policy.md): option hints read the last ``policy.values.CHAT_WINDOW`` messages
-(as the value sources do); the chat keeps its last ``chat_messages`` messages, each cut to
-``message_chars`` characters; the history keeps the last ``history`` actions, each cut to ``action_chars``;
+(as the value sources do); the chat keeps its last ``chat_messages`` messages and, ahead of them, the
+customer's first ``opening_messages`` (within that window), each cut to ``message_chars`` characters; the
+history keeps the last ``history`` actions, each cut to ``action_chars``;
 a panel keeps ``MAX_ROWS`` table rows and every value is cut to ``value_chars``. Durations (panel fields whose
 name ends in ``_s``) are written as coarse log-scale buckets, which a small model can use and raw seconds it
 cannot. Identifiers (e-mail addresses, dates, ids, postcodes, street addresses, long numbers) are written as their kind
@@ -35,9 +36,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
+from typing import Any
 
 from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, to_slots, value_sources
 from schemas.actions import (
@@ -85,6 +87,10 @@ class SerialConfig:
       does (most frequent first): loops and rework are what the next activity of a long case depends on.
     * ``drop_fields``: panel fields (``name`` or ``panel.name``) left out, such as event timestamps and ids,
       whose values never recur and only cost tokens.
+    * ``opening_messages``: the customer's first messages kept ahead of the last ``chat_messages`` when the chat
+      is longer, after them ``...``. The opening states the case's requests: a second request made there ("...
+      Also, when does my contract end?") is still open when the first is done, and without it a model closes
+      the chat too early. 0 in models saved before this field (``from_dict``).
     """
 
     chat_messages: int = 4
@@ -96,12 +102,19 @@ class SerialConfig:
     bare_clicks: bool = False
     counts: bool = False
     drop_fields: tuple[str, ...] = ()
+    opening_messages: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SerialConfig:
+        """The config saved with a model; a field the save predates keeps the layout that model was trained
+        with (no opening messages)."""
+        return cls(**{"opening_messages": 0, **data})
 
     @classmethod
     def for_traces(cls, traces: Sequence[Trace]) -> SerialConfig:
@@ -124,6 +137,20 @@ class SerialConfig:
             counts=True,
             drop_fields=rare_fields(states),
         )
+
+
+def _chat_parts(state: UIState, cfg: SerialConfig) -> list[str]:
+    """The chat as the prompt writes it: the customer's opening messages that fall before the last
+    ``chat_messages`` (``opening_messages`` of them, then ``...``), and the last ``chat_messages``. The opening
+    is read within the last ``CHAT_WINDOW`` messages, as everything else (the truncation rule)."""
+    window = recent_chat(state)
+    recent = window[-cfg.chat_messages :] if cfg.chat_messages > 0 else []
+    earlier = window[: len(window) - len(recent)]
+    opening = [m for m in earlier if m.role == ChatRole.CUSTOMER][: cfg.opening_messages]
+    parts = [f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in opening]
+    if opening:
+        parts.append("...")
+    return parts + [f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in recent]
 
 
 def rare_fields(
@@ -246,8 +273,7 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
         )
         lines.append(f"panel {panel_id}: " + " | ".join(part for part in (fields, rows) if part))
     if state.chat:
-        messages = state.chat[-cfg.chat_messages :]
-        lines.append("chat " + " / ".join(f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in messages))
+        lines.append("chat " + " / ".join(_chat_parts(state, cfg)))
     if state.recent_actions and cfg.history > 0:
         recent = [_history_text(a, cfg) for a in state.recent_actions[-cfg.history :]]
         lines.append("history " + " / ".join(recent))

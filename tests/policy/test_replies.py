@@ -12,6 +12,7 @@ from schemas import (
     ChatMessage,
     ChatRole,
     ClickControl,
+    FillField,
     Panel,
     ScreenSchema,
     SelectOption,
@@ -86,14 +87,49 @@ def test_a_fee_quoted_from_another_row_is_replaced_by_the_named_row() -> None:
     s = state(["I want premium"], {"plans": PLANS})
     wrong = "Your plan has been changed to premium at 19.99 a month from 2027-03-01."
     assert row_consistent(wrong, s) == "Your plan has been changed to premium at 34.99 a month from 2027-03-01."
-    right = "Done: you're on family (44.99 a month) from 2027-03-01."
+    right = "Done: you're on premium (34.99 a month) from 2027-03-01."
     assert row_consistent(right, s) == right
+    # The text names another row than the customer did: the customer's row, its name included.
+    assert row_consistent("Done: you're on family (44.99 a month).", s) == "Done: you're on premium (34.99 a month)."
+    # The customer names no row: the row the text names decides.
+    s_no_name = state(["please change my plan"], {"plans": PLANS})
+    assert row_consistent("Done: family at 19.99 a month.", s_no_name) == "Done: family at 44.99 a month."
     # No plan named in the text: the row the case data settles (the case panel's new plan) decides.
     case = Panel(title="Case data", fields={"new_plan": "family", "effective_date": "2027-03-01"})
     s2 = state(["hi"], {"plans": PLANS, "case": case})
     assert row_consistent("It usually takes effect on 2027-03-01, at 19.99 a month.", s2).endswith("44.99 a month.")
     # Two rows named: nothing to decide.
     assert row_consistent("plus or premium at 19.99?", s) == "plus or premium at 19.99?"
+
+
+INVOICE = Panel(
+    title="Invoice",
+    fields={"invoice_id": "INV-874015", "amount": "137.06"},
+    rows=[
+        {"charge": "insurance", "amount": "29.48"},
+        {"charge": "plan", "amount": "33.54"},
+        {"charge": "streaming", "amount": "74.04"},
+    ],
+)
+
+
+def test_a_typed_value_quotes_the_row_the_customer_named() -> None:
+    s = state(["Something is off with my invoice. It's about the Streaming charge."], {"invoice": INVOICE})
+    note = FillField(control_id="note", value="Customer disputes the insurance charge of 29.48 on INV-874015.")
+    amount = FillField(control_id="refund_amount", value="33.54")
+    for wrong, right in [
+        (note, "Customer disputes the streaming charge of 74.04 on INV-874015."),
+        (amount, "74.04"),
+    ]:
+        proposal = ReplyGuard(Scripted([(wrong, 0.7), (ClickControl(control_id="next"), 0.3)])).propose(s)
+        assert proposal is not None and proposal.action == FillField(control_id=wrong.control_id, value=right)
+        assert proposal.features.probability == 0.7  # the policy's own confidence in the value it typed
+    # The customer names two rows: the text's own row decides, and a value of the right row stays as it is.
+    both = state(["the streaming charge and the insurance charge are both wrong"], {"invoice": INVOICE})
+    assert row_consistent(note.value, both) == note.value
+    # A text comparing rows is left as it is.
+    comparison = "insurance 29.48 and streaming 74.04"
+    assert row_consistent(comparison, s) == comparison
 
 
 def test_facts_the_state_does_not_hold_are_reported() -> None:
@@ -111,7 +147,7 @@ def test_the_guard_fixes_the_top_reply_and_falls_back_to_a_valid_alternative() -
     assert proposal is not None and isinstance(proposal.action, SendTextToChat)
     assert "34.99" in proposal.action.text and proposal.features.probability == 0.6
     invented = SendTextToChat(text="Your refund for ORD-999999 is on its way.")
-    valid = SendTextToChat(text="Your plan has been changed to family at 44.99 a month.")
+    valid = SendTextToChat(text="Your plan has been changed to premium at 34.99 a month.")
     guard = ReplyGuard(Scripted([(invented, 0.5), (valid, 0.3), (ClickControl(control_id="next"), 0.2)]))
     fallback = guard.propose(s)
     assert fallback is not None and fallback.action == valid and fallback.features.probability == 0.3

@@ -78,8 +78,27 @@ def test_truncation_rule_keeps_the_latest_chat_and_history() -> None:
     prompt = serialise_state(_state(chat=chat, recent_actions=history), SerialConfig(chat_messages=3, history=4))
     assert "message 6" not in prompt and all(f"message {i}" in prompt for i in (7, 8, 9))
     chat_line = next(line for line in prompt.splitlines() if line.startswith("chat "))
+    assert chat_line.startswith("chat C: message 0 ") and " / ... / C: message 7 " in chat_line  # the opening
     assert max(len(part) for part in chat_line.split(" / ")) <= 160 + len("chat C: ")
     assert "click b7" not in prompt and "click b8 / click b9 / click b10 / click b11" in prompt
+
+
+def test_the_customers_opening_request_stays_in_a_long_chat() -> None:
+    opening = ChatMessage(role=ChatRole.CUSTOMER, text="My order is late. Also, when does my contract end?")
+    turns = [
+        ChatMessage(role=ChatRole.OPERATOR if i % 2 == 0 else ChatRole.CUSTOMER, text=f"turn {i}") for i in range(6)
+    ]
+    cfg = SerialConfig(chat_messages=4)
+    long_chat = serialise_state(_state(chat=[opening, *turns]), cfg)
+    assert "chat C: My order is late. Also, when does my contract end? / ... / O: turn 2 / C: turn 3" in long_chat
+    # a chat within the last messages is written once, in order, without the marker
+    short = serialise_state(_state(chat=[opening, *turns[:3]]), cfg)
+    assert "chat C: My order is late. Also, when does my contract end? / O: turn 0 / C: turn 1 / O: turn 2" in short
+    # models saved before the field keep the layout they were trained with
+    saved = {k: v for k, v in SerialConfig().to_dict().items() if k != "opening_messages"}
+    assert SerialConfig.from_dict(saved).opening_messages == 0
+    assert "My order is late" not in serialise_state(_state(chat=[opening, *turns]), SerialConfig.from_dict(saved))
+    assert SerialConfig.from_dict(SerialConfig().to_dict()) == SerialConfig()
 
 
 def test_durations_are_bucketed() -> None:

@@ -10,6 +10,9 @@ Sources, in priority order (the first source with a given value names it):
 
 * ``screen.<control>``: the screen's current non-empty values;
 * ``panel.<panel>.<field>``: read-only panel fields (lookup results, the customer record, the clipboard);
+* ``row.<panel>.last.<column>``: cells of the last row of a table of two or more rows, ahead of the numbered
+  rows: tables of events (a parcel's scans, a case's history) are read from their latest row, and a table's
+  length varies from case to case, so "the latest scan" is one slot, not one per table length;
 * ``row.<panel>.<i>.<column>``: cells of the first ``MAX_ROWS`` rows of a panel table;
 * ``panel.<panel>.<field>.first``: the first word of a multi-word capitalised field (a first name);
 * ``chat.<kind>[.<n>]``: entities in the customer's messages (e-mail addresses, dates, ids, postcodes, amounts,
@@ -101,6 +104,9 @@ def value_sources(state: UIState) -> dict[str, str]:
             words = value.split()
             if len(words) > 1 and words[0].isalpha() and words[0][0].isupper():
                 add(f"panel.{panel_id}.{field}.first", words[0])  # "Hana Smith" is greeted as "Hana"
+        if len(panel.rows) > 1:
+            for column, value in sorted(panel.rows[-1].items()):
+                add(f"row.{panel_id}.last.{column}", value)
         for i, row in enumerate(panel.rows[:MAX_ROWS]):
             for column, value in sorted(row.items()):
                 add(f"row.{panel_id}.{i}.{column}", value)

@@ -101,6 +101,22 @@ def test_the_customers_opening_request_stays_in_a_long_chat() -> None:
     assert SerialConfig.from_dict(SerialConfig().to_dict()) == SerialConfig()
 
 
+def test_the_latest_row_of_a_table_is_one_slot_whatever_the_tables_length() -> None:
+    def scans(hubs: list[str]) -> UIState:
+        rows = [{"hub": hub, "date": f"2027-01-0{i + 1}"} for i, hub in enumerate(hubs)]
+        return _state(panels={"order": Panel(fields={"status": "in_transit"}, rows=rows)})
+
+    reply = "last scan {hub} on {date}"
+    short, long = scans(["Leeds", "Hull"]), scans(["Bath", "Crewe", "Exeter", "Luton"])
+    for state, hub, date in [(short, "Hull", "2027-01-02"), (long, "Luton", "2027-01-04")]:
+        text = action_text(SendTextToChat(text=reply.format(hub=hub, date=date)), state)
+        assert text == "send last scan ⟦row.order.last.hub⟧ on ⟦row.order.last.date⟧"
+    # an earlier row keeps its number, and a template of an earlier naming still fills
+    assert action_text(SendTextToChat(text="first scan Bath"), long) == "send first scan ⟦row.order.0.hub⟧"
+    assert parse_action_text("send scan ⟦row.order.3.hub⟧", long) == SendTextToChat(text="scan Luton")
+    assert "row.order.last.hub" not in value_sources(scans(["Leeds"]))  # one row: no table to read from
+
+
 def test_durations_are_bucketed() -> None:
     assert [coarse_duration(s) for s in (0, 5, 30, 300, 3000, 7200, 20000, 2 * 86400, 30 * 86400)] == [
         "0s", "<10s", "<1m", "<10m", "<1h", "<4h", "<1d", "2d", "4w"

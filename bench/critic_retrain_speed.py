@@ -30,7 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.common import ROOT, environment, peak_rss_kib, write_results
-from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback_path
+from bench.critic_sandbox import trained_policy_feedback
 from critic.base import labels
 from critic.feature_critic import FeatureCritic
 from critic.feedback import SYNTHETIC_EPOCH, read_feedback, write_feedback
@@ -98,8 +98,8 @@ def main() -> None:
     parser.add_argument("--generative-budget", type=float, default=120.0, help="seconds; 0 skips it")
     args = parser.parse_args()
 
-    feedback = copilot_feedback_path(POLICY_DIR, COPILOT_SESSIONS, 7, 2500, "default")  # bench.critic_sandbox's
-    if not feedback.exists():
+    feedback = trained_policy_feedback()
+    if feedback is None or not feedback.exists():
         raise SystemExit(f"{feedback} is missing: run `python -m bench.critic_sandbox` first")
     base = read_feedback(feedback)
     records = resample(base, args.rows, seed=0)

@@ -47,6 +47,7 @@ from critic.pipeline import (
     train_critic,
 )
 from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds
+from policy.saved import POLICY_FILE
 from sandbox.feedback_collection import collect_copilot_feedback
 from schemas.feedback import FeedbackRecord
 from schemas.progress import progress_bar
@@ -63,10 +64,18 @@ COVERAGE_SHARE = 0.90
 def policy_version(policy_dir: Path) -> str:
     """The saved policy's version (a digest of its weights), which keys the caches of its proposals: a policy
     trained again gets feedback of its own, never the previous policy's."""
-    path = policy_dir / "policy.json"
+    path = policy_dir / POLICY_FILE
     if not path.exists():
         raise SystemExit(f"{path} is missing: run `python -m bench.policy_sandbox` first")
     return str(json.loads(path.read_text())["version"])
+
+
+def trained_policy_feedback() -> Path | None:
+    """Where this bench caches the copilot feedback of the trained default policy (``POLICY_DIR``), as the other
+    benches read it; None without that policy."""
+    if not (POLICY_DIR / POLICY_FILE).exists():
+        return None
+    return copilot_feedback_path(POLICY_DIR, COPILOT_SESSIONS, 7, 2500, "default")
 
 
 def copilot_feedback_path(

@@ -62,7 +62,8 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
-from bench.runtime_faults import POLICY_DIR, fit_tiny_policy, hand_thresholds, trained_policy_feedback
+from bench.critic_sandbox import trained_policy_feedback
+from bench.runtime_faults import POLICY_DIR, fit_tiny_policy, hand_thresholds
 from critic.base import DEFAULT_LABEL, LABEL_RULES, Candidate, critic_label
 from critic.confidence import PolicyConfidenceCritic
 from critic.feedback import read_feedback

@@ -73,7 +73,7 @@ from sqlalchemy import create_engine, select
 from tqdm import tqdm
 
 from bench.common import RESULTS_DIR, ROOT, environment, peak_rss_kib, write_results
-from bench.critic_sandbox import COPILOT_SESSIONS, copilot_feedback_path
+from bench.critic_sandbox import trained_policy_feedback
 from critic.base import Candidate, critic_label
 from critic.confidence import PolicyConfidenceCritic
 from critic.feedback import read_feedback
@@ -110,13 +110,6 @@ log = logging.getLogger(__name__)
 
 NAME = "runtime_faults"
 POLICY_DIR = ROOT / "out" / "bench" / "policy_default"
-
-
-def trained_policy_feedback() -> Path | None:
-    """What bench.critic_sandbox collects and caches for the trained default policy; None without that policy."""
-    if not (POLICY_DIR / "policy.json").exists():
-        return None
-    return copilot_feedback_path(POLICY_DIR, COPILOT_SESSIONS, 7, 2500, "default")
 
 
 INJECTOR = "stale-injector"

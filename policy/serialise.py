@@ -147,10 +147,8 @@ def _chat_parts(state: UIState, cfg: SerialConfig) -> list[str]:
     recent = window[-cfg.chat_messages :] if cfg.chat_messages > 0 else []
     earlier = window[: len(window) - len(recent)]
     opening = [m for m in earlier if m.role == ChatRole.CUSTOMER][: cfg.opening_messages]
-    parts = [f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in opening]
-    if opening:
-        parts.append("...")
-    return parts + [f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in recent]
+    shown = [*opening, None, *recent] if opening else recent  # None: the "..." between them
+    return ["..." if m is None else f"{_ROLE[m.role]}: {_cut(m.text, cfg.message_chars)}" for m in shown]
 
 
 def rare_fields(

@@ -47,6 +47,7 @@ from critic.pipeline import (
     train_critic,
 )
 from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds
+from policy.replies import RULES_VERSION
 from policy.saved import POLICY_FILE
 from sandbox.feedback_collection import collect_copilot_feedback
 from schemas.feedback import FeedbackRecord
@@ -83,7 +84,7 @@ def copilot_feedback_path(
 ) -> Path:
     """Where ``copilot_feedback`` caches its collection of ``policy_dir``'s proposals (and the sandbox's truth
     beside it)."""
-    guarded = "_guarded" if reply_guard else ""
+    guarded = f"_guarded{RULES_VERSION}" if reply_guard else ""
     version = policy_version(policy_dir)
     return WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}{guarded}_{version}.jsonl"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, environment, write_results
-from policy.replies import ReplyGuard
+from policy.replies import with_reply_guard
 from sandbox.copilot import run_copilot_batched
 from sandbox.generate import iter_traces
 from sandbox.platform import MAX_STEPS, CaseEnded, SandboxPlatform
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     policy = LMPolicy.load(args.policy)
     arms: dict[str, Propose] = {
         "policy": policy.propose_batch,
-        "policy + reply guard": ReplyGuard(policy).propose_batch,
+        "policy + reply guard": with_reply_guard(policy).propose_batch,
     }
     copilot = {name: copilot_figures(propose, args.sessions, args.seed) for name, propose in arms.items()}
     alone = {name: outcome_figures(policy_alone(propose, args.sessions, args.seed)) for name, propose in arms.items()}

@@ -34,11 +34,9 @@ import torch
 
 from bench.common import environment, peak_rss_kib, write_results
 from importers.jsonl import read_traces
-from policy.candidates import enumerate_candidates
 from policy.fast_scoring import supports
 from policy.policy import LMPolicy
 from policy.process import PolicyProcesses
-from policy.serialise import serialise_state
 from schemas.state import UIState
 
 NAME = "policy_speed"
@@ -76,7 +74,7 @@ def bare_forward_latencies(policy: LMPolicy, states: list[UIState]) -> list[floa
     with torch.inference_mode():
         for state in states:
             started = time.perf_counter()
-            ids = codec.encode_prompt(serialise_state(state, policy.serial))
+            ids = codec.encode_prompt(policy.prompt(state))
             model(torch.tensor([ids]))
             out.append((time.perf_counter() - started) * 1000)
     return out
@@ -155,11 +153,11 @@ def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(model_dir: Path, traces_path: Path, sessions: int, skip: int, rounds: int, batch: int) -> dict[str, Any]:
     policy = LMPolicy.load(model_dir)
-    codec, model, bank = policy._require()
+    codec, model, _ = policy._require()
     traces = list(read_traces(traces_path))[skip : skip + sessions]
     states = [step.state for trace in traces for step in trace.steps]
-    candidates = [len(enumerate_candidates(s, bank)) for s in states]
-    prompt_tokens = [len(codec.encode_prompt(serialise_state(s, policy.serial))) for s in states]
+    candidates = [len(policy.candidates(s)) for s in states]
+    prompt_tokens = [len(codec.encode_prompt(policy.prompt(s))) for s in states]
     per_round: dict[str, list[dict[str, Any]]] = {"fast": [], "reference": []}
     bare_p50: list[float] = []
     loads = []

@@ -48,7 +48,9 @@ from policy.codec import Codec
 from policy.fast_scoring import last_hidden_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import load_model
+from policy.option_cues import OptionCues
 from policy.policy import LMPolicy
+from policy.requests import RequestTracker
 from policy.serialise import SerialConfig, action_text, serialise_state
 from schemas.progress import progress_bar
 
@@ -240,7 +242,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
                 state, action = item.state, item.proposal.action
             except AttributeError:
                 raise ValueError(f"X[{i}] is not a CriticInput (needs .state and .proposal)") from None
-            prompt = codec.encode_prompt(serialise_state(state, self.serial_))
+            prompt = codec.encode_prompt(serialise_state(state, self.serial_, self.requests_, self.cues_))
             out.append(prompt + codec.encode_action(action_text(action, state)) + marker)
         return out
 
@@ -266,13 +268,14 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
 
     # ---- fitting -------------------------------------------------------------------------------------------
 
-    def _load_backbone(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, SerialConfig, LoraSettings | None, str]:
+    def _load_backbone(self) -> LMPolicy:
+        """The saved policy whose LM the critic fine-tunes, and whose prompts (layout, readers) it reads."""
         try:
             policy = LMPolicy.load(Path(str(self.policy_dir)))
         except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
             raise ValueError(f"policy_dir {self.policy_dir!s} is not a saved LMPolicy: {exc}") from None
         assert policy.model_ is not None and policy.codec_ is not None
-        return policy.model_, policy.codec_.tokenizer, policy.serial, policy.lora, policy.version_
+        return policy
 
     def fit(self, X: Sequence[CriticInput], y: Sequence[int] | np.ndarray) -> Self:
         labels = _check_xy(X, y)
@@ -280,20 +283,24 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
         if self.threads:
             torch.set_num_threads(self.threads)
         torch.manual_seed(self.seed)  # new verdict rows are deterministic; LoRA adapters follow the seed
-        model, tokenizer, serial, lora, version = self._load_backbone()
+        policy = self._load_backbone()
+        assert policy.model_ is not None and policy.codec_ is not None
+        model, tokenizer = policy.model_, policy.codec_.tokenizer
         self.label_tokens_, self.accept_token_id_, self.reject_token_id_ = choose_label_tokens(tokenizer)
         if self.label_tokens_ == "special":
             _init_special_rows(model, tokenizer, self.accept_token_id_, self.reject_token_id_)
-        self.serial_ = serial
-        self.lora_ = lora
-        self.policy_version_ = version
+        self.serial_ = policy.serial
+        self.requests_ = policy.requests_
+        self.cues_ = policy.cues_
+        self.lora_ = policy.lora
+        self.policy_version_ = policy.version_
         self.codec_ = Codec.for_tokenizer(tokenizer, self.max_prompt_tokens)
         self.marker_ids_ = tokenizer.encode(CRITIC_MARKER, add_special_tokens=False)
         self.pad_id_ = _pad_id(model, tokenizer, self.codec_)
         self.model_ = model
         seqs = self._encode(X)
-        if lora is not None:
-            self.model_ = apply_lora(model, lora)
+        if policy.lora is not None:
+            self.model_ = apply_lora(model, policy.lora)
         self.history_ = self._train(seqs, labels)
         self.model_ = merge_lora(self.model_)
         self.model_.eval()
@@ -440,6 +447,8 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
             "marker_ids": marker,
             "pad_id": pad_id,
             "serial": self.serial_.to_dict(),
+            "requests": self.requests_.to_dict() if self.requests_ is not None else None,
+            "option_cues": self.cues_.to_dict() if self.cues_ is not None else None,
             "lora": asdict(self.lora_) if self.lora_ is not None else None,
             "policy_version": self.policy_version_,
             "history": _json_safe(asdict(self.history_)),
@@ -467,6 +476,8 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
         critic.marker_ids_ = [int(t) for t in meta["marker_ids"]]
         critic.pad_id_ = int(meta["pad_id"])
         critic.serial_ = SerialConfig.from_dict(meta["serial"])
+        critic.requests_ = RequestTracker.from_dict(meta["requests"]) if meta.get("requests") else None
+        critic.cues_ = OptionCues.from_dict(meta["option_cues"]) if meta.get("option_cues") else None
         critic.lora_ = LoraSettings(**meta["lora"]) if meta.get("lora") else None
         critic.policy_version_ = meta["policy_version"]
         history = meta["history"]
@@ -489,5 +500,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
     marker_ids_: list[int]
     pad_id_: int
     serial_: SerialConfig
+    requests_: RequestTracker | None
+    cues_: OptionCues | None
     lora_: LoraSettings | None
     classes_: np.ndarray

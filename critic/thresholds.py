@@ -72,6 +72,8 @@ from schemas.risk import SliceKey
 
 Granularity = Literal["slice", "action_type", "process", "global", "pooled"]
 GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+AdmissionCorrection = Literal["holm", "none"]
+ADMISSION_CORRECTIONS: tuple[str, ...] = get_args(AdmissionCorrection)
 GLOBAL_KEY = "*"
 
 
@@ -92,7 +94,10 @@ class ThresholdConfig:
     passing by luck becomes likely (measured: 13% of draws instead of 10% in bench/critic_sandbox.py).
     ``min_sessions``: with sessions given, a group needs at least this many for its session-level bound;
     ``own_cell_rows`` and ``min_slice_rows``: the pooled hierarchy's cells (see the module docstring);
-    ``admission_level``: the significance of the admission check (:func:`admitted_slices`)."""
+    ``admission_level``: the significance of the admission check (:func:`admitted_slices`);
+    ``admission_correction``: "holm" tests the slices as a family (``admission_level`` bounds the chance of refusing
+    any slice the critic is right about), "none" each slice at ``admission_level`` alone (more refusals by chance,
+    more power against one misjudged slice)."""
 
     alpha: float = 0.05
     delta: float = 0.1
@@ -105,6 +110,7 @@ class ThresholdConfig:
     own_cell_rows: int = 1000
     min_slice_rows: int = 30
     admission_level: float = 0.05
+    admission_correction: AdmissionCorrection = "holm"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -124,6 +130,10 @@ class ThresholdConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.admission_level < 1.0:
             raise ValueError(f"admission_level must be in (0, 1), got {self.admission_level}")
+        if self.admission_correction not in ADMISSION_CORRECTIONS:
+            raise ValueError(
+                f"admission_correction must be one of {ADMISSION_CORRECTIONS}, got {self.admission_correction!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -484,9 +494,11 @@ def admitted_slices(admission: Admission, config: ThresholdConfig) -> tuple[set[
     A pooled threshold is certified for its cell as a whole; a slice whose errors the critic underestimates (a new
     process it never saw, say) would ride on its neighbours' record. So before the cells are formed, each slice's
     errors on the admission rows are compared with the errors its scores predict (the sum of 1 - score): if more
-    errors are observed than that prediction makes plausible (a one-sided Poisson test at ``admission_level``), the
-    slice may not pool (``pooled_cells``: a cell of its own with ``min_rows`` rows, else none); so is a slice with
-    fewer than ``min_slice_rows // 3`` admission rows, or none (no evidence yet). The check reads only rows the threshold test does not use, so the
+    errors are observed than that prediction makes plausible (a one-sided Poisson test per slice; with
+    ``admission_correction="holm"`` Holm's step-down over the slices tested, so that ``admission_level`` bounds
+    the chance of refusing any slice the critic is right about), the slice may not pool (``pooled_cells``: a cell
+    of its own with ``min_rows`` rows, else none); so is a slice with fewer than ``min_slice_rows // 3``
+    admission rows, or none (no evidence yet). The check reads only rows the threshold test does not use, so the
     cells are fixed before the threshold rows' labels are read and the guarantee is unchanged."""
     s = np.asarray(admission.scores, dtype=np.float64)
     y = np.asarray(admission.labels)
@@ -503,19 +515,29 @@ def admitted_slices(admission: Admission, config: ThresholdConfig) -> tuple[set[
     for name, _ in _slice_names(admission.slices):
         rows[name] += 1
     needed = max(1, config.min_slice_rows // 3)
+    p_values: dict[str, float] = {}
     for name, errors in observed.items():
-        expected = predicted[name]
         if rows[name] < needed:
             refused[name] = f"{rows[name]} admission rows (< {needed}): too few to check the critic on it"
             continue
-        p_value = float(poisson.sf(errors - 1, expected)) if errors > 0 else 1.0
-        if p_value < config.admission_level:
-            refused[name] = (
-                f"{errors} errors on its admission rows where the critic's scores predict {expected:.1f} "
-                f"(p = {p_value:.2g} < {config.admission_level}): the critic underestimates its errors"
-            )
-        else:
-            ok.add(name)
+        p_values[name] = float(poisson.sf(errors - 1, predicted[name])) if errors > 0 else 1.0
+    # Holm's step-down over the slices tested: each is refused only while its p-value stays under the level
+    # divided by the slices not yet refused, so a critic that is right about every slice has every slice
+    # refused with probability at most admission_level (at 0.05 each, 35 slices would see one or more refused
+    # in 83% of the windows, by chance alone).
+    ordered = sorted(p_values.items(), key=lambda item: (item[1], item[0]))
+    holm = config.admission_correction == "holm"
+    for rank, (name, p_value) in enumerate(ordered):
+        level = config.admission_level / (len(ordered) - rank) if holm else config.admission_level
+        if p_value >= level:
+            ok.update(n for n, _ in ordered[rank:])
+            break
+        refused[name] = (
+            f"{observed[name]} errors on its admission rows where the critic's scores predict "
+            f"{predicted[name]:.1f} (p = {p_value:.2g} < {level:.2g}"
+            + (f", Holm over {len(ordered)} slices" if holm else "")
+            + "): the critic underestimates its errors"
+        )
     return ok, refused
 
 

@@ -11,7 +11,7 @@ against the screen, so an invalid action is never scored, let alone proposed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from policy.serialise import ActionTextError, action_text, literal_action_text, parse_action_text
@@ -114,8 +114,12 @@ def _structural(state: UIState) -> Iterable[Action]:
         yield CloseChat(resolution=resolution)
 
 
-def enumerate_candidates(state: UIState, bank: TemplateBank | None = None) -> list[Candidate]:
-    """All valid candidate actions of a state in a deterministic order, unique by slot-form text."""
+def enumerate_candidates(
+    state: UIState, bank: TemplateBank | None = None, replies: Sequence[str] = ()
+) -> list[Candidate]:
+    """All valid candidate actions of a state in a deterministic order, unique by slot-form text; ``replies``:
+    slot-form replies offered beside the bank's (the answers to a pending request, which a process's bank may
+    not keep among its most frequent)."""
     sources = value_sources(state)
     out: dict[str, Candidate] = {}
 
@@ -141,6 +145,6 @@ def enumerate_candidates(state: UIState, bank: TemplateBank | None = None) -> li
             for name in sources:
                 offer(f"fill {control.id} = {SLOT_OPEN}{name}{SLOT_CLOSE}")
     if state.screen.chat_enabled and bank is not None:
-        for template in bank.templates(state.process_id, CHAT_TARGET):
+        for template in [*bank.templates(state.process_id, CHAT_TARGET), *replies]:
             offer(f"send {template}")
     return list(out.values())

@@ -44,8 +44,10 @@ from policy.baselines.floors import SuffixNGram
 from policy.baselines.gbm import GradientBoostingBaseline
 from policy.calibration import IsotonicCalibrator, expected_calibration_error
 from policy.fast_scoring import CandidateScorer
+from policy.option_cues import OptionCues
 from policy.policy import LMPolicy
 from policy.predictor import Prediction
+from policy.requests import RequestTracker
 from policy.routing import Routing, choose_routes, group_path
 from policy.saved import COMBINED_FILE, POLICY_FILE, read_meta
 from policy.serialise import SerialConfig
@@ -540,6 +542,16 @@ class CombinedPolicy:
             digest.update(self.lm_.version_.encode())
         digest.update(json.dumps(sorted(self.members_), sort_keys=True).encode())
         return f"combined-{digest.hexdigest()}"
+
+    @property
+    def requests_(self) -> RequestTracker | None:
+        """The LM member's pending-request reader (``policy.requests``), for the reply guard; None without an LM."""
+        return self.lm_.requests_ if self.lm_ is not None else None
+
+    @property
+    def cues_(self) -> OptionCues | None:
+        """The LM member's option cues (``policy.option_cues``), for the reply guard; None without an LM."""
+        return self.lm_.cues_ if self.lm_ is not None else None
 
     # ---- inference -----------------------------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ from policy.codec import Codec
 from policy.fast_scoring import PACK_TOKENS, CandidateScorer, kept_candidates, score_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
+from policy.option_cues import OptionCues
 from policy.predictor import Prediction
+from policy.requests import RequestTracker
 from policy.saved import POLICY_FILE, read_meta
 from policy.scoring import next_token_logprobs, score_candidates
 from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text, serialise_state
@@ -80,6 +82,8 @@ class LMPolicy:
 
     # learned
     bank_: TemplateBank | None = field(default=None, init=False, repr=False)
+    requests_: RequestTracker | None = field(default=None, init=False, repr=False)
+    cues_: OptionCues | None = field(default=None, init=False, repr=False)
     codec_: Codec | None = field(default=None, init=False, repr=False)
     model_: PreTrainedModel | None = field(default=None, init=False, repr=False)
     history_: TrainHistory | None = field(default=None, init=False, repr=False)
@@ -91,7 +95,7 @@ class LMPolicy:
         """(process id, prompt, slot-form action text) of every step, computed once for the template bank, the
         tokenizer and the examples."""
         return [
-            (trace.process_id, serialise_state(step.state, self.serial), action_text(step.action, step.state))
+            (trace.process_id, self.prompt(step.state), action_text(step.action, step.state))
             for trace in traces
             for step in trace.steps
         ]
@@ -113,6 +117,8 @@ class LMPolicy:
         if val_traces is None:
             n_val = int(len(traces) * self.training.val_fraction)
             traces, val_traces = traces[: len(traces) - n_val], traces[len(traces) - n_val :]
+        self.requests_ = RequestTracker().fit(traces)
+        self.cues_ = OptionCues().fit(traces)
         train_texts, val_texts = self._texts(traces), self._texts(val_traces)
         self.bank_ = TemplateBank(max_per_target=self.max_templates)
         for process_id, _, target_text in train_texts:
@@ -191,7 +197,7 @@ class LMPolicy:
 
     def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
         codec, _ = self._require_serving()
-        prompts = [codec.encode_prompt(serialise_state(s, self.serial)) for s in states]
+        prompts = [codec.encode_prompt(self.prompt(s)) for s in states]
         encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
         if self.scorer is not None:
             remote = self.scorer.score(prompts, encoded, self.prune_logprob)
@@ -239,6 +245,18 @@ class LMPolicy:
         first = next_token_logprobs(model, prompts)
         return [[float(first[b, c[0]]) for c in ids] for b, ids in enumerate(encoded)]
 
+    def prompt(self, state: UIState) -> str:
+        """The state as this policy reads it: its serialisation with the learned readers (pending requests,
+        option cues)."""
+        return serialise_state(state, self.serial, self.requests_, self.cues_)
+
+    def candidates(self, state: UIState) -> list[Candidate]:
+        """The state's candidate actions: the screen's and the bank's, with the answers to its pending requests
+        (``policy.requests``)."""
+        _, bank = self._require_serving()
+        replies = self.requests_.pending_answers(state) if self.requests_ is not None else []
+        return enumerate_candidates(state, bank, replies)
+
     def _ranked(self, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
         (two slot forms of one value) are merged by summing their probabilities."""
@@ -256,8 +274,7 @@ class LMPolicy:
 
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
         """The top-``k`` proposal of each state (None for a state with no valid candidate action)."""
-        _, bank = self._require_serving()
-        scored = self._score(states, [enumerate_candidates(s, bank) for s in states])
+        scored = self._score(states, [self.candidates(s) for s in states])
         out: list[Proposal | None] = []
         for state, item in zip(states, scored, strict=True):
             ranked = self._ranked(item)
@@ -296,11 +313,10 @@ class LMPolicy:
     def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
         """Per state the ``k`` best candidate actions with their probabilities (softmax over the candidates),
         best first; empty for a state without a valid candidate."""
-        _, bank = self._require_serving()
         out: list[list[tuple[Action, float]]] = []
         for i in range(0, len(states), 64):
             chunk = states[i : i + 64]
-            for scored in self._score(chunk, [enumerate_candidates(s, bank) for s in chunk]):
+            for scored in self._score(chunk, [self.candidates(s) for s in chunk]):
                 out.append([(action, p) for action, _, p in self._ranked(scored)[:k]])
         return out
 
@@ -334,6 +350,8 @@ class LMPolicy:
             "parameters": parameter_count(model),
             "history": asdict(self.history_) if self.history_ else None,
             "templates": bank.to_dict(),
+            "requests": self.requests_.to_dict() if self.requests_ is not None else None,
+            "option_cues": self.cues_.to_dict() if self.cues_ is not None else None,
         }
         with atomic_directory(target) as tmp:
             model.save_pretrained(tmp)
@@ -363,6 +381,10 @@ class LMPolicy:
         policy.codec_ = Codec.for_tokenizer(tokenizer, policy.max_prompt_tokens)
         policy.model_ = None if scorer is not None else load_model(root)
         policy.bank_ = TemplateBank.from_dict(meta["templates"])
+        if meta.get("requests"):
+            policy.requests_ = RequestTracker.from_dict(meta["requests"])
+        if meta.get("option_cues"):
+            policy.cues_ = OptionCues.from_dict(meta["option_cues"])
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])
         policy.version_ = meta["version"]

@@ -31,7 +31,7 @@ import torch
 from transformers import PreTrainedModel
 
 from policy.policy import LMPolicy
-from policy.serialise import action_text, serialise_state
+from policy.serialise import action_text
 from policy.train import IGNORE, Example, action_loss, collate
 from schemas.actions import Action, action_key
 from schemas.decision import RejectReason
@@ -104,7 +104,7 @@ def sequence_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) ->
 
 def _example(policy: LMPolicy, state: UIState, action: Action) -> Example:
     assert policy.codec_ is not None
-    prompt = policy.codec_.encode_prompt(serialise_state(state, policy.serial))
+    prompt = policy.codec_.encode_prompt(policy.prompt(state))
     return Example(ids=prompt + policy.codec_.encode_action(action_text(action, state)), prompt_len=len(prompt))
 
 

@@ -12,10 +12,15 @@
    is then validated: every identifier, date and amount it states must be a value of the state (the screen,
    the panels, the chat); a reply stating one the state does not hold is replaced by the best-ranked
    alternative reply that passes, if the policy has one.
-2. **A guess instead of a question.** When the proposal selects an option the customer has not named and the
-   policy's own probability is split between options of that control (the operators it learned from guessed
-   differently), the value is unknown: the guard proposes the clarifying question the policy ranks highest
-   instead (a reply ending in a question mark), if it ranks one at all.
+2. **A guess instead of a question.** When the proposal selects an option the customer has not named (nor
+   settled in other words: ``policy.option_cues``) and the policy's own probability is split between options
+   of that control (the operators it learned from guessed differently), the value is unknown: the guard
+   proposes the clarifying question the policy ranks highest instead (a reply ending in a question mark that
+   names one of the options or the control: "Refund or a replacement?", "Which plan?", not "Could you send a
+   photo?"), if it ranks one at all.
+3. **Closing with a request unanswered.** When the proposal closes the chat while a request of the customer's
+   opening is still pending (``policy.requests``: learned from the traces, with the policy), the guard
+   proposes the best-ranked reply that answers it instead, if the policy ranks one.
 
 The guard follows the policy interface the runtime and the sandbox use (``propose_batch``), so it wraps any
 policy; it reads only the state and the policy's ranked alternatives.
@@ -28,12 +33,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from policy.option_cues import OptionCues
+from policy.requests import RequestTracker
 from policy.serialise import mentioned_options
 from policy.values import ENTITY_PATTERNS, recent_chat, value_sources
-from schemas.actions import FillField, SelectOption, SendTextToChat
+from schemas.actions import CloseChat, FillField, SelectOption, SendTextToChat
 from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, Panel, UIState
+
+RULES_VERSION = 2
+"""Changes whenever the guard's rules do: what a guarded policy proposes depends on it as on the policy's
+version, so caches of guarded proposals (the benches' copilot feedback) are keyed by both."""
 
 # Entity kinds a reply states as facts; short numbers ("5 working days") are the wording's own.
 FACT_KINDS = frozenset({"email", "date", "id", "postcode", "amount"})
@@ -132,6 +143,13 @@ def unsupported_facts(text: str, state: UIState) -> list[str]:
     return out
 
 
+def _asks_about(question: str, options: list[str], control_words: list[str]) -> bool:
+    """Whether a question is about the select: it names one of its options or a word of its id or label
+    ("Which plan?" for ``new_plan``), not something else the screen still needs ("a photo of the damage?")."""
+    words = _words(question)
+    return bool(mentioned_options(options, words)) or any(w in words for w in control_words)
+
+
 def _customer_words(state: UIState) -> list[str]:
     return sorted({w for m in state.chat if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
 
@@ -144,9 +162,12 @@ class ReplyGuard:
     ``alternatives``: how many ranked candidates to ask the policy for (the guard chooses among them);
     ``ask_below``: a select is a guess when its option holds less than this share of the probability the
     policy gives that control's options; ``min_question``: the least probability a question needs to be
-    asked instead."""
+    asked instead; ``requests`` and ``cues``: the pending requests' reader and the options the customer's words
+    settle (the wrapped policy's ``requests_`` and ``cues_``, see ``with_reply_guard``)."""
 
     policy: Proposer
+    requests: RequestTracker | None = None
+    cues: OptionCues | None = None
     alternatives: int = 10
     ask_below: float = 0.75
     min_question: float = 0.02
@@ -172,6 +193,9 @@ class ReplyGuard:
         question = self._question_instead_of_guess(state, ranked)
         if question is not None:
             return self._with_top(proposal, ranked, question, k)
+        answer = self._answer_before_closing(state, ranked)
+        if answer is not None:
+            return self._with_top(proposal, ranked, answer, k)
         top = ranked[0]
         if isinstance(top.action, SendTextToChat):
             fixed = self._right_reply(state, ranked)
@@ -197,6 +221,17 @@ class ReplyGuard:
                 return ScoredAction(action=SendTextToChat(text=text), features=candidate.features)
         return None
 
+    def _answer_before_closing(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        """The best-ranked reply answering a pending request when the proposal closes the chat; None otherwise
+        (no close, nothing pending, or no answering reply ranked)."""
+        if self.requests is None or not isinstance(ranked[0].action, CloseChat) or not self.requests.pending(state):
+            return None
+        for candidate in ranked[1:]:
+            action = candidate.action
+            if isinstance(action, SendTextToChat) and self.requests.answers_pending(action.text, state):
+                return self._right_reply(state, [candidate])
+        return None
+
     def _question_instead_of_guess(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
         top = ranked[0].action
         if not isinstance(top, SelectOption):
@@ -207,6 +242,8 @@ class ReplyGuard:
             return None
         if mentioned_options(options, _customer_words(state)):
             return None  # the customer named an option: not a guess
+        if self.cues is not None and self.cues.cued(state, top.control_id):
+            return None  # the customer's words settle an option ("charged twice"): not a guess either
         mass = {
             c.action.option: c.features.probability
             for c in ranked
@@ -214,12 +251,14 @@ class ReplyGuard:
         }
         if sum(mass.values()) <= 0 or mass[top.option] / sum(mass.values()) >= self.ask_below:
             return None  # the policy is sure of the value (the tools or the chat settle it)
+        about = _words(f"{control.id} {control.label}")
         for candidate in ranked:
             action = candidate.action
             if (
                 isinstance(action, SendTextToChat)
                 and action.text.rstrip().endswith("?")
                 and candidate.features.probability >= self.min_question
+                and _asks_about(action.text, options, about)
             ):
                 return candidate
         return None
@@ -235,4 +274,6 @@ class ReplyGuard:
 def with_reply_guard(policy: P, enabled: bool = True) -> P | ReplyGuard:
     """``policy`` behind a ``ReplyGuard`` (the service's and the demo's default, ``AUTOPILOT_REPLY_GUARD``), or as
     it is when ``enabled`` is false."""
-    return ReplyGuard(policy) if enabled else policy
+    if not enabled:
+        return policy
+    return ReplyGuard(policy, requests=getattr(policy, "requests_", None), cues=getattr(policy, "cues_", None))

@@ -8,7 +8,8 @@ Prompt (one line per section, sections in this order, absent sections omitted)::
     controls chat:chat ; new_plan:select* ~premium ; confirm_terms:checkbox* ; submit:button ; ...
     queues billing ; tier2            resolutions resolved ; duplicate
     panel customer: name=George Garcia ; tier=standard
-    chat C: I'll take premium. / O: Which plan?
+    chat C: I'll take premium. Also, when does my contract end? / O: Which plan?
+    pending contract
     history click lookup_plans / select new_plan = premium
     step 4
 
@@ -38,10 +39,10 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, Protocol
 
 from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, to_slots, value_sources
+from policy.words import word_matches
 from schemas.actions import (
     Action,
     ClickControl,
@@ -91,6 +92,15 @@ class SerialConfig:
       is longer, after them ``...``. The opening states the case's requests: a second request made there ("...
       Also, when does my contract end?") is still open when the first is done, and without it a model closes
       the chat too early. 0 in models saved before this field (``from_dict``).
+    * ``pending_requests``: a ``pending`` line naming the requests of the opening that no operator message has
+      answered yet, as a ``RequestTracker`` (``policy.requests``) learned them from the traces. Seeing the
+      opening was not enough for a small model to tell whether its request was answered (the commonest error
+      of its copilot reviews was closing before it was); whether it was is a fact of the chat, so it is
+      written. False in models saved before this field.
+    * ``option_cues``: a select's ``~`` hint also names the options the customer's words or a panel's value
+      settle without naming them ("charged twice": ``duplicate``; ``proof=signature``: ``wait_24h``), as
+      ``OptionCues`` (``policy.option_cues``) learned them from the traces. False in models saved before this
+      field.
     """
 
     chat_messages: int = 4
@@ -103,6 +113,8 @@ class SerialConfig:
     counts: bool = False
     drop_fields: tuple[str, ...] = ()
     opening_messages: int = 1
+    pending_requests: bool = True
+    option_cues: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
@@ -113,8 +125,8 @@ class SerialConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SerialConfig:
         """The config saved with a model; a field the save predates keeps the layout that model was trained
-        with (no opening messages)."""
-        return cls(**{"opening_messages": 0, **data})
+        with (no opening messages, no pending requests, no option cues)."""
+        return cls(**{"opening_messages": 0, "pending_requests": False, "option_cues": False, **data})
 
     @classmethod
     def for_traces(cls, traces: Sequence[Trace]) -> SerialConfig:
@@ -216,21 +228,36 @@ def _words(text: str) -> list[str]:
 
 def mentioned_options(options: list[str], customer_words: list[str]) -> list[str]:
     """The options of a select that the customer's words name, allowing typos (every word of the option has a
-    customer word at least 80% similar). Operators read "pzemium plfn" as "premium plan"; a small model reading
-    raw characters needs the hint."""
+    customer word at least 80% similar: ``word_matches``). Operators read "pzemium plfn" as "premium plan"; a
+    small model reading raw characters needs the hint."""
     found = []
     for option in options:
         words = _words(option)
-        if words and all(
-            any(w == c or (len(w) >= 4 and SequenceMatcher(None, w, c).ratio() >= 0.8) for c in customer_words)
-            for w in words
-        ):
+        if words and all(word_matches(w, customer_words) for w in words):
             found.append(option)
     return found
 
 
-def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
-    """The prompt for one state (without the action marker)."""
+class PendingRequests(Protocol):
+    """What the prompt's ``pending`` line reads (``policy.requests.RequestTracker``)."""
+
+    def pending(self, state: UIState) -> list[str]: ...
+
+
+class CuedOptions(Protocol):
+    """What the ``~`` hint reads beside the options named literally (``policy.option_cues.OptionCues``)."""
+
+    def cued(self, state: UIState, control_id: str) -> list[str]: ...
+
+
+def serialise_state(
+    state: UIState,
+    config: SerialConfig | None = None,
+    requests: PendingRequests | None = None,
+    cues: CuedOptions | None = None,
+) -> str:
+    """The prompt for one state (without the action marker); ``requests`` writes the ``pending`` line and
+    ``cues`` adds to the ``~`` hints where the config asks for them."""
     cfg = config or SerialConfig()
     screen = state.screen
     customer_words = sorted({w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
@@ -248,9 +275,11 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
             item += f"={_cut(str(value), cfg.value_chars)}"
         options = getattr(control, "options", None)
         if options and customer_words:
-            named = mentioned_options(list(options), customer_words)
+            named = set(mentioned_options(list(options), customer_words))
+            if cfg.option_cues and cues is not None:
+                named.update(cues.cued(state, control.id))
             if named:
-                item += " ~" + "|".join(named)
+                item += " ~" + "|".join(o for o in options if o in named)
         controls.append(item)
     if controls or cfg.list_buttons:
         lines.append("controls " + " ; ".join(controls))
@@ -272,6 +301,9 @@ def serialise_state(state: UIState, config: SerialConfig | None = None) -> str:
         lines.append(f"panel {panel_id}: " + " | ".join(part for part in (fields, rows) if part))
     if state.chat:
         lines.append("chat " + " / ".join(_chat_parts(state, cfg)))
+        pending = requests.pending(state) if cfg.pending_requests and requests is not None else []
+        if pending:
+            lines.append("pending " + " ; ".join(pending))
     if state.recent_actions and cfg.history > 0:
         recent = [_history_text(a, cfg) for a in state.recent_actions[-cfg.history :]]
         lines.append("history " + " / ".join(recent))

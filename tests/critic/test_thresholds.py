@@ -556,3 +556,29 @@ def test_a_slice_the_critic_underestimates_is_kept_out_of_the_pool() -> None:
     loaded = SliceThresholds.from_dict(json.loads(json.dumps(thresholds.to_dict())))
     assert loaded.refused == thresholds.refused and "kept in copilot mode" in thresholds.render_markdown()
     assert loaded.members == thresholds.members
+
+
+def test_the_admission_check_rarely_refuses_slices_the_critic_is_right_about() -> None:
+    """Holm's step-down over the slices: with 40 slices whose errors match the critic's scores, a window refuses
+    any of them at most ``admission_level`` of the time (one test per slice at 0.05 would refuse one or more in
+    most windows), while a slice with five times the predicted errors is still refused."""
+    config = ThresholdConfig(granularity="pooled", min_slice_rows=30)
+    rng = np.random.default_rng(5)
+    keys = [SliceKey(process_id=f"p{i}", action_type=ActionType.CLICK_CONTROL) for i in range(40)]
+    windows, refusing, naive = 60, 0, 0
+    for _ in range(windows):
+        s = rng.uniform(0.9, 1.0, 40 * 80)
+        y = (rng.random(s.size) < s).astype(int)  # calibrated: errors at the rate the scores predict
+        slices = [k for k in keys for _ in range(80)]
+        ok, refused = admitted_slices(Admission(s, y, slices), config)
+        refusing += bool(refused)
+        assert len(ok) + len(refused) == 40
+        per_slice = dataclasses.replace(config, admission_correction="none")
+        naive += bool(admitted_slices(Admission(s, y, slices), per_slice)[1])
+    assert refusing <= 0.1 * windows and naive >= 0.5 * windows
+    s = rng.uniform(0.9, 1.0, 41 * 80)
+    y = (rng.random(s.size) < s).astype(int)
+    y[-80:] = (rng.random(80) >= 0.25).astype(int)  # the last slice: 25% errors where the scores predict 5%
+    bad = SliceKey(process_id="bad", action_type=ActionType.CLICK_CONTROL)
+    ok, refused = admitted_slices(Admission(s, y, [k for k in [*keys, bad] for _ in range(80)]), config)
+    assert "bad/click_control" in refused and "Holm" in refused["bad/click_control"]

@@ -56,6 +56,9 @@ def test_save_load_gives_identical_scores(fitted: LMPolicy, traces: list[Trace],
     fitted.save(tmp_path / "policy")
     loaded = LMPolicy.load(tmp_path / "policy")
     assert loaded.version_ == fitted.version_
+    assert loaded.requests_ is not None and fitted.requests_ is not None  # the pending-request reader travels too
+    assert loaded.requests_.to_dict() == fitted.requests_.to_dict()
+    assert loaded.cues_ is not None and fitted.cues_ is not None and loaded.cues_.cues_ == fitted.cues_.cues_
     states = [step.state for step in traces[31].steps]
     for a, b in zip(fitted.propose_batch(states), loaded.propose_batch(states), strict=True):
         assert a is not None and b is not None

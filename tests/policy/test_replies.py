@@ -4,8 +4,6 @@ test of the guard's own logic)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from policy.replies import ReplyGuard, row_consistent, unsupported_facts, with_reply_guard
 from schemas import (
     Action,
@@ -19,8 +17,8 @@ from schemas import (
     SendTextToChat,
     UIState,
 )
-from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.screen import ButtonControl, ChatControl, SelectControl
+from tests.policy.scripted import Scripted
 
 PLANS = Panel(
     title="Plans",
@@ -47,40 +45,6 @@ def state(chat: list[str], panels: dict[str, Panel] | None = None) -> UIState:
     messages = [ChatMessage(role=ChatRole.CUSTOMER if i % 2 == 0 else ChatRole.OPERATOR, text=t) for i, t in
                 enumerate(chat)]  # fmt: skip
     return UIState(session_id="S", case_id="C", process_id="p", screen=screen, chat=messages, panels=panels or {})
-
-
-def scored(action: Action, p: float, rank: int = 0) -> ScoredAction:
-    return ScoredAction(
-        action=action, features=ProposalFeatures(logprob=-1.0, margin=0.0, entropy=1.0, rank=rank, probability=p)
-    )
-
-
-class Scripted:
-    """A proposer that ranks the given actions with the given probabilities, whatever the state."""
-
-    def __init__(self, ranked: Sequence[tuple[Action, float]]) -> None:
-        self.ranked = ranked
-        self.asked_for: list[int] = []
-
-    def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
-        self.asked_for.append(k)
-        out: list[Proposal | None] = []
-        for s in states:
-            items = [scored(a, p, i) for i, (a, p) in enumerate(self.ranked)]
-            out.append(
-                Proposal(
-                    proposal_id="x",
-                    session_id=s.session_id,
-                    case_id=s.case_id,
-                    process_id=s.process_id,
-                    step=s.step,
-                    state_etag=s.etag,
-                    action=items[0].action,
-                    features=items[0].features,
-                    alternatives=items[1:k],
-                )
-            )
-        return out
 
 
 def test_a_fee_quoted_from_another_row_is_replaced_by_the_named_row() -> None:
@@ -173,6 +137,10 @@ def test_a_split_guess_becomes_the_clarifying_question() -> None:
     # The policy is sure of the value (say a tool settled it): no question.
     sure: list[tuple[Action, float]] = [(ranked[0][0], 0.85), (ranked[1][0], 0.05), (ask, 0.1)]
     assert ReplyGuard(Scripted(sure)).propose(unclear).action == sure[0][0]  # type: ignore[union-attr]
+    # A question about something else the screen needs is no clarification of the remedy: the guess stays.
+    photo = SendTextToChat(text="Could you send me a photo of the damage, please?")
+    other_question = [(photo, 0.15) if a == ask else (a, p) for a, p in ranked]
+    assert ReplyGuard(Scripted(other_question)).propose(unclear).action == ranked[0][0]  # type: ignore[union-attr]
     # No question ranked: the guess stays (nothing better to propose).
     no_question = [r for r in ranked if r[0] != ask]
     assert ReplyGuard(Scripted(no_question)).propose(unclear).action == ranked[0][0]  # type: ignore[union-attr]

@@ -1,0 +1,205 @@
+"""Requests a customer makes in passing, and whether they are still unanswered: learned from the traces.
+
+A customer's opening often carries a second request beside the case's own ("... Also, when does my contract
+end?"). Operators answer it before they close the chat. A policy that reads the opening as one message among
+the others closes too early: in the sandbox's copilot reviews of the default policy (3,000 cases) this was the
+commonest single error, 310 of the 456 unacceptable ``close_chat`` proposals, with the request in plain sight
+in the prompt. Whether a request has been answered is a fact of the chat, so it is checked, not guessed.
+
+**Learning** (``fit``). For every case: the words of the customer's first message (four letters or more) and
+the replies the operator sent (slot form, as the template bank holds them). A reply *answers* a word when
+
+- it was sent in at least ``min_cases`` cases whose opening holds the word,
+- almost only then: of the cases where it was sent, at least ``min_precision`` have the word in the opening,
+- and far more often with the word than without it, within the processes where the reply occurs (lift >=
+  ``min_lift``): a word every opening of a process holds ("order") predicts none of that process's replies.
+
+The words that tell some reply best (precision, then cases, then lift, then length) are the candidates, each
+with every reply it passes the tests with, the case count relaxed to ``ANSWER_CASES`` (rarer wordings of the
+same answer). A candidate is *tracked* when operators sent one of its answers in at least ``min_answered`` of
+the cases whose opening holds it, within the processes where its answers occur: they treat it as a request of
+its own there ("invoice" beside a plan change; in a billing dispute it is the case itself). Candidates with the
+same answers name one request: the word whose mentions are answered most often stays.
+
+**Reading** (``pending``). A tracked word of the opening (typos allowed from five letters on, between words
+whose lengths differ by one letter at most: ``policy.words.similar``), in a process where it is answered or
+one the traces did not have, is pending while no operator message in the chat matches one of its answers;
+``answers_pending`` says whether a reply answers a pending word. A reply matches a template when it holds at
+least ``MATCH_SHARE`` of the template's words (slots left out: the values differ from case to case).
+
+Only the opening is read: a later question ("Will you confirm by email?") is the latest message, which the
+policy reads in full, and is answered in the next step or not at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Self
+
+from policy.serialise import action_text
+from policy.values import SLOT
+from policy.words import MIN_CUE_WORD, similar, typo_folding, words_of
+from schemas.actions import SendTextToChat
+from schemas.state import ChatRole, UIState
+from schemas.trace import Trace
+
+MATCH_SHARE = 0.8
+_Request = tuple[float, int, str, frozenset[str]]  # a candidate request: (answered share, length, word, processes)
+# A tracked word's answers include replies seen with it only this often: a wording missing from the answers reads
+# as an answer not given (the chat closed too early), while a spurious member can only hide a pending request.
+ANSWER_CASES = 2
+
+
+def _template_words(template: str) -> frozenset[str]:
+    return frozenset(words_of(SLOT.sub(" ", template)))
+
+
+def _matches(text_words: set[str], template_words: frozenset[str]) -> bool:
+    return bool(template_words) and len(template_words & text_words) >= MATCH_SHARE * len(template_words)
+
+
+def opening(state: UIState) -> str:
+    """The customer's first message ("" before they wrote)."""
+    return next((m.text for m in state.chat if m.role == ChatRole.CUSTOMER), "")
+
+
+@dataclass
+class RequestTracker:
+    """Opening words operators answer as requests of their own, with their answers (see the module docstring).
+
+    Learned: ``answers_`` maps a tracked word to the reply templates (slot form) that answer it, ``processes_``
+    to the processes where operators answer it; ``known_processes_`` are the processes of the traces."""
+
+    min_cases: int = 8
+    min_precision: float = 0.9
+    min_lift: float = 10.0
+    min_answered: float = 0.5
+    answers_: dict[str, list[str]] = field(default_factory=dict)
+    processes_: dict[str, list[str]] = field(default_factory=dict)
+    known_processes_: list[str] = field(default_factory=list)
+
+    def fit(self, traces: Iterable[Trace]) -> Self:
+        cases: list[tuple[str, set[str], set[str]]] = []  # (process, opening words, replies sent)
+        worked = [t for t in traces if t.steps]
+        openings = [words_of(opening(t.steps[-1].state), MIN_CUE_WORD) for t in worked]
+        folded = typo_folding(Counter(w for words in openings for w in words))
+        for trace, words in zip(worked, openings, strict=True):
+            words = {folded.get(w, w) for w in words}
+            replies = {
+                action_text(step.action, step.state)[len("send ") :]
+                for step in trace.steps
+                if isinstance(step.action, SendTextToChat)
+            }
+            cases.append((trace.process_id, words, replies))
+        sent = Counter(r for _, _, replies in cases for r in replies)
+        processes_of: dict[str, set[str]] = defaultdict(set)
+        for process, _, replies in cases:
+            for reply in replies:
+                processes_of[reply].add(process)
+        with_word: dict[str, Counter[str]] = defaultdict(Counter)  # word -> reply -> cases with both
+        in_process: dict[str, Counter[str]] = defaultdict(Counter)  # process -> word -> cases
+        process_cases: Counter[str] = Counter()
+        for process, words, replies in cases:
+            in_process[process].update(words)
+            process_cases[process] += 1
+            for word in words:
+                with_word[word].update(replies)
+        associated: dict[str, set[str]] = defaultdict(set)  # word -> replies that pass the tests with it
+        best: dict[str, tuple[float, int, float, int, str]] = {}  # reply -> (precision, cases, lift, length, word)
+        for word, together in with_word.items():
+            for reply, both in together.items():
+                if both < ANSWER_CASES or both < self.min_precision * sent[reply]:
+                    continue
+                scope = processes_of[reply]  # the processes where the reply occurs
+                having = sum(in_process[p][word] for p in scope)
+                lacking = sum(process_cases[p] for p in scope) - having
+                rate_with = both / having
+                rate_without = (sent[reply] - both) / lacking if lacking else 1.0
+                lift = rate_with / max(rate_without, 1.0 / max(lacking, 1))
+                if lift < self.min_lift:
+                    continue
+                # One word per reply, the most telling: "Also, can you update my email address?" is about
+                # "email", not "also", "update" or "address" (as frequent with the reply, less specific to it).
+                associated[word].add(reply)
+                key = (both / sent[reply], both, lift, len(word), word)
+                if both >= self.min_cases and (reply not in best or key > best[reply]):
+                    best[reply] = key
+        by_answers: dict[frozenset[str], _Request] = {}
+        for word in sorted({key[-1] for key in best.values()}):
+            answer_set = frozenset(associated[word])
+            scope = set().union(*(processes_of[r] for r in answer_set))
+            asked = [sent_replies for process, words, sent_replies in cases if process in scope and word in words]
+            share = sum(1 for sent_replies in asked if sent_replies & answer_set) / len(asked)
+            # Words that name one request ("contract", "does") keep the one its mentions are answered after most
+            # often, then the longer: the fewer states it reads as a request that is none.
+            if share >= self.min_answered and (
+                answer_set not in by_answers or (share, len(word), word) > by_answers[answer_set][:3]
+            ):
+                by_answers[answer_set] = (share, len(word), word, frozenset(scope))
+        self.answers_ = dict(sorted((word, sorted(answers)) for answers, (_, _, word, _) in by_answers.items()))
+        self.processes_ = {word: sorted(scope) for _, _, word, scope in by_answers.values()}
+        self.known_processes_ = sorted(process_cases)
+        return self
+
+    def _template_words(self, word: str) -> list[frozenset[str]]:
+        return [_template_words(t) for t in self.answers_.get(word, [])]
+
+    def requested(self, state: UIState) -> list[str]:
+        """The tracked words the customer's opening holds (typos allowed), in a process where operators answer
+        them (or one the traces did not have): "invoice" is a request beside a plan change, the case itself in
+        a billing dispute."""
+        words = sorted(words_of(opening(state), MIN_CUE_WORD))
+        unseen = state.process_id not in self.known_processes_
+        return [
+            w
+            for w in self.answers_
+            if (unseen or state.process_id in self.processes_.get(w, ())) and any(similar(w, c) for c in words)
+        ]
+
+    def pending(self, state: UIState) -> list[str]:
+        """The tracked requests of the opening that no operator message has answered yet."""
+        said = [words_of(m.text) for m in state.chat if m.role != ChatRole.CUSTOMER]
+        return [
+            word
+            for word in self.requested(state)
+            if not any(_matches(words, t) for words in said for t in self._template_words(word))
+        ]
+
+    def pending_answers(self, state: UIState) -> list[str]:
+        """The reply templates (slot form) that answer the state's pending requests."""
+        return [t for word in self.pending(state) for t in self.answers_[word]]
+
+    def answers_pending(self, text: str, state: UIState) -> bool:
+        """Whether the reply ``text`` answers one of the state's pending requests."""
+        words = words_of(text)
+        return any(_matches(words, t) for word in self.pending(state) for t in self._template_words(word))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "min_cases": self.min_cases,
+            "min_precision": self.min_precision,
+            "min_lift": self.min_lift,
+            "min_answered": self.min_answered,
+            "answers": self.answers_,
+            "processes": self.processes_,
+            "known_processes": self.known_processes_,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RequestTracker:
+        answers = data.get("answers", {})
+        assert isinstance(answers, dict)
+        tracker = cls(
+            min_cases=int(data.get("min_cases", 8)),  # type: ignore[call-overload]
+            min_precision=float(data.get("min_precision", 0.9)),  # type: ignore[arg-type]
+            min_lift=float(data.get("min_lift", 10.0)),  # type: ignore[arg-type]
+            min_answered=float(data.get("min_answered", 0.5)),  # type: ignore[arg-type]
+        )
+        processes = data.get("processes", {})
+        assert isinstance(processes, dict)
+        tracker.answers_ = {str(k): [str(t) for t in v] for k, v in answers.items()}
+        tracker.processes_ = {str(k): [str(p) for p in v] for k, v in processes.items()}
+        tracker.known_processes_ = [str(p) for p in data.get("known_processes", [])]  # type: ignore[attr-defined]
+        return tracker

@@ -1,0 +1,40 @@
+"""Customer words as the learned readers take them (``policy.requests``, ``policy.option_cues``): lower-case
+words, typos allowed the way operators read them, rare misspellings folded onto the word they misspell."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from difflib import SequenceMatcher
+
+MIN_CUE_WORD = 4  # shorter words ("the", "and", "my") name nothing a case turns on
+
+
+def words_of(text: str, min_len: int = 3) -> set[str]:
+    """The words of ``text`` (lower case, ``min_len`` letters or more, no bare numbers)."""
+    return {w for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= min_len and not w.isdigit()}
+
+
+def word_matches(word: str, words: Sequence[str]) -> bool:
+    """Whether one of ``words`` is ``word``, allowing typos from four letters on (at least 80% similar)."""
+    return any(word == c or (len(word) >= 4 and SequenceMatcher(None, word, c).ratio() >= 0.8) for c in words)
+
+
+def similar(word: str, other: str) -> bool:
+    """``other`` is ``word`` or, from five letters on, a typo of it (``word_matches``) one letter longer or
+    shorter at most: "look" is not "looked", "does" not "doesn't"."""
+    return word == other or (len(word) >= 5 and abs(len(word) - len(other)) <= 1 and word_matches(word, [other]))
+
+
+def typo_folding(counts: Counter[str], rare: int = 3, common: int = 10) -> dict[str, str]:
+    """Rare words mapped to the common word they are a typo of ("cnotract" -> "contract"), so that a word is
+    counted in every case that holds it, as the readers match it (``similar``)."""
+    frequent = [w for w, n in counts.most_common() if n >= common]
+    out = {}
+    for word, n in counts.items():
+        if n <= rare:
+            match = next((f for f in frequent if similar(word, f)), None)
+            if match is not None:
+                out[word] = match
+    return out

@@ -274,7 +274,6 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
             policy = LMPolicy.load(Path(str(self.policy_dir)))
         except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
             raise ValueError(f"policy_dir {self.policy_dir!s} is not a saved LMPolicy: {exc}") from None
-        assert policy.model_ is not None and policy.codec_ is not None
         return policy
 
     def fit(self, X: Sequence[CriticInput], y: Sequence[int] | np.ndarray) -> Self:

@@ -224,11 +224,14 @@ class ReplyGuard:
     def _answer_before_closing(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
         """The best-ranked reply answering a pending request when the proposal closes the chat; None otherwise
         (no close, nothing pending, or no answering reply ranked)."""
-        if self.requests is None or not isinstance(ranked[0].action, CloseChat) or not self.requests.pending(state):
+        if self.requests is None or not isinstance(ranked[0].action, CloseChat):
+            return None
+        pending = self.requests.pending(state)
+        if not pending:
             return None
         for candidate in ranked[1:]:
             action = candidate.action
-            if isinstance(action, SendTextToChat) and self.requests.answers_pending(action.text, state):
+            if isinstance(action, SendTextToChat) and self.requests.answers(action.text, pending):
                 return self._right_reply(state, [candidate])
         return None
 

@@ -24,7 +24,7 @@ same answers name one request: the word whose mentions are answered most often s
 **Reading** (``pending``). A tracked word of the opening (typos allowed from five letters on, between words
 whose lengths differ by one letter at most: ``policy.words.similar``), in a process where it is answered or
 one the traces did not have, is pending while no operator message in the chat matches one of its answers;
-``answers_pending`` says whether a reply answers a pending word. A reply matches a template when it holds at
+``answers`` says whether a reply answers one of given requests. A reply matches a template when it holds at
 least ``MATCH_SHARE`` of the template's words (slots left out: the values differ from case to case).
 
 Only the opening is read: a later question ("Will you confirm by email?") is the latest message, which the
@@ -34,7 +34,7 @@ policy reads in full, and is answered in the next step or not at all.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -79,6 +79,7 @@ class RequestTracker:
     answers_: dict[str, list[str]] = field(default_factory=dict)
     processes_: dict[str, list[str]] = field(default_factory=dict)
     known_processes_: list[str] = field(default_factory=list)
+    _answer_words_: dict[str, list[frozenset[str]]] = field(default_factory=dict, init=False, repr=False)
 
     def fit(self, traces: Iterable[Trace]) -> Self:
         cases: list[tuple[str, set[str], set[str]]] = []  # (process, opening words, replies sent)
@@ -141,10 +142,15 @@ class RequestTracker:
         self.answers_ = dict(sorted((word, sorted(answers)) for answers, (_, _, word, _) in by_answers.items()))
         self.processes_ = {word: sorted(scope) for _, _, word, scope in by_answers.values()}
         self.known_processes_ = sorted(process_cases)
+        self._answer_words_ = {}
         return self
 
-    def _template_words(self, word: str) -> list[frozenset[str]]:
-        return [_template_words(t) for t in self.answers_.get(word, [])]
+    def _answered_by(self, text_words: set[str], word: str) -> bool:
+        """Whether a message with these words matches one of ``word``'s answers (template words computed once)."""
+        templates = self._answer_words_.get(word)
+        if templates is None:
+            templates = self._answer_words_[word] = [_template_words(t) for t in self.answers_.get(word, [])]
+        return any(_matches(text_words, t) for t in templates)
 
     def requested(self, state: UIState) -> list[str]:
         """The tracked words the customer's opening holds (typos allowed), in a process where operators answer
@@ -161,20 +167,16 @@ class RequestTracker:
     def pending(self, state: UIState) -> list[str]:
         """The tracked requests of the opening that no operator message has answered yet."""
         said = [words_of(m.text) for m in state.chat if m.role != ChatRole.CUSTOMER]
-        return [
-            word
-            for word in self.requested(state)
-            if not any(_matches(words, t) for words in said for t in self._template_words(word))
-        ]
+        return [word for word in self.requested(state) if not any(self._answered_by(w, word) for w in said)]
 
     def pending_answers(self, state: UIState) -> list[str]:
         """The reply templates (slot form) that answer the state's pending requests."""
         return [t for word in self.pending(state) for t in self.answers_[word]]
 
-    def answers_pending(self, text: str, state: UIState) -> bool:
-        """Whether the reply ``text`` answers one of the state's pending requests."""
+    def answers(self, text: str, requests: Sequence[str]) -> bool:
+        """Whether the reply ``text`` answers one of ``requests`` (tracked words, such as ``pending(state)``)."""
         words = words_of(text)
-        return any(_matches(words, t) for word in self.pending(state) for t in self._template_words(word))
+        return any(self._answered_by(words, word) for word in requests)
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -46,7 +46,9 @@ from policy.calibration import IsotonicCalibrator, expected_calibration_error
 from policy.fast_scoring import CandidateScorer
 from policy.option_cues import OptionCues
 from policy.policy import LMPolicy
+from policy.preconditions import Preconditions
 from policy.predictor import Prediction
+from policy.record_check import RecordCheck
 from policy.requests import RequestTracker
 from policy.routing import Routing, choose_routes, group_path
 from policy.saved import COMBINED_FILE, POLICY_FILE, read_meta
@@ -552,6 +554,16 @@ class CombinedPolicy:
     def cues_(self) -> OptionCues | None:
         """The LM member's option cues (``policy.option_cues``), for the reply guard; None without an LM."""
         return self.lm_.cues_ if self.lm_ is not None else None
+
+    @property
+    def record_check_(self) -> RecordCheck | None:
+        """The LM member's record check (``policy.record_check``), for the reply guard; None without an LM."""
+        return self.lm_.record_check_ if self.lm_ is not None else None
+
+    @property
+    def preconditions_(self) -> Preconditions | None:
+        """The LM member's preconditions (``policy.preconditions``), for the reply guard; None without an LM."""
+        return self.lm_.preconditions_ if self.lm_ is not None else None
 
     # ---- inference -----------------------------------------------------------------------------------------
 

@@ -25,7 +25,9 @@ from policy.fast_scoring import PACK_TOKENS, CandidateScorer, kept_candidates, s
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
 from policy.option_cues import OptionCues
+from policy.preconditions import Preconditions
 from policy.predictor import Prediction
+from policy.record_check import RecordCheck
 from policy.requests import RequestTracker
 from policy.saved import POLICY_FILE, read_meta
 from policy.scoring import next_token_logprobs, score_candidates
@@ -84,6 +86,8 @@ class LMPolicy:
     bank_: TemplateBank | None = field(default=None, init=False, repr=False)
     requests_: RequestTracker | None = field(default=None, init=False, repr=False)
     cues_: OptionCues | None = field(default=None, init=False, repr=False)
+    record_check_: RecordCheck | None = field(default=None, init=False, repr=False)
+    preconditions_: Preconditions | None = field(default=None, init=False, repr=False)
     codec_: Codec | None = field(default=None, init=False, repr=False)
     model_: PreTrainedModel | None = field(default=None, init=False, repr=False)
     history_: TrainHistory | None = field(default=None, init=False, repr=False)
@@ -119,6 +123,8 @@ class LMPolicy:
             traces, val_traces = traces[: len(traces) - n_val], traces[len(traces) - n_val :]
         self.requests_ = RequestTracker().fit(traces)
         self.cues_ = OptionCues().fit(traces)
+        self.record_check_ = RecordCheck().fit(traces)
+        self.preconditions_ = Preconditions().fit(traces)
         train_texts, val_texts = self._texts(traces), self._texts(val_traces)
         self.bank_ = TemplateBank(max_per_target=self.max_templates)
         for process_id, _, target_text in train_texts:
@@ -162,6 +168,10 @@ class LMPolicy:
         digest = hashlib.blake2b(digest_size=6)
         for tensor in self.model_.state_dict().values():
             digest.update(tensor.detach().cpu().numpy().tobytes()[:4096])
+        # The readers change what the policy proposes as much as the weights do (the pending line, the answers
+        # offered, the guard's rules): a policy refitted with other readers is another version.
+        readers = [r.to_dict() for r in (self.requests_, self.cues_, self.record_check_, self.preconditions_)]
+        digest.update(json.dumps(readers, sort_keys=True).encode())
         self.version_ = f"lm-{digest.hexdigest()}"
         return self
 
@@ -252,9 +262,11 @@ class LMPolicy:
 
     def candidates(self, state: UIState) -> list[Candidate]:
         """The state's candidate actions: the screen's and the bank's, with the answers to its pending requests
-        (``policy.requests``)."""
+        (``policy.requests``) and the queries of a record that contradicts the customer (``policy.record_check``)."""
         _, bank = self._require_serving()
         replies = self.requests_.pending_answers(state) if self.requests_ is not None else []
+        if self.record_check_ is not None:
+            replies += self.record_check_.queries(state)
         return enumerate_candidates(state, bank, replies)
 
     def _ranked(self, scored: _Scored) -> list[tuple[Action, float, float]]:
@@ -352,6 +364,8 @@ class LMPolicy:
             "templates": bank.to_dict(),
             "requests": self.requests_.to_dict() if self.requests_ is not None else None,
             "option_cues": self.cues_.to_dict() if self.cues_ is not None else None,
+            "record_check": self.record_check_.to_dict() if self.record_check_ is not None else None,
+            "preconditions": self.preconditions_.to_dict() if self.preconditions_ is not None else None,
         }
         with atomic_directory(target) as tmp:
             model.save_pretrained(tmp)
@@ -385,6 +399,10 @@ class LMPolicy:
             policy.requests_ = RequestTracker.from_dict(meta["requests"])
         if meta.get("option_cues"):
             policy.cues_ = OptionCues.from_dict(meta["option_cues"])
+        if meta.get("record_check"):
+            policy.record_check_ = RecordCheck.from_dict(meta["record_check"])
+        if meta.get("preconditions"):
+            policy.preconditions_ = Preconditions.from_dict(meta["preconditions"])
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])
         policy.version_ = meta["version"]

@@ -21,6 +21,16 @@
 3. **Closing with a request unanswered.** When the proposal closes the chat while a request of the customer's
    opening is still pending (``policy.requests``: learned from the traces, with the policy), the guard
    proposes the best-ranked reply that answers it instead, if the policy ranks one.
+4. **Going on with a record that is not the customer's.** When the record a tool returned contradicts what
+   the customer named (the order is for running shoes, the customer wrote about a coffee machine) and no
+   operator message has queried it yet (``policy.record_check``: learned from the traces, with the policy),
+   a proposal other than a reply (a click, a fill, a select, a close), or a query naming an item that is neither
+   the record's nor the customer's, is replaced by the best-ranked reply that queries the record rightly, if the
+   policy ranks one. This rule is checked first: with the wrong record, every later step is wrong.
+5. **Acting before the customer gave what it needs.** When the proposal is an action operators take only once
+   the customer has said a word (ticking "photo received" once the photo is there: ``policy.preconditions``,
+   learned from the traces, with the policy) and the customer has not said it, the guard proposes the
+   best-ranked reply that asks for it instead, if the policy ranks one.
 
 The guard follows the policy interface the runtime and the sandbox use (``propose_batch``), so it wraps any
 policy; it reads only the state and the policy's ranked alternatives.
@@ -29,11 +39,13 @@ policy; it reads only the state and the policy's ranked alternatives.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from policy.option_cues import OptionCues
+from policy.preconditions import Preconditions
+from policy.record_check import RecordCheck
 from policy.requests import RequestTracker
 from policy.serialise import mentioned_options
 from policy.values import ENTITY_PATTERNS, recent_chat, value_sources
@@ -42,7 +54,7 @@ from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, Panel, UIState
 
-RULES_VERSION = 2
+RULES_VERSION = 3
 """Changes whenever the guard's rules do: what a guarded policy proposes depends on it as on the policy's
 version, so caches of guarded proposals (the benches' copilot feedback) are keyed by both."""
 
@@ -162,12 +174,15 @@ class ReplyGuard:
     ``alternatives``: how many ranked candidates to ask the policy for (the guard chooses among them);
     ``ask_below``: a select is a guess when its option holds less than this share of the probability the
     policy gives that control's options; ``min_question``: the least probability a question needs to be
-    asked instead; ``requests`` and ``cues``: the pending requests' reader and the options the customer's words
-    settle (the wrapped policy's ``requests_`` and ``cues_``, see ``with_reply_guard``)."""
+    asked instead; ``requests``, ``cues``, ``record_check`` and ``preconditions``: the pending requests' reader,
+    the options the customer's words settle, the record check and the words operators wait for (the wrapped
+    policy's readers of the same names, see ``with_reply_guard``)."""
 
     policy: Proposer
     requests: RequestTracker | None = None
     cues: OptionCues | None = None
+    record_check: RecordCheck | None = None
+    preconditions: Preconditions | None = None
     alternatives: int = 10
     ask_below: float = 0.75
     min_question: float = 0.02
@@ -190,12 +205,18 @@ class ReplyGuard:
 
     def guard(self, state: UIState, proposal: Proposal, k: int = 5) -> Proposal:
         ranked = [ScoredAction(action=proposal.action, features=proposal.features), *proposal.alternatives]
+        query = self._query_before_going_on(state, ranked)
+        if query is not None:
+            return self._with_top(proposal, ranked, query, k)
         question = self._question_instead_of_guess(state, ranked)
         if question is not None:
             return self._with_top(proposal, ranked, question, k)
         answer = self._answer_before_closing(state, ranked)
         if answer is not None:
             return self._with_top(proposal, ranked, answer, k)
+        ask = self._ask_before_acting(state, ranked)
+        if ask is not None:
+            return self._with_top(proposal, ranked, ask, k)
         top = ranked[0]
         if isinstance(top.action, SendTextToChat):
             fixed = self._right_reply(state, ranked)
@@ -229,9 +250,48 @@ class ReplyGuard:
         pending = self.requests.pending(state)
         if not pending:
             return None
+        requests = self.requests
+        return self._best_reply(state, ranked, lambda text: requests.answers(text, pending))
+
+    def _query_before_going_on(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        """The best-ranked reply querying the record when the proposal goes on with a record that contradicts the
+        customer and has not been queried, or queries it naming an item that is neither the record's nor the
+        customer's; None otherwise (another reply proposed, nothing pending, or no right query ranked)."""
+        if self.record_check is None:
+            return None
+        pending = self.record_check.pending(state)
+        top = ranked[0].action
+        if not pending or (
+            isinstance(top, SendTextToChat)
+            and (
+                not self.record_check.looks_like_query(top.text, pending)
+                or self.record_check.queried_by(top.text, state, pending)
+            )
+        ):
+            return None
+        check = self.record_check
+        return self._best_reply(state, ranked, lambda text: check.queried_by(text, state, pending))
+
+    def _ask_before_acting(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        """The best-ranked reply asking for what the proposed action waits for when the customer has not said it;
+        None otherwise (a reply proposed, nothing missing, or no asking reply ranked)."""
+        top = ranked[0].action
+        if self.preconditions is None or isinstance(top, SendTextToChat):
+            return None
+        missing = self.preconditions.unmet(state, top)
+        if not missing:
+            return None
+        preconditions = self.preconditions
+        return self._best_reply(state, ranked, lambda text: preconditions.asks_for(text, missing))
+
+    def _best_reply(
+        self, state: UIState, ranked: list[ScoredAction], wanted: Callable[[str], bool]
+    ) -> ScoredAction | None:
+        """The best-ranked alternative reply whose text ``wanted`` accepts, its facts made consistent with the
+        state (``_right_reply``); None when the policy ranks none."""
         for candidate in ranked[1:]:
             action = candidate.action
-            if isinstance(action, SendTextToChat) and self.requests.answers(action.text, pending):
+            if isinstance(action, SendTextToChat) and wanted(action.text):
                 return self._right_reply(state, [candidate])
         return None
 
@@ -279,4 +339,10 @@ def with_reply_guard(policy: P, enabled: bool = True) -> P | ReplyGuard:
     it is when ``enabled`` is false."""
     if not enabled:
         return policy
-    return ReplyGuard(policy, requests=getattr(policy, "requests_", None), cues=getattr(policy, "cues_", None))
+    return ReplyGuard(
+        policy,
+        requests=getattr(policy, "requests_", None),
+        cues=getattr(policy, "cues_", None),
+        record_check=getattr(policy, "record_check_", None),
+        preconditions=getattr(policy, "preconditions_", None),
+    )

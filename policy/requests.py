@@ -22,10 +22,11 @@ its own there ("invoice" beside a plan change; in a billing dispute it is the ca
 same answers name one request: the word whose mentions are answered most often stays.
 
 **Reading** (``pending``). A tracked word of the opening (typos allowed from five letters on, between words
-whose lengths differ by one letter at most: ``policy.words.similar``), in a process where it is answered or
-one the traces did not have, is pending while no operator message in the chat matches one of its answers;
+whose lengths differ by one letter at most: ``policy.words.similar``), in a process where it is answered, one
+whose traces do not show that it is left unanswered there (too few openings hold it), or one the traces did not
+have, is pending while no operator message in the chat matches one of its answers;
 ``answers`` says whether a reply answers one of given requests. A reply matches a template when it holds at
-least ``MATCH_SHARE`` of the template's words (slots left out: the values differ from case to case).
+least ``policy.words.MATCH_SHARE`` of the template's words (slots left out: the values differ from case to case).
 
 Only the opening is read: a later question ("Will you confirm by email?") is the latest message, which the
 policy reads in full, and is answered in the next step or not at all.
@@ -38,26 +39,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
+from scipy.stats import binom
+
 from policy.serialise import action_text
-from policy.values import SLOT
-from policy.words import MIN_CUE_WORD, similar, typo_folding, words_of
+from policy.words import MIN_CUE_WORD, matches_template, similar, typo_folding, words_of
 from schemas.actions import SendTextToChat
 from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
 
-MATCH_SHARE = 0.8
 _Request = tuple[float, int, str, frozenset[str]]  # a candidate request: (answered share, length, word, processes)
 # A tracked word's answers include replies seen with it only this often: a wording missing from the answers reads
 # as an answer not given (the chat closed too early), while a spurious member can only hide a pending request.
 ANSWER_CASES = 2
-
-
-def _template_words(template: str) -> frozenset[str]:
-    return frozenset(words_of(SLOT.sub(" ", template)))
-
-
-def _matches(text_words: set[str], template_words: frozenset[str]) -> bool:
-    return bool(template_words) and len(template_words & text_words) >= MATCH_SHARE * len(template_words)
+UNANSWERED_LEVEL = 0.05
 
 
 def opening(state: UIState) -> str:
@@ -70,7 +64,8 @@ class RequestTracker:
     """Opening words operators answer as requests of their own, with their answers (see the module docstring).
 
     Learned: ``answers_`` maps a tracked word to the reply templates (slot form) that answer it, ``processes_``
-    to the processes where operators answer it; ``known_processes_`` are the processes of the traces."""
+    to the processes where it is read as a request (those where operators answer it, and those whose traces do
+    not show that they leave it unanswered); ``known_processes_`` are the processes of the traces."""
 
     min_cases: int = 8
     min_precision: float = 0.9
@@ -79,7 +74,6 @@ class RequestTracker:
     answers_: dict[str, list[str]] = field(default_factory=dict)
     processes_: dict[str, list[str]] = field(default_factory=dict)
     known_processes_: list[str] = field(default_factory=list)
-    _answer_words_: dict[str, list[frozenset[str]]] = field(default_factory=dict, init=False, repr=False)
 
     def fit(self, traces: Iterable[Trace]) -> Self:
         cases: list[tuple[str, set[str], set[str]]] = []  # (process, opening words, replies sent)
@@ -140,17 +134,34 @@ class RequestTracker:
             ):
                 by_answers[answer_set] = (share, len(word), word, frozenset(scope))
         self.answers_ = dict(sorted((word, sorted(answers)) for answers, (_, _, word, _) in by_answers.items()))
-        self.processes_ = {word: sorted(scope) for _, _, word, scope in by_answers.values()}
+        self.processes_ = {
+            word: sorted(scope | self._not_shown_unanswered(word, frozenset(answers), share, cases))
+            for answers, (share, _, word, scope) in by_answers.items()
+        }
         self.known_processes_ = sorted(process_cases)
-        self._answer_words_ = {}
         return self
 
+    def _not_shown_unanswered(
+        self, word: str, answers: frozenset[str], share: float, cases: list[tuple[str, set[str], set[str]]]
+    ) -> set[str]:
+        """The processes whose traces do not show that operators leave ``word`` unanswered there: it is
+        answered in as many of their openings holding it as chance allows, given that ``share`` of them are
+        answered where its answers occur (one-sided binomial test at ``UNANSWERED_LEVEL``). A process with a
+        handful of such openings cannot show it (warranty claims asking "when does my contract end?" in one
+        case of fifty) and, like a process the traces did not have, reads the word as a request; six billing
+        disputes asking for an email change, none answered, show that it is not one there."""
+        asked: Counter[str] = Counter()
+        answered: Counter[str] = Counter()
+        for process, words, replies in cases:
+            if word in words:
+                asked[process] += 1
+                answered[process] += bool(replies & answers)
+        processes = {process for process, _, _ in cases}
+        return {p for p in processes if binom.cdf(answered[p], asked[p], share) >= UNANSWERED_LEVEL}
+
     def _answered_by(self, text_words: set[str], word: str) -> bool:
-        """Whether a message with these words matches one of ``word``'s answers (template words computed once)."""
-        templates = self._answer_words_.get(word)
-        if templates is None:
-            templates = self._answer_words_[word] = [_template_words(t) for t in self.answers_.get(word, [])]
-        return any(_matches(text_words, t) for t in templates)
+        """Whether a message with these words matches one of ``word``'s answers."""
+        return any(matches_template(text_words, t) for t in self.answers_.get(word, []))
 
     def requested(self, state: UIState) -> list[str]:
         """The tracked words the customer's opening holds (typos allowed), in a process where operators answer

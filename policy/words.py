@@ -1,5 +1,6 @@
-"""Customer words as the learned readers take them (``policy.requests``, ``policy.option_cues``): lower-case
-words, typos allowed the way operators read them, rare misspellings folded onto the word they misspell."""
+"""Customer words as the learned readers take them (``policy.requests``, ``policy.option_cues``, ``policy.record_check``,
+``policy.preconditions``): lower-case words, typos allowed the way operators read them, rare misspellings folded onto
+the word they misspell; and whether a message says what a reply template says."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from difflib import SequenceMatcher
+from functools import lru_cache
+
+from policy.values import SLOT
 
 MIN_CUE_WORD = 4  # shorter words ("the", "and", "my") name nothing a case turns on
+MATCH_SHARE = 0.8  # a message says what a reply template says when it holds this share of the template's words
 
 
 def words_of(text: str, min_len: int = 3) -> set[str]:
@@ -38,3 +43,16 @@ def typo_folding(counts: Counter[str], rare: int = 3, common: int = 10) -> dict[
             if match is not None:
                 out[word] = match
     return out
+
+
+@lru_cache(maxsize=8192)
+def template_words(template: str) -> frozenset[str]:
+    """The words of a reply template (slot form), its slots left out: their values differ from case to case."""
+    return frozenset(words_of(SLOT.sub(" ", template)))
+
+
+def matches_template(words: set[str], template: str) -> bool:
+    """Whether a message with these words says what ``template`` says: it holds at least ``MATCH_SHARE`` of the
+    template's words (slots left out)."""
+    wanted = template_words(template)
+    return bool(wanted) and len(wanted & words) >= MATCH_SHARE * len(wanted)

@@ -59,6 +59,10 @@ def test_save_load_gives_identical_scores(fitted: LMPolicy, traces: list[Trace],
     assert loaded.requests_ is not None and fitted.requests_ is not None  # the pending-request reader travels too
     assert loaded.requests_.to_dict() == fitted.requests_.to_dict()
     assert loaded.cues_ is not None and fitted.cues_ is not None and loaded.cues_.cues_ == fitted.cues_.cues_
+    assert loaded.record_check_ is not None and fitted.record_check_ is not None
+    assert loaded.record_check_.to_dict() == fitted.record_check_.to_dict()
+    assert loaded.preconditions_ is not None and fitted.preconditions_ is not None
+    assert loaded.preconditions_.to_dict() == fitted.preconditions_.to_dict()
     states = [step.state for step in traces[31].steps]
     for a, b in zip(fitted.propose_batch(states), loaded.propose_batch(states), strict=True):
         assert a is not None and b is not None

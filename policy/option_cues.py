@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
+from policy.readers import Reader
 from policy.values import recent_chat
 from policy.words import MIN_CUE_WORD, similar, typo_folding, words_of
 from schemas.actions import SelectOption
@@ -57,7 +58,7 @@ def _key(process_id: str, control_id: str) -> str:
 
 
 @dataclass
-class OptionCues:
+class OptionCues(Reader):
     """Words that settle a select's option (see the module docstring). Learned: ``cues_`` maps process and
     control (``process\\x1fcontrol``) to option to its cue words."""
 
@@ -102,17 +103,3 @@ class OptionCues:
             for option, option_cues in by_option.items()
             if any(c in facts if "=" in c else any(similar(c, w) for w in words) for c in option_cues)
         ]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"min_cases": self.min_cases, "min_precision": self.min_precision, "cues": self.cues_}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> OptionCues:
-        cues = data.get("cues", {})
-        assert isinstance(cues, dict)
-        out = cls(
-            min_cases=int(data.get("min_cases", 8)),  # type: ignore[call-overload]
-            min_precision=float(data.get("min_precision", 0.9)),  # type: ignore[arg-type]
-        )
-        out.cues_ = {str(k): {str(o): [str(w) for w in ws] for o, ws in v.items()} for k, v in cues.items()}
-        return out

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
+from policy.readers import Reader
 from policy.requests import ANSWER_CASES
 from policy.serialise import action_text
 from policy.words import matches_template, similar, typo_folding, words_of
@@ -59,7 +60,7 @@ def _holds(word: str, words: Iterable[str]) -> bool:
 
 
 @dataclass
-class Preconditions:
+class Preconditions(Reader):
     """Customer words operators wait for before an action, and the replies that ask for them (see the module
     docstring). Learned: ``needs_`` maps process and action (``process\\x1fname``) to its precondition words,
     ``asks_`` maps a word to the reply templates (slot form) that ask for it."""
@@ -139,27 +140,3 @@ class Preconditions:
         return any(
             _holds(word, named) and any(matches_template(said, t) for t in self.asks_.get(word, [])) for word in words
         )
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "min_cases": self.min_cases,
-            "min_precision": self.min_precision,
-            "max_share": self.max_share,
-            "min_ask_precision": self.min_ask_precision,
-            "needs": self.needs_,
-            "asks": self.asks_,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Preconditions:
-        out = cls(
-            min_cases=int(data.get("min_cases", 20)),  # type: ignore[call-overload]
-            min_precision=float(data.get("min_precision", 0.97)),  # type: ignore[arg-type]
-            max_share=float(data.get("max_share", 0.9)),  # type: ignore[arg-type]
-            min_ask_precision=float(data.get("min_ask_precision", 0.9)),  # type: ignore[arg-type]
-        )
-        needs, asks = data.get("needs", {}), data.get("asks", {})
-        assert isinstance(needs, dict) and isinstance(asks, dict)
-        out.needs_ = {str(k): [str(w) for w in ws] for k, ws in needs.items()}
-        out.asks_ = {str(k): [str(t) for t in ts] for k, ts in asks.items()}
-        return out

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
+from policy.readers import Reader
 from policy.requests import ANSWER_CASES
 from policy.serialise import action_text
 from policy.words import matches_template, similar, words_of
@@ -89,7 +90,7 @@ def _generalised(reply: str, state: UIState, vocabulary: dict[str, list[str]]) -
 
 
 @dataclass
-class RecordCheck:
+class RecordCheck(Reader):
     """Panel fields whose value must be what the customer names before the case goes on, with the replies
     that query it (see the module docstring). Learned: ``vocabulary_`` maps a checked field (``panel.field``)
     to its values, ``queries_`` to its query templates (slot form)."""
@@ -207,28 +208,6 @@ class RecordCheck:
 
     def _is_query(self, words: set[str], key: str) -> bool:
         return any(matches_template(words, t.replace(NAMED, " ")) for t in self.queries_.get(key, []))
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "min_cases": self.min_cases,
-            "min_precision": self.min_precision,
-            "min_queried": self.min_queried,
-            "vocabulary": self.vocabulary_,
-            "queries": self.queries_,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> RecordCheck:
-        check = cls(
-            min_cases=int(data.get("min_cases", 8)),  # type: ignore[call-overload]
-            min_precision=float(data.get("min_precision", 0.9)),  # type: ignore[arg-type]
-            min_queried=float(data.get("min_queried", 0.5)),  # type: ignore[arg-type]
-        )
-        vocabulary, queries = data.get("vocabulary", {}), data.get("queries", {})
-        assert isinstance(vocabulary, dict) and isinstance(queries, dict)
-        check.vocabulary_ = {str(k): [str(v) for v in vs] for k, vs in vocabulary.items()}
-        check.queries_ = {str(k): [str(t) for t in ts] for k, ts in queries.items()}
-        return check
 
 
 def _value(state: UIState, key: str) -> str:

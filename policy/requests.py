@@ -41,6 +41,7 @@ from typing import Self
 
 from scipy.stats import binom
 
+from policy.readers import Reader
 from policy.serialise import action_text
 from policy.words import MIN_CUE_WORD, matches_template, similar, typo_folding, words_of
 from schemas.actions import SendTextToChat
@@ -60,7 +61,7 @@ def opening(state: UIState) -> str:
 
 
 @dataclass
-class RequestTracker:
+class RequestTracker(Reader):
     """Opening words operators answer as requests of their own, with their answers (see the module docstring).
 
     Learned: ``answers_`` maps a tracked word to the reply templates (slot form) that answer it, ``processes_``
@@ -188,31 +189,3 @@ class RequestTracker:
         """Whether the reply ``text`` answers one of ``requests`` (tracked words, such as ``pending(state)``)."""
         words = words_of(text)
         return any(self._answered_by(words, word) for word in requests)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "min_cases": self.min_cases,
-            "min_precision": self.min_precision,
-            "min_lift": self.min_lift,
-            "min_answered": self.min_answered,
-            "answers": self.answers_,
-            "processes": self.processes_,
-            "known_processes": self.known_processes_,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> RequestTracker:
-        answers = data.get("answers", {})
-        assert isinstance(answers, dict)
-        tracker = cls(
-            min_cases=int(data.get("min_cases", 8)),  # type: ignore[call-overload]
-            min_precision=float(data.get("min_precision", 0.9)),  # type: ignore[arg-type]
-            min_lift=float(data.get("min_lift", 10.0)),  # type: ignore[arg-type]
-            min_answered=float(data.get("min_answered", 0.5)),  # type: ignore[arg-type]
-        )
-        processes = data.get("processes", {})
-        assert isinstance(processes, dict)
-        tracker.answers_ = {str(k): [str(t) for t in v] for k, v in answers.items()}
-        tracker.processes_ = {str(k): [str(p) for p in v] for k, v in processes.items()}
-        tracker.known_processes_ = [str(p) for p in data.get("known_processes", [])]  # type: ignore[attr-defined]
-        return tracker

@@ -29,9 +29,9 @@ from typing import Self
 from policy.readers import Reader
 from policy.requests import ANSWER_CASES
 from policy.serialise import action_text
-from policy.words import matches_template, similar, typo_folding, words_of
+from policy.words import customer_said, matches_template, similar, typo_folding, words_of
 from schemas.actions import Action, SelectOption, SendTextToChat, ToggleCheckbox, action_target
-from schemas.state import ChatRole, UIState
+from schemas.state import UIState
 from schemas.trace import Trace
 
 MIN_WORD = 5  # shorter words cannot be told from their typos ("date", "dtae")
@@ -49,10 +49,6 @@ def action_name(action: Action) -> str:
 
 def _key(process_id: str, name: str) -> str:
     return f"{process_id}\x1f{name}"
-
-
-def _said(state: UIState) -> set[str]:
-    return {w for m in state.chat if m.role == ChatRole.CUSTOMER for w in words_of(m.text, MIN_WORD)}
 
 
 def _holds(word: str, words: Iterable[str]) -> bool:
@@ -74,7 +70,7 @@ class Preconditions(Reader):
 
     def fit(self, traces: Iterable[Trace]) -> Self:
         worked = [t for t in traces if t.steps]
-        said = [[_said(step.state) for step in t.steps] for t in worked]
+        said = [[customer_said(step.state, MIN_WORD) for step in t.steps] for t in worked]
         folded = typo_folding(Counter(w for steps in said for words in steps for w in words))
         steps: list[tuple[str, str, set[str], Action, UIState]] = []
         for trace, per_step in zip(worked, said, strict=True):
@@ -130,7 +126,7 @@ class Preconditions(Reader):
         needed = self.needs_.get(_key(state.process_id, action_name(action)))
         if not needed:
             return []
-        words = _said(state)
+        words = customer_said(state, MIN_WORD)
         return [w for w in needed if not _holds(w, words)]
 
     def asks_for(self, text: str, words: list[str]) -> bool:

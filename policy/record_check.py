@@ -42,7 +42,7 @@ from typing import Self
 from policy.readers import Reader
 from policy.requests import ANSWER_CASES
 from policy.serialise import action_text
-from policy.words import matches_template, similar, words_of
+from policy.words import customer_said, matches_template, says, similar, words_of
 from schemas.actions import SendTextToChat
 from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
@@ -51,10 +51,6 @@ MAX_VALUES = 100  # a field with more distinct values is an identifier or a text
 MIN_NAMED = 0.5
 NAMED = "⟪named⟫"  # a query's slot for the value the customer named (the record's own value has a panel slot)
 _VALUE = re.compile(r"[a-z][a-z ]{2,39}")
-
-
-def _customer_words(state: UIState) -> set[str]:
-    return {w for m in state.chat if m.role == ChatRole.CUSTOMER for w in words_of(m.text)}
 
 
 def _names(value: str, words: set[str]) -> bool:
@@ -72,19 +68,13 @@ def _field_values(state: UIState) -> Iterable[tuple[str, str]]:
                 yield f"{panel_id}.{name}", text
 
 
-def _says(text: str, value: str) -> bool:
-    """Whether lower-case ``text`` states ``value`` as words of its own (not inside another word)."""
-    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
-
-
-def _generalised(reply: str, state: UIState, vocabulary: dict[str, list[str]]) -> str:
-    """``reply`` (slot form) with the vocabulary values the customer named, other than the record's, as
-    ``NAMED``."""
-    words = _customer_words(state)
+def _generalised(reply: str, state: UIState, vocabulary: dict[str, list[str]], words: set[str]) -> str:
+    """``reply`` (slot form) with the vocabulary values the customer named (``words``: the customer's), other than
+    the record's, as ``NAMED``."""
     for key, known in vocabulary.items():
         shown = _value(state, key)
         for value in known:
-            if value != shown and _says(reply.lower(), value) and _names(value, words):
+            if value != shown and says(reply.lower(), value) and _names(value, words):
                 reply = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", NAMED, reply, flags=re.IGNORECASE)
     return reply
 
@@ -108,7 +98,7 @@ class RecordCheck(Reader):
         named: Counter[str] = Counter()
         for trace in worked:
             for step in trace.steps:
-                words = _customer_words(step.state)
+                words = customer_said(step.state)
                 for key, value in _field_values(step.state):
                     values[key][value] += 1
                     shown[key] += 1
@@ -124,14 +114,15 @@ class RecordCheck(Reader):
         for trace in worked:
             per_field: dict[str, set[str]] = {}
             for step in trace.steps:
+                words = customer_said(step.state)
                 reply = (
-                    _generalised(action_text(step.action, step.state)[len("send ") :], step.state, vocabulary)
+                    _generalised(action_text(step.action, step.state)[len("send ") :], step.state, vocabulary, words)
                     if isinstance(step.action, SendTextToChat)
                     else None
                 )
                 if reply is not None:
                     sent[reply] += 1
-                for key in _contradicted(step.state, vocabulary):
+                for key in _contradicted(step.state, vocabulary, words):
                     replies = per_field.setdefault(key, set())
                     if reply is not None:
                         in_contradiction[key][reply] += 1
@@ -161,7 +152,7 @@ class RecordCheck(Reader):
         said = [(m.text.lower(), words_of(m.text)) for m in state.chat if m.role != ChatRole.CUSTOMER]
         for key in self.contradicted(state):
             value = _value(state, key)
-            if not any(_says(text, value) and self._is_query(words, key) for text, words in said):
+            if not any(says(text, value) and self._is_query(words, key) for text, words in said):
                 out.append(key)
         return out
 
@@ -182,12 +173,12 @@ class RecordCheck(Reader):
         their wording)."""
         words, lowered = words_of(text), text.lower()
         for key in fields:
-            if not _says(lowered, _value(state, key)) or self._names_other(text, state, key):
+            if not says(lowered, _value(state, key)) or self._names_other(text, state, key):
                 continue
             named = self._named_values(state, key)
             for template in self.queries_.get(key, []):
                 if matches_template(words, template.replace(NAMED, " ")) and (
-                    NAMED not in template or any(_says(lowered, v) for v in named)
+                    NAMED not in template or any(says(lowered, v) for v in named)
                 ):
                     return True
         return False
@@ -199,12 +190,12 @@ class RecordCheck(Reader):
 
     def _named_values(self, state: UIState, key: str) -> list[str]:
         """The field's values the customer named, other than the panel's."""
-        shown, customer = _value(state, key), _customer_words(state)
+        shown, customer = _value(state, key), customer_said(state)
         return [v for v in self.vocabulary_.get(key, []) if v != shown and _names(v, customer)]
 
     def _names_other(self, text: str, state: UIState, key: str) -> bool:
         lowered, shown, named = text.lower(), _value(state, key), self._named_values(state, key)
-        return any(v != shown and v not in named and _says(lowered, v) for v in self.vocabulary_.get(key, []))
+        return any(v != shown and v not in named and says(lowered, v) for v in self.vocabulary_.get(key, []))
 
     def _is_query(self, words: set[str], key: str) -> bool:
         return any(matches_template(words, t.replace(NAMED, " ")) for t in self.queries_.get(key, []))
@@ -216,10 +207,12 @@ def _value(state: UIState, key: str) -> str:
     return (panel.fields.get(name, "") if panel is not None else "").strip().lower()
 
 
-def _contradicted(state: UIState, vocabulary: dict[str, list[str]]) -> list[str]:
+def _contradicted(state: UIState, vocabulary: dict[str, list[str]], words: set[str] | None = None) -> list[str]:
+    """The fields of ``vocabulary`` on which the state's panels contradict the customer's words (``words``:
+    ``customer_said(state)``, when the caller has them)."""
     if not vocabulary:
         return []
-    words = _customer_words(state)
+    words = customer_said(state) if words is None else words
     out = []
     for key, value in _field_values(state):
         known = vocabulary.get(key)

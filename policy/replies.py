@@ -49,6 +49,7 @@ from policy.record_check import RecordCheck
 from policy.requests import RequestTracker
 from policy.serialise import mentioned_options
 from policy.values import ENTITY_PATTERNS, recent_chat, value_sources
+from policy.words import says
 from schemas.actions import CloseChat, FillField, SelectOption, SendTextToChat
 from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
@@ -74,10 +75,6 @@ def _words(text: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= 3]
 
 
-def _says(text: str, value: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
-
-
 def _key_columns(panel: Panel) -> list[str]:
     """Columns that tell the rows apart by a word (not a number): the plan's name, not its fee."""
     columns = sorted({c for row in panel.rows for c in row})
@@ -100,7 +97,7 @@ def _case_values(state: UIState) -> set[str]:
 def _rows_named(panel: Panel, keys: list[str], text: str) -> list[int]:
     """The rows of ``panel`` whose key value ``text`` names (as a word, any case)."""
     low = text.lower()
-    return [i for i, row in enumerate(panel.rows) if any(_says(low, row[k].lower()) for k in keys)]
+    return [i for i, row in enumerate(panel.rows) if any(says(low, row[k].lower()) for k in keys)]
 
 
 def row_consistent(text: str, state: UIState) -> str:
@@ -115,7 +112,7 @@ def row_consistent(text: str, state: UIState) -> str:
         keys = _key_columns(panel)
         if not keys:
             continue
-        in_text = [i for i, row in enumerate(panel.rows) if any(_says(text, row[k]) for k in keys)]
+        in_text = [i for i, row in enumerate(panel.rows) if any(says(text, row[k]) for k in keys)]
         if len(in_text) > 1:
             continue  # the text compares rows: nothing to decide
         named = _rows_named(panel, keys, customer)
@@ -133,7 +130,7 @@ def row_consistent(text: str, state: UIState) -> str:
                 continue
             for column, value in row.items():
                 right = about.get(column, "")
-                quoted = value and right and value != right and _says(text, value)
+                quoted = value and right and value != right and says(text, value)
                 if quoted and (by_customer or column not in keys):
                     text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", right, text)
     return text
@@ -205,18 +202,16 @@ class ReplyGuard:
 
     def guard(self, state: UIState, proposal: Proposal, k: int = 5) -> Proposal:
         ranked = [ScoredAction(action=proposal.action, features=proposal.features), *proposal.alternatives]
-        query = self._query_before_going_on(state, ranked)
-        if query is not None:
-            return self._with_top(proposal, ranked, query, k)
-        question = self._question_instead_of_guess(state, ranked)
-        if question is not None:
-            return self._with_top(proposal, ranked, question, k)
-        answer = self._answer_before_closing(state, ranked)
-        if answer is not None:
-            return self._with_top(proposal, ranked, answer, k)
-        ask = self._ask_before_acting(state, ranked)
-        if ask is not None:
-            return self._with_top(proposal, ranked, ask, k)
+        # Rules that replace the proposal with another ranked candidate, the first that applies (rule 4 first).
+        for rule in (
+            self._query_before_going_on,
+            self._question_instead_of_guess,
+            self._answer_before_closing,
+            self._ask_before_acting,
+        ):
+            replacement = rule(state, ranked)
+            if replacement is not None:
+                return self._with_top(proposal, ranked, replacement, k)
         top = ranked[0]
         if isinstance(top.action, SendTextToChat):
             fixed = self._right_reply(state, ranked)

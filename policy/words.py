@@ -11,6 +11,7 @@ from difflib import SequenceMatcher
 from functools import lru_cache
 
 from policy.values import SLOT
+from schemas.state import ChatRole, UIState
 
 MIN_CUE_WORD = 4  # shorter words ("the", "and", "my") name nothing a case turns on
 MATCH_SHARE = 0.8  # a message says what a reply template says when it holds this share of the template's words
@@ -19,6 +20,17 @@ MATCH_SHARE = 0.8  # a message says what a reply template says when it holds thi
 def words_of(text: str, min_len: int = 3) -> set[str]:
     """The words of ``text`` (lower case, ``min_len`` letters or more, no bare numbers)."""
     return {w for w in re.split(r"[^a-z0-9]+", text.lower()) if len(w) >= min_len and not w.isdigit()}
+
+
+def says(text: str, value: str) -> bool:
+    """Whether ``text`` states ``value`` as words of its own, not inside another word ("ORD-1" is not in
+    "ORD-12"); the caller lower-cases both where case does not matter."""
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
+
+
+def customer_said(state: UIState, min_len: int = 3) -> set[str]:
+    """The words of every customer message of the state (``words_of``)."""
+    return {w for m in state.chat if m.role == ChatRole.CUSTOMER for w in words_of(m.text, min_len)}
 
 
 def word_matches(word: str, words: Sequence[str]) -> bool:

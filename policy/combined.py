@@ -44,6 +44,7 @@ from policy.baselines.floors import SuffixNGram
 from policy.baselines.gbm import GradientBoostingBaseline
 from policy.calibration import IsotonicCalibrator, expected_calibration_error
 from policy.fast_scoring import CandidateScorer
+from policy.open_choices import OpenChoices
 from policy.option_cues import OptionCues
 from policy.policy import LMPolicy
 from policy.preconditions import Preconditions
@@ -564,6 +565,11 @@ class CombinedPolicy:
     def preconditions_(self) -> Preconditions | None:
         """The LM member's preconditions (``policy.preconditions``), for the reply guard; None without an LM."""
         return self.lm_.preconditions_ if self.lm_ is not None else None
+
+    @property
+    def choices_(self) -> OpenChoices | None:
+        """The LM member's open choices (``policy.open_choices``), for the reply guard; None without an LM."""
+        return self.lm_.choices_ if self.lm_ is not None else None
 
     # ---- inference -----------------------------------------------------------------------------------------
 

@@ -53,6 +53,31 @@ def panel_facts(state: UIState) -> set[str]:
     }
 
 
+def settling_signs(
+    steps: Iterable[tuple[str, str, set[str]]], min_cases: int, min_precision: float
+) -> dict[str, dict[str, list[str]]]:
+    """From select steps (control key, option chosen, the signs seen: words, panel facts), per control and option
+    the signs that settle it: seen in at least ``min_cases`` of the control's steps, with that option chosen in
+    at least ``min_precision`` of them and more often than the option's own share leaves room for (halfway from
+    the base rate to certainty)."""
+    chosen: dict[str, Counter[str]] = defaultdict(Counter)  # key -> option -> steps
+    with_sign: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
+    for key, option, signs in steps:
+        chosen[key][option] += 1
+        for sign in signs:
+            with_sign[key][sign][option] += 1
+    settled: dict[str, dict[str, list[str]]] = {}
+    for key, by_sign in sorted(with_sign.items()):
+        total = sum(chosen[key].values())
+        for sign, options in sorted(by_sign.items()):
+            cases = sum(options.values())
+            option, count = options.most_common(1)[0]
+            base = chosen[key][option] / total
+            if cases >= min_cases and count / cases >= max(min_precision, (1 + base) / 2):
+                settled.setdefault(key, {}).setdefault(option, []).append(sign)
+    return settled
+
+
 def _key(process_id: str, control_id: str) -> str:
     return f"{process_id}\x1f{control_id}"
 
@@ -74,22 +99,8 @@ class OptionCues(Reader):
                     key = _key(trace.process_id, step.action.control_id)
                     steps.append((key, step.action.option, customer_words(step.state), panel_facts(step.state)))
         folded = typo_folding(Counter(w for _, _, words, _ in steps for w in words))
-        chosen: dict[str, Counter[str]] = defaultdict(Counter)  # key -> option -> steps
-        with_word: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
-        for key, option, words, facts in steps:
-            chosen[key][option] += 1
-            for cue in {folded.get(w, w) for w in words} | facts:
-                with_word[key][cue][option] += 1
-        cues: dict[str, dict[str, list[str]]] = {}
-        for key, by_word in sorted(with_word.items()):
-            total = sum(chosen[key].values())
-            for word, options in sorted(by_word.items()):
-                cases = sum(options.values())
-                option, count = options.most_common(1)[0]
-                base = chosen[key][option] / total
-                if cases >= self.min_cases and count / cases >= max(self.min_precision, (1 + base) / 2):
-                    cues.setdefault(key, {}).setdefault(option, []).append(word)
-        self.cues_ = cues
+        signs = [(key, option, {folded.get(w, w) for w in words} | facts) for key, option, words, facts in steps]
+        self.cues_ = settling_signs(signs, self.min_cases, self.min_precision)
         return self
 
     def cued(self, state: UIState, control_id: str) -> list[str]:

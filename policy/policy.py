@@ -24,6 +24,7 @@ from policy.codec import Codec
 from policy.fast_scoring import PACK_TOKENS, CandidateScorer, kept_candidates, score_states, supports
 from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import ModelConfig, build_model, load_model, parameter_count
+from policy.open_choices import OpenChoices
 from policy.option_cues import OptionCues
 from policy.preconditions import Preconditions
 from policy.predictor import Prediction
@@ -88,6 +89,7 @@ class LMPolicy:
     cues_: OptionCues | None = field(default=None, init=False, repr=False)
     record_check_: RecordCheck | None = field(default=None, init=False, repr=False)
     preconditions_: Preconditions | None = field(default=None, init=False, repr=False)
+    choices_: OpenChoices | None = field(default=None, init=False, repr=False)
     codec_: Codec | None = field(default=None, init=False, repr=False)
     model_: PreTrainedModel | None = field(default=None, init=False, repr=False)
     history_: TrainHistory | None = field(default=None, init=False, repr=False)
@@ -125,6 +127,7 @@ class LMPolicy:
         self.cues_ = OptionCues().fit(traces)
         self.record_check_ = RecordCheck().fit(traces)
         self.preconditions_ = Preconditions().fit(traces)
+        self.choices_ = OpenChoices().fit(traces, self.cues_)
         train_texts, val_texts = self._texts(traces), self._texts(val_traces)
         self.bank_ = TemplateBank(max_per_target=self.max_templates)
         for process_id, _, target_text in train_texts:
@@ -170,7 +173,9 @@ class LMPolicy:
             digest.update(tensor.detach().cpu().numpy().tobytes()[:4096])
         # The readers change what the policy proposes as much as the weights do (the pending line, the answers
         # offered, the guard's rules): a policy refitted with other readers is another version.
-        readers = [r.to_dict() for r in (self.requests_, self.cues_, self.record_check_, self.preconditions_)]
+        readers = [
+            r.to_dict() for r in (self.requests_, self.cues_, self.record_check_, self.preconditions_, self.choices_)
+        ]
         digest.update(json.dumps(readers, sort_keys=True).encode())
         self.version_ = f"lm-{digest.hexdigest()}"
         return self
@@ -366,6 +371,7 @@ class LMPolicy:
             "option_cues": self.cues_.to_dict() if self.cues_ is not None else None,
             "record_check": self.record_check_.to_dict() if self.record_check_ is not None else None,
             "preconditions": self.preconditions_.to_dict() if self.preconditions_ is not None else None,
+            "open_choices": self.choices_.to_dict() if self.choices_ is not None else None,
         }
         with atomic_directory(target) as tmp:
             model.save_pretrained(tmp)
@@ -403,6 +409,8 @@ class LMPolicy:
             policy.record_check_ = RecordCheck.from_dict(meta["record_check"])
         if meta.get("preconditions"):
             policy.preconditions_ = Preconditions.from_dict(meta["preconditions"])
+        if meta.get("open_choices"):
+            policy.choices_ = OpenChoices.from_dict(meta["open_choices"])
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])
         policy.version_ = meta["version"]

@@ -16,7 +16,9 @@ word when it names it and operators sent it (slot form) almost only while the cu
 in at least ``ANSWER_CASES`` such states and ``min_ask_precision`` of its sends.
 
 **Reading.** ``unmet(state, action)``: the action's preconditions the customer's messages do not hold (typos
-allowed); ``asks_for(text, words)``: whether a reply asks for one of them.
+allowed); ``asks_for(text, words)``: whether a reply asks for one of them; ``asked_again(state, text)``: the
+words a reply asks for that the customer has already said ("Photo of the damage please." after "I attached a
+photo": operators send an ask before the word is said, by construction of the asks, almost always).
 """
 
 from __future__ import annotations
@@ -128,6 +130,11 @@ class Preconditions(Reader):
             return []
         words = customer_said(state, MIN_WORD)
         return [w for w in needed if not _holds(w, words)]
+
+    def asked_again(self, state: UIState, text: str) -> list[str]:
+        """The words the reply ``text`` asks for (``asks_for``) that the customer's messages already hold."""
+        said = customer_said(state, MIN_WORD)
+        return [w for w in self.asks_ if _holds(w, said) and self.asks_for(text, [w])]
 
     def asks_for(self, text: str, words: list[str]) -> bool:
         """Whether the reply ``text`` asks for one of ``words``: it names the word and matches a reply operators

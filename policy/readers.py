@@ -1,7 +1,8 @@
 """What the policy's learned readers share: the pending requests (``policy.requests``), the option cues
-(``policy.option_cues``), the record check (``policy.record_check``) and the preconditions
-(``policy.preconditions``) are each a dataclass with its hyper-parameters as fields and its learned state in
-fields ending in ``_`` (the estimator convention), saved in ``policy.json`` as one JSON object.
+(``policy.option_cues``), the record check (``policy.record_check``), the preconditions
+(``policy.preconditions``) and the open choices (``policy.open_choices``) are each a dataclass with its
+hyper-parameters as fields and its learned state in fields ending in ``_`` (the estimator convention), saved in
+``policy.json`` as one JSON object.
 
 The saved keys are the field names without the trailing ``_``; a key missing from an older file leaves the
 field at its default, so a policy saved before a hyper-parameter existed still loads.

@@ -13,11 +13,14 @@
    the panels, the chat); a reply stating one the state does not hold is replaced by the best-ranked
    alternative reply that passes, if the policy has one.
 2. **A guess instead of a question.** When the proposal selects an option the customer has not named (nor
-   settled in other words: ``policy.option_cues``) and the policy's own probability is split between options
-   of that control (the operators it learned from guessed differently), the value is unknown: the guard
-   proposes the clarifying question the policy ranks highest instead (a reply ending in a question mark that
-   names one of the options or the control: "Refund or a replacement?", "Which plan?", not "Could you send a
-   photo?"), if it ranks one at all.
+   settled in other words: ``policy.option_cues``), the value is unknown if the choice is the customer's to make
+   (``policy.open_choices``: operators ask for it; learned from the traces, with the policy) or, failing that,
+   if the policy's own probability is split between options of that control (the operators it learned from
+   guessed differently): the guard proposes the best-ranked reply operators send to ask for it, or else the
+   clarifying question the policy ranks highest (a reply ending in a question mark that names one of the
+   options or the control: "Refund or a replacement?", "Which plan?", not "Could you send a photo?"), if it
+   ranks one at all. An ask worded one or two words off the way operators word it ("charged more than your
+   cloud" for "... your plan") is replaced by the best-ranked ask worded as they do.
 3. **Closing with a request unanswered.** When the proposal closes the chat while a request of the customer's
    opening is still pending (``policy.requests``: learned from the traces, with the policy), the guard
    proposes the best-ranked reply that answers it instead, if the policy ranks one.
@@ -30,7 +33,9 @@
 5. **Acting before the customer gave what it needs.** When the proposal is an action operators take only once
    the customer has said a word (ticking "photo received" once the photo is there: ``policy.preconditions``,
    learned from the traces, with the policy) and the customer has not said it, the guard proposes the
-   best-ranked reply that asks for it instead, if the policy ranks one.
+   best-ranked reply that asks for it instead, if the policy ranks one. The other way round, a reply asking for
+   what the customer has already said ("Photo of the damage please." after "I attached a photo") is replaced by
+   the best-ranked candidate that does not.
 
 The guard follows the policy interface the runtime and the sandbox use (``propose_batch``), so it wraps any
 policy; it reads only the state and the policy's ranked alternatives.
@@ -43,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from policy.open_choices import OpenChoices
 from policy.option_cues import OptionCues
 from policy.preconditions import Preconditions
 from policy.record_check import RecordCheck
@@ -55,7 +61,7 @@ from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, Panel, UIState
 
-RULES_VERSION = 3
+RULES_VERSION = 5
 """Changes whenever the guard's rules do: what a guarded policy proposes depends on it as on the policy's
 version, so caches of guarded proposals (the benches' copilot feedback) are keyed by both."""
 
@@ -171,16 +177,18 @@ class ReplyGuard:
     ``alternatives``: how many ranked candidates to ask the policy for (the guard chooses among them);
     ``ask_below``: a select is a guess when its option holds less than this share of the probability the
     policy gives that control's options; ``min_question``: the least probability a question needs to be
-    asked instead; ``requests``, ``cues``, ``record_check`` and ``preconditions``: the pending requests' reader,
-    the options the customer's words settle, the record check and the words operators wait for (the wrapped
-    policy's readers of the same names, see ``with_reply_guard``)."""
+    asked instead; ``requests``, ``cues``, ``record_check``, ``preconditions`` and ``choices``: the pending
+    requests' reader, the options the customer's words settle, the record check, the words operators wait for
+    and the choices that are the customer's (the wrapped policy's readers of the same names, see
+    ``with_reply_guard``)."""
 
     policy: Proposer
     requests: RequestTracker | None = None
     cues: OptionCues | None = None
     record_check: RecordCheck | None = None
     preconditions: Preconditions | None = None
-    alternatives: int = 10
+    choices: OpenChoices | None = None
+    alternatives: int = 25
     ask_below: float = 0.75
     min_question: float = 0.02
 
@@ -206,8 +214,10 @@ class ReplyGuard:
         for rule in (
             self._query_before_going_on,
             self._question_instead_of_guess,
+            self._ask_as_operators_do,
             self._answer_before_closing,
             self._ask_before_acting,
+            self._not_asking_again,
         ):
             replacement = rule(state, ranked)
             if replacement is not None:
@@ -226,16 +236,32 @@ class ReplyGuard:
 
     def _right_reply(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
         """The top reply with its table facts from the right row, or failing validation the best alternative
-        reply that passes; None if no reply passes."""
+        reply that passes; None if no reply passes. An ask worded as operators word it (``policy.open_choices``)
+        is left as it is: "charged more than your plan" names the plan line as a kind of charge, not the row the
+        customer disputes."""
         for candidate in ranked:
             if not isinstance(candidate.action, SendTextToChat):
                 continue
-            text = row_consistent(candidate.action.text, state)
+            text = candidate.action.text
+            if not (self.choices is not None and self.choices.asked_for(state, text)):
+                text = row_consistent(text, state)
             if not unsupported_facts(text, state):
                 if text == candidate.action.text:
                     return candidate
                 return ScoredAction(action=SendTextToChat(text=text), features=candidate.features)
         return None
+
+    def _ask_as_operators_do(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        """The best-ranked ask worded as operators word it when the proposal asks for a select's option in other
+        words ("charged more than your cloud": a slot filled from the wrong row); None otherwise."""
+        top = ranked[0].action
+        if self.choices is None or not isinstance(top, SendTextToChat):
+            return None
+        control_id = self.choices.misworded_ask(state, top.text)
+        if control_id is None:
+            return None
+        choices, process_id = self.choices, state.process_id
+        return self._best_reply(state, ranked, lambda text: choices.asks(text, process_id, control_id))
 
     def _answer_before_closing(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
         """The best-ranked reply answering a pending request when the proposal closes the chat; None otherwise
@@ -279,6 +305,22 @@ class ReplyGuard:
         preconditions = self.preconditions
         return self._best_reply(state, ranked, lambda text: preconditions.asks_for(text, missing))
 
+    def _not_asking_again(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
+        """The best-ranked candidate that asks for nothing the customer has said when the proposal asks for
+        something they have ("Photo of the damage please." after "I attached a photo"); None otherwise."""
+        top = ranked[0].action
+        if self.preconditions is None or not isinstance(top, SendTextToChat):
+            return None
+        if not self.preconditions.asked_again(state, top.text):
+            return None
+        for candidate in ranked[1:]:
+            action = candidate.action
+            if not isinstance(action, SendTextToChat):
+                return candidate
+            if not self.preconditions.asked_again(state, action.text):
+                return self._right_reply(state, [candidate])
+        return None
+
     def _best_reply(
         self, state: UIState, ranked: list[ScoredAction], wanted: Callable[[str], bool]
     ) -> ScoredAction | None:
@@ -302,6 +344,11 @@ class ReplyGuard:
             return None  # the customer named an option: not a guess
         if self.cues is not None and self.cues.cued(state, top.control_id):
             return None  # the customer's words settle an option ("charged twice"): not a guess either
+        if self.choices is not None and self.choices.open_choice(state, top.control_id, self.cues):
+            choices, process_id = self.choices, state.process_id
+            asked = self._best_reply(state, ranked, lambda text: choices.asks(text, process_id, top.control_id))
+            if asked is not None:
+                return asked
         mass = {
             c.action.option: c.features.probability
             for c in ranked
@@ -340,4 +387,5 @@ def with_reply_guard(policy: P, enabled: bool = True) -> P | ReplyGuard:
         cues=getattr(policy, "cues_", None),
         record_check=getattr(policy, "record_check_", None),
         preconditions=getattr(policy, "preconditions_", None),
+        choices=getattr(policy, "choices_", None),
     )

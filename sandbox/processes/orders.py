@@ -68,10 +68,11 @@ def _order_looked_up(view: View) -> bool:
 
 
 def _order_items(view: View) -> list[str]:
+    """The items of the order found: its item lines when the lookup lists them (an order of several items),
+    else its item field. A table of another kind (a delivery's tracking scans) lists no items."""
     panel = view.panels.get("order")
-    if panel is not None and panel.rows:
-        return [row.get("item", "") for row in panel.rows]
-    return [view.panel("order", "item")]
+    lines = [row["item"] for row in panel.rows if row.get("item")] if panel is not None else []
+    return lines or [view.panel("order", "item")]
 
 
 def _wrong_order(view: View) -> bool:

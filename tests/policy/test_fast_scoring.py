@@ -240,8 +240,10 @@ def test_vocabulary_head_in_chunks_equals_one_call() -> None:
     whole = decoder.score(prompts, candidates, None)
     decoder.head_chunk_elements = VOCAB * 3  # three rows of logits per head call
     chunked = decoder.score(prompts, candidates, None)
+    # The chunks sum the log-sum-exp in another order: a few fp32 ulps apart (1.9e-6 on a 26-nat log-probability
+    # on an AMD EPYC, below 1e-6 on the Intel machines before), far inside the fast path's 1e-4.
     for a, b in zip(whole, chunked, strict=True):
-        assert a.kept == b.kept and a.logprobs == pytest.approx(b.logprobs, abs=1e-6)
+        assert a.kept == b.kept and a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
 # ---- the pruning rule and staged scoring ------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def test_save_load_gives_identical_scores(fitted: LMPolicy, traces: list[Trace],
     assert loaded.record_check_.to_dict() == fitted.record_check_.to_dict()
     assert loaded.preconditions_ is not None and fitted.preconditions_ is not None
     assert loaded.preconditions_.to_dict() == fitted.preconditions_.to_dict()
+    assert loaded.choices_ is not None and fitted.choices_ is not None
+    assert loaded.choices_.to_dict() == fitted.choices_.to_dict()
     states = [step.state for step in traces[31].steps]
     for a, b in zip(fitted.propose_batch(states), loaded.propose_batch(states), strict=True):
         assert a is not None and b is not None

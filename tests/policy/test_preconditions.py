@@ -95,3 +95,16 @@ def test_on_the_sandbox_it_learns_the_photo_and_held_out_operators_never_act_wit
     acted = [s for t in worked[400:] for s in t.steps if not isinstance(s.action, SendTextToChat)]
     unmet = [s for s in acted if check.unmet(s.state, s.action)]
     assert len(acted) > 500 and len(unmet) <= 0.01 * len(acted)
+
+
+def test_the_guard_does_not_ask_for_what_the_customer_already_gave() -> None:
+    check = Preconditions().fit(traces(200))
+    ask, other_ask = SendTextToChat(text=ASK[0]), SendTextToChat(text=ASK[1])
+    ranked: list[tuple[Action, float]] = [(ask, 0.5), (other_ask, 0.3), (TICK, 0.2)]
+    given = state([(ChatRole.CUSTOMER, "My lamp arrived broken, phtoo attached.")])  # a typo of the word
+    assert check.asked_again(given, ASK[0]) == ["photo"]
+    guarded = ReplyGuard(Scripted(ranked), preconditions=check).propose(given)
+    assert guarded is not None and guarded.action == TICK  # not the other wording of the same ask either
+    missing = state([(ChatRole.CUSTOMER, "My lamp arrived broken.")])
+    assert check.asked_again(missing, ASK[0]) == []
+    assert ReplyGuard(Scripted(ranked), preconditions=check).propose(missing).action == ask  # type: ignore[union-attr]

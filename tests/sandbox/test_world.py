@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from itertools import pairwise
 
@@ -16,7 +17,7 @@ from sandbox.scenario import SCENARIOS, Scenario
 from sandbox.simulate import step_model
 from sandbox.view import NUDGES, ORDER_RE, View, classify_operator_text
 from sandbox.world import World
-from schemas import ChatRole, RejectReason, SelectOption, SendTextToChat, Trace
+from schemas import ChatRole, Panel, RejectReason, SelectOption, SendTextToChat, Trace
 
 CALIBRATED_INTENTS = {"ask_recheck", "ask_dispute", "ask_repair", *(t.intent for t in SECOND_REQUESTS.values())}
 CALIBRATED_INTENTS |= {t.intent for t in FOLLOWUPS.values()}
@@ -89,6 +90,28 @@ def test_a_mistyped_order_number_is_checked_again_and_looked_up_right(calibrated
         assert "ask_recheck" in intents, trace.trace_id
         assert real.fields.get("status") != "not_found"  # the second lookup found the order
     assert mistyped > 5
+
+
+def test_operators_query_an_order_only_when_it_is_for_another_item(calibrated: list[Trace]) -> None:
+    """An order for another item than the customer named is queried, naming both items; a delivery whose lookup
+    lists its tracking scans is the customer's order all the same (the scans are no items)."""
+    queried = 0
+    for trace in calibrated:
+        for step in trace.steps:
+            action = step.action
+            if not isinstance(action, SendTextToChat) or classify_operator_text(action.text) != "ask_recheck":
+                continue
+            order = step.state.panels.get("order")
+            if order is None or order.fields.get("status") == "not_found":
+                continue
+            queried += 1
+            found = order.fields["item"] if not any("item" in row for row in order.rows) else None
+            assert found is None or found in action.text, (trace.trace_id, action.text)
+            assert not re.search(r"(is your|is for a|is a)\s*[.,;]", action.text), (trace.trace_id, action.text)
+    assert queried >= 5
+    delivered = [t for t in calibrated if t.process_id == "delivery_status"]
+    with_scans = [t for t in delivered if any(s.state.panels.get("order", Panel()).rows for s in t.steps)]
+    assert len(with_scans) >= 10
 
 
 def test_customers_nudge_and_the_operator_reads_past_it(calibrated: list[Trace]) -> None:

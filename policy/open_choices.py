@@ -37,10 +37,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Self
 
 from policy.option_cues import OptionCues, settling_signs
-from policy.readers import Reader
+from policy.readers import Reader, process_key
 from policy.requests import ANSWER_CASES
 from policy.serialise import mentioned_options
 from policy.words import customer_said, matches_template, words_of
@@ -48,10 +49,6 @@ from schemas.actions import SelectOption, SendTextToChat
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
-
-
-def _key(process_id: str, control_id: str) -> str:
-    return f"{process_id}\x1f{control_id}"
 
 
 def _selects(state: UIState) -> list[tuple[str, list[str]]]:
@@ -74,6 +71,7 @@ def filled_fields(state: UIState) -> set[str]:
     }
 
 
+@lru_cache(maxsize=8192)
 def _wording(text: str) -> frozenset[str]:
     """A reply's words, as asks are compared: the same words in any order ("basic, plus or premium" in the order
     a case's plans table lists them), one word other is another ask ("more than your plan" is not "more than
@@ -114,7 +112,7 @@ class OpenChoices(Reader):
                     reply = _wording(action.text)
                     texts.setdefault(reply, action.text)
                 for control_id, options in _selects(state):
-                    key = _key(trace.process_id, control_id)
+                    key = process_key(trace.process_id, control_id)
                     is_chosen = self._chosen(state, control_id, options, cues)
                     if key not in state_of:
                         state_of[key] = "settled" if is_chosen else "open"
@@ -149,7 +147,7 @@ class OpenChoices(Reader):
         """Per control, the panel fields whose presence settles its option (``settling_signs``, as ``OptionCues``
         takes a cue): a field every lookup fills settles nothing."""
         steps = [
-            (_key(trace.process_id, step.action.control_id), step.action.option, filled_fields(step.state))
+            (process_key(trace.process_id, step.action.control_id), step.action.option, filled_fields(step.state))
             for trace in traces
             for step in trace.steps
             if isinstance(step.action, SelectOption)
@@ -163,12 +161,12 @@ class OpenChoices(Reader):
             return True
         if cues is not None and cues.cued(state, control_id):
             return True
-        settling = self.settled_by_.get(_key(state.process_id, control_id), [])
+        settling = self.settled_by_.get(process_key(state.process_id, control_id), [])
         return not filled_fields(state).isdisjoint(settling)
 
     def open_choice(self, state: UIState, control_id: str, cues: OptionCues | None = None) -> bool:
         """Whether ``control_id``'s option is the customer's to choose and nobody has chosen it yet."""
-        if _key(state.process_id, control_id) not in self.asks_:
+        if process_key(state.process_id, control_id) not in self.asks_:
             return False
         control = state.screen.control(control_id)
         options = list(getattr(control, "options", []) or []) if control is not None else []
@@ -194,7 +192,7 @@ class OpenChoices(Reader):
         for "charged more than your plan"; None when it asks for none or as operators do."""
         wording = _wording(text)
         for control_id, _ in _selects(state):
-            asks = self.asks_.get(_key(state.process_id, control_id), [])
+            asks = self.asks_.get(process_key(state.process_id, control_id), [])
             if any(matches_template(set(wording), a) for a in asks) and not any(wording == _wording(a) for a in asks):
                 return control_id
         return None
@@ -210,4 +208,4 @@ class OpenChoices(Reader):
         """Whether the reply ``text`` asks for the control's option: it has the words of a reply operators send to
         ask for it (``_wording``)."""
         wording = _wording(text)
-        return any(wording == _wording(a) for a in self.asks_.get(_key(process_id, control_id), []))
+        return any(wording == _wording(a) for a in self.asks_.get(process_key(process_id, control_id), []))

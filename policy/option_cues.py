@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
-from policy.readers import Reader
+from policy.readers import Reader, process_key
 from policy.values import recent_chat
 from policy.words import MIN_CUE_WORD, similar, typo_folding, words_of
 from schemas.actions import SelectOption
@@ -78,10 +78,6 @@ def settling_signs(
     return settled
 
 
-def _key(process_id: str, control_id: str) -> str:
-    return f"{process_id}\x1f{control_id}"
-
-
 @dataclass
 class OptionCues(Reader):
     """Words that settle a select's option (see the module docstring). Learned: ``cues_`` maps process and
@@ -96,7 +92,7 @@ class OptionCues(Reader):
         for trace in traces:
             for step in trace.steps:
                 if isinstance(step.action, SelectOption):
-                    key = _key(trace.process_id, step.action.control_id)
+                    key = process_key(trace.process_id, step.action.control_id)
                     steps.append((key, step.action.option, customer_words(step.state), panel_facts(step.state)))
         folded = typo_folding(Counter(w for _, _, words, _ in steps for w in words))
         signs = [(key, option, {folded.get(w, w) for w in words} | facts) for key, option, words, facts in steps]
@@ -105,7 +101,7 @@ class OptionCues(Reader):
 
     def cued(self, state: UIState, control_id: str) -> list[str]:
         """The options of ``control_id`` (on this state's process) that the customer's words cue."""
-        by_option = self.cues_.get(_key(state.process_id, control_id))
+        by_option = self.cues_.get(process_key(state.process_id, control_id))
         if not by_option:
             return []
         words, facts = customer_words(state), panel_facts(state)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
-from policy.readers import Reader
+from policy.readers import Reader, process_key
 from policy.requests import ANSWER_CASES
 from policy.serialise import action_text
 from policy.words import customer_said, matches_template, similar, typo_folding, words_of
@@ -47,10 +47,6 @@ def action_name(action: Action) -> str:
     if isinstance(action, SelectOption):
         return f"{name}={action.option}"
     return name
-
-
-def _key(process_id: str, name: str) -> str:
-    return f"{process_id}\x1f{name}"
 
 
 def _holds(word: str, words: Iterable[str]) -> bool:
@@ -88,7 +84,7 @@ class Preconditions(Reader):
             process_steps[process] += 1
             if isinstance(action, SendTextToChat):
                 continue
-            key = _key(process, name)
+            key = process_key(process, name)
             taken[key] += 1
             with_word[key].update(words)
         needs: dict[str, list[str]] = {}
@@ -125,7 +121,7 @@ class Preconditions(Reader):
 
     def unmet(self, state: UIState, action: Action) -> list[str]:
         """The preconditions of ``action`` (on this state's process) that the customer has not said yet."""
-        needed = self.needs_.get(_key(state.process_id, action_name(action)))
+        needed = self.needs_.get(process_key(state.process_id, action_name(action)))
         if not needed:
             return []
         words = customer_said(state, MIN_WORD)

@@ -15,6 +15,11 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 
+def process_key(process_id: str, name: str) -> str:
+    """The key a reader keeps what it learned per process under: ``process\x1fname`` (a control, an action)."""
+    return f"{process_id}\x1f{name}"
+
+
 class Reader:
     """Mixin for a reader dataclass: ``to_dict`` and ``from_dict`` over its fields (see the module docstring)."""
 

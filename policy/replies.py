@@ -260,7 +260,13 @@ class ReplyGuard:
         control_id = self.choices.misworded_ask(state, top.text)
         if control_id is None:
             return None
-        choices, process_id = self.choices, state.process_id
+        return self._best_ask(state, ranked, self.choices, control_id)
+
+    def _best_ask(
+        self, state: UIState, ranked: list[ScoredAction], choices: OpenChoices, control_id: str
+    ) -> ScoredAction | None:
+        """The best-ranked alternative reply that asks for the select's option as operators word it."""
+        process_id = state.process_id
         return self._best_reply(state, ranked, lambda text: choices.asks(text, process_id, control_id))
 
     def _answer_before_closing(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
@@ -345,8 +351,7 @@ class ReplyGuard:
         if self.cues is not None and self.cues.cued(state, top.control_id):
             return None  # the customer's words settle an option ("charged twice"): not a guess either
         if self.choices is not None and self.choices.open_choice(state, top.control_id, self.cues):
-            choices, process_id = self.choices, state.process_id
-            asked = self._best_reply(state, ranked, lambda text: choices.asks(text, process_id, top.control_id))
+            asked = self._best_ask(state, ranked, self.choices, top.control_id)
             if asked is not None:
                 return asked
         mass = {

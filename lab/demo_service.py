@@ -63,7 +63,8 @@ def serve_demo(
     tokens = demo_tokens(settings.resolved_tokens_file(), sorted(PROCESSES))
     service = AutopilotService.from_settings(settings, service_runtime)
     app = create_app(service, TokenStore(settings.resolved_tokens_file()), manage_service=True)
-    server = ServerThread(app, host, port, name="api").start(timeout_s=60.0)  # the lifespan starts the service
+    # the lifespan starts the service
+    server = ServerThread(app, host, port, name="api", keep_alive_s=settings.keep_alive_s).start(timeout_s=60.0)
     base = server.url
     checks: dict[str, Any] = {}
     try:

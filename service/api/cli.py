@@ -68,7 +68,14 @@ def _serve(args: argparse.Namespace, sandbox_factory: SandboxFactoryLoader | Non
         ),
         flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=args.access_log)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_keep_alive=settings.keep_alive_s,
+        log_config=None,
+        access_log=args.access_log,
+    )
     return 0
 
 

@@ -1,8 +1,12 @@
-"""Typed dependencies: the service, and the calling principal checked against the roles a route allows."""
+"""Typed dependencies: the service, and the calling principal checked against the roles a route allows.
+
+They are coroutines: none of them blocks (the token check hashes the token and stats the token file at most once
+a ``check_interval_s``), and FastAPI runs a plain ``def`` dependency on its thread pool, one hop each, which cost
+the suggest route more than its own work under load (bench/results/api_load.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -15,7 +19,7 @@ from service.api.inbox_hub import InboxHub
 _bearer = HTTPBearer(auto_error=False, description="A token issued by `autopilot tokens issue`")
 
 
-def get_service(request: Request) -> AutopilotService:
+async def get_service(request: Request) -> AutopilotService:
     service: AutopilotService = request.app.state.service
     return service
 
@@ -25,7 +29,7 @@ def get_hub(request: Request) -> InboxHub:
     return hub
 
 
-def get_tokens(request: Request) -> TokenStore:
+async def get_tokens(request: Request) -> TokenStore:
     tokens: TokenStore = request.app.state.tokens
     return tokens
 
@@ -33,7 +37,7 @@ def get_tokens(request: Request) -> TokenStore:
 ServiceDep = Annotated[AutopilotService, Depends(get_service)]
 
 
-def principal(
+async def principal(
     tokens: Annotated[TokenStore, Depends(get_tokens)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -49,11 +53,11 @@ def principal(
     return found
 
 
-def require(*roles: Role) -> Callable[[Principal], Principal]:
+def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits only ``roles``."""
     allowed = frozenset(roles)
 
-    def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def check(caller: Annotated[Principal, Depends(principal)]) -> Principal:
         if caller.role not in allowed:
             names = ", ".join(sorted(r.value for r in allowed))
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"role: {caller.role.value} may not do this ({names} may)")

@@ -12,6 +12,9 @@ from typing import Any, Literal
 import uvicorn
 
 Lifespan = Literal["auto", "on", "off"]
+DEFAULT_KEEP_ALIVE_S = 75
+"""Seconds an idle keep-alive connection stays open (``ServiceSettings.keep_alive_s``'s default): above the idle
+timeouts of client pools and proxies, so that the client, not the server, closes an idle connection."""
 
 
 class ServerThread:
@@ -26,8 +29,12 @@ class ServerThread:
         lifespan: Lifespan = "auto",
         log_level: str = "warning",
         name: str = "http-server",
+        keep_alive_s: int = DEFAULT_KEEP_ALIVE_S,
     ) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan=lifespan))
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, lifespan=lifespan, timeout_keep_alive=keep_alive_s
+        )
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
         self.host = host
         self.url = ""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from service.api.server_thread import DEFAULT_KEEP_ALIVE_S
 from service.runtime.settings import RuntimeSettings
 
 
@@ -15,6 +16,14 @@ class ServiceSettings(RuntimeSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    keep_alive_s: int = Field(
+        default=DEFAULT_KEEP_ALIVE_S,
+        ge=1,
+        le=3600,
+        description="An idle keep-alive connection is closed after this many seconds. Keep it above the idle "
+        "timeout of the clients' pools and of any proxy in front (nginx 60 s, cloud load balancers 60 s): a server "
+        "that closes first races the client's next request on that connection, which then fails",
+    )
     tokens_file: Path | None = Field(
         default=None, description="JSON file of hashed tokens (autopilot tokens issue); None: data_dir/tokens.json"
     )

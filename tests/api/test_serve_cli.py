@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from service.api.server_thread import ServerThread
+from service.api.settings import ServiceSettings
 from service.cli import main
 
 
@@ -43,3 +45,19 @@ def test_sandbox_serve_gets_past_the_bpm_check(data_dir: Path, capsys: pytest.Ca
     # With --sandbox the next missing thing is the policy (no demo has run in this data dir), not the BPM.
     assert main(["serve", "--data-dir", str(data_dir), "--sandbox"]) == 2
     assert "policy_dir:" in capsys.readouterr().err
+
+
+def test_a_bad_keep_alive_is_refused_naming_the_setting(
+    data_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOPILOT_KEEP_ALIVE_S", "0")
+    assert main(["serve", "--data-dir", str(data_dir), "--sandbox"]) == 2
+    assert "keep_alive_s" in capsys.readouterr().err
+
+
+def test_the_keep_alive_outlasts_common_proxy_and_pool_idle_timeouts() -> None:
+    # A server that closes an idle connection first races the client's next request on it (a ReadError in
+    # bench.api_load with uvicorn's and httpx's 5 s); nginx and cloud load balancers keep upstreams 60 s.
+    assert ServiceSettings().keep_alive_s > 60
+    thread = ServerThread(object(), keep_alive_s=ServiceSettings().keep_alive_s)
+    assert thread.server.config.timeout_keep_alive == ServiceSettings().keep_alive_s

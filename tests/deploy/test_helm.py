@@ -236,6 +236,8 @@ def test_api_probes_and_tokens(release: Rendered) -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["AUTOPILOT_WORKERS"]["value"] == "0"  # the workers run in their own Deployment
     assert env["AUTOPILOT_HOST"]["value"] == "0.0.0.0"
+    # idle connections outlive the ingress's upstream keep-alive (60 s in ingress-nginx), so the proxy closes first
+    assert int(env["AUTOPILOT_KEEP_ALIVE_S"]["value"]) > 60
     tokens_file = env["AUTOPILOT_TOKENS_FILE"]["value"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "tokens")
     # Mounted as a directory, never with subPath: an updated Secret then reaches the running pod.

@@ -38,9 +38,11 @@ def word_matches(word: str, words: Sequence[str]) -> bool:
     return any(word == c or (len(word) >= 4 and SequenceMatcher(None, word, c).ratio() >= 0.8) for c in words)
 
 
+@lru_cache(maxsize=65536)
 def similar(word: str, other: str) -> bool:
     """``other`` is ``word`` or, from five letters on, a typo of it (``word_matches``) one letter longer or
-    shorter at most: "look" is not "looked", "does" not "doesn't"."""
+    shorter at most: "look" is not "looked", "does" not "doesn't". Cached: the readers ask it for the same
+    word pairs on every proposal (a ``SequenceMatcher`` each, ~90 a guarded proposal)."""
     return word == other or (len(word) >= 5 and abs(len(word) - len(other)) <= 1 and word_matches(word, [other]))
 
 

@@ -12,7 +12,7 @@ Protocol:
   batch on its own thread) in a thread of this process.
 * the clients run in a child process (``--client``), so they do not share this process's interpreter lock: one
   ``aiohttp.ClientSession`` (keep-alive, up to 50 connections; bodies encoded once: on these two cores the
-  clients' own work is taken from the server, and httpx's was 3.9 ms of CPU a request, aiohttp's 1.3 ms) and
+  clients' own work is taken from the server: httpx's was ~2.9 ms of CPU a request, aiohttp's is 0.2-0.3 ms) and
   ``--concurrency`` tasks taking the next request
   from a shared counter until ``--requests`` are done; the states are sandbox screens of open cases, in turn.
   A warm-up of ``--warmup`` requests first (not counted).
@@ -41,6 +41,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,7 @@ async def _load(url: str, token: str, bodies: list[dict[str, Any]], total: int, 
     errors: dict[str, int] = {}
     details: list[str] = []
     phase_started = time.perf_counter()
+    cpu_started = time.process_time()  # the clients' own CPU: on loopback they share the cores with the service
     counter = iter(range(total))
     # bodies encoded once: the client's own work per request is what it must not measure
     payloads = [json.dumps(body).encode() for body in bodies]
@@ -143,6 +145,7 @@ async def _load(url: str, token: str, bodies: list[dict[str, Any]], total: int, 
         "errors": errors,
         "error_details": details,
         "seconds": elapsed,
+        "cpu_s": time.process_time() - cpu_started,
     }
 
 
@@ -257,9 +260,11 @@ def run(
                     )
                 )
                 log.info("%d clients, %d requests (+%d warm-up) on %s", concurrency, requests, warmup, url)
+                cpu_before = resource.getrusage(resource.RUSAGE_SELF)
                 subprocess.run(
                     [sys.executable, "-m", "bench.api_load", "--client", str(spec), str(out)], cwd=ROOT, check=True
                 )
+                cpu_after = resource.getrusage(resource.RUSAGE_SELF)
                 http = json.loads(out.read_text())
             stats = service.suggester.stats  # the HTTP phases only: the baseline below adds batches of one
             batching = {
@@ -289,6 +294,13 @@ def run(
     p99 = latency["p99"]
     rps = requests / http["seconds"]
     overload = http.get("overload")
+    served = warmup + requests + (requests if overload is not None else 0)
+    service_cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    cpu_per_request = {
+        # every thread of this process (HTTP, batcher, critic, store, bus), not the policy's child processes
+        "service_process_all_phases": round(service_cpu_s / served * 1000.0, 3),
+        "clients_measured_phase": round(http["cpu_s"] / requests * 1000.0, 3),
+    }
     overload_result = None
     if overload is not None:
         transport = {k: v for k, v in overload["errors"].items() if not k[:3].isdigit()}
@@ -322,6 +334,7 @@ def run(
             "errors_by_kind": {**http["errors"], **({"429": len(http["rejected_ms"])} if http["rejected_ms"] else {})},
         },
         "batching": batching,
+        "cpu_ms_per_request": cpu_per_request,
         "overload": overload_result,
         "baseline_in_process": {
             "latency_ms": baseline,
@@ -394,6 +407,14 @@ def markdown(result: dict[str, Any]) -> str:
         "the bound was then upstream of the policy (event loop, request handling, the clients on the same cores).",
         "",
     ]
+    cpu = result.get("cpu_ms_per_request")
+    if cpu:
+        lines += [
+            f"CPU per request on the shared cores: the service's process {cpu['service_process_all_phases']} ms "
+            "(every thread, mean over the warm-up, measured and beyond-capacity phases; the policy's child "
+            f"processes not counted), the clients {cpu['clients_measured_phase']} ms (the measured phase).",
+            "",
+        ]
     overload = result.get("overload")
     if overload:
         served, rejected = overload["latency_ms_served"], overload["latency_ms_429"]

@@ -51,10 +51,15 @@ from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
 
 
+def _options(control: object) -> list[str]:
+    """A control's options (none for a control that has no options, or none at all)."""
+    return list(getattr(control, "options", []) or [])
+
+
 def _selects(state: UIState) -> list[tuple[str, list[str]]]:
     """The state's select controls still without a value, with their options."""
     return [
-        (c.id, list(getattr(c, "options", []) or []))
+        (c.id, _options(c))
         for c in state.screen.controls
         if c.kind == ControlKind.SELECT and state.values.get(c.id) in (None, "")
     ]
@@ -168,8 +173,7 @@ class OpenChoices(Reader):
         """Whether ``control_id``'s option is the customer's to choose and nobody has chosen it yet."""
         if process_key(state.process_id, control_id) not in self.asks_:
             return False
-        control = state.screen.control(control_id)
-        options = list(getattr(control, "options", []) or []) if control is not None else []
+        options = _options(state.screen.control(control_id))
         return (
             bool(options)
             and not self._chosen(state, control_id, options, cues)
@@ -190,10 +194,10 @@ class OpenChoices(Reader):
         """The select control (on the state's screen) that the reply ``text`` asks for in words other than
         operators use, one or two words off (``policy.words.matches_template``): "charged more than your cloud"
         for "charged more than your plan"; None when it asks for none or as operators do."""
-        wording = _wording(text)
+        words = set(_wording(text))
         for control_id, _ in _selects(state):
             asks = self.asks_.get(process_key(state.process_id, control_id), [])
-            if any(matches_template(set(wording), a) for a in asks) and not any(wording == _wording(a) for a in asks):
+            if any(matches_template(words, a) for a in asks) and not self.asks(text, state.process_id, control_id):
                 return control_id
         return None
 

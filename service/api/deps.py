@@ -1,8 +1,8 @@
 """Typed dependencies: the service, and the calling principal checked against the roles a route allows.
 
 They are coroutines: none of them blocks (the token check hashes the token and stats the token file at most once
-a ``check_interval_s``), and FastAPI runs a plain ``def`` dependency on its thread pool, one hop each, which cost
-the suggest route more than its own work under load (bench/results/api_load.md)."""
+a ``check_interval_s``), and FastAPI runs a plain ``def`` dependency on its thread pool, one hop each: four hops
+a suggestion, 0.18 ms of the service's CPU (2.65 -> 2.47 ms a request, decision 0018)."""
 
 from __future__ import annotations
 

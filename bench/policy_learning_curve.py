@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             "test_steps": sum(len(t.steps) for t in test),
             "test_customers_seen_in_training": len(shared),
             "lm_validation": f"last {args.val_fraction:.0%} of the n training sessions (at least one)",
-            "model": "default ModelConfig and tokenizer (vocab 8192)",
+            "model": f"default ModelConfig and tokenizer (vocab {LMPolicy.vocab_size})",
             "steps_rule": f"{args.steps_per_doubling:g} x log2(n) planned optimizer steps; "
             f"epochs = ceil(steps / steps per epoch), at most {args.max_epochs}; "
             f"time budget {args.time_budget:g} s per point",

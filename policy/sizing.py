@@ -3,9 +3,9 @@
 One configuration does not fit a 700-step UI log and a 65,000-event log. Measured on this project's data:
 
 * tiny data (the StudentRecord UI log, ~700 steps; a new process with a few dozen cases): a small model with a
-  small vocabulary (hidden 64, 512 tokens) and many epochs; with the default 8,192-token vocabulary, control
+  small vocabulary (hidden 64, 512 tokens) and many epochs; with an 8,192-token vocabulary, control
   plus value strings become tokens seen a handful of times and accuracy collapsed (0.24 against 0.71);
-* large logs: the default model, a few epochs, and a schedule fitted to the time budget
+* large logs: the default model and its 4,096-token vocabulary, a few epochs, and a schedule fitted to the time budget
   (``TrainConfig.fit_to_budget``): a run that could not finish one epoch in its budget (0.17 accuracy on a
   60,000-event log after 16% of an epoch) instead trains whole epochs over a subsample, and the history says
   how many epochs it did, so a caller can notice an undertrained model (``TrainHistory.undertrained``).
@@ -79,7 +79,6 @@ def plan_lm(
         min_epochs=1.0,
         probe_threads=probe,
     )
-    # chat replies need the default vocabulary (it was tuned on the sandbox); an activity log's prompts are
-    # activity ids and attribute values, for which half of it is plenty
-    vocab = 4096 if serial.bare_clicks else 8192
-    return LMPlan(ModelConfig(), training, vocab, serial, prune)
+    # 4,096 tokens: as accurate as 8,192 on the sandbox's screens and replies, with a head half the size
+    # (decision 0019), and plenty for an activity log's activity ids and attribute values
+    return LMPlan(ModelConfig(), training, 4096, serial, prune)

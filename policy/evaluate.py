@@ -10,8 +10,11 @@ Per step:
 * **step success**: type and target equal and the value equal after normalising case, whitespace and
   punctuation (``normalise_value``);
 * **session success** (per trace): every scored step of the trace a step success;
-* **ceiling**: where steps carry the sandbox's ``bayes_p`` / ``bayes_type_p``, their mean is the accuracy of the
-  best possible policy (exact action / action type) on the same steps.
+* **ceiling**: where steps carry the sandbox's ``bayes_p`` / ``bayes_type_p``, their mean is the expected accuracy
+  of the best possible policy (exact action / action type) on the same steps; where they carry ``bayes_hit`` /
+  ``bayes_type_hit``, the share of hits is that policy's accuracy on them. Overall the two agree; on a group of
+  steps chosen by their gold action (per gold action type) only the second is that policy's accuracy: a step
+  where the best policy says "fill" with 0.8 and the operator toggled counts 0.8 in the first and 0 in the second.
 
 Breakdowns per process and per gold action type, and by whether the step's prefix (the ``type:target`` sequence
 of the earlier steps of its trace, per process) occurs in the training traces. Selective accuracy at a coverage
@@ -50,8 +53,10 @@ from schemas.trace import Trace
 BATCH_SIZE = 256
 CEILING_NOTE = (
     "Ceiling: the mean of the sandbox's `bayes_p` (`bayes_type_p` for tool accuracy), the expected accuracy of the "
-    "best possible policy on the steps that carry it. It bounds overall accuracy; per gold action type it is no "
-    "bound, since a policy that leans toward one type can beat it on that type and loses more on the others."
+    "best possible policy on the steps that carry it. It bounds overall accuracy. Per gold action type the mean "
+    "`bayes_p` is not that policy's accuracy (a step where it predicts another type still counts its `bayes_p`); "
+    "`best policy` is: how often the best possible policy's prediction was the step's action (`bayes_hit`). "
+    "Neither bounds a type, since a policy that leans toward one type can beat it there and loses more elsewhere."
 )
 DEFAULT_COVERAGES = (0.25, 0.5, 0.75)
 _WORD = re.compile(r"\w+")
@@ -121,6 +126,8 @@ class StepScore:
     bayes_p: float | None
     bayes_type_p: float | None
     prefix_seen: bool | None
+    bayes_hit: bool | None = None
+    bayes_type_hit: bool | None = None
 
 
 def _prefix_token(action: Action) -> str:
@@ -198,6 +205,8 @@ def score_steps(
                     confidence=prediction.confidence,
                     bayes_p=step.bayes_p,
                     bayes_type_p=step.bayes_type_p,
+                    bayes_hit=step.bayes_hit,
+                    bayes_type_hit=step.bayes_type_hit,
                     prefix_seen=prefix_seen,
                 )
             )
@@ -209,7 +218,8 @@ def score_steps(
 
 class SliceMetrics(BaseModel):
     """Mean scores over a set of steps. ``value_f1`` is over its ``send_steps`` (None when there are none); the
-    ceilings are over the ``ceiling_steps`` that carry the sandbox's probabilities (None when none do)."""
+    ceilings are over the ``ceiling_steps`` that carry the sandbox's probabilities (None when none do), the best
+    possible policy's accuracies over the ``bayes_steps`` that record whether it was right."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -222,6 +232,9 @@ class SliceMetrics(BaseModel):
     ceiling_steps: int
     ceiling_action: float | None
     ceiling_type: float | None
+    bayes_steps: int = 0
+    bayes_action_accuracy: float | None = None
+    bayes_type_accuracy: float | None = None
 
 
 class SelectivePoint(BaseModel):
@@ -262,6 +275,7 @@ def slice_metrics(scores: Sequence[StepScore]) -> SliceMetrics:
     n = len(scores)
     f1 = [s.value_f1 for s in scores if s.value_f1 is not None]
     ceiling = [(s.bayes_p, s.bayes_type_p) for s in scores if s.bayes_p is not None]
+    hits = [(s.bayes_hit, s.bayes_type_hit) for s in scores if s.bayes_hit is not None]
     return SliceMetrics(
         steps=n,
         tool_accuracy=sum(s.tool_ok for s in scores) / n,
@@ -272,6 +286,9 @@ def slice_metrics(scores: Sequence[StepScore]) -> SliceMetrics:
         ceiling_steps=len(ceiling),
         ceiling_action=_mean([p for p, _ in ceiling if p is not None]),
         ceiling_type=_mean([t for _, t in ceiling if t is not None]),
+        bayes_steps=len(hits),
+        bayes_action_accuracy=_mean([float(hit) for hit, _ in hits]),
+        bayes_type_accuracy=_mean([float(hit) for _, hit in hits if hit is not None]),
     )
 
 
@@ -447,8 +464,11 @@ def _breakdown(
     keys = sorted({k for r in results.values() for k in get(r)})
     first = next(iter(results.values()))
     head = [what, "steps", *(f"{name} action acc" for name in results)]
+    best_policy = ceiling is not None and ceiling.overall.bayes_action_accuracy is not None
     if ceiling is not None:
         head.append("ceiling")
+    if best_policy:
+        head.append("best policy")
     lines = [_row(head), _row("---" for _ in head)]
     for key in [*keys, "all"]:
         if key == "all":
@@ -456,6 +476,8 @@ def _breakdown(
             cells += [_fmt(r.overall.action_accuracy) for r in results.values()]
             if ceiling is not None:
                 cells.append(_fmt(ceiling.overall.ceiling_action))
+            if ceiling is not None and best_policy:
+                cells.append(_fmt(ceiling.overall.bayes_action_accuracy))
         else:
             base = get(first).get(key)
             cells = [key, str(base.steps) if base else "–"]
@@ -465,5 +487,7 @@ def _breakdown(
             if ceiling is not None:
                 m = get(ceiling).get(key)
                 cells.append(_fmt(m.ceiling_action if m else None))
+                if best_policy:
+                    cells.append(_fmt(m.bayes_action_accuracy if m else None))
         lines.append(_row(cells))
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from policy.rows import named_rows
 from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, to_slots, value_sources
 from policy.words import word_matches
 from schemas.actions import (
@@ -101,6 +102,11 @@ class SerialConfig:
       settle without naming them ("charged twice": ``duplicate``; ``proof=signature``: ``wait_24h``), as
       ``OptionCues`` (``policy.option_cues``) learned them from the traces. False in models saved before this
       field.
+    * ``named_rows``: a table row the customer names is marked ``~`` (the same mark as a select's options the
+      customer names): the order line of the item they say is damaged, the invoice line of the charge they
+      dispute. The refund amount and the dispute note copy that row's price; unmarked, the default policy chose
+      among the rows by chance (half of its refund amounts and notes on the sandbox's test cases were another
+      row's). False in models saved before this field.
     """
 
     chat_messages: int = 4
@@ -115,6 +121,7 @@ class SerialConfig:
     opening_messages: int = 1
     pending_requests: bool = True
     option_cues: bool = True
+    named_rows: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
@@ -125,8 +132,10 @@ class SerialConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SerialConfig:
         """The config saved with a model; a field the save predates keeps the layout that model was trained
-        with (no opening messages, no pending requests, no option cues)."""
-        return cls(**{"opening_messages": 0, "pending_requests": False, "option_cues": False, **data})
+        with (no opening messages, no pending requests, no option cues, no named rows)."""
+        return cls(
+            **{"opening_messages": 0, "pending_requests": False, "option_cues": False, "named_rows": False, **data}
+        )
 
     @classmethod
     def for_traces(cls, traces: Sequence[Trace]) -> SerialConfig:
@@ -294,9 +303,11 @@ def serialise_state(
             for k, v in sorted(panel.fields.items())
             if v != "" and k not in dropped and f"{panel_id}.{k}" not in dropped
         )
+        kept = panel.rows[:MAX_ROWS]
+        marks = named_rows(kept, state) if cfg.named_rows else [False] * len(kept)
         rows = " / ".join(
-            ", ".join(f"{k}={_cut(v, cfg.value_chars)}" for k, v in sorted(row.items()))
-            for row in panel.rows[:MAX_ROWS]
+            ("~" if marked else "") + ", ".join(f"{k}={_cut(v, cfg.value_chars)}" for k, v in sorted(row.items()))
+            for row, marked in zip(kept, marks, strict=True)
         )
         lines.append(f"panel {panel_id}: " + " | ".join(part for part in (fields, rows) if part))
     if state.chat:

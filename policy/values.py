@@ -87,6 +87,8 @@ def mask_entities(text: str) -> str:
 
 def value_sources(state: UIState) -> dict[str, str]:
     """Named copyable values of a state, in priority order (dict order). Deterministic for equal states."""
+    from policy.rows import named_row  # here, not at the top: policy.words, which it uses, imports this module
+
     sources: dict[str, str] = {}
 
     def add(name: str, value: object) -> None:
@@ -105,6 +107,10 @@ def value_sources(state: UIState) -> dict[str, str]:
             if len(words) > 1 and words[0].isalpha() and words[0][0].isupper():
                 add(f"panel.{panel_id}.{field}.first", words[0])  # "Hana Smith" is greeted as "Hana"
         if len(panel.rows) > 1:
+            named = named_row(panel.rows[:MAX_ROWS], state)
+            if named is not None:
+                for column, value in sorted(panel.rows[named].items()):
+                    add(f"row.{panel_id}.named.{column}", value)
             for column, value in sorted(panel.rows[-1].items()):
                 add(f"row.{panel_id}.last.{column}", value)
         for i, row in enumerate(panel.rows[:MAX_ROWS]):

@@ -4,7 +4,8 @@ At every step the best possible policy sees only the UIState. It does not know w
 but it can infer the operator's style from what has been done so far. The simulator tracks exactly that: a
 posterior over the operator pool, updated with the likelihood of every action taken. The predictive
 distribution P(action | state so far) = sum over operators of posterior x the operator's own distribution, and
-``bayes_p`` = its maximum: the probability that the Bayes-optimal policy predicts this step exactly.
+``bayes_p`` = its maximum: the probability that the Bayes-optimal policy predicts this step exactly, and
+``bayes_hit`` = whether it did (its mean over the steps of one action type is that policy's accuracy on them).
 """
 
 from __future__ import annotations
@@ -39,15 +40,22 @@ class StepModel:
 
     @property
     def bayes_type_p(self) -> float:
+        return max(self._type_mass().values(), default=0.0)
+
+    def _type_mass(self) -> dict[str, float]:
         by_type: dict[str, float] = defaultdict(float)
         for action, p in self.predictive.values():
             by_type[action.type] += p
-        return max(by_type.values(), default=0.0)
+        return by_type
 
     def best(self) -> Action | None:
         if not self.predictive:
             return None
         return max(self.predictive.values(), key=lambda ap: ap[1])[0]
+
+    def best_type(self) -> str | None:
+        by_type = self._type_mass()
+        return max(by_type, key=by_type.__getitem__, default=None)
 
 
 def step_model(
@@ -118,6 +126,7 @@ def work_case(
             platform._end(case, "stuck", None)  # no playbook item left: a modelling gap, counted by tests
             break
         action = sample(own, rng)
+        best = model.best()
         seconds = operator.action_seconds(action, rng) + reading
         handling += seconds
         # model_construct: the state was validated when observed and the rest is the simulator's own data;
@@ -131,6 +140,8 @@ def work_case(
                 duration_s=round(seconds, 2),
                 bayes_p=round(min(1.0, model.bayes_p), 6),
                 bayes_type_p=round(min(1.0, model.bayes_type_p), 6),
+                bayes_hit=best is not None and action_key(best) == action_key(action),
+                bayes_type_hit=model.best_type() == action.type,
             )
         )
         posterior = update_posterior(posterior, model, action_key(action))

@@ -36,6 +36,13 @@ class TraceStep(Strict):
         "action exactly (computed by the sandbox from its own generative model; None when unknown).",
     )
     bayes_type_p: float | None = Field(default=None, ge=0.0, le=1.0, description="The same for the action type alone.")
+    bayes_hit: bool | None = Field(
+        default=None,
+        description="Whether the best possible policy's prediction (the most probable action given the state) is "
+        "this step's action exactly. Its mean over a group of steps chosen by their action, such as the steps of "
+        "one action type, is that policy's accuracy there, which the mean of bayes_p is not.",
+    )
+    bayes_type_hit: bool | None = Field(default=None, description="The same for the action type alone.")
 
 
 class Trace(Payload):

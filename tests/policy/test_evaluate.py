@@ -219,3 +219,30 @@ def test_values_normalise_and_token_f1() -> None:
     assert not step_success(SelectOption(control_id="t", option="plus"), SelectOption(control_id="s", option="plus"))
     assert not step_success(TransferChat(queue="billing"), TransferChat(queue="tier2"))
     assert not step_success(ClickControl(control_id="done"), CloseChat(resolution="done"))
+
+
+def test_best_policy_accuracy_per_gold_type_counts_its_hits_not_its_probabilities() -> None:
+    """At both steps the best possible policy says "click a" with 0.8: it is right where the operator clicked and
+    wrong where they closed. Per gold type the mean bayes_p says 0.8 for both; the hits say 1 and 0."""
+    trace = _trace("h", "p1", [(A, A, 0.9, 0.8), (DONE, A, 0.9, 0.8)])
+    steps = [
+        step.model_copy(update={"bayes_hit": hit, "bayes_type_hit": hit})
+        for step, hit in zip(trace.steps, (True, False), strict=True)
+    ]
+    trace = trace.model_copy(update={"steps": steps})
+
+    class Clicks(Fake):
+        def predict(self, states: Sequence[UIState]) -> list[Prediction]:
+            return [Prediction(A, 0.9) for _ in states]
+
+    result = evaluate(Clicks(), [trace])
+    click, close = result.per_action_type["click_control"], result.per_action_type["close_chat"]
+    assert (click.ceiling_action, click.bayes_action_accuracy) == (pytest.approx(0.8), 1.0)
+    assert (close.ceiling_action, close.bayes_action_accuracy) == (pytest.approx(0.8), 0.0)
+    assert (result.overall.ceiling_action, result.overall.bayes_steps) == (pytest.approx(0.8), 2)
+    assert result.overall.bayes_action_accuracy == pytest.approx(0.5)
+    table = render_table({"clicks": result})
+    assert "| gold action type | steps | clicks action acc | ceiling | best policy |" in table
+    assert "| close_chat | 1 | 0.0000 | 0.8000 | 0.0000 |" in table
+    # traces without the hits (older ones, other sources) keep the table as it was
+    assert "best policy |" not in render_table({"fake": evaluate(Fake(), TEST, TRAIN)})

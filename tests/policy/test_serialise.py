@@ -117,6 +117,47 @@ def test_the_latest_row_of_a_table_is_one_slot_whatever_the_tables_length() -> N
     assert "row.order.last.hub" not in value_sources(scans(["Leeds"]))  # one row: no table to read from
 
 
+def test_the_row_the_customer_names_is_marked() -> None:
+    lines = [
+        {"item": "blender", "price": "52.11"},
+        {"item": "running shoes", "price": "167.80"},
+        {"item": "coffee machine", "price": "99.90"},
+    ]
+
+    def order(*said: str) -> str:
+        chat = [ChatMessage(role=ChatRole.CUSTOMER, text=text) for text in said]
+        state = _state(panels={"order": Panel(fields={"status": "delivered"}, rows=lines)}, chat=chat)
+        return next(line for line in serialise_state(state).splitlines() if line.startswith("panel order"))
+
+    # named in the opening, with a typo, long before the recent window: the whole chat is read
+    later = [f"turn {i}" for i in range(8)]
+    marked = order("My runing shoes arrived broken. Order ORD-123456.", *later)
+    assert "item=blender, price=52.11 / ~item=running shoes, price=167.80 / item=coffee machine" in marked
+    assert "~" not in order("Something arrived broken.")  # no row named
+    assert "~" not in order("The blender, the running shoes and the coffee machine are broken.")  # every row
+    assert "~" not in order("The running socks were damaged.")  # one word of the item's two
+    # models saved before the field keep the layout they were trained with
+    saved = {k: v for k, v in SerialConfig().to_dict().items() if k != "named_rows"}
+    assert SerialConfig.from_dict(saved).named_rows is False
+
+
+def test_the_one_row_the_customer_names_is_a_slot_whatever_its_place() -> None:
+    def refund(items: list[str]) -> UIState:
+        rows = [{"item": item, "price": f"{10 * (i + 1)}.50"} for i, item in enumerate(items)]
+        chat = [ChatMessage(role=ChatRole.CUSTOMER, text="My blender arrived broken.")]
+        return _state(panels={"order": Panel(fields={"status": "delivered"}, rows=rows)}, chat=chat)
+
+    first, middle = refund(["blender", "desk lamp", "backpack"]), refund(["desk lamp", "blender", "backpack"])
+    for state, price in [(first, "10.50"), (middle, "20.50")]:
+        assert action_text(FillField(control_id="order_id", value=price), state) == (
+            "fill order_id = ⟦row.order.named.price⟧"
+        )
+        assert parse_action_text("fill order_id = ⟦row.order.named.price⟧", state).value == price  # type: ignore[union-attr]
+    # two rows named, or none: no such slot
+    assert "row.order.named.price" not in value_sources(refund(["blender", "blender", "desk lamp"]))
+    assert "row.order.named.price" not in value_sources(refund(["desk lamp", "backpack"]))
+
+
 def test_durations_are_bucketed() -> None:
     assert [coarse_duration(s) for s in (0, 5, 30, 300, 3000, 7200, 20000, 2 * 86400, 30 * 86400)] == [
         "0s", "<10s", "<1m", "<10m", "<1h", "<4h", "<1d", "2d", "4w"

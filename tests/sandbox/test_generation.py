@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from importers.jsonl import read_traces
+from sandbox.ceiling import ceiling_table
 from sandbox.copilot import run_copilot
 from sandbox.generate import generate, iter_traces
 from sandbox.operators import operator_pool
@@ -68,11 +69,14 @@ def test_held_out_process_never_appears() -> None:
 
 
 def test_ceiling_is_the_accuracy_of_the_bayes_optimal_policy() -> None:
-    """The mean per-step ceiling must match how often the Bayes-optimal proposal equals what the operator does."""
+    """The mean per-step ceiling must match how often the Bayes-optimal proposal equals what the operator does,
+    and each step's recorded hit is whether it did."""
     traces = iter_traces(300, seed=21)
     predicted = 0.0
     hits = 0
     total = 0
+    recorded_hits: list[tuple[bool | None, bool | None]] = []
+    replayed_hits: list[tuple[bool, bool]] = []
     platform = SandboxPlatform(Scenario(), 21)
     pool = operator_pool(12, 21)
     for trace in traces:
@@ -85,6 +89,8 @@ def test_ceiling_is_the_accuracy_of_the_bayes_optimal_policy() -> None:
             assert best is not None
             hits += int(action_key(best) == action_key(step.action))
             predicted += model.bayes_p
+            recorded_hits.append((step.bayes_hit, step.bayes_type_hit))
+            replayed_hits.append((action_key(best) == action_key(step.action), model.best_type() == step.action.type))
             total += 1
             posterior = update_posterior(posterior, model, action_key(step.action))
             platform.apply(case_id, step.action)
@@ -92,6 +98,13 @@ def test_ceiling_is_the_accuracy_of_the_bayes_optimal_policy() -> None:
     # and the recorded per-step ceilings are the same numbers
     recorded = sum(s.bayes_p or 0.0 for t in traces for s in t.steps) / total
     assert abs(recorded - predicted / total) < 1e-3
+    assert recorded_hits == replayed_hits
+    assert any(not hit for hit, _ in recorded_hits) and any(hit for hit, _ in recorded_hits)
+    assert sum(type_hit for _, type_hit in replayed_hits) > hits  # the type is right more often than the action
+    rows = {row.group: row for row in ceiling_table(traces)}
+    assert rows["all"].best_policy == pytest.approx(hits / total)
+    # per the step's own action type the mean bayes_p is not the best policy's accuracy: some type differs
+    assert any(abs((row.best_policy or 0.0) - row.action) > 0.02 for row in rows.values())
 
 
 def test_copilot_acceptance_is_realistic_not_perfect() -> None:
@@ -122,4 +135,5 @@ def test_cli_generate_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
         main(["sandbox", "generate", "--sessions", "0", "--out", str(tmp_path / "y.jsonl")])
     assert exit_info.value.code == 2
     assert main(["sandbox", "ceiling", str(out)]) == 0
-    assert "| all |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| all |" in printed and "best policy's accuracy" in printed

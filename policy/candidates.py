@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from policy.serialise import ActionTextError, action_text, literal_action_text, parse_action_text
-from policy.values import SLOT_CLOSE, SLOT_OPEN, value_sources
+from policy.slots import SLOT_CLOSE, SLOT_OPEN
+from policy.values import value_sources
 from schemas.actions import (
     Action,
     ActionValidationError,

@@ -103,10 +103,10 @@ class SerialConfig:
       ``OptionCues`` (``policy.option_cues``) learned them from the traces. False in models saved before this
       field.
     * ``named_rows``: a table row the customer names is marked ``~`` (the same mark as a select's options the
-      customer names): the order line of the item they say is damaged, the invoice line of the charge they
-      dispute. The refund amount and the dispute note copy that row's price; unmarked, the default policy chose
-      among the rows by chance (half of its refund amounts and notes on the sandbox's test cases were another
-      row's). False in models saved before this field.
+      customer names, ``policy.rows``): the order line of the item they say is damaged, the invoice line of the
+      charge they dispute. The one named row's values are also slots of their own (``policy.values``): the mark
+      alone did not teach a small model which numbered row to copy (decision 0021). False in models saved
+      before this field.
     """
 
     chat_messages: int = 4

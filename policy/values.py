@@ -10,6 +10,8 @@ Sources, in priority order (the first source with a given value names it):
 
 * ``screen.<control>``: the screen's current non-empty values;
 * ``panel.<panel>.<field>``: read-only panel fields (lookup results, the customer record, the clipboard);
+* ``row.<panel>.named.<column>``: cells of the one row of a table the customer names (``policy.rows``), ahead of
+  ``last`` and the numbered rows: a refund copies the price of the item the customer named, whichever line;
 * ``row.<panel>.last.<column>``: cells of the last row of a table of two or more rows, ahead of the numbered
   rows: tables of events (a parcel's scans, a case's history) are read from their latest row, and a table's
   length varies from case to case, so "the latest scan" is one slot, not one per table length;
@@ -30,11 +32,10 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 
+from policy.rows import named_row
+from policy.slots import SLOT, SLOT_CLOSE, SLOT_OPEN
 from schemas.state import ChatMessage, ChatRole, UIState
 
-SLOT_OPEN = "⟦"
-SLOT_CLOSE = "⟧"
-SLOT = re.compile(r"⟦([^⟦⟧]+)⟧")
 MAX_ROWS = 5
 MIN_SOURCE_CHARS = 3  # shorter values ("on", "1") would be replaced inside unrelated words and numbers
 MAX_OCCURRENCES = 3
@@ -87,8 +88,6 @@ def mask_entities(text: str) -> str:
 
 def value_sources(state: UIState) -> dict[str, str]:
     """Named copyable values of a state, in priority order (dict order). Deterministic for equal states."""
-    from policy.rows import named_row  # here, not at the top: policy.words, which it uses, imports this module
-
     sources: dict[str, str] = {}
 
     def add(name: str, value: object) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from difflib import SequenceMatcher
 from functools import lru_cache
 
-from policy.values import SLOT
+from policy.slots import SLOT
 from schemas.state import ChatRole, UIState
 
 MIN_CUE_WORD = 4  # shorter words ("the", "and", "my") name nothing a case turns on

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from policy.readers import Reader, process_key
-from policy.values import recent_chat
-from policy.words import MIN_CUE_WORD, similar, typo_folding, words_of
+from policy.values import said_by_customer
+from policy.words import MIN_CUE_WORD, similar, typo_folding
 from schemas.actions import SelectOption
-from schemas.state import ChatRole, UIState
+from schemas.state import UIState
 from schemas.trace import Trace
 
 MAX_FACT_CHARS = 40  # longer panel values are texts, not facts an option turns on
@@ -39,7 +39,7 @@ MAX_FACT_CHARS = 40  # longer panel values are texts, not facts an option turns 
 
 def customer_words(state: UIState) -> set[str]:
     """The words of the customer's messages the policy reads (``recent_chat``), four letters or more."""
-    return {w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in words_of(m.text, MIN_CUE_WORD)}
+    return said_by_customer(state, MIN_CUE_WORD)
 
 
 def panel_facts(state: UIState) -> set[str]:

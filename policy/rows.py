@@ -2,7 +2,8 @@
 charge they dispute.
 
 A row is named when one of its word values (letters and spaces, such as an item or a charge) has every word among
-the words of the customer's messages, typos allowed (``policy.words.similar``). The prompt marks such rows
+the words of the customer's messages the policy reads (the last ``CHAT_WINDOW``:
+``policy.values.said_by_customer``), typos allowed (``policy.words.similar``). The prompt marks such rows
 (``SerialConfig.named_rows``) and, where exactly one row is named, its values are slots of their own
 (``row.<panel>.named.<column>``, ``policy.values.value_sources``), as the latest row's are: a refund amount or a
 dispute note copies that row's price, and a template that says "the named row" is one template whichever line of
@@ -14,8 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from policy.words import customer_said, similar, words_of
-from schemas.state import UIState
+from policy.words import similar, words_of
 
 _WORD_VALUE = re.compile(r"[a-z][a-z ]{2,39}")
 
@@ -27,17 +27,16 @@ def _names(value: str, words: set[str]) -> bool:
     return bool(parts) and all(any(similar(p, w) for w in words) for p in parts)
 
 
-def named_rows(rows: Sequence[Mapping[str, str]], state: UIState) -> list[bool]:
-    """Which of ``rows`` the customer of ``state`` names. All False when every row is: a mark on each row
-    says nothing."""
-    words = customer_said(state)
+def named_rows(rows: Sequence[Mapping[str, str]], words: set[str]) -> list[bool]:
+    """Which of ``rows`` the customer's ``words`` (``policy.values.said_by_customer``) name. All False when every
+    row is: a mark on each row says nothing."""
     if not words:
         return [False] * len(rows)
     named = [any(_names(value, words) for value in row.values()) for row in rows]
     return [False] * len(rows) if all(named) else named
 
 
-def named_row(rows: Sequence[Mapping[str, str]], state: UIState) -> int | None:
-    """The index of the one row the customer names; None when none or several are."""
-    named = named_rows(rows, state)
+def named_row(rows: Sequence[Mapping[str, str]], words: set[str]) -> int | None:
+    """The index of the one row the customer's ``words`` name; None when none or several are."""
+    named = named_rows(rows, words)
     return named.index(True) if named.count(True) == 1 else None

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from policy.rows import named_rows
-from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, to_slots, value_sources
+from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, said_by_customer, to_slots, value_sources
 from policy.words import word_matches
 from schemas.actions import (
     Action,
@@ -304,7 +304,7 @@ def serialise_state(
             if v != "" and k not in dropped and f"{panel_id}.{k}" not in dropped
         )
         kept = panel.rows[:MAX_ROWS]
-        marks = named_rows(kept, state) if cfg.named_rows else [False] * len(kept)
+        marks = named_rows(kept, said_by_customer(state)) if cfg.named_rows and kept else [False] * len(kept)
         rows = " / ".join(
             ("~" if marked else "") + ", ".join(f"{k}={_cut(v, cfg.value_chars)}" for k, v in sorted(row.items()))
             for row, marked in zip(kept, marks, strict=True)

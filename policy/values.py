@@ -34,6 +34,7 @@ from functools import lru_cache
 
 from policy.rows import named_row
 from policy.slots import SLOT, SLOT_CLOSE, SLOT_OPEN
+from policy.words import words_of
 from schemas.state import ChatMessage, ChatRole, UIState
 
 MAX_ROWS = 5
@@ -81,6 +82,11 @@ def recent_chat(state: UIState) -> list[ChatMessage]:
     return state.chat[-CHAT_WINDOW:]
 
 
+def said_by_customer(state: UIState, min_len: int = 3) -> set[str]:
+    """The words of the customer's messages among those the policy reads (``recent_chat``; ``words_of``)."""
+    return {w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in words_of(m.text, min_len)}
+
+
 def mask_entities(text: str) -> str:
     """``text`` with identifiers replaced by their kind (``#id``, ``#date``...); amounts and names are kept."""
     return _MASK.sub(lambda m: f"#{m.lastgroup}", text)
@@ -99,6 +105,7 @@ def value_sources(state: UIState) -> dict[str, str]:
         if isinstance(value, bool):
             continue
         add(f"screen.{control_id}", value)
+    said: set[str] | None = None  # the customer's words, read once and only for a state with a table
     for panel_id, panel in sorted(state.panels.items()):
         for field, value in sorted(panel.fields.items()):
             add(f"panel.{panel_id}.{field}", value)
@@ -106,7 +113,8 @@ def value_sources(state: UIState) -> dict[str, str]:
             if len(words) > 1 and words[0].isalpha() and words[0][0].isupper():
                 add(f"panel.{panel_id}.{field}.first", words[0])  # "Hana Smith" is greeted as "Hana"
         if len(panel.rows) > 1:
-            named = named_row(panel.rows[:MAX_ROWS], state)
+            said = said_by_customer(state) if said is None else said
+            named = named_row(panel.rows[:MAX_ROWS], said)
             if named is not None:
                 for column, value in sorted(panel.rows[named].items()):
                     add(f"row.{panel_id}.named.{column}", value)

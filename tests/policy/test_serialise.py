@@ -129,7 +129,7 @@ def test_the_row_the_customer_names_is_marked() -> None:
         state = _state(panels={"order": Panel(fields={"status": "delivered"}, rows=lines)}, chat=chat)
         return next(line for line in serialise_state(state).splitlines() if line.startswith("panel order"))
 
-    # named in the opening, with a typo, long before the recent window: the whole chat is read
+    # named in the opening, with a typo, eight messages back (beyond the prompt's last four, within the window)
     later = [f"turn {i}" for i in range(8)]
     marked = order("My runing shoes arrived broken. Order ORD-123456.", *later)
     assert "item=blender, price=52.11 / ~item=running shoes, price=167.80 / item=coffee machine" in marked
@@ -245,8 +245,10 @@ def test_a_huge_chat_costs_the_work_of_its_last_messages_only() -> None:
     from policy.values import CHAT_WINDOW
 
     chat = [ChatMessage(role=ChatRole.CUSTOMER, text=_entity_heavy(i)) for i in range(600)]
-    huge = _state(chat=chat)
-    window = _state(chat=chat[-CHAT_WINDOW:])
+    chat[0] = ChatMessage(role=ChatRole.CUSTOMER, text="My blender arrived broken.")  # beyond the window
+    lines = [{"item": "blender", "price": "52.11"}, {"item": "desk lamp", "price": "19.99"}]
+    huge = _state(chat=chat, panels={"order": Panel(fields={"status": "delivered"}, rows=lines)})
+    window = huge.model_copy(update={"chat": chat[-CHAT_WINDOW:]})
     started = time.perf_counter()
     sources = value_sources(huge)
     prompt = serialise_state(huge)
@@ -254,6 +256,7 @@ def test_a_huge_chat_costs_the_work_of_its_last_messages_only() -> None:
     # The documented rule: the policy reads the last CHAT_WINDOW messages; older ones change nothing.
     assert sources == value_sources(window)
     assert prompt == serialise_state(window)
+    assert "~" not in prompt and not any(".named." in name for name in sources)  # the blender is out of reach
     # Before the rule, 600 such messages took ~25 s here (a quadratic entity scan over every message).
     assert elapsed < 2.0, elapsed
 

@@ -42,7 +42,7 @@ from typing import Self
 from policy.readers import Reader
 from policy.requests import ANSWER_CASES
 from policy.serialise import action_text
-from policy.words import customer_said, matches_template, says, similar, words_of
+from policy.words import WORD_VALUE, customer_said, matches_template, names, says, words_of
 from schemas.actions import SendTextToChat
 from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
@@ -50,13 +50,6 @@ from schemas.trace import Trace
 MAX_VALUES = 100  # a field with more distinct values is an identifier or a text, not a vocabulary
 MIN_NAMED = 0.5
 NAMED = "⟪named⟫"  # a query's slot for the value the customer named (the record's own value has a panel slot)
-_VALUE = re.compile(r"[a-z][a-z ]{2,39}")
-
-
-def _names(value: str, words: set[str]) -> bool:
-    """Whether ``words`` (a customer's) name ``value``: each of its words is one of them, typos allowed."""
-    parts = words_of(value)
-    return bool(parts) and all(any(similar(p, w) for w in words) for p in parts)
 
 
 def _field_values(state: UIState) -> Iterable[tuple[str, str]]:
@@ -64,7 +57,7 @@ def _field_values(state: UIState) -> Iterable[tuple[str, str]]:
     for panel_id, panel in state.panels.items():
         for name, value in panel.fields.items():
             text = value.strip().lower()
-            if _VALUE.fullmatch(text):
+            if WORD_VALUE.fullmatch(text):
                 yield f"{panel_id}.{name}", text
 
 
@@ -74,7 +67,7 @@ def _generalised(reply: str, state: UIState, vocabulary: dict[str, list[str]], w
     for key, known in vocabulary.items():
         shown = _value(state, key)
         for value in known:
-            if value != shown and says(reply.lower(), value) and _names(value, words):
+            if value != shown and says(reply.lower(), value) and names(value, words):
                 reply = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", NAMED, reply, flags=re.IGNORECASE)
     return reply
 
@@ -102,7 +95,7 @@ class RecordCheck(Reader):
                 for key, value in _field_values(step.state):
                     values[key][value] += 1
                     shown[key] += 1
-                    named[key] += _names(value, words)
+                    named[key] += names(value, words)
         vocabulary = {
             key: sorted(counts)
             for key, counts in values.items()
@@ -191,7 +184,7 @@ class RecordCheck(Reader):
     def _named_values(self, state: UIState, key: str) -> list[str]:
         """The field's values the customer named, other than the panel's."""
         shown, customer = _value(state, key), customer_said(state)
-        return [v for v in self.vocabulary_.get(key, []) if v != shown and _names(v, customer)]
+        return [v for v in self.vocabulary_.get(key, []) if v != shown and names(v, customer)]
 
     def _names_other(self, text: str, state: UIState, key: str) -> bool:
         lowered, shown, named = text.lower(), _value(state, key), self._named_values(state, key)
@@ -218,8 +211,8 @@ def _contradicted(state: UIState, vocabulary: dict[str, list[str]], words: set[s
         known = vocabulary.get(key)
         if known is None or value not in known:
             continue
-        if _names(value, words):
+        if names(value, words):
             continue
-        if any(_names(other, words) for other in known if other != value):
+        if any(names(other, words) for other in known if other != value):
             out.append(key)
     return out

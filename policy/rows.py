@@ -3,7 +3,7 @@ charge they dispute.
 
 A row is named when one of its word values (letters and spaces, such as an item or a charge) has every word among
 the words of the customer's messages the policy reads (the last ``CHAT_WINDOW``:
-``policy.values.said_by_customer``), typos allowed (``policy.words.similar``). The prompt marks such rows
+``policy.values.said_by_customer``), typos allowed (``policy.words.names``, the record check's matcher). The prompt marks such rows
 (``SerialConfig.named_rows``) and, where exactly one row is named, its values are slots of their own
 (``row.<panel>.named.<column>``, ``policy.values.value_sources``), as the latest row's are: a refund amount or a
 dispute note copies that row's price, and a template that says "the named row" is one template whichever line of
@@ -12,19 +12,13 @@ the table it is, where a row number differs from case to case.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
-from policy.words import similar, words_of
-
-_WORD_VALUE = re.compile(r"[a-z][a-z ]{2,39}")
+from policy.words import WORD_VALUE, names
 
 
 def _names(value: str, words: set[str]) -> bool:
-    if _WORD_VALUE.fullmatch(value.lower()) is None:
-        return False
-    parts = words_of(value)
-    return bool(parts) and all(any(similar(p, w) for w in words) for p in parts)
+    return WORD_VALUE.fullmatch(value.lower()) is not None and names(value, words)
 
 
 def named_rows(rows: Sequence[Mapping[str, str]], words: set[str]) -> list[bool]:

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 from policy.rows import named_row
 from policy.slots import SLOT, SLOT_CLOSE, SLOT_OPEN
-from policy.words import words_of
+from policy.words import customer_words_in
 from schemas.state import ChatMessage, ChatRole, UIState
 
 MAX_ROWS = 5
@@ -84,7 +84,7 @@ def recent_chat(state: UIState) -> list[ChatMessage]:
 
 def said_by_customer(state: UIState, min_len: int = 3) -> set[str]:
     """The words of the customer's messages among those the policy reads (``recent_chat``; ``words_of``)."""
-    return {w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in words_of(m.text, min_len)}
+    return customer_words_in(recent_chat(state), min_len)
 
 
 def mask_entities(text: str) -> str:

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
 from functools import lru_cache
 
 from policy.slots import SLOT
-from schemas.state import ChatRole, UIState
+from schemas.state import ChatMessage, ChatRole, UIState
 
 MIN_CUE_WORD = 4  # shorter words ("the", "and", "my") name nothing a case turns on
 MATCH_SHARE = 0.8  # a message says what a reply template says when it holds this share of the template's words
+WORD_VALUE = re.compile(r"[a-z][a-z ]{2,39}")  # a value made of words (an item, a charge), not an id or a text
 
 
 def words_of(text: str, min_len: int = 3) -> set[str]:
@@ -28,9 +29,14 @@ def says(text: str, value: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
 
 
+def customer_words_in(messages: Iterable[ChatMessage], min_len: int = 3) -> set[str]:
+    """The words of the customer's messages among ``messages`` (``words_of``)."""
+    return {w for m in messages if m.role == ChatRole.CUSTOMER for w in words_of(m.text, min_len)}
+
+
 def customer_said(state: UIState, min_len: int = 3) -> set[str]:
     """The words of every customer message of the state (``words_of``)."""
-    return {w for m in state.chat if m.role == ChatRole.CUSTOMER for w in words_of(m.text, min_len)}
+    return customer_words_in(state.chat, min_len)
 
 
 def word_matches(word: str, words: Sequence[str]) -> bool:
@@ -44,6 +50,13 @@ def similar(word: str, other: str) -> bool:
     shorter at most: "look" is not "looked", "does" not "doesn't". Cached: the readers ask it for the same
     word pairs on every proposal (a ``SequenceMatcher`` each, ~90 a guarded proposal)."""
     return word == other or (len(word) >= 5 and abs(len(word) - len(other)) <= 1 and word_matches(word, [other]))
+
+
+def names(value: str, words: set[str]) -> bool:
+    """Whether ``words`` (a customer's) name ``value``: each of its words is one of them, typos allowed
+    (``similar``)."""
+    parts = words_of(value)
+    return bool(parts) and all(any(similar(p, w) for w in words) for p in parts)
 
 
 def typo_folding(counts: Counter[str], rare: int = 3, common: int = 10) -> dict[str, str]:

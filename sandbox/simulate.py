@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cached_property
 
 from sandbox.operators import (
     READ_SECONDS,
@@ -40,9 +41,11 @@ class StepModel:
 
     @property
     def bayes_type_p(self) -> float:
-        return max(self._type_mass().values(), default=0.0)
+        return max(self._type_mass.values(), default=0.0)
 
+    @cached_property
     def _type_mass(self) -> dict[str, float]:
+        """The predictive's mass per action type (read for ``bayes_type_p`` and ``best_type`` at every step)."""
         by_type: dict[str, float] = defaultdict(float)
         for action, p in self.predictive.values():
             by_type[action.type] += p
@@ -54,7 +57,7 @@ class StepModel:
         return max(self.predictive.values(), key=lambda ap: ap[1])[0]
 
     def best_type(self) -> str | None:
-        by_type = self._type_mass()
+        by_type = self._type_mass
         return max(by_type, key=by_type.__getitem__, default=None)
 
 

@@ -33,6 +33,7 @@ from policy.requests import RequestTracker
 from policy.saved import POLICY_FILE, read_meta
 from policy.scoring import next_token_logprobs, score_candidates
 from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text, serialise_state
+from policy.styles import OperatorStyles
 from policy.tokenizer import PAD, train_tokenizer
 from policy.train import Example, TrainConfig, TrainHistory, train
 from schemas.actions import Action, action_key
@@ -90,6 +91,7 @@ class LMPolicy:
     record_check_: RecordCheck | None = field(default=None, init=False, repr=False)
     preconditions_: Preconditions | None = field(default=None, init=False, repr=False)
     choices_: OpenChoices | None = field(default=None, init=False, repr=False)
+    styles_: OperatorStyles | None = field(default=None, init=False, repr=False)
     codec_: Codec | None = field(default=None, init=False, repr=False)
     model_: PreTrainedModel | None = field(default=None, init=False, repr=False)
     history_: TrainHistory | None = field(default=None, init=False, repr=False)
@@ -128,6 +130,7 @@ class LMPolicy:
         self.record_check_ = RecordCheck().fit(traces)
         self.preconditions_ = Preconditions().fit(traces)
         self.choices_ = OpenChoices().fit(traces, self.cues_)
+        self.styles_ = OperatorStyles().fit(traces) if self.serial.operator_style else None
         train_texts, val_texts = self._texts(traces), self._texts(val_traces)
         self.bank_ = TemplateBank(max_per_target=self.max_templates)
         for process_id, _, target_text in train_texts:
@@ -173,9 +176,8 @@ class LMPolicy:
             digest.update(tensor.detach().cpu().numpy().tobytes()[:4096])
         # The readers change what the policy proposes as much as the weights do (the pending line, the answers
         # offered, the guard's rules): a policy refitted with other readers is another version.
-        readers = [
-            r.to_dict() for r in (self.requests_, self.cues_, self.record_check_, self.preconditions_, self.choices_)
-        ]
+        learned = (self.requests_, self.cues_, self.record_check_, self.preconditions_, self.choices_, self.styles_)
+        readers = [r.to_dict() for r in learned if r is not None]
         digest.update(json.dumps(readers, sort_keys=True).encode())
         self.version_ = f"lm-{digest.hexdigest()}"
         return self
@@ -262,8 +264,8 @@ class LMPolicy:
 
     def prompt(self, state: UIState) -> str:
         """The state as this policy reads it: its serialisation with the learned readers (pending requests,
-        option cues)."""
-        return serialise_state(state, self.serial, self.requests_, self.cues_)
+        option cues, the operator's style)."""
+        return serialise_state(state, self.serial, self.requests_, self.cues_, self.styles_)
 
     def candidates(self, state: UIState) -> list[Candidate]:
         """The state's candidate actions: the screen's and the bank's, with the answers to its pending requests
@@ -274,11 +276,16 @@ class LMPolicy:
             replies += self.record_check_.queries(state)
         return enumerate_candidates(state, bank, replies)
 
-    def _ranked(self, scored: _Scored) -> list[tuple[Action, float, float]]:
+    def _ranked(self, state: UIState, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
-        (two slot forms of one value) are merged by summing their probabilities."""
+        (two slot forms of one value) are merged by summing their probabilities. A reply's score is weighed by
+        how likely the operator's style, as their earlier messages show it, makes its wording
+        (``OperatorStyles.reply_weights``)."""
+        styled = self.styles_ is not None and self.serial.operator_style
+        weights = self.styles_.habit_weights(state) if styled and self.styles_ is not None else {}
         merged: dict[str, tuple[Action, float]] = {}
         for cand, lp in zip(scored.candidates, scored.logprobs, strict=True):
+            lp += weights.get(cand.text, 0.0)
             key = action_key(cand.action)
             if key in merged:
                 action, prev = merged[key]
@@ -294,7 +301,7 @@ class LMPolicy:
         scored = self._score(states, [self.candidates(s) for s in states])
         out: list[Proposal | None] = []
         for state, item in zip(states, scored, strict=True):
-            ranked = self._ranked(item)
+            ranked = self._ranked(state, item)
             if not ranked:
                 out.append(None)
                 continue
@@ -333,8 +340,8 @@ class LMPolicy:
         out: list[list[tuple[Action, float]]] = []
         for i in range(0, len(states), 64):
             chunk = states[i : i + 64]
-            for scored in self._score(chunk, [self.candidates(s) for s in chunk]):
-                out.append([(action, p) for action, _, p in self._ranked(scored)[:k]])
+            for state, scored in zip(chunk, self._score(chunk, [self.candidates(s) for s in chunk]), strict=True):
+                out.append([(action, p) for action, _, p in self._ranked(state, scored)[:k]])
         return out
 
     def predict(self, states: Sequence[UIState]) -> list[Prediction]:
@@ -372,6 +379,7 @@ class LMPolicy:
             "record_check": self.record_check_.to_dict() if self.record_check_ is not None else None,
             "preconditions": self.preconditions_.to_dict() if self.preconditions_ is not None else None,
             "open_choices": self.choices_.to_dict() if self.choices_ is not None else None,
+            "styles": self.styles_.to_dict() if self.styles_ is not None else None,
         }
         with atomic_directory(target) as tmp:
             model.save_pretrained(tmp)
@@ -411,6 +419,8 @@ class LMPolicy:
             policy.preconditions_ = Preconditions.from_dict(meta["preconditions"])
         if meta.get("open_choices"):
             policy.choices_ = OpenChoices.from_dict(meta["open_choices"])
+        if meta.get("styles"):
+            policy.styles_ = OperatorStyles.from_dict(meta["styles"])
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])
         policy.version_ = meta["version"]

@@ -30,7 +30,7 @@ from typing import Self
 
 from policy.readers import Reader, process_key
 from policy.requests import ANSWER_CASES
-from policy.serialise import action_text
+from policy.serialise import reply_template
 from policy.words import customer_said, matches_template, similar, typo_folding, words_of
 from schemas.actions import Action, SelectOption, SendTextToChat, ToggleCheckbox, action_target
 from schemas.state import UIState
@@ -105,7 +105,7 @@ class Preconditions(Reader):
         for _, _, words, action, state in steps:
             if not isinstance(action, SendTextToChat):
                 continue
-            reply = action_text(action, state)[len("send ") :]
+            reply = reply_template(action, state)
             sent[reply] += 1
             named = words_of(action.text, MIN_WORD)
             for word in wanted:

@@ -41,7 +41,7 @@ from typing import Self
 
 from policy.readers import Reader
 from policy.requests import ANSWER_CASES
-from policy.serialise import action_text
+from policy.serialise import reply_template
 from policy.words import WORD_VALUE, customer_said, matches_template, names, says, words_of
 from schemas.actions import SendTextToChat
 from schemas.state import ChatRole, UIState
@@ -109,7 +109,7 @@ class RecordCheck(Reader):
             for step in trace.steps:
                 words = customer_said(step.state)
                 reply = (
-                    _generalised(action_text(step.action, step.state)[len("send ") :], step.state, vocabulary, words)
+                    _generalised(reply_template(step.action, step.state), step.state, vocabulary, words)
                     if isinstance(step.action, SendTextToChat)
                     else None
                 )

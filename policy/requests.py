@@ -42,7 +42,7 @@ from typing import Self
 from scipy.stats import binom
 
 from policy.readers import Reader
-from policy.serialise import action_text
+from policy.serialise import reply_template
 from policy.words import MIN_CUE_WORD, matches_template, similar, typo_folding, words_of
 from schemas.actions import SendTextToChat
 from schemas.state import ChatRole, UIState
@@ -84,7 +84,7 @@ class RequestTracker(Reader):
         for trace, words in zip(worked, openings, strict=True):
             words = {folded.get(w, w) for w in words}
             replies = {
-                action_text(step.action, step.state)[len("send ") :]
+                reply_template(step.action, step.state)
                 for step in trace.steps
                 if isinstance(step.action, SendTextToChat)
             }

@@ -11,6 +11,7 @@ Prompt (one line per section, sections in this order, absent sections omitted)::
     chat C: I'll take premium. Also, when does my contract end? / O: Which plan?
     pending contract
     history click lookup_plans / select new_plan = premium
+    style 2
     step 4
 
 A select lists, after ``~``, the options the customer's messages name (typos allowed): see
@@ -107,6 +108,9 @@ class SerialConfig:
       charge they dispute. The one named row's values are also slots of their own (``policy.values``): the mark
       alone did not teach a small model which numbered row to copy (decision 0021). False in models saved
       before this field.
+    * ``operator_style``: a ``style`` line naming the style the operator's messages in the chat show, as
+      ``OperatorStyles`` (``policy.styles``) learned the styles from the traces: which wording of a reply they
+      use, and their habits beyond it. False in models saved before this field.
     """
 
     chat_messages: int = 4
@@ -122,6 +126,7 @@ class SerialConfig:
     pending_requests: bool = True
     option_cues: bool = True
     named_rows: bool = True
+    operator_style: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
@@ -132,10 +137,15 @@ class SerialConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SerialConfig:
         """The config saved with a model; a field the save predates keeps the layout that model was trained
-        with (no opening messages, no pending requests, no option cues, no named rows)."""
-        return cls(
-            **{"opening_messages": 0, "pending_requests": False, "option_cues": False, "named_rows": False, **data}
-        )
+        with (no opening messages, no pending requests, no option cues, no named rows, no style line)."""
+        before = {
+            "opening_messages": 0,
+            "pending_requests": False,
+            "option_cues": False,
+            "named_rows": False,
+            "operator_style": False,
+        }
+        return cls(**{**before, **data})
 
     @classmethod
     def for_traces(cls, traces: Sequence[Trace]) -> SerialConfig:
@@ -259,14 +269,21 @@ class CuedOptions(Protocol):
     def cued(self, state: UIState, control_id: str) -> list[str]: ...
 
 
+class StyleReader(Protocol):
+    """What the ``style`` line reads (``policy.styles.OperatorStyles``)."""
+
+    def style(self, state: UIState) -> int | None: ...
+
+
 def serialise_state(
     state: UIState,
     config: SerialConfig | None = None,
     requests: PendingRequests | None = None,
     cues: CuedOptions | None = None,
+    styles: StyleReader | None = None,
 ) -> str:
-    """The prompt for one state (without the action marker); ``requests`` writes the ``pending`` line and
-    ``cues`` adds to the ``~`` hints where the config asks for them."""
+    """The prompt for one state (without the action marker); ``requests`` writes the ``pending`` line,
+    ``cues`` adds to the ``~`` hints and ``styles`` writes the ``style`` line where the config asks for them."""
     cfg = config or SerialConfig()
     screen = state.screen
     customer_words = sorted({w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
@@ -321,6 +338,10 @@ def serialise_state(
         repeated = sorted(((t, n) for t, n in Counter(recent).items() if n > 1), key=lambda item: (-item[1], item[0]))
         if cfg.counts and repeated:
             lines.append("repeats " + " ; ".join(f"{text}={n}" for text, n in repeated))
+    # Last, next to the action: a small model reads a line beside its target more readily (decision 0022).
+    style = styles.style(state) if cfg.operator_style and styles is not None and state.chat else None
+    if style is not None:
+        lines.append(f"style {style}")
     lines.append(f"step {state.step}")
     return "\n".join(lines)
 
@@ -352,6 +373,19 @@ def literal_action_text(action: Action) -> str:
     raise TypeError(f"not an action: {action!r}")  # pragma: no cover - the union is closed
 
 
+REPLY_PREFIX = "send "
+
+
+def reply_of(text: str) -> str | None:
+    """The reply (slot form) an action text sends, None for an action text of another kind."""
+    return text[len(REPLY_PREFIX) :] if text.startswith(REPLY_PREFIX) else None
+
+
+def reply_template(action: SendTextToChat, state: UIState) -> str:
+    """A sent reply in slot form relative to ``state``: as the template bank and the learned readers hold it."""
+    return to_slots(action.text, value_sources(state))
+
+
 def action_text(action: Action, state: UIState, sources: dict[str, str] | None = None) -> str:
     """The action in slot form relative to ``state``: the target the model has to produce."""
     match action:
@@ -360,7 +394,7 @@ def action_text(action: Action, state: UIState, sources: dict[str, str] | None =
             return f"fill {c} = {to_slots(v, srcs)}"
         case SendTextToChat(text=t):
             srcs = value_sources(state) if sources is None else sources
-            return f"send {to_slots(t, srcs)}"
+            return f"{REPLY_PREFIX}{to_slots(t, srcs)}"
     return literal_action_text(action)
 
 

@@ -81,5 +81,9 @@ def template_words(template: str) -> frozenset[str]:
 def matches_template(words: set[str], template: str) -> bool:
     """Whether a message with these words says what ``template`` says: it holds at least ``MATCH_SHARE`` of the
     template's words (slots left out)."""
-    wanted = template_words(template)
+    return holds_words(words, template_words(template))
+
+
+def holds_words(words: set[str], wanted: frozenset[str]) -> bool:
+    """Whether a message with ``words`` holds at least ``MATCH_SHARE`` of a template's words ``wanted``."""
     return bool(wanted) and len(wanted & words) >= MATCH_SHARE * len(wanted)

@@ -65,6 +65,8 @@ def test_save_load_gives_identical_scores(fitted: LMPolicy, traces: list[Trace],
     assert loaded.preconditions_.to_dict() == fitted.preconditions_.to_dict()
     assert loaded.choices_ is not None and fitted.choices_ is not None
     assert loaded.choices_.to_dict() == fitted.choices_.to_dict()
+    assert loaded.styles_ is not None and fitted.styles_ is not None
+    assert loaded.styles_.to_dict() == fitted.styles_.to_dict()
     states = [step.state for step in traces[31].steps]
     for a, b in zip(fitted.propose_batch(states), loaded.propose_batch(states), strict=True):
         assert a is not None and b is not None

@@ -1,0 +1,249 @@
+"""The operator's style, as their earlier replies and choices in the case show it: learned from the traces.
+
+Operators word the same reply differently and each keeps to their own wording ("Thanks for contacting us" or
+"Hi there"; "The amount is 94.95, for your coffee machine." or "... for the coffee machine."), and each has
+choices they lean to where the customer leaves one open (a replacement rather than a refund). A small policy
+that sees one reply of theirs in the prompt did not learn which wording of the next reply goes with it: in the
+sandbox most of its wrong replies were the right answer in another operator's words, proposed with high
+confidence. The style is a fact of the case once the operator has written or chosen, so it is read: written in
+the prompt (``style 2``), as the pending requests are, and used to weigh the candidates the policy scores
+(``habit_weights``): the line alone did not teach the small model the wording.
+
+**Learning** (``fit``). Each case is the set of its operator's *habits* (the replies they sent, in slot form as
+the template bank holds them, and the options they selected, as action text), among those of at least
+``min_cases`` cases. A latent-class model explains them: a case has one of ``K`` styles, and a style shows each
+habit with a probability of its own (``presence_``). A habit counts only in the processes where it occurs, so
+the classes explain how operators differ within a process, not which process a case is. EM from ``restarts``
+seeded starts fits each ``K`` up to ``max_styles`` on four in five cases; the fewest styles that explain the
+fifth within one standard error of the best stay and are refitted on all (1 means the traces show no styles:
+nothing is written or weighed).
+
+**Reading**. The habits a state shows: its operator messages in the chat window, each matched to the reply
+template whose words it holds best (at least ``policy.words.MATCH_SHARE`` of them), and the selects in its kept
+history. The posterior over styles given them (their presence only: a reply not sent yet says nothing) names a
+style when its largest share is at least ``min_posterior`` (``style``), and ``habit_weights`` gives each habit's
+log(P(habit | posterior) / P(habit)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule over
+the styles; 0 for all while the state shows no habit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Self
+
+import numpy as np
+
+from policy.readers import Reader
+from policy.serialise import action_text, literal_action_text, reply_of
+from policy.values import recent_chat
+from policy.words import holds_words, template_words, words_of
+from schemas.actions import Action, SelectOption, SendTextToChat
+from schemas.state import ChatRole, UIState
+from schemas.trace import Trace
+
+_EPS = 1e-6
+HOLD_OUT_EVERY = 5  # every fifth case is held out to choose the number of styles
+MATCHED_CACHE = 4096  # messages remembered with the habit they matched
+
+
+_Fit = tuple[float, np.ndarray, np.ndarray]  # (log likelihood, style weights, presence per style and template)
+
+
+def _em(x: np.ndarray, seen: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> _Fit:
+    """One EM run of a Bernoulli latent-class model with ``k`` classes, where ``seen`` masks the cells that
+    count (a template where it does not occur); starts from random responsibilities drawn from ``rng``."""
+    n, t = x.shape
+    resp = rng.dirichlet(np.ones(k), size=n)
+    loglik = -math.inf
+    weights = np.full(k, 1.0 / k)
+    presence = np.full((k, t), 0.5)
+    for _ in range(iterations):
+        weights = (resp.sum(axis=0) + 1.0) / (n + k)
+        on = resp.T @ (x * seen)
+        total = resp.T @ seen
+        presence = np.clip((on + 0.5) / (total + 1.0), _EPS, 1 - _EPS)
+        log_on, log_off = np.log(presence), np.log1p(-presence)
+        joint = np.log(weights)[None, :] + (x * seen) @ log_on.T + ((1 - x) * seen) @ log_off.T
+        top = joint.max(axis=1, keepdims=True)
+        norm = top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True))
+        resp = np.exp(joint - norm)
+        new = float(norm.sum())
+        if new - loglik < 1e-4 * n:
+            loglik = new
+            break
+        loglik = new
+    return loglik, weights, presence
+
+
+@dataclass
+class OperatorStyles(Reader):
+    """Latent operator styles over the reply templates they send (see the module docstring).
+
+    Learned: ``templates_`` (slot form), ``weights_`` (each style's share of cases) and ``presence_`` (per style,
+    the probability that a case of that style sends each template, where the template occurs)."""
+
+    max_styles: int = 6
+    min_cases: int = 8
+    min_posterior: float = 0.8
+    restarts: int = 4
+    iterations: int = 200
+    seed: int = 0
+    templates_: list[str] = field(default_factory=list)
+    weights_: list[float] = field(default_factory=list)
+    presence_: list[list[float]] = field(default_factory=list)
+
+    def fit(self, traces: Iterable[Trace]) -> Self:
+        cases: list[tuple[str, set[str]]] = []
+        for trace in traces:
+            habits = {action_text(step.action, step.state) for step in trace.steps if _is_habit(step.action)}
+            cases.append((trace.process_id, habits))
+        sent = Counter(r for _, replies in cases for r in replies)
+        templates = sorted(r for r, n in sent.items() if n >= self.min_cases and _words_of_habit(r))
+        self.templates_, self.weights_, self.presence_ = [], [], []
+        for cached in ("_replies", "_index", "_matched", "_arrays"):  # what an earlier fit cached
+            self.__dict__.pop(cached, None)
+        if not templates or len(cases) < 2:
+            return self
+        index = {t: i for i, t in enumerate(templates)}
+        processes_of: dict[str, set[str]] = defaultdict(set)
+        for process, replies in cases:
+            for reply in replies:
+                if reply in index:
+                    processes_of[reply].add(process)
+        x = np.zeros((len(cases), len(templates)))
+        seen = np.zeros_like(x)
+        for row, (process, replies) in enumerate(cases):
+            for template, i in index.items():
+                seen[row, i] = process in processes_of[template]
+                x[row, i] = template in replies
+        rng = np.random.default_rng(self.seed)
+        held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
+        scores = [self._held_out(x, seen, held, k, rng) for k in range(1, self.max_styles + 1)]
+        best = int(np.argmax([s.sum() for s in scores]))
+        # The fewest styles within one standard error of the best (paired over the held-out cases): more styles
+        # that explain the held-out cases no better split the operators by chance.
+        k = next(
+            i + 1
+            for i, s in enumerate(scores)
+            if (scores[best] - s).sum() <= np.sqrt(len(s)) * float(np.std(scores[best] - s))
+        )
+        _, weights, presence = self._best_run(x, seen, k, rng)
+        if len(weights) > 1:
+            self.templates_ = templates
+            self.weights_ = [float(w) for w in weights]
+            self.presence_ = [[float(p) for p in row] for row in presence]
+        return self
+
+    def _best_run(self, x: np.ndarray, seen: np.ndarray, k: int, rng: np.random.Generator) -> _Fit:
+        runs = [_em(x, seen, k, rng, self.iterations) for _ in range(1 if k == 1 else self.restarts)]
+        return max(runs, key=lambda run: run[0])
+
+    def _held_out(
+        self, x: np.ndarray, seen: np.ndarray, held: np.ndarray, k: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Each held-out case's log-likelihood under ``k`` styles fitted on the others."""
+        _, weights, presence = self._best_run(x[~held], seen[~held], k, rng)
+        xh, sh = x[held], seen[held]
+        joint = np.log(weights)[None, :] + (xh * sh) @ np.log(presence).T + ((1 - xh) * sh) @ np.log1p(-presence).T
+        top = joint.max(axis=1, keepdims=True)
+        return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
+
+    @cached_property
+    def _replies(self) -> list[tuple[int, frozenset[str]]]:
+        """(index, words) of every reply habit: the templates a sent message is matched against."""
+        out = []
+        for i, habit in enumerate(self.templates_):
+            template = reply_of(habit)
+            if template is not None:
+                out.append((i, template_words(template)))
+        return out
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {habit: i for i, habit in enumerate(self.templates_)}
+
+    @cached_property
+    def _matched(self) -> dict[str, int | None]:
+        """Messages already matched (a chat's messages recur in every later state of its case)."""
+        return {}
+
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log weights, log presence per style and habit, log of each habit's overall presence)."""
+        weights, presence = np.array(self.weights_), np.array(self.presence_)
+        return np.log(weights), np.log(presence), np.log(weights @ presence)
+
+    def _template_of(self, text: str) -> int | None:
+        """The reply habit a sent message says best (most of its words held, then fewest extra), if any."""
+        if text in self._matched:
+            return self._matched[text]
+        words = words_of(text)
+        best: tuple[float, int] | None = None
+        for i, wanted in self._replies:
+            if not holds_words(words, wanted):
+                continue
+            score = len(wanted & words) / len(wanted | words)
+            if best is None or score > best[0]:
+                best = (score, i)
+        if len(self._matched) >= MATCHED_CACHE:
+            self._matched.clear()
+        self._matched[text] = None if best is None else best[1]
+        return self._matched[text]
+
+    def _observed(self, state: UIState) -> set[int]:
+        """The habits the state shows: the replies in the chat window's operator messages and the choices in the
+        kept history."""
+        found = {self._template_of(m.text) for m in recent_chat(state) if m.role == ChatRole.OPERATOR}
+        found.update(
+            self._index.get(literal_action_text(a)) for a in state.recent_actions if isinstance(a, SelectOption)
+        )
+        return {i for i in found if i is not None}
+
+    def _posterior(self, state: UIState) -> np.ndarray | None:
+        if not self.weights_:
+            return None
+        log_weights, log_presence, _ = self._arrays
+        log_post = log_weights + log_presence[:, sorted(self._observed(state))].sum(axis=1)
+        post = np.exp(log_post - log_post.max())
+        return post / post.sum()
+
+    def posterior(self, state: UIState) -> list[float]:
+        """The styles' posterior given the habits the state shows ([] when no style is learned)."""
+        post = self._posterior(state)
+        return [] if post is None else [float(p) for p in post]
+
+    def habit_weights(self, state: UIState) -> dict[str, float]:
+        """Per habit (a reply template or a choice, as action text in slot form), how much more likely the
+        operator's style makes it than operators at large: log(P(habit | style posterior) / P(habit)). Bayes'
+        rule over the styles: the policy scores a reply as any operator might word it, and this turns that into
+        the wording of this operator (0 for every habit while the state shows none, {} when no style is
+        learned)."""
+        post = self._posterior(state)
+        if post is None:
+            return {}
+        _, log_presence, log_overall = self._arrays
+        given = np.log(post @ np.exp(log_presence))
+        return dict(zip(self.templates_, (given - log_overall).tolist(), strict=True))
+
+    def style(self, state: UIState) -> int | None:
+        """The style the operator's messages so far show (numbered from 1), or None while they show none."""
+        post = self.posterior(state)
+        if not post or not self._observed(state):
+            return None
+        z = max(range(len(post)), key=post.__getitem__)
+        return z + 1 if post[z] >= self.min_posterior else None
+
+
+def _is_habit(action: Action) -> bool:
+    """Replies (their wording) and choices (the option an operator picks when the customer leaves it open)."""
+    return isinstance(action, SendTextToChat | SelectOption)
+
+
+def _words_of_habit(habit: str) -> bool:
+    """Whether a habit can be recognised: a choice always, a reply by words of its own besides its slots."""
+    template = reply_of(habit)
+    return template is None or bool(template_words(template))

@@ -1,0 +1,132 @@
+"""Operator styles (policy.styles): the latent styles learned from which reply wordings operators send, how a
+state's chat is read, and the prompt's ``style`` line. Hand-built traces for the rules; the sandbox's traces
+for the real thing (its operators have four styles, each with a wording of its own)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+
+import pytest
+
+from policy.candidates import Candidate
+from policy.policy import LMPolicy, _Scored
+from policy.serialise import SerialConfig, serialise_state
+from policy.styles import OperatorStyles
+from sandbox.generate import iter_traces
+from schemas import Action, ChatMessage, ChatRole, CloseChat, Panel, ScreenSchema, SendTextToChat, UIState
+from schemas.actions import action_key
+from schemas.screen import ChatControl
+from schemas.trace import Trace, TraceSource, TraceStep
+
+# Two operators' wordings of the same three replies (greeting, answer, goodbye), in two processes.
+WORDINGS = {
+    "plain": ("Hello {name}.", "Your order ships this week.", "Bye for now."),
+    "warm": ("Hi there {name}, lovely to hear from you!", "Good news: it leaves us in a few days.", "Take care!"),
+}
+
+
+def state(process: str, chat: list[tuple[ChatRole, str]]) -> UIState:
+    screen = ScreenSchema(
+        screen_id="s", process_id=process, title="S", controls=[ChatControl(id="chat", label="Chat")],
+        resolution_codes=["resolved"],
+    )  # fmt: skip
+    panel = Panel(title="Customer", fields={"name": "Ann Lee"})
+    messages = [ChatMessage(role=role, text=text) for role, text in chat]
+    return UIState(
+        session_id="S", case_id="C", process_id=process, screen=screen, chat=messages, panels={"customer": panel}
+    )
+
+
+def trace(n: int, style: str, process: str, rng: random.Random) -> Trace:
+    """One case worked in ``style``: the greeting half of the time, the answer, sometimes the goodbye."""
+    greeting, answer, goodbye = WORDINGS[style]
+    replies = [greeting.format(name="Ann")] if rng.random() < 0.5 else []
+    replies.append(answer)
+    if rng.random() < 0.7:
+        replies.append(goodbye)
+    actions: list[Action] = [*(SendTextToChat(text=r) for r in replies), CloseChat(resolution="resolved")]
+    chat: list[tuple[ChatRole, str]] = [(ChatRole.CUSTOMER, "When does my order ship?")]
+    steps = []
+    for i, action in enumerate(actions):
+        steps.append(TraceStep(step=i, state=state(process, chat), action=action))
+        if isinstance(action, SendTextToChat):
+            chat = [*chat, (ChatRole.OPERATOR, action.text)]
+    return Trace(trace_id=f"T{n}", source=TraceSource.SANDBOX, case_id=f"C{n}", process_id=process, steps=steps)
+
+
+def traces(n: int, styles: tuple[str, ...] = ("plain", "warm"), seed: int = 0) -> list[Trace]:
+    rng = random.Random(seed)
+    return [trace(i, rng.choice(styles), rng.choice(("billing", "orders")), rng) for i in range(n)]
+
+
+def test_two_wordings_are_two_styles_and_a_reply_names_its_operators_style() -> None:
+    styles = OperatorStyles().fit(traces(200))
+    assert len(styles.weights_) == 2
+    plain = styles.style(state("billing", [(ChatRole.CUSTOMER, "Hi"), (ChatRole.OPERATOR, "Hello Bob.")]))
+    warm = styles.style(state("orders", [(ChatRole.OPERATOR, "Good news: it leaves us in a few days.")]))
+    assert plain is not None and warm is not None and plain != warm
+    # Another of the same operator's replies names the same style.
+    assert styles.style(state("orders", [(ChatRole.OPERATOR, "Your order ships this week.")])) == plain
+    # Before the operator wrote, and after a message no template says, no style is named.
+    assert styles.style(state("billing", [(ChatRole.CUSTOMER, "Hello Bob.")])) is None
+    assert styles.style(state("billing", [(ChatRole.OPERATOR, "Let me check.")])) is None
+    assert OperatorStyles.from_dict(styles.to_dict()).presence_ == styles.presence_
+
+
+def test_the_operators_wording_of_a_reply_weighs_more_once_they_wrote() -> None:
+    styles = OperatorStyles().fit(traces(200))
+    plain_answer, warm_answer = (f"send {WORDINGS[w][1]}" for w in ("plain", "warm"))
+    before = styles.habit_weights(state("billing", [(ChatRole.CUSTOMER, "When does my order ship?")]))
+    assert before[plain_answer] == pytest.approx(0.0) and before[warm_answer] == pytest.approx(0.0)
+    after = styles.habit_weights(state("billing", [(ChatRole.OPERATOR, "Hello Bob.")]))
+    assert after[plain_answer] > math.log(1.5) and after[warm_answer] < math.log(0.2)
+
+
+def test_the_policy_ranks_the_operators_wording_of_a_reply_first() -> None:
+    """Two wordings the LM scores alike: the one of the operator's style ranks first, the other's probability
+    falls; clicks and closes keep their scores."""
+    policy = LMPolicy()
+    policy.styles_ = OperatorStyles().fit(traces(200))
+    s = state("orders", [(ChatRole.CUSTOMER, "When?"), (ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")])
+    plain, warm = (SendTextToChat(text=WORDINGS[w][1]) for w in ("plain", "warm"))
+    close = CloseChat(resolution="resolved")
+    candidates = [Candidate(f"send {a.text}", a) for a in (plain, warm)] + [Candidate("close resolved", close)]
+    ranked = policy._ranked(s, _Scored(candidates, [-1.0, -1.0, -1.0]))
+    assert [a for a, _, _ in ranked][:2] == [warm, close]
+    assert dict((action_key(a), lp) for a, lp, _ in ranked)[action_key(close)] == -1.0
+    policy.serial = SerialConfig(operator_style=False)  # a model without the style: the LM's scores as they are
+    assert [p for _, _, p in policy._ranked(s, _Scored(candidates, [-1.0, -1.0, -1.0]))] == pytest.approx([1 / 3] * 3)
+
+
+def test_one_wording_shows_no_style_and_the_line_is_never_written() -> None:
+    styles = OperatorStyles().fit(traces(200, styles=("plain",)))
+    assert styles.weights_ == []
+    assert styles.style(state("billing", [(ChatRole.OPERATOR, "Hello Bob.")])) is None
+    assert OperatorStyles().fit(traces(3)).weights_ == []  # too few cases: no template is kept
+
+
+def test_the_prompt_writes_the_style_only_where_the_config_asks_for_it() -> None:
+    styles = OperatorStyles().fit(traces(200))
+    s = state("billing", [(ChatRole.CUSTOMER, "Hi"), (ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")])
+    assert f"\nstyle {styles.style(s)}\n" in serialise_state(s, SerialConfig(), styles=styles)
+    assert "style" not in serialise_state(s, SerialConfig(operator_style=False), styles=styles)
+    assert "style" not in serialise_state(s, SerialConfig.from_dict({}), styles=styles)  # a model saved before
+
+
+def test_on_the_sandbox_the_styles_are_its_operators_wordings() -> None:
+    """The sandbox's 12 operators have four styles (operator i has style i mod 4). Fitted on 600 cases, a style
+    read at a step of other cases tells the sandbox style of the operator working it (purity), and each of the
+    four sandbox styles is told by some style read."""
+    styles = OperatorStyles().fit(iter_traces(600, seed=3))
+    assert 4 <= len(styles.weights_) <= styles.max_styles
+    read: dict[int, Counter[int]] = defaultdict(Counter)  # style read -> sandbox style of the operator -> steps
+    for t in iter_traces(120, seed=4):
+        for step in t.steps:
+            style = styles.style(step.state)
+            if style is not None:
+                read[style][int(t.attributes["operator_id"][2:]) % 4] += 1
+    told = {counts.most_common(1)[0][0] for counts in read.values()}
+    purity = sum(counts.most_common(1)[0][1] for counts in read.values()) / sum(sum(c.values()) for c in read.values())
+    assert purity > 0.85 and told == {0, 1, 2, 3}

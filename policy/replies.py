@@ -23,7 +23,9 @@
    cloud" for "... your plan") is replaced by the best-ranked ask worded as they do.
 3. **Closing with a request unanswered.** When the proposal closes the chat while a request of the customer's
    opening is still pending (``policy.requests``: learned from the traces, with the policy), the guard
-   proposes the best-ranked reply that answers it instead, if the policy ranks one.
+   proposes the best-ranked reply that answers it instead, if the policy ranks one. So too while a question the
+   customer asked later is open (only answers to the opening's requests came after it: operators often answer
+   those first): the best-ranked reply that is neither such an answer nor a message already sent.
 4. **Going on with a record that is not the customer's.** When the record a tool returned contradicts what
    the customer named (the order is for running shoes, the customer wrote about a coffee machine) and no
    operator message has queried it yet (``policy.record_check``: learned from the traces, with the policy),
@@ -61,7 +63,7 @@ from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, Panel, UIState
 
-RULES_VERSION = 5
+RULES_VERSION = 6
 """Changes whenever the guard's rules do: what a guarded policy proposes depends on it as on the policy's
 version, so caches of guarded proposals (the benches' copilot feedback) are keyed by both."""
 
@@ -270,15 +272,21 @@ class ReplyGuard:
         return self._best_reply(state, ranked, lambda text: choices.asks(text, process_id, control_id))
 
     def _answer_before_closing(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
-        """The best-ranked reply answering a pending request when the proposal closes the chat; None otherwise
-        (no close, nothing pending, or no answering reply ranked)."""
+        """When the proposal closes the chat: the best-ranked reply answering a pending request of the opening,
+        or, with none pending, the best-ranked reply to an open later question (``RequestTracker.open_question``)
+        that is not a request's answer nor a message already sent; None otherwise (no close, nothing open, or no
+        such reply ranked)."""
         if self.requests is None or not isinstance(ranked[0].action, CloseChat):
             return None
-        pending = self.requests.pending(state)
-        if not pending:
-            return None
         requests = self.requests
-        return self._best_reply(state, ranked, lambda text: requests.answers(text, pending))
+        pending = requests.pending(state)
+        if pending:
+            return self._best_reply(state, ranked, lambda text: requests.answers(text, pending))
+        if requests.open_question(state) is None:
+            return None
+        requested = requests.requested(state)
+        sent = {m.text for m in recent_chat(state) if m.role != ChatRole.CUSTOMER}
+        return self._best_reply(state, ranked, lambda text: text not in sent and not requests.answers(text, requested))
 
     def _query_before_going_on(self, state: UIState, ranked: list[ScoredAction]) -> ScoredAction | None:
         """The best-ranked reply querying the record when the proposal goes on with a record that contradicts the

@@ -28,12 +28,17 @@ have, is pending while no operator message in the chat matches one of its answer
 ``answers`` says whether a reply answers one of given requests. A reply matches a template when it holds at
 least ``policy.words.MATCH_SHARE`` of the template's words (slots left out: the values differ from case to case).
 
-Only the opening is read: a later question ("Will you confirm by email?") is the latest message, which the
-policy reads in full, and is answered in the next step or not at all.
+Only the opening is learned from: a later question ("Will you confirm by email?") is the latest message, which
+the policy reads in full. But operators answer a request of the opening first about half the time, and the
+customer then thanks them for that answer, so the question is two messages back when the chat comes to be
+closed (the commonest unacceptable close of decision 0022's policy in the sandbox's copilot reviews).
+``open_question`` reads that: a customer question after the opening is *open* while every operator message
+after it answers a request of the opening (or there is none).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ from scipy.stats import binom
 
 from policy.readers import Reader
 from policy.serialise import reply_template
+from policy.values import recent_chat
 from policy.words import MIN_CUE_WORD, matches_template, similar, typo_folding, words_of
 from schemas.actions import SendTextToChat
 from schemas.state import ChatRole, UIState
@@ -58,6 +64,16 @@ UNANSWERED_LEVEL = 0.05
 def opening(state: UIState) -> str:
     """The customer's first message ("" before they wrote)."""
     return next((m.text for m in state.chat if m.role == ChatRole.CUSTOMER), "")
+
+
+_SENTENCE = re.compile(r"[^.!?]*\?")
+QUESTION_WORDS = 2  # words of MIN_CUE_WORD letters a question needs to ask something ("Seriously?" asks nothing)
+
+
+def _asks(text: str) -> bool:
+    """Whether a message holds a question that asks something: a sentence ending in a question mark with at
+    least ``QUESTION_WORDS`` words of ``MIN_CUE_WORD`` letters or more."""
+    return any(len(words_of(q, MIN_CUE_WORD)) >= QUESTION_WORDS for q in _SENTENCE.findall(text))
 
 
 @dataclass
@@ -180,6 +196,18 @@ class RequestTracker(Reader):
         """The tracked requests of the opening that no operator message has answered yet."""
         said = [words_of(m.text) for m in state.chat if m.role != ChatRole.CUSTOMER]
         return [word for word in self.requested(state) if not any(self._answered_by(w, word) for w in said)]
+
+    def open_question(self, state: UIState) -> str | None:
+        """The customer's latest question after their opening (``_asks``, in the chat window) if no operator
+        message after it is anything but an answer to a request of the opening."""
+        window = recent_chat(state)
+        first = next((m for m in state.chat if m.role == ChatRole.CUSTOMER), None)
+        asked = [i for i, m in enumerate(window) if m.role == ChatRole.CUSTOMER and m is not first and _asks(m.text)]
+        if not asked:
+            return None
+        requested = self.requested(state)
+        after = [m.text for m in window[asked[-1] + 1 :] if m.role != ChatRole.CUSTOMER]
+        return None if any(not self.answers(text, requested) for text in after) else window[asked[-1]].text
 
     def pending_answers(self, state: UIState) -> list[str]:
         """The reply templates (slot form) that answer the state's pending requests."""

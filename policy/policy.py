@@ -278,11 +278,11 @@ class LMPolicy:
 
     def _ranked(self, state: UIState, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
-        (two slot forms of one value) are merged by summing their probabilities. A reply's score is weighed by
-        how likely the operator's style, as their earlier messages show it, makes its wording
-        (``OperatorStyles.reply_weights``)."""
-        styled = self.styles_ is not None and self.serial.operator_style
-        weights = self.styles_.habit_weights(state) if styled and self.styles_ is not None else {}
+        (two slot forms of one value) are merged by summing their probabilities. A reply is weighed by how likely
+        the operator's style, as the case so far shows it, makes its wording (``OperatorStyles.reply_weights``,
+        decision 0022)."""
+        styles = self.styles_ if self.serial.operator_style else None
+        weights = styles.reply_weights(state) if styles is not None else {}
         merged: dict[str, tuple[Action, float]] = {}
         for cand, lp in zip(scored.candidates, scored.logprobs, strict=True):
             lp += weights.get(cand.text, 0.0)

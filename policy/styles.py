@@ -6,8 +6,8 @@ choices they lean to where the customer leaves one open (a replacement rather th
 that sees one reply of theirs in the prompt did not learn which wording of the next reply goes with it: in the
 sandbox most of its wrong replies were the right answer in another operator's words, proposed with high
 confidence. The style is a fact of the case once the operator has written or chosen, so it is read: written in
-the prompt (``style 2``), as the pending requests are, and used to weigh the candidates the policy scores
-(``habit_weights``): the line alone did not teach the small model the wording.
+the prompt (``style 2``), as the pending requests are, and used to weigh the replies the policy scores
+(``reply_weights``): the line alone did not teach the small model the wording.
 
 **Learning** (``fit``). Each case is the set of its operator's *habits* (the replies they sent, in slot form as
 the template bank holds them, and the options they selected, as action text), among those of at least
@@ -21,9 +21,10 @@ nothing is written or weighed).
 **Reading**. The habits a state shows: its operator messages in the chat window, each matched to the reply
 template whose words it holds best (at least ``policy.words.MATCH_SHARE`` of them), and the selects in its kept
 history. The posterior over styles given them (their presence only: a reply not sent yet says nothing) names a
-style when its largest share is at least ``min_posterior`` (``style``), and ``habit_weights`` gives each habit's
-log(P(habit | posterior) / P(habit)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule over
-the styles; 0 for all while the state shows no habit).
+style when its largest share is at least ``min_posterior`` (``style``), and ``reply_weights`` gives each reply
+habit's log(P(reply | posterior) / P(reply)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule
+over the styles; 0 for all while the state shows no habit). Choices are evidence of the style, never weighed:
+where the customer leaves one open, the option an operator leans to is a guess, and decision 0017 asks instead.
 """
 
 from __future__ import annotations
@@ -216,18 +217,19 @@ class OperatorStyles(Reader):
         post = self._posterior(state)
         return [] if post is None else [float(p) for p in post]
 
-    def habit_weights(self, state: UIState) -> dict[str, float]:
-        """Per habit (a reply template or a choice, as action text in slot form), how much more likely the
-        operator's style makes it than operators at large: log(P(habit | style posterior) / P(habit)). Bayes'
-        rule over the styles: the policy scores a reply as any operator might word it, and this turns that into
-        the wording of this operator (0 for every habit while the state shows none, {} when no style is
-        learned)."""
+    def reply_weights(self, state: UIState) -> dict[str, float]:
+        """Per reply habit (its action text in slot form), how much more likely the operator's style makes it than
+        operators at large send it: log(P(reply | style posterior) / P(reply)). Bayes' rule over the styles: the
+        policy scores a reply as any operator might word it, and this turns that into the wording of this
+        operator (0 for every reply while the state shows no habit, {} when no style is learned). Choices are
+        read as evidence of the style but not weighed: where the customer leaves a choice open, the option an
+        operator leans to is a guess (decision 0017 asks instead)."""
         post = self._posterior(state)
         if post is None:
             return {}
         _, log_presence, log_overall = self._arrays
         given = np.log(post @ np.exp(log_presence))
-        return dict(zip(self.templates_, (given - log_overall).tolist(), strict=True))
+        return {self.templates_[i]: float(given[i] - log_overall[i]) for i, _ in self._replies}
 
     def style(self, state: UIState) -> int | None:
         """The style the operator's messages so far show (numbered from 1), or None while they show none."""

@@ -78,9 +78,9 @@ def test_two_wordings_are_two_styles_and_a_reply_names_its_operators_style() -> 
 def test_the_operators_wording_of_a_reply_weighs_more_once_they_wrote() -> None:
     styles = OperatorStyles().fit(traces(200))
     plain_answer, warm_answer = (f"send {WORDINGS[w][1]}" for w in ("plain", "warm"))
-    before = styles.habit_weights(state("billing", [(ChatRole.CUSTOMER, "When does my order ship?")]))
+    before = styles.reply_weights(state("billing", [(ChatRole.CUSTOMER, "When does my order ship?")]))
     assert before[plain_answer] == pytest.approx(0.0) and before[warm_answer] == pytest.approx(0.0)
-    after = styles.habit_weights(state("billing", [(ChatRole.OPERATOR, "Hello Bob.")]))
+    after = styles.reply_weights(state("billing", [(ChatRole.OPERATOR, "Hello Bob.")]))
     assert after[plain_answer] > math.log(1.5) and after[warm_answer] < math.log(0.2)
 
 
@@ -130,3 +130,7 @@ def test_on_the_sandbox_the_styles_are_its_operators_wordings() -> None:
     told = {counts.most_common(1)[0][0] for counts in read.values()}
     purity = sum(counts.most_common(1)[0][1] for counts in read.values()) / sum(sum(c.values()) for c in read.values())
     assert purity > 0.85 and told == {0, 1, 2, 3}
+    # The options operators select are evidence of the style; only replies are weighed (a leaning is a guess).
+    assert any(h.startswith("select ") for h in styles.templates_)
+    weights = styles.reply_weights(step.state)
+    assert weights and all(h.startswith("send ") for h in weights)

@@ -82,10 +82,11 @@ def _em(x: np.ndarray, seen: np.ndarray, k: int, rng: np.random.Generator, itera
 
 @dataclass
 class OperatorStyles(Reader):
-    """Latent operator styles over the reply templates they send (see the module docstring).
+    """Latent operator styles over the habits their cases show (see the module docstring).
 
-    Learned: ``templates_`` (slot form), ``weights_`` (each style's share of cases) and ``presence_`` (per style,
-    the probability that a case of that style sends each template, where the template occurs)."""
+    Learned: ``templates_`` (the habits: replies and selects as action text in slot form; the name is the saved
+    key), ``weights_`` (each style's share of cases) and ``presence_`` (per style, the probability that a case of
+    that style shows each habit, where the habit occurs)."""
 
     max_styles: int = 6
     min_cases: int = 8
@@ -102,8 +103,8 @@ class OperatorStyles(Reader):
         for trace in traces:
             habits = {action_text(step.action, step.state) for step in trace.steps if _is_habit(step.action)}
             cases.append((trace.process_id, habits))
-        sent = Counter(r for _, replies in cases for r in replies)
-        templates = sorted(r for r, n in sent.items() if n >= self.min_cases and _words_of_habit(r))
+        shown = Counter(h for _, habits in cases for h in habits)
+        templates = sorted(h for h, n in shown.items() if n >= self.min_cases and _words_of_habit(h))
         self.templates_, self.weights_, self.presence_ = [], [], []
         for cached in ("_replies", "_index", "_matched", "_arrays"):  # what an earlier fit cached
             self.__dict__.pop(cached, None)
@@ -111,16 +112,16 @@ class OperatorStyles(Reader):
             return self
         index = {t: i for i, t in enumerate(templates)}
         processes_of: dict[str, set[str]] = defaultdict(set)
-        for process, replies in cases:
-            for reply in replies:
-                if reply in index:
-                    processes_of[reply].add(process)
+        for process, habits in cases:
+            for habit in habits:
+                if habit in index:
+                    processes_of[habit].add(process)
         x = np.zeros((len(cases), len(templates)))
         seen = np.zeros_like(x)
-        for row, (process, replies) in enumerate(cases):
-            for template, i in index.items():
-                seen[row, i] = process in processes_of[template]
-                x[row, i] = template in replies
+        for row, (process, habits) in enumerate(cases):
+            for habit, i in index.items():
+                seen[row, i] = process in processes_of[habit]
+                x[row, i] = habit in habits
         rng = np.random.default_rng(self.seed)
         held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
         scores = [self._held_out(x, seen, held, k, rng) for k in range(1, self.max_styles + 1)]
@@ -204,11 +205,12 @@ class OperatorStyles(Reader):
         )
         return {i for i in found if i is not None}
 
-    def _posterior(self, state: UIState) -> np.ndarray | None:
+    def _posterior(self, state: UIState, observed: set[int] | None = None) -> np.ndarray | None:
         if not self.weights_:
             return None
         log_weights, log_presence, _ = self._arrays
-        log_post = log_weights + log_presence[:, sorted(self._observed(state))].sum(axis=1)
+        shown = self._observed(state) if observed is None else observed
+        log_post = log_weights + log_presence[:, sorted(shown)].sum(axis=1)
         post = np.exp(log_post - log_post.max())
         return post / post.sum()
 
@@ -232,11 +234,12 @@ class OperatorStyles(Reader):
         return {self.templates_[i]: float(given[i] - log_overall[i]) for i, _ in self._replies}
 
     def style(self, state: UIState) -> int | None:
-        """The style the operator's messages so far show (numbered from 1), or None while they show none."""
-        post = self.posterior(state)
-        if not post or not self._observed(state):
+        """The style the habits shown so far name (numbered from 1), or None while they name none."""
+        observed = self._observed(state)
+        post = self._posterior(state, observed) if observed else None
+        if post is None:
             return None
-        z = max(range(len(post)), key=post.__getitem__)
+        z = int(np.argmax(post))
         return z + 1 if post[z] >= self.min_posterior else None
 
 

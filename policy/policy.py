@@ -36,7 +36,7 @@ from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text
 from policy.styles import OperatorStyles
 from policy.tokenizer import PAD, train_tokenizer
 from policy.train import Example, TrainConfig, TrainHistory, train
-from schemas.actions import Action, action_key
+from schemas.actions import Action, SendTextToChat, action_key
 from schemas.files import atomic_directory
 from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.state import UIState
@@ -63,6 +63,19 @@ def _softmax(logprobs: Sequence[float]) -> list[float]:
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def _weigh_replies(items: list[tuple[Action, float, float]]) -> list[tuple[Action, float]]:
+    """(action, log-prob) with each reply's style weight added, shifted so that the replies together keep the
+    probability the model gave them (log-sum-exp over the replies unchanged); other actions as scored."""
+    replies = [(lp, w) for action, lp, w in items if isinstance(action, SendTextToChat)]
+    if not replies or not any(w for _, w in replies):
+        return [(action, lp) for action, lp, _ in items]
+    top = max(lp for lp, _ in replies)
+    shift = math.log(sum(math.exp(lp - top) for lp, _ in replies)) - math.log(
+        sum(math.exp(lp - top + w) for lp, w in replies)
+    )
+    return [(action, lp + w + shift if isinstance(action, SendTextToChat) else lp) for action, lp, w in items]
 
 
 @dataclass
@@ -278,21 +291,24 @@ class LMPolicy:
 
     def _ranked(self, state: UIState, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
-        (two slot forms of one value) are merged by summing their probabilities. A reply is weighed by how likely
-        the operator's style, as the case so far shows it, makes its wording (``OperatorStyles.reply_weights``,
-        decision 0022)."""
+        (two slot forms of one value) are merged by summing their probabilities. The replies are weighed by how
+        likely the operator's style, as the case so far shows it, makes their wording
+        (``OperatorStyles.reply_weights``, decision 0022), and then share the probability the model gave the
+        replies together: the style says which words this operator would use, not whether a reply is due
+        (decision 0024)."""
         styles = self.styles_ if self.serial.operator_style else None
         weights = styles.reply_weights(state) if styles is not None else {}
-        merged: dict[str, tuple[Action, float]] = {}
+        merged: dict[str, tuple[Action, float, float]] = {}  # key -> (action, log-prob, style weight)
         for cand, lp in zip(scored.candidates, scored.logprobs, strict=True):
-            lp += weights.get(cand.text, 0.0)
             key = action_key(cand.action)
+            weight = weights.get(cand.text, 0.0)
             if key in merged:
-                action, prev = merged[key]
-                merged[key] = (action, max(prev, lp) + math.log1p(math.exp(-abs(prev - lp))))
+                action, prev, prev_weight = merged[key]
+                merged[key] = (action, max(prev, lp) + math.log1p(math.exp(-abs(prev - lp))), max(prev_weight, weight))
             else:
-                merged[key] = (cand.action, lp)
-        items = sorted(merged.values(), key=lambda item: -item[1])
+                merged[key] = (cand.action, lp, weight)
+        items = _weigh_replies(list(merged.values()))
+        items.sort(key=lambda item: -item[1])
         probs = _softmax([lp for _, lp in items])
         return [(a, min(lp, 0.0), p) for (a, lp), p in zip(items, probs, strict=True)]
 

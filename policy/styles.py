@@ -13,17 +13,22 @@ the prompt (``style 2``), as the pending requests are, and used to weigh the rep
 the template bank holds them, and the options they selected, as action text), among those of at least
 ``min_cases`` cases. A latent-class model explains them: a case has one of ``K`` styles, and a style shows each
 habit with a probability of its own (``presence_``). A habit counts only in the processes where it occurs, so
-the classes explain how operators differ within a process, not which process a case is. EM from ``restarts``
-seeded starts fits each ``K`` up to ``max_styles`` on four in five cases; the fewest styles that explain the
-fifth within one standard error of the best stay and are refitted on all (1 means the traces show no styles:
-nothing is written or weighed).
+the classes explain how operators differ within a process, not which process a case is. Where the traces name
+the operator (``TraceStep.operator_id``), an operator with ``min_operator_cases`` cases keeps one style over all
+of them: their cases are one group, and the model explains groups (a case of an unnamed or rare operator is a
+group of its own). One case shows few habits, an operator's hundred cases show their style plainly: on the
+sandbox, cases alone gave six mixed styles, their operators the four styles the sandbox has. EM from
+``restarts`` seeded starts fits each ``K`` up to ``max_styles`` on four in five cases; the fewest styles that
+explain the fifth (each under its operator's style, as the other cases show it) within one standard error of
+the best stay and are refitted on all (1 means the traces show no styles: nothing is written or weighed).
 
 **Reading**. The habits a state shows: its operator messages in the chat window, each matched to the reply
 template whose words it holds best (at least ``policy.words.MATCH_SHARE`` of them), and the selects in its kept
 history. The posterior over styles given them (their presence only: a reply not sent yet says nothing) names a
 style when its largest share is at least ``min_posterior`` (``style``), and ``reply_weights`` gives each reply
 habit's log(P(reply | posterior) / P(reply)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule
-over the styles; 0 for all while the state shows no habit). Choices are evidence of the style, never weighed:
+over the styles; 0 for all while the state shows no habit); the replies then keep the probability the model gave
+them together (decision 0024). Choices are evidence of the style, never weighed:
 where the customer leaves one open, the option an operator leans to is a guess, and decision 0017 asks instead.
 """
 
@@ -51,33 +56,43 @@ HOLD_OUT_EVERY = 5  # every fifth case is held out to choose the number of style
 MATCHED_CACHE = 4096  # messages remembered with the habit they matched
 
 
-_Fit = tuple[float, np.ndarray, np.ndarray]  # (log likelihood, style weights, presence per style and template)
+_Fit = tuple[float, np.ndarray, np.ndarray, np.ndarray]  # (log likelihood, class weights, presence, responsibilities)
 
 
-def _em(x: np.ndarray, seen: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> _Fit:
-    """One EM run of a Bernoulli latent-class model with ``k`` classes, where ``seen`` masks the cells that
-    count (a template where it does not occur); starts from random responsibilities drawn from ``rng``."""
-    n, t = x.shape
+def _em(on: np.ndarray, off: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> _Fit:
+    """One EM run of a Bernoulli latent-class model with ``k`` classes over groups of cases, from random
+    responsibilities drawn from ``rng``. ``on`` / ``off`` count per group and habit the cases that show the habit
+    / do not, where it counts (a habit where it does not occur counts in neither); a group is one operator's
+    cases, or one case. Returns the groups' class weights and each class's presence per habit."""
+    n, t = on.shape
     resp = rng.dirichlet(np.ones(k), size=n)
     loglik = -math.inf
     weights = np.full(k, 1.0 / k)
     presence = np.full((k, t), 0.5)
     for _ in range(iterations):
         weights = (resp.sum(axis=0) + 1.0) / (n + k)
-        on = resp.T @ (x * seen)
-        total = resp.T @ seen
-        presence = np.clip((on + 0.5) / (total + 1.0), _EPS, 1 - _EPS)
-        log_on, log_off = np.log(presence), np.log1p(-presence)
-        joint = np.log(weights)[None, :] + (x * seen) @ log_on.T + ((1 - x) * seen) @ log_off.T
-        top = joint.max(axis=1, keepdims=True)
-        norm = top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True))
-        resp = np.exp(joint - norm)
+        presence = np.clip((resp.T @ on + 0.5) / (resp.T @ (on + off) + 1.0), _EPS, 1 - _EPS)
+        joint = np.log(weights)[None, :] + on @ np.log(presence).T + off @ np.log1p(-presence).T
+        norm = _logsumexp(joint)
+        resp = np.exp(joint - norm[:, None])
         new = float(norm.sum())
         if new - loglik < 1e-4 * n:
             loglik = new
             break
         loglik = new
-    return loglik, weights, presence
+    return loglik, weights, presence, resp
+
+
+def _logsumexp(joint: np.ndarray) -> np.ndarray:
+    """log sum exp over the classes (axis 1), one value per row."""
+    top = joint.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def operator_of(trace: Trace) -> str | None:
+    """The operator who did most of the case's steps (None when its steps name none)."""
+    ids = Counter(step.operator_id for step in trace.steps if step.operator_id)
+    return ids.most_common(1)[0][0] if ids else None
 
 
 @dataclass
@@ -90,6 +105,7 @@ class OperatorStyles(Reader):
 
     max_styles: int = 6
     min_cases: int = 8
+    min_operator_cases: int = 20
     min_posterior: float = 0.8
     restarts: int = 4
     iterations: int = 200
@@ -99,11 +115,11 @@ class OperatorStyles(Reader):
     presence_: list[list[float]] = field(default_factory=list)
 
     def fit(self, traces: Iterable[Trace]) -> Self:
-        cases: list[tuple[str, set[str]]] = []
+        cases: list[tuple[str, set[str], str | None]] = []
         for trace in traces:
             habits = {action_text(step.action, step.state) for step in trace.steps if _is_habit(step.action)}
-            cases.append((trace.process_id, habits))
-        shown = Counter(h for _, habits in cases for h in habits)
+            cases.append((trace.process_id, habits, operator_of(trace)))
+        shown = Counter(h for _, habits, _ in cases for h in habits)
         templates = sorted(h for h, n in shown.items() if n >= self.min_cases and _words_of_habit(h))
         self.templates_, self.weights_, self.presence_ = [], [], []
         for cached in ("_replies", "_index", "_matched", "_arrays"):  # what an earlier fit cached
@@ -112,19 +128,20 @@ class OperatorStyles(Reader):
             return self
         index = {t: i for i, t in enumerate(templates)}
         processes_of: dict[str, set[str]] = defaultdict(set)
-        for process, habits in cases:
+        for process, habits, _ in cases:
             for habit in habits:
                 if habit in index:
                     processes_of[habit].add(process)
         x = np.zeros((len(cases), len(templates)))
         seen = np.zeros_like(x)
-        for row, (process, habits) in enumerate(cases):
+        for row, (process, habits, _) in enumerate(cases):
             for habit, i in index.items():
                 seen[row, i] = process in processes_of[habit]
                 x[row, i] = habit in habits
+        groups = self._groups([operator for _, _, operator in cases])
         rng = np.random.default_rng(self.seed)
         held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
-        scores = [self._held_out(x, seen, held, k, rng) for k in range(1, self.max_styles + 1)]
+        scores = [self._held_out(x, seen, groups, held, k, rng) for k in range(1, self.max_styles + 1)]
         best = int(np.argmax([s.sum() for s in scores]))
         # The fewest styles within one standard error of the best (paired over the held-out cases): more styles
         # that explain the held-out cases no better split the operators by chance.
@@ -133,26 +150,58 @@ class OperatorStyles(Reader):
             for i, s in enumerate(scores)
             if (scores[best] - s).sum() <= np.sqrt(len(s)) * float(np.std(scores[best] - s))
         )
-        _, weights, presence = self._best_run(x, seen, k, rng)
-        if len(weights) > 1:
+        everyone = np.ones(len(cases), dtype=bool)
+        _, _, presence, resp = self._best_run(x, seen, groups, everyone, k, rng)
+        if k > 1:
+            # a new case's prior: the styles' shares of the cases (an operator with many cases weighs more)
+            cases_per_group = np.bincount(groups, minlength=len(resp))
             self.templates_ = templates
-            self.weights_ = [float(w) for w in weights]
+            self.weights_ = [float(w) for w in (cases_per_group @ resp + 1.0) / (len(cases) + k)]
             self.presence_ = [[float(p) for p in row] for row in presence]
         return self
 
-    def _best_run(self, x: np.ndarray, seen: np.ndarray, k: int, rng: np.random.Generator) -> _Fit:
-        runs = [_em(x, seen, k, rng, self.iterations) for _ in range(1 if k == 1 else self.restarts)]
-        return max(runs, key=lambda run: run[0])
+    def _groups(self, operators: list[str | None]) -> np.ndarray:
+        """Each case's group: its operator's when the operator has ``min_operator_cases`` cases or more (an
+        operator keeps one style), else a group of its own."""
+        counts = Counter(o for o in operators if o is not None)
+        kept = sorted(o for o, n in counts.items() if n >= self.min_operator_cases)
+        ids = {o: i for i, o in enumerate(kept)}
+        out = np.empty(len(operators), dtype=np.int64)
+        single = len(kept)
+        for row, operator in enumerate(operators):
+            if operator in ids:
+                out[row] = ids[operator]
+            else:
+                out[row], single = single, single + 1
+        return out
+
+    def _best_run(
+        self, x: np.ndarray, seen: np.ndarray, groups: np.ndarray, rows: np.ndarray, k: int, rng: np.random.Generator
+    ) -> _Fit:
+        """The best of ``restarts`` EM runs on the cases ``rows`` marks, their counts summed per group (the
+        responsibilities are indexed by group; a group without such cases has none of its own)."""
+        n_groups = int(groups.max()) + 1
+        on, off = np.zeros((n_groups, x.shape[1])), np.zeros((n_groups, x.shape[1]))
+        np.add.at(on, groups[rows], (x * seen)[rows])
+        np.add.at(off, groups[rows], ((1 - x) * seen)[rows])
+        present = np.bincount(groups[rows], minlength=n_groups) > 0
+        runs = [_em(on[present], off[present], k, rng, self.iterations) for _ in range(1 if k == 1 else self.restarts)]
+        loglik, weights, presence, resp = max(runs, key=lambda run: run[0])
+        full = np.full((n_groups, k), np.nan)
+        full[present] = resp
+        return loglik, weights, presence, full
 
     def _held_out(
-        self, x: np.ndarray, seen: np.ndarray, held: np.ndarray, k: int, rng: np.random.Generator
+        self, x: np.ndarray, seen: np.ndarray, groups: np.ndarray, held: np.ndarray, k: int, rng: np.random.Generator
     ) -> np.ndarray:
-        """Each held-out case's log-likelihood under ``k`` styles fitted on the others."""
-        _, weights, presence = self._best_run(x[~held], seen[~held], k, rng)
+        """Each held-out case's log-likelihood under ``k`` styles fitted on the others: its style is its
+        operator's as the other cases of that operator show it, or drawn from the styles' weights."""
+        _, weights, presence, resp = self._best_run(x, seen, groups, ~held, k, rng)
         xh, sh = x[held], seen[held]
-        joint = np.log(weights)[None, :] + (xh * sh) @ np.log(presence).T + ((1 - xh) * sh) @ np.log1p(-presence).T
-        top = joint.max(axis=1, keepdims=True)
-        return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
+        prior = resp[groups[held]]
+        prior = np.where(np.isnan(prior), weights[None, :], prior)
+        likelihood = (xh * sh) @ np.log(presence).T + ((1 - xh) * sh) @ np.log1p(-presence).T
+        return _logsumexp(np.log(np.clip(prior, 1e-300, None)) + likelihood)
 
     @cached_property
     def _replies(self) -> list[tuple[int, frozenset[str]]]:

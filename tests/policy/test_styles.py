@@ -86,7 +86,7 @@ def test_the_operators_wording_of_a_reply_weighs_more_once_they_wrote() -> None:
 
 def test_the_policy_ranks_the_operators_wording_of_a_reply_first() -> None:
     """Two wordings the LM scores alike: the one of the operator's style ranks first, the other's probability
-    falls; clicks and closes keep their scores."""
+    falls; the replies keep the probability the LM gave them together, and closes keep their scores."""
     policy = LMPolicy()
     policy.styles_ = OperatorStyles().fit(traces(200))
     s = state("orders", [(ChatRole.CUSTOMER, "When?"), (ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")])
@@ -96,8 +96,47 @@ def test_the_policy_ranks_the_operators_wording_of_a_reply_first() -> None:
     ranked = policy._ranked(s, _Scored(candidates, [-1.0, -1.0, -1.0]))
     assert [a for a, _, _ in ranked][:2] == [warm, close]
     assert dict((action_key(a), lp) for a, lp, _ in ranked)[action_key(close)] == -1.0
+    probability = {action_key(a): p for a, _, p in ranked}
+    assert probability[action_key(plain)] + probability[action_key(warm)] == pytest.approx(2 / 3)
+    assert probability[action_key(close)] == pytest.approx(1 / 3)
     policy.serial = SerialConfig(operator_style=False)  # a model without the style: the LM's scores as they are
     assert [p for _, _, p in policy._ranked(s, _Scored(candidates, [-1.0, -1.0, -1.0]))] == pytest.approx([1 / 3] * 3)
+
+
+def one_reply_trace(n: int, operator: str, style: str, rng: random.Random) -> Trace:
+    """A case in which the operator sends one reply of their style (any of its three) and closes."""
+    reply = rng.choice(WORDINGS[style]).format(name="Ann")
+    chat: list[tuple[ChatRole, str]] = [(ChatRole.CUSTOMER, "When does my order ship?")]
+    steps = [
+        TraceStep(step=0, state=state("orders", chat), action=SendTextToChat(text=reply), operator_id=operator),
+        TraceStep(
+            step=1,
+            state=state("orders", [*chat, (ChatRole.OPERATOR, reply)]),
+            action=CloseChat(resolution="resolved"),
+            operator_id=operator,
+        ),
+    ]
+    return Trace(trace_id=f"T{n}", source=TraceSource.SANDBOX, case_id=f"C{n}", process_id="orders", steps=steps)
+
+
+def test_an_operators_cases_together_show_the_style_that_one_case_does_not() -> None:
+    """Each case holds a single reply: no case shows two habits together, so the cases alone cannot tell a
+    style from a reply. The traces name their operators (six, three per wording): their cases together show
+    two styles, and a greeting then weighs the answer and goodbye of its wording up, the other wording's down."""
+    rng = random.Random(0)
+    operators = {f"op{i}": ("plain", "warm")[i % 2] for i in range(6)}
+    cases = [one_reply_trace(n, o, operators[o], rng) for n, o in enumerate(rng.choices(sorted(operators), k=300))]
+    greeted = state("orders", [(ChatRole.OPERATOR, "Hello Bob.")])
+    plain_answer, warm_answer = (f"send {WORDINGS[w][1]}" for w in ("plain", "warm"))
+    by_operator = OperatorStyles().fit(cases)
+    assert len(by_operator.weights_) == 2 and by_operator.style(greeted) is not None
+    weights = by_operator.reply_weights(greeted)
+    assert weights[plain_answer] > math.log(1.5) and weights[warm_answer] < math.log(0.2)
+    for case in cases:  # the same cases without their operators
+        for step in case.steps:
+            step.operator_id = None
+    weights = OperatorStyles().fit(cases).reply_weights(greeted)
+    assert weights.get(plain_answer, 0.0) < math.log(1.5)
 
 
 def test_one_wording_shows_no_style_and_the_line_is_never_written() -> None:

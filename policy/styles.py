@@ -42,6 +42,7 @@ from functools import cached_property
 from typing import Self
 
 import numpy as np
+from scipy.special import logsumexp
 
 from policy.readers import Reader
 from policy.serialise import action_text, literal_action_text, reply_of
@@ -73,7 +74,7 @@ def _em(on: np.ndarray, off: np.ndarray, k: int, rng: np.random.Generator, itera
         weights = (resp.sum(axis=0) + 1.0) / (n + k)
         presence = np.clip((resp.T @ on + 0.5) / (resp.T @ (on + off) + 1.0), _EPS, 1 - _EPS)
         joint = np.log(weights)[None, :] + on @ np.log(presence).T + off @ np.log1p(-presence).T
-        norm = _logsumexp(joint)
+        norm = logsumexp(joint, axis=1)
         resp = np.exp(joint - norm[:, None])
         new = float(norm.sum())
         if new - loglik < 1e-4 * n:
@@ -83,10 +84,17 @@ def _em(on: np.ndarray, off: np.ndarray, k: int, rng: np.random.Generator, itera
     return loglik, weights, presence, resp
 
 
-def _logsumexp(joint: np.ndarray) -> np.ndarray:
-    """log sum exp over the classes (axis 1), one value per row."""
-    top = joint.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(joint - top).sum(axis=1, keepdims=True)))[:, 0]
+_Counts = tuple[np.ndarray, np.ndarray, np.ndarray]  # per group: habit shown, not shown (where it counts); has cases
+
+
+def _group_counts(x: np.ndarray, seen: np.ndarray, groups: np.ndarray, rows: np.ndarray) -> _Counts:
+    """Per group, how many of the cases ``rows`` marks show each habit and how many do not, where it counts; and
+    which groups have such cases."""
+    n_groups = int(groups.max()) + 1
+    on, off = np.zeros((n_groups, x.shape[1])), np.zeros((n_groups, x.shape[1]))
+    np.add.at(on, groups[rows], (x * seen)[rows])
+    np.add.at(off, groups[rows], ((1 - x) * seen)[rows])
+    return on, off, np.bincount(groups[rows], minlength=n_groups) > 0
 
 
 def operator_of(trace: Trace) -> str | None:
@@ -141,7 +149,10 @@ class OperatorStyles(Reader):
         groups = self._groups([operator for _, _, operator in cases])
         rng = np.random.default_rng(self.seed)
         held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
-        scores = [self._held_out(x, seen, groups, held, k, rng) for k in range(1, self.max_styles + 1)]
+        fitted = _group_counts(x, seen, groups, ~held)
+        scores = [
+            self._held_out(fitted, x[held], seen[held], groups[held], k, rng) for k in range(1, self.max_styles + 1)
+        ]
         best = int(np.argmax([s.sum() for s in scores]))
         # The fewest styles within one standard error of the best (paired over the held-out cases): more styles
         # that explain the held-out cases no better split the operators by chance.
@@ -151,7 +162,7 @@ class OperatorStyles(Reader):
             if (scores[best] - s).sum() <= np.sqrt(len(s)) * float(np.std(scores[best] - s))
         )
         everyone = np.ones(len(cases), dtype=bool)
-        _, _, presence, resp = self._best_run(x, seen, groups, everyone, k, rng)
+        _, _, presence, resp = self._best_run(_group_counts(x, seen, groups, everyone), k, rng)
         if k > 1:
             # a new case's prior: the styles' shares of the cases (an operator with many cases weighs more)
             cases_per_group = np.bincount(groups, minlength=len(resp))
@@ -175,33 +186,27 @@ class OperatorStyles(Reader):
                 out[row], single = single, single + 1
         return out
 
-    def _best_run(
-        self, x: np.ndarray, seen: np.ndarray, groups: np.ndarray, rows: np.ndarray, k: int, rng: np.random.Generator
-    ) -> _Fit:
-        """The best of ``restarts`` EM runs on the cases ``rows`` marks, their counts summed per group (the
-        responsibilities are indexed by group; a group without such cases has none of its own)."""
-        n_groups = int(groups.max()) + 1
-        on, off = np.zeros((n_groups, x.shape[1])), np.zeros((n_groups, x.shape[1]))
-        np.add.at(on, groups[rows], (x * seen)[rows])
-        np.add.at(off, groups[rows], ((1 - x) * seen)[rows])
-        present = np.bincount(groups[rows], minlength=n_groups) > 0
+    def _best_run(self, counts: _Counts, k: int, rng: np.random.Generator) -> _Fit:
+        """The best of ``restarts`` EM runs on the groups' counts (the responsibilities are indexed by group; a
+        group without counted cases has none of its own)."""
+        on, off, present = counts
         runs = [_em(on[present], off[present], k, rng, self.iterations) for _ in range(1 if k == 1 else self.restarts)]
         loglik, weights, presence, resp = max(runs, key=lambda run: run[0])
-        full = np.full((n_groups, k), np.nan)
+        full = np.full((len(present), k), np.nan)
         full[present] = resp
         return loglik, weights, presence, full
 
     def _held_out(
-        self, x: np.ndarray, seen: np.ndarray, groups: np.ndarray, held: np.ndarray, k: int, rng: np.random.Generator
+        self, fitted: _Counts, xh: np.ndarray, sh: np.ndarray, gh: np.ndarray, k: int, rng: np.random.Generator
     ) -> np.ndarray:
-        """Each held-out case's log-likelihood under ``k`` styles fitted on the others: its style is its
-        operator's as the other cases of that operator show it, or drawn from the styles' weights."""
-        _, weights, presence, resp = self._best_run(x, seen, groups, ~held, k, rng)
-        xh, sh = x[held], seen[held]
-        prior = resp[groups[held]]
+        """Each held-out case's log-likelihood (habits ``xh``, where they count ``sh``, group ``gh``) under ``k``
+        styles fitted on the other cases' counts: its style is its operator's as the other cases of that operator
+        show it, or drawn from the styles' weights."""
+        _, weights, presence, resp = self._best_run(fitted, k, rng)
+        prior = resp[gh]
         prior = np.where(np.isnan(prior), weights[None, :], prior)
         likelihood = (xh * sh) @ np.log(presence).T + ((1 - xh) * sh) @ np.log1p(-presence).T
-        return _logsumexp(np.log(np.clip(prior, 1e-300, None)) + likelihood)
+        return logsumexp(np.log(np.clip(prior, 1e-300, None)) + likelihood, axis=1)
 
     @cached_property
     def _replies(self) -> list[tuple[int, frozenset[str]]]:
@@ -262,11 +267,6 @@ class OperatorStyles(Reader):
         log_post = log_weights + log_presence[:, sorted(shown)].sum(axis=1)
         post = np.exp(log_post - log_post.max())
         return post / post.sum()
-
-    def posterior(self, state: UIState) -> list[float]:
-        """The styles' posterior given the habits the state shows ([] when no style is learned)."""
-        post = self._posterior(state)
-        return [] if post is None else [float(p) for p in post]
 
     def reply_weights(self, state: UIState) -> dict[str, float]:
         """Per reply habit (its action text in slot form), how much more likely the operator's style makes it than

@@ -3,7 +3,8 @@
 Protocol of ``docs/data.md``: train on ``train_val_<log>``, test on ``test_<log>`` (the ordered splits
 of the Rama-Maneiro et al. benchmark; the two older logs use the same split files); micro accuracy over every
 test prefix (``min_prefix=1``), end of case counted as a target; accuracy on prefixes unseen in training
-separately; selective accuracy at 50% coverage from each predictor's own confidence.
+separately; selective accuracy at 50% coverage from each predictor's own confidence; accuracy on the test cases
+the log saw through and on the possibly right-censored rest (``policy/censoring.py``).
 
 * Reference predictors, fitted on all of ``train_val``: the last-activity bigram and the longest-suffix n-gram
   (the README's two floors) and the gradient-boosting baseline with every field (``policy/baselines/gbm.py``).
@@ -33,8 +34,9 @@ from bench.common import RESULTS_DIR, environment, peak_rss_kib, write_results
 from bench.policy_eventlog_baseline import DATA, load_log
 from policy.baselines.floors import SuffixNGram
 from policy.baselines.gbm import GradientBoostingBaseline
+from policy.censoring import CENSORING_NOTE, CensoringHorizon, censoring_breakdown, censoring_table
 from policy.combined import CombinedPolicy
-from policy.evaluate import EvalResult, evaluate
+from policy.evaluate import EvalResult, evaluate, evaluate_with_scores
 from policy.predictor import NextActionPredictor
 
 NAME = "policy_eventlogs"
@@ -75,6 +77,8 @@ def run_log(name: str, time_budget: float, lm_test: bool) -> dict[str, Any]:
     started = time.perf_counter()
     train, test = load_log(name)
     load_s = time.perf_counter() - started
+    horizon = CensoringHorizon.fit(train, test)
+    censoring: dict[str, Any] = {}
     summaries: dict[str, dict[str, Any]] = {}
     makers: dict[str, Callable[[], NextActionPredictor]] = {
         "bigram": lambda: SuffixNGram(max_n=1),
@@ -85,14 +89,19 @@ def run_log(name: str, time_budget: float, lm_test: bool) -> dict[str, Any]:
         tick = time.perf_counter()
         predictor = make().fit(train)
         fit_s = time.perf_counter() - tick
-        summaries[label] = _summary(evaluate(predictor, test, train, min_prefix=1), fit_s)
+        result, scores = evaluate_with_scores(predictor, test, train, min_prefix=1)
+        summaries[label] = _summary(result, fit_s)
+        if horizon is not None:
+            censoring[label] = censoring_breakdown(scores, test, horizon).to_dict()
         print(f"{name}: {label} {summaries[label]['accuracy']:.4f} (fit {fit_s:.0f} s)", flush=True)
 
     tick = time.perf_counter()
     policy = CombinedPolicy(time_budget_s=time_budget).fit(train)
     fit_s = time.perf_counter() - tick
-    combined = evaluate(policy, test, train, min_prefix=1)
+    combined, scores = evaluate_with_scores(policy, test, train, min_prefix=1)
     summaries["trained_policy"] = _summary(combined, fit_s)
+    if horizon is not None:
+        censoring["trained_policy"] = censoring_breakdown(scores, test, horizon).to_dict()
     print(f"{name}: trained policy {summaries['trained_policy']['accuracy']:.4f} (fit {fit_s:.0f} s)", flush=True)
     print(policy.choice_markdown(), flush=True)
     if lm_test and policy.lm_ is not None:
@@ -110,6 +119,7 @@ def run_log(name: str, time_budget: float, lm_test: bool) -> dict[str, Any]:
         "load_s": round(load_s, 1),
         "predictors": summaries,
         "best_floor_or_gbm": {"accuracy": summaries[best_label]["accuracy"], "predictor": best_label},
+        "censoring": censoring,
         "combined": {
             "version": policy.version_,
             "choice_markdown": policy.choice_markdown(),
@@ -118,6 +128,20 @@ def run_log(name: str, time_budget: float, lm_test: bool) -> dict[str, Any]:
             "blend": policy.blend_,
         },
     }
+
+
+def _censoring_lines(logs: dict[str, Any]) -> list[str]:
+    """The trained policy's and the GBM's accuracy on the test cases the log saw through and on the rest."""
+    rows = [
+        (f"{log}: {label}", row)
+        for log, data in logs.items()
+        for label, row in data.get("censoring", {}).items()
+        if label in ("trained_policy", "gbm")
+    ]
+    if not rows:
+        return []
+    note = CENSORING_NOTE.format(percentile=100 * float(rows[0][1]["quantile"]))
+    return ["", "## Right-censored test cases (`policy/censoring.py`)", "", note, "", censoring_table(rows)]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -148,10 +172,14 @@ def render(result: dict[str, Any]) -> str:
             f"| {'–' if target is None else f'{target:.2f}'} | {policy['selective_accuracy_50']:.4f} | "
             f"{'–' if unseen is None else f'{unseen:.4f}'} | {policy['fit_s']:.0f} | {lm_note} |"
         )
-    lines += ["", "LM member alone on test, where measured (`--lm-test`):", ""]
-    for log, data in result["logs"].items():
-        if "lm_member" in data["predictors"]:
-            lines.append(f"* {log}: {data['predictors']['lm_member']['accuracy']:.4f}")
+    lm_alone = [
+        f"* {log}: {data['predictors']['lm_member']['accuracy']:.4f}"
+        for log, data in result["logs"].items()
+        if "lm_member" in data["predictors"]
+    ]
+    if lm_alone:
+        lines += ["", "LM member alone on test, where measured (`--lm-test`):", "", *lm_alone]
+    lines += _censoring_lines(result["logs"])
     for log, data in result["logs"].items():
         lines += ["", f"## {log}: which predictor answers where", "", data["combined"]["choice_markdown"]]
     return "\n".join(lines) + "\n"
@@ -181,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     result["best_floor_or_gbm"] = {log: d["best_floor_or_gbm"]["accuracy"] for log, d in logs.items()}
     result["selective_accuracy_50"] = {
         log: d["predictors"]["trained_policy"]["selective_accuracy_50"] for log, d in logs.items()
+    }
+    result["fully_observed_accuracy"] = {
+        log: ((d.get("censoring", {}).get("trained_policy") or {}).get("fully_observed") or {}).get("accuracy")
+        for log, d in logs.items()
     }
     result["fit_seconds"] = {log: d["predictors"]["trained_policy"]["fit_s"] for log, d in logs.items()}
     result["targets"] = {

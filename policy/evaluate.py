@@ -355,6 +355,23 @@ def summarise(
     )
 
 
+def evaluate_with_scores(
+    predictor: NextActionPredictor,
+    test_traces: Sequence[Trace],
+    train_traces: Sequence[Trace] | None = None,
+    *,
+    min_prefix: int = 0,
+    coverages: Sequence[float] = DEFAULT_COVERAGES,
+    batch_size: int = BATCH_SIZE,
+) -> tuple[EvalResult, list[StepScore]]:
+    """``evaluate``, and the step scores its result summarises (for a breakdown of one's own)."""
+    started = time.perf_counter()
+    scores = score_steps(predictor, test_traces, train_traces, min_prefix=min_prefix, batch_size=batch_size)
+    elapsed = time.perf_counter() - started
+    result = summarise(predictor.name, scores, min_prefix=min_prefix, coverages=coverages, predict_seconds=elapsed)
+    return result, scores
+
+
 def evaluate(
     predictor: NextActionPredictor,
     test_traces: Sequence[Trace],
@@ -366,10 +383,9 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate a fitted predictor on ``test_traces``. With ``train_traces``, also split the steps by whether
     their prefix was seen in training."""
-    started = time.perf_counter()
-    scores = score_steps(predictor, test_traces, train_traces, min_prefix=min_prefix, batch_size=batch_size)
-    elapsed = time.perf_counter() - started
-    return summarise(predictor.name, scores, min_prefix=min_prefix, coverages=coverages, predict_seconds=elapsed)
+    return evaluate_with_scores(
+        predictor, test_traces, train_traces, min_prefix=min_prefix, coverages=coverages, batch_size=batch_size
+    )[0]
 
 
 # --- report -------------------------------------------------------------------------------------------------------

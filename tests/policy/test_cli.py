@@ -46,6 +46,8 @@ def test_train_propose_evaluate(traces_path: Path, tmp_path: Path, capsys: pytes
     assert "Which predictor answers where" in printed and "combined policy" in printed
     data = json.loads(out_json.read_text())
     assert {"most_frequent_per_screen", "suffix_ngram_6"} <= set(data)
+    # sandbox traces carry no timestamps: nothing to say about right-censored cases (tests/policy/test_censoring.py)
+    assert "Right-censored" not in printed and "censoring" not in data
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

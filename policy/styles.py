@@ -97,6 +97,13 @@ def _group_counts(x: np.ndarray, seen: np.ndarray, groups: np.ndarray, rows: np.
     return on, off, np.bincount(groups[rows], minlength=n_groups) > 0
 
 
+def _case_shares(resp: np.ndarray, cases_per_group: np.ndarray) -> np.ndarray:
+    """The styles' shares of the cases, one case added to each style: a new case's prior (an operator with many
+    cases weighs more than a case of its own). Groups without responsibilities (no counted case) count for none."""
+    counted = ~np.isnan(resp[:, 0])
+    return (cases_per_group[counted] @ resp[counted] + 1.0) / (cases_per_group[counted].sum() + resp.shape[1])
+
+
 def operator_of(trace: Trace) -> str | None:
     """The operator who did most of the case's steps (None when its steps name none)."""
     ids = Counter(step.operator_id for step in trace.steps if step.operator_id)
@@ -150,8 +157,10 @@ class OperatorStyles(Reader):
         rng = np.random.default_rng(self.seed)
         held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
         fitted = _group_counts(x, seen, groups, ~held)
+        fitted_cases = np.bincount(groups[~held], minlength=int(groups.max()) + 1)
         scores = [
-            self._held_out(fitted, x[held], seen[held], groups[held], k, rng) for k in range(1, self.max_styles + 1)
+            self._held_out(fitted, fitted_cases, x[held], seen[held], groups[held], k, rng)
+            for k in range(1, self.max_styles + 1)
         ]
         best = int(np.argmax([s.sum() for s in scores]))
         # The fewest styles within one standard error of the best (paired over the held-out cases): more styles
@@ -164,10 +173,8 @@ class OperatorStyles(Reader):
         everyone = np.ones(len(cases), dtype=bool)
         _, _, presence, resp = self._best_run(_group_counts(x, seen, groups, everyone), k, rng)
         if k > 1:
-            # a new case's prior: the styles' shares of the cases (an operator with many cases weighs more)
-            cases_per_group = np.bincount(groups, minlength=len(resp))
             self.templates_ = templates
-            self.weights_ = [float(w) for w in (cases_per_group @ resp + 1.0) / (len(cases) + k)]
+            self.weights_ = [float(w) for w in _case_shares(resp, np.bincount(groups, minlength=len(resp)))]
             self.presence_ = [[float(p) for p in row] for row in presence]
         return self
 
@@ -197,14 +204,22 @@ class OperatorStyles(Reader):
         return loglik, weights, presence, full
 
     def _held_out(
-        self, fitted: _Counts, xh: np.ndarray, sh: np.ndarray, gh: np.ndarray, k: int, rng: np.random.Generator
+        self,
+        fitted: _Counts,
+        fitted_cases: np.ndarray,
+        xh: np.ndarray,
+        sh: np.ndarray,
+        gh: np.ndarray,
+        k: int,
+        rng: np.random.Generator,
     ) -> np.ndarray:
         """Each held-out case's log-likelihood (habits ``xh``, where they count ``sh``, group ``gh``) under ``k``
-        styles fitted on the other cases' counts: its style is its operator's as the other cases of that operator
-        show it, or drawn from the styles' weights."""
-        _, weights, presence, resp = self._best_run(fitted, k, rng)
+        styles fitted on the other cases' counts (``fitted_cases`` of them per group): its style is its operator's
+        as the other cases of that operator show it, or drawn from the styles' shares of those cases (the prior a
+        new case gets, ``weights_``)."""
+        _, _, presence, resp = self._best_run(fitted, k, rng)
         prior = resp[gh]
-        prior = np.where(np.isnan(prior), weights[None, :], prior)
+        prior = np.where(np.isnan(prior), _case_shares(resp, fitted_cases)[None, :], prior)
         likelihood = (xh * sh) @ np.log(presence).T + ((1 - xh) * sh) @ np.log1p(-presence).T
         return logsumexp(np.log(np.clip(prior, 1e-300, None)) + likelihood, axis=1)
 

@@ -8,12 +8,13 @@ import math
 import random
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from policy.candidates import Candidate
 from policy.policy import LMPolicy, _Scored
 from policy.serialise import SerialConfig, serialise_state
-from policy.styles import OperatorStyles
+from policy.styles import OperatorStyles, _case_shares
 from sandbox.generate import iter_traces
 from schemas import Action, ChatMessage, ChatRole, CloseChat, Panel, ScreenSchema, SendTextToChat, UIState
 from schemas.actions import action_key
@@ -173,3 +174,11 @@ def test_on_the_sandbox_the_styles_are_its_operators_wordings() -> None:
     assert any(h.startswith("select ") for h in styles.templates_)
     weights = styles.reply_weights(step.state)
     assert weights and all(h.startswith("send ") for h in weights)
+
+
+def test_a_new_cases_prior_is_the_styles_share_of_the_cases_whatever_the_grouping() -> None:
+    """An operator's 30 cases weigh 30 times a case of its own; a group without counted cases weighs nothing (the
+    prior of a held-out case without an operator is the same as the fitted reader's ``weights_``)."""
+    resp = np.array([[1.0, 0.0], [0.0, 1.0], [np.nan, np.nan]])  # an operator, a lone case, a group not counted
+    shares = _case_shares(resp, np.array([30, 1, 5]))
+    assert shares == pytest.approx([(30 + 1) / (31 + 2), (1 + 1) / (31 + 2)])

@@ -16,10 +16,13 @@ Protocol (sandbox, one stream of cases, case index = time; nothing of the future
 Targets (issue 15): acceptance up by >= 3 points, no action type's acceptance down by more than 1 point.
 
     .venv/bin/python -m bench.policy_preference [--train-sessions 600] [--correction-sessions 300] [--fresh-sessions 200]
-        [--gate] [--name policy_preference]
+        [--matched-anchor 0.5] [--drop-value-pairs] [--gate] [--name policy_preference]
 
 ``--gate`` uses ``policy.preference.gated_preference_update``: a quarter of the pairs held out, the update kept
 only if it wins more of them and no action type loses more than a point on the correction cases' own traces.
+``--matched-anchor`` is the share of the trace anchor drawn from the screens of each step's pairs (0: from all the
+traces, as before 2026-12-05). ``--drop-value-pairs`` is a diagnosis: it leaves out the pairs whose two actions
+differ only in the value (which option, which wording, what was typed).
 
 Writes ``bench/results/policy_preference.{json,md}``.
 """
@@ -40,11 +43,17 @@ from critic.feedback import CopilotFeedback
 from importers.jsonl import read_traces
 from policy.evaluate import EvalResult, evaluate
 from policy.policy import LMPolicy
-from policy.preference import PreferenceConfig, gated_preference_update, preference_pairs, preference_update
+from policy.preference import (
+    PreferenceConfig,
+    gated_preference_update,
+    preference_pairs,
+    preference_update,
+)
 from policy.train import TrainConfig
 from sandbox.feedback_collection import collect_copilot_feedback
 from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
+from schemas.actions import action_target
 from schemas.trace import Trace
 
 NAME = "policy_preference"
@@ -87,7 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-weight", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument(
+        "--matched-anchor",
+        type=float,
+        default=PreferenceConfig().matched_anchor,
+        help="share of the trace anchor drawn from the pairs' screens (0: all of it from all the traces)",
+    )
     parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument(
+        "--drop-value-pairs", action="store_true", help="diagnosis: leave out pairs that differ only in the value"
+    )
     parser.add_argument("--gate", action="store_true", help="keep the update only if held-out checks pass")
     parser.add_argument("--name", default=NAME, help="results file name (bench/results/NAME.{json,md})")
     args = parser.parse_args(argv)
@@ -111,13 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         base, args.correction_sessions, seed, scenario, start_index=args.train_sessions, progress=False
     )
     pairs = preference_pairs(corrections.records)
+    if args.drop_value_pairs:
+        pairs = [
+            p for p in pairs if action_target(p.chosen) != action_target(p.rejected) or p.chosen.type != p.rejected.type
+        ]
     collect_s = time.perf_counter() - tick
 
     with tempfile.TemporaryDirectory() as tmp:  # an independent copy of the trace-only policy to update
         base.save(Path(tmp) / "policy")
         updated = LMPolicy.load(Path(tmp) / "policy")
     config = PreferenceConfig(
-        beta=args.beta, sft_weight=args.sft_weight, epochs=args.epochs, learning_rate=args.learning_rate, seed=seed
+        beta=args.beta,
+        sft_weight=args.sft_weight,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        matched_anchor=args.matched_anchor,
+        seed=seed,
     )
     gate: dict[str, Any] | None = None
     if args.gate:
@@ -190,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Sandbox `{SCENARIO}`, seed {seed}. Trained on {args.train_sessions} sessions ({base.history_.steps} steps, "
         f"{train_s:.0f} s); copilot on the next {args.correction_sessions}: {len(corrections.records)} reviews, "
         f"{len(pairs)} model-error corrections used as preference pairs (DPO beta {args.beta}, trace anchor weight "
-        f"{args.sft_weight}, {update.steps} steps, {update.seconds:.0f} s; mean preference margin "
+        f"{args.sft_weight}, {args.matched_anchor:.0%} of it from the pairs' screens, {update.steps} steps, {update.seconds:.0f} s; mean preference margin "
         f"{update.margin_before:+.2f} -> {update.margin_after:+.2f} nats). Fresh cases: the next {args.fresh_sessions}.",
         "",
         "| | copilot acceptance | offline step (action) accuracy |",

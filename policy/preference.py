@@ -10,6 +10,9 @@ rejected one's, measured against a frozen *reference model* (the trace-trained p
 Corrections are few and skewed towards the states the policy gets wrong; the update must not forget the rest.
 So each step also takes a batch of the trace examples the policy was trained on and adds their next-action
 cross-entropy (``sft_weight``): the traces are the reference data that keep every other state where it was.
+A pair about one state of a screen moves the model for every state of that screen (a select option rejected
+once is pushed down wherever the screen shows it), so ``matched_anchor`` of the trace batch is drawn from the
+screens of the step's pairs: the anchor holds hardest where the update pushes.
 The operator's actions are also added to the template bank, so a reply or field value the policy has never
 seen becomes a candidate it can propose.
 
@@ -69,12 +72,17 @@ class PreferenceConfig:
     epochs: int = 4
     batch_size: int = 16
     trace_batch_size: int = 32
+    matched_anchor: float = 0.5  # share of the trace batch drawn from the screens of the step's pairs
     learning_rate: float = 3e-4
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     time_budget_s: float | None = None
     threads: int | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.matched_anchor <= 1.0:
+            raise ValueError(f"matched_anchor must lie in [0, 1], got {self.matched_anchor}")
 
 
 @dataclass
@@ -136,6 +144,22 @@ def preference_margin(policy: LMPolicy, pairs: Sequence[PreferencePair]) -> floa
     return float((chosen - rejected).mean()) if len(pairs) else 0.0
 
 
+def _screen_key(state: UIState) -> tuple[str, str]:
+    return state.process_id, state.screen.screen_id
+
+
+def _anchor_batch(
+    examples: Sequence[Example], screens: Sequence[list[int]], cfg: PreferenceConfig, rng: random.Random
+) -> list[Example]:
+    """``trace_batch_size`` trace examples: ``matched_anchor`` of them from the screens of the step's pairs
+    (``screens``: the trace examples on each pair's screen), the rest from all the traces."""
+    size = min(cfg.trace_batch_size, len(examples))
+    pools = [pool for pool in screens if pool]
+    matched = round(cfg.matched_anchor * size) if pools else 0
+    batch = [examples[rng.choice(rng.choice(pools))] for _ in range(matched)]
+    return batch + rng.sample(examples, size - matched)
+
+
 def preference_update(
     policy: LMPolicy,
     pairs: Sequence[PreferencePair],
@@ -168,7 +192,11 @@ def preference_update(
     ref_chosen = _logprobs(reference, chosen, pad_id)
     ref_rejected = _logprobs(reference, rejected, pad_id)
     history.margin_before = float((ref_chosen - ref_rejected).mean())
-    trace_examples = [_example(policy, step.state, step.action) for trace in traces for step in trace.steps]
+    trace_steps = [step for trace in traces for step in trace.steps]
+    trace_examples = [_example(policy, step.state, step.action) for step in trace_steps]
+    on_screen: dict[tuple[str, str], list[int]] = {}
+    for i, step in enumerate(trace_steps):
+        on_screen.setdefault(_screen_key(step.state), []).append(i)
 
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -193,7 +221,8 @@ def preference_update(
             loss = loss_pref
             loss_sft = torch.zeros(())
             if trace_examples and cfg.sft_weight > 0:
-                batch = rng.sample(trace_examples, min(cfg.trace_batch_size, len(trace_examples)))
+                screens = [on_screen.get(_screen_key(pairs[i].state), []) for i in rows]
+                batch = _anchor_batch(trace_examples, screens, cfg, rng)
                 loss_sft, _ = action_loss(model, collate(batch, pad_id))
                 loss = loss + cfg.sft_weight * loss_sft
             optimizer.zero_grad(set_to_none=True)

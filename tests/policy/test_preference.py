@@ -3,6 +3,7 @@ keep the rest in place, and only model-error corrections count."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,13 @@ from policy.policy import LMPolicy
 from policy.preference import (
     PreferenceConfig,
     PreferencePair,
+    _anchor_batch,
     gated_preference_update,
     preference_margin,
     preference_pairs,
     preference_update,
 )
-from policy.train import TrainConfig
+from policy.train import Example, TrainConfig
 from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
 from schemas.actions import action_key
@@ -124,3 +126,20 @@ def test_the_gate_keeps_an_update_that_wins_held_out_pairs_and_undoes_one_that_h
     )
     assert kept.accepted, kept.reason
     assert kept.pairs_won_after > kept.pairs_won_before and policy.version_ != version
+
+
+def test_the_matched_anchor_draws_its_share_from_the_pairs_screens() -> None:
+    examples = [Example(ids=[i], prompt_len=0) for i in range(100)]
+    pair_screens = [[3, 4], [], [5]]  # the trace examples on each pair's screen (the second pair's has none)
+    cfg = PreferenceConfig(trace_batch_size=8, matched_anchor=0.5)
+    batch = _anchor_batch(examples, pair_screens, cfg, random.Random(0))
+    assert len(batch) == 8
+    assert all(e.ids[0] in {3, 4, 5} for e in batch[:4])  # half from the pairs' screens
+    # no screen with trace examples: the whole batch comes from all the traces, as with matched_anchor 0
+    unmatched = _anchor_batch(examples, [[], []], cfg, random.Random(0))
+    assert [e.ids for e in unmatched] == [
+        e.ids
+        for e in _anchor_batch(examples, [], PreferenceConfig(trace_batch_size=8, matched_anchor=0.0), random.Random(0))
+    ]
+    with pytest.raises(ValueError, match="matched_anchor"):
+        PreferenceConfig(matched_anchor=1.5)

@@ -14,6 +14,7 @@ of the case, so a report can show the accuracy on the cases the log saw through 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,7 +50,7 @@ class CensoringHorizon:
         if not train_spans or not test_spans:
             return None
         durations = sorted(end - start for start, end in train_spans)
-        horizon = durations[min(len(durations) - 1, int(quantile * len(durations)))]
+        horizon = durations[max(0, math.ceil(quantile * len(durations)) - 1)]  # the nearest-rank quantile
         log_end = max(end for _, end in train_spans + test_spans)
         return cls(log_end=log_end, horizon=horizon, quantile=quantile)
 

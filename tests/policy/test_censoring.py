@@ -56,7 +56,7 @@ def test_the_horizon_is_the_quantile_of_training_durations_and_the_log_end_spans
     test = [_trace("early", 30, 2), _trace("late", 38, 2)]  # the log ends on day 40
     horizon = CensoringHorizon.fit(train, test, quantile=0.9)
     assert horizon is not None
-    assert horizon.horizon == timedelta(days=10)
+    assert horizon.horizon == timedelta(days=9)  # the nearest rank: 9 of the 10 durations are at most 9 days
     assert horizon.log_end == T0 + timedelta(days=40)
     assert horizon.fully_observed(test[0]) is True  # started 10 days before the end
     assert horizon.fully_observed(test[1]) is False  # 2 days: it may have gone on after the extraction

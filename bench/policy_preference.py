@@ -46,6 +46,7 @@ from policy.policy import LMPolicy
 from policy.preference import (
     PreferenceConfig,
     gated_preference_update,
+    is_value_pair,
     preference_pairs,
     preference_update,
 )
@@ -53,7 +54,6 @@ from policy.train import TrainConfig
 from sandbox.feedback_collection import collect_copilot_feedback
 from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
-from schemas.actions import action_target
 from schemas.trace import Trace
 
 NAME = "policy_preference"
@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     pairs = preference_pairs(corrections.records)
     if args.drop_value_pairs:
-        pairs = [
-            p for p in pairs if action_target(p.chosen) != action_target(p.rejected) or p.chosen.type != p.rejected.type
-        ]
+        pairs = [pair for pair in pairs if not is_value_pair(pair)]
     collect_s = time.perf_counter() - tick
 
     with tempfile.TemporaryDirectory() as tmp:  # an independent copy of the trace-only policy to update

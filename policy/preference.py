@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 from policy.policy import LMPolicy
 from policy.serialise import action_text
 from policy.train import IGNORE, Example, action_loss, collate
-from schemas.actions import Action, action_key
+from schemas.actions import Action, action_key, action_target
 from schemas.decision import RejectReason
 from schemas.feedback import FeedbackRecord
 from schemas.state import UIState
@@ -50,6 +50,12 @@ class PreferencePair:
     state: UIState
     chosen: Action
     rejected: Action
+
+
+def is_value_pair(pair: PreferencePair) -> bool:
+    """Whether the two actions differ only in the value: the same type and target, another option, wording or
+    typed value."""
+    return pair.chosen.type == pair.rejected.type and action_target(pair.chosen) == action_target(pair.rejected)
 
 
 def preference_pairs(records: Iterable[FeedbackRecord]) -> list[PreferencePair]:

@@ -17,6 +17,7 @@ from policy.preference import (
     PreferencePair,
     _anchor_batch,
     gated_preference_update,
+    is_value_pair,
     preference_margin,
     preference_pairs,
     preference_update,
@@ -24,7 +25,7 @@ from policy.preference import (
 from policy.train import Example, TrainConfig
 from sandbox.generate import generate
 from sandbox.scenario import scenario_by_name
-from schemas.actions import action_key
+from schemas.actions import Action, CloseChat, SelectOption, SendTextToChat, action_key
 from schemas.decision import RejectReason
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.risk import SliceKey
@@ -143,3 +144,16 @@ def test_the_matched_anchor_draws_its_share_from_the_pairs_screens() -> None:
     ]
     with pytest.raises(ValueError, match="matched_anchor"):
         PreferenceConfig(matched_anchor=1.5)
+
+
+def test_value_pairs_differ_only_in_the_value(traces: list[Trace]) -> None:
+    state = traces[0].steps[0].state
+
+    def pair(chosen: Action, rejected: Action) -> PreferencePair:
+        return PreferencePair(state, chosen, rejected)
+
+    plan_a, plan_b = SelectOption(control_id="plan", option="a"), SelectOption(control_id="plan", option="b")
+    assert is_value_pair(pair(plan_a, plan_b))
+    assert is_value_pair(pair(SendTextToChat(text="Hi"), SendTextToChat(text="Hello")))
+    assert not is_value_pair(pair(plan_a, SelectOption(control_id="speed", option="a")))  # another control
+    assert not is_value_pair(pair(SendTextToChat(text="Hi"), CloseChat(resolution="done")))  # another type

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from policy.evaluate import SliceMetrics, StepScore, slice_metrics
 from schemas import Trace
@@ -25,8 +25,13 @@ from schemas import Trace
 DEFAULT_QUANTILE = 0.9
 
 
+def _aware(moment: datetime) -> datetime:
+    """A zone-less time read as UTC, as the importers read one, so that traces of either kind compare."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def _span(trace: Trace) -> tuple[datetime, datetime] | None:
-    times = [step.timestamp for step in trace.steps if step.timestamp is not None]
+    times = [_aware(step.timestamp) for step in trace.steps if step.timestamp is not None]
     return (min(times), max(times)) if times else None
 
 

@@ -81,6 +81,21 @@ def test_the_breakdown_separates_the_ends_of_possibly_censored_cases() -> None:
     assert row["horizon_days"] == 5.0
 
 
+def test_zone_less_times_count_as_utc_beside_zoned_ones() -> None:
+    train = [_trace(f"t{i}", start_day=i, length_days=5) for i in range(5)]
+    late = _trace("late", 28, 2)
+    naive = late.model_copy(
+        update={
+            "steps": [
+                s.model_copy(update={"timestamp": s.timestamp and s.timestamp.replace(tzinfo=None)}) for s in late.steps
+            ]
+        }
+    )
+    horizon = CensoringHorizon.fit(train, [naive])
+    assert horizon is not None and horizon.log_end == T0 + timedelta(days=30)
+    assert horizon.fully_observed(naive) is False
+
+
 def test_untimed_traces_give_no_horizon_and_a_bad_quantile_is_refused() -> None:
     untimed = [_trace("a", 0, 1, timed=False)]
     assert CensoringHorizon.fit(untimed, untimed) is None

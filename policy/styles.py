@@ -84,24 +84,24 @@ def _em(on: np.ndarray, off: np.ndarray, k: int, rng: np.random.Generator, itera
     return loglik, weights, presence, resp
 
 
-_Counts = tuple[np.ndarray, np.ndarray, np.ndarray]  # per group: habit shown, not shown (where it counts); has cases
+_Counts = tuple[np.ndarray, np.ndarray, np.ndarray]  # per group: habit shown, not shown (where it counts); cases
 
 
 def _group_counts(x: np.ndarray, seen: np.ndarray, groups: np.ndarray, rows: np.ndarray) -> _Counts:
     """Per group, how many of the cases ``rows`` marks show each habit and how many do not, where it counts; and
-    which groups have such cases."""
+    how many such cases it has."""
     n_groups = int(groups.max()) + 1
     on, off = np.zeros((n_groups, x.shape[1])), np.zeros((n_groups, x.shape[1]))
     np.add.at(on, groups[rows], (x * seen)[rows])
     np.add.at(off, groups[rows], ((1 - x) * seen)[rows])
-    return on, off, np.bincount(groups[rows], minlength=n_groups) > 0
+    return on, off, np.bincount(groups[rows], minlength=n_groups)
 
 
-def _case_shares(resp: np.ndarray, cases_per_group: np.ndarray) -> np.ndarray:
-    """The styles' shares of the cases, one case added to each style: a new case's prior (an operator with many
-    cases weighs more than a case of its own). Groups without responsibilities (no counted case) count for none."""
-    counted = ~np.isnan(resp[:, 0])
-    return (cases_per_group[counted] @ resp[counted] + 1.0) / (cases_per_group[counted].sum() + resp.shape[1])
+def _case_shares(resp: np.ndarray, cases: np.ndarray) -> np.ndarray:
+    """The styles' shares of the cases (``cases`` per group), one case added to each style: a new case's prior (an
+    operator with many cases weighs more than a case of its own). A group without cases has no responsibilities."""
+    counted = cases > 0
+    return (cases[counted] @ resp[counted] + 1.0) / (cases.sum() + resp.shape[1])
 
 
 def operator_of(trace: Trace) -> str | None:
@@ -157,10 +157,8 @@ class OperatorStyles(Reader):
         rng = np.random.default_rng(self.seed)
         held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
         fitted = _group_counts(x, seen, groups, ~held)
-        fitted_cases = np.bincount(groups[~held], minlength=int(groups.max()) + 1)
         scores = [
-            self._held_out(fitted, fitted_cases, x[held], seen[held], groups[held], k, rng)
-            for k in range(1, self.max_styles + 1)
+            self._held_out(fitted, x[held], seen[held], groups[held], k, rng) for k in range(1, self.max_styles + 1)
         ]
         best = int(np.argmax([s.sum() for s in scores]))
         # The fewest styles within one standard error of the best (paired over the held-out cases): more styles
@@ -171,10 +169,11 @@ class OperatorStyles(Reader):
             if (scores[best] - s).sum() <= np.sqrt(len(s)) * float(np.std(scores[best] - s))
         )
         everyone = np.ones(len(cases), dtype=bool)
-        _, _, presence, resp = self._best_run(_group_counts(x, seen, groups, everyone), k, rng)
+        counts = _group_counts(x, seen, groups, everyone)
+        _, _, presence, resp = self._best_run(counts, k, rng)
         if k > 1:
             self.templates_ = templates
-            self.weights_ = [float(w) for w in _case_shares(resp, np.bincount(groups, minlength=len(resp)))]
+            self.weights_ = [float(w) for w in _case_shares(resp, counts[2])]
             self.presence_ = [[float(p) for p in row] for row in presence]
         return self
 
@@ -196,7 +195,8 @@ class OperatorStyles(Reader):
     def _best_run(self, counts: _Counts, k: int, rng: np.random.Generator) -> _Fit:
         """The best of ``restarts`` EM runs on the groups' counts (the responsibilities are indexed by group; a
         group without counted cases has none of its own)."""
-        on, off, present = counts
+        on, off, cases = counts
+        present = cases > 0
         runs = [_em(on[present], off[present], k, rng, self.iterations) for _ in range(1 if k == 1 else self.restarts)]
         loglik, weights, presence, resp = max(runs, key=lambda run: run[0])
         full = np.full((len(present), k), np.nan)
@@ -206,7 +206,6 @@ class OperatorStyles(Reader):
     def _held_out(
         self,
         fitted: _Counts,
-        fitted_cases: np.ndarray,
         xh: np.ndarray,
         sh: np.ndarray,
         gh: np.ndarray,
@@ -214,12 +213,11 @@ class OperatorStyles(Reader):
         rng: np.random.Generator,
     ) -> np.ndarray:
         """Each held-out case's log-likelihood (habits ``xh``, where they count ``sh``, group ``gh``) under ``k``
-        styles fitted on the other cases' counts (``fitted_cases`` of them per group): its style is its operator's
-        as the other cases of that operator show it, or drawn from the styles' shares of those cases (the prior a
-        new case gets, ``weights_``)."""
+        styles fitted on the other cases' counts: its style is its operator's as the other cases of that operator
+        show it, or drawn from the styles' shares of those cases (the prior a new case gets, ``weights_``)."""
         _, _, presence, resp = self._best_run(fitted, k, rng)
         prior = resp[gh]
-        prior = np.where(np.isnan(prior), _case_shares(resp, fitted_cases)[None, :], prior)
+        prior = np.where(np.isnan(prior), _case_shares(resp, fitted[2])[None, :], prior)
         likelihood = (xh * sh) @ np.log(presence).T + ((1 - xh) * sh) @ np.log1p(-presence).T
         return logsumexp(np.log(np.clip(prior, 1e-300, None)) + likelihood, axis=1)
 

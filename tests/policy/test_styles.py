@@ -180,5 +180,5 @@ def test_a_new_cases_prior_is_the_styles_share_of_the_cases_whatever_the_groupin
     """An operator's 30 cases weigh 30 times a case of its own; a group without counted cases weighs nothing (the
     prior of a held-out case without an operator is the same as the fitted reader's ``weights_``)."""
     resp = np.array([[1.0, 0.0], [0.0, 1.0], [np.nan, np.nan]])  # an operator, a lone case, a group not counted
-    shares = _case_shares(resp, np.array([30, 1, 5]))
+    shares = _case_shares(resp, np.array([30, 1, 0]))
     assert shares == pytest.approx([(30 + 1) / (31 + 2), (1 + 1) / (31 + 2)])

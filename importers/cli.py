@@ -73,6 +73,7 @@ def _csv(args: argparse.Namespace) -> int:
         timestamp=args.timestamp_col,
         resource=args.resource_col,
         delimiter=args.delimiter,
+        timestamp_format=args.timestamp_format,
     )
     return _write(
         args,
@@ -139,6 +140,12 @@ def register(commands: Any) -> None:
     csv.add_argument("--case-col", metavar="NAME", help="case id column (default: detect case:concept:name ...)")
     csv.add_argument("--activity-col", metavar="NAME", help="activity column (default: detect concept:name ...)")
     csv.add_argument("--timestamp-col", metavar="NAME", help="timestamp column (default: detect time:timestamp ...)")
+    csv.add_argument(
+        "--timestamp-format",
+        metavar="FMT",
+        help="the timestamps' strptime format, e.g. '%%d/%%m/%%Y %%H:%%M' (default: ISO 8601, or a common export "
+        "format such as 2012/10/09 14:50:17 read from the whole column)",
+    )
     csv.add_argument("--resource-col", metavar="NAME", help="operator column (default: org:resource, if present)")
     csv.add_argument("--delimiter", metavar="CHAR", help="field separator (default: detect , ; tab |)")
     csv.set_defaults(handler=_csv)

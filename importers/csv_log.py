@@ -10,6 +10,7 @@ attributes, so the ``case`` panel is empty.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +21,21 @@ from importers.common import (
     LogImport,
     check_process_id,
     is_dropped_attribute,
-    parse_timestamp,
     process_id_from_path,
     read_text,
     text_lines,
 )
 from importers.eventlog import RawCase, RawEvent, activity_screen, case_traces
+from importers.timestamps import TimestampError, parse_column
 from schemas.trace import TraceSource
 
-CASE_COLUMNS = ("case:concept:name", "case_id", "CaseID", "caseID", "Case ID")
-ACTIVITY_COLUMNS = ("concept:name", "activity", "Activity")
-TIMESTAMP_COLUMNS = ("time:timestamp", "timestamp", "Timestamp")
-RESOURCE_COLUMNS = ("org:resource", "resource", "Resource")
+# The usual names, in order of preference; matched ignoring case, spaces, underscores and hyphens (``_key``), so
+# ``Case ID``, ``case_id`` and ``CaseID`` are one name. ``Complete Timestamp`` is Disco's (beside its ``Start
+# Timestamp``: an event's time is when it completed, as in XES logs of complete events).
+CASE_COLUMNS = ("case:concept:name", "case id", "case")
+ACTIVITY_COLUMNS = ("concept:name", "activity", "activity name", "event", "event name")
+TIMESTAMP_COLUMNS = ("time:timestamp", "timestamp", "complete timestamp", "end timestamp", "end time", "time")
+RESOURCE_COLUMNS = ("org:resource", "resource", "user")
 _DELIMITERS = (",", ";", "\t", "|")
 
 
@@ -44,6 +48,7 @@ class Columns:
     timestamp: str | None = None
     resource: str | None = None
     delimiter: str | None = None
+    timestamp_format: str | None = None  # strptime directives; None: ISO 8601 or a format detected per column
 
 
 def _delimiter(header_line: str) -> str:
@@ -53,15 +58,27 @@ def _delimiter(header_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
+def _key(column: str) -> str:
+    return re.sub(r"[\s_\-]+", "", column).lower()
+
+
+def _detect(header: Sequence[str], candidates: Sequence[str]) -> str | None:
+    """The header's column for the first of ``candidates`` it has (by ``_key``), or None."""
+    by_key: dict[str, str] = {}
+    for column in header:
+        by_key.setdefault(_key(column), column)
+    return next((by_key[_key(name)] for name in candidates if _key(name) in by_key), None)
+
+
 def _pick(header: Sequence[str], chosen: str | None, candidates: Sequence[str], what: str, option: str) -> str:
     if chosen is not None:
         if chosen not in header:
             raise ValueError(f"line 1: missing {what} column {chosen!r} (columns: {', '.join(header)})")
         return chosen
-    for name in candidates:
-        if name in header:
-            return name
-    raise ValueError(f"line 1: no {what} column (looked for {', '.join(candidates)}); name it with {option}")
+    detected = _detect(header, candidates)
+    if detected is None:
+        raise ValueError(f"line 1: no {what} column (looked for {', '.join(candidates)}); name it with {option}")
+    return detected
 
 
 def read_cases(path: Path, columns: Columns = Columns()) -> list[RawCase]:
@@ -86,7 +103,7 @@ def read_cases(path: Path, columns: Columns = Columns()) -> list[RawCase]:
             time_col = _pick(header, columns.timestamp, TIMESTAMP_COLUMNS, "timestamp", "--timestamp-col")
             resource_col = (
                 _pick(header, columns.resource, RESOURCE_COLUMNS, "resource", "--resource-col")
-                if columns.resource is not None or any(c in header for c in RESOURCE_COLUMNS)
+                if columns.resource is not None or _detect(header, RESOURCE_COLUMNS) is not None
                 else None
             )
         except ValueError as exc:
@@ -99,32 +116,36 @@ def read_cases(path: Path, columns: Columns = Columns()) -> list[RawCase]:
             for i, column in enumerate(header)
             if i not in (case_i, activity_i) and not is_dropped_attribute(column)
         ]
-        cases: dict[str, RawCase] = {}
+        rows: list[tuple[int, list[str]]] = []
         for row in reader:
             if not row:
                 continue  # a blank line
             line = reader.line_num
             if len(row) != len(header):
                 raise LogFormatError(f"{name}: line {line}: expected {len(header)} fields, got {len(row)}")
-            case_id, activity = row[case_i].strip(), row[activity_i].strip()
-            if not case_id:
+            if not row[case_i].strip():
                 raise LogFormatError(f"{name}: line {line}: empty case id in column {case_col!r}")
-            if not activity:
+            if not row[activity_i].strip():
                 raise LogFormatError(f"{name}: line {line}: empty activity in column {activity_col!r}")
-            try:
-                timestamp = parse_timestamp(row[time_i])
-            except ValueError as exc:
-                raise LogFormatError(f"{name}: line {line}: column {time_col!r}: {exc}") from None
-            attributes = {column: row[i] for i, column in kept if row[i] != ""}
-            attributes[time_col] = timestamp.isoformat()
-            resource = row[resource_i].strip() if resource_i is not None else ""
-            event = RawEvent(activity=activity, timestamp=timestamp, resource=resource or None, attributes=attributes)
-            case = cases.get(case_id)
-            if case is None:
-                case = cases[case_id] = RawCase(case_id=case_id)
-            case.events.append(event)
+            rows.append((line, row))
     except csv.Error as exc:
         raise LogFormatError(f"{name}: line {reader.line_num}: {exc}") from None
+    try:
+        times = parse_column([row[time_i] for _, row in rows], columns.timestamp_format)
+    except TimestampError as exc:
+        where = f"line {rows[exc.index][0]}: " if exc.index is not None else ""
+        raise LogFormatError(f"{name}: {where}column {time_col!r}: {exc}") from None
+    cases: dict[str, RawCase] = {}
+    for (_, row), timestamp in zip(rows, times, strict=True):
+        case_id, activity = row[case_i].strip(), row[activity_i].strip()
+        attributes = {column: row[i] for i, column in kept if row[i] != ""}
+        attributes[time_col] = timestamp.isoformat()
+        resource = row[resource_i].strip() if resource_i is not None else ""
+        event = RawEvent(activity=activity, timestamp=timestamp, resource=resource or None, attributes=attributes)
+        case = cases.get(case_id)
+        if case is None:
+            case = cases[case_id] = RawCase(case_id=case_id)
+        case.events.append(event)
     for case in cases.values():
         case.events.sort(key=lambda event: event.timestamp)  # list.sort is stable: ties keep file order
     return list(cases.values())

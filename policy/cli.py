@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,16 @@ def _read_traces(path: str) -> list[Any]:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"--traces: {source} is not a file")
+    tick = time.perf_counter()
     traces = list(read_traces(source))
     if not traces:
         raise ValueError(f"--traces: {source} holds no traces")
+    steps = sum(len(t.steps) for t in traces)
+    print(
+        f"read {len(traces):,} traces ({steps:,} steps) from {source} in {time.perf_counter() - tick:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return traces
 
 

@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import math
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -290,6 +291,7 @@ class CombinedPolicy:
             "members": {},
             "left_out": {},
         }
+        self._say(f"{len(traces):,} cases: {len(fit_part):,} to fit the members on, {len(held_out):,} held out")
         members, final = self._fit_members(fit_part, report)
         scored_cases = _sample_cases(held_out, self.max_val_steps, self.seed)
         self.lm_ = None
@@ -305,6 +307,7 @@ class CombinedPolicy:
         states = [s.state for t in scored_cases for s in t.steps]
         gold = [action_key(s.action) for t in scored_cases for s in t.steps]
         rankings: dict[str, list[Ranked]] = {}
+        self._say(f"scoring {len(states):,} held-out steps ({len(scored_cases):,} cases) with {', '.join(members)}")
         for name, member in members.items():
             tick = time.perf_counter()
             rankings[name] = [_valid(st, r) for st, r in zip(states, member.rank(states, RANK_K), strict=True)]
@@ -336,6 +339,7 @@ class CombinedPolicy:
         if self.lm_ is not None and LM not in self._used():
             report["members"][LM]["kept"] = "saved for the critic and the preference updates, not routed to"
         report["fit_s"] = round(time.perf_counter() - started, 2)
+        self._say(f"fitted in {report['fit_s']:.0f} s; held-out accuracy {report['validation']['combined_accuracy']}")
         self.report_ = report
         self.version_ = self._version()
         return self
@@ -364,8 +368,10 @@ class CombinedPolicy:
                 members[name] = make().fit(fit_part)
             except (ValueError, RuntimeError) as exc:  # e.g. too few steps of each action for boosting
                 report["left_out"][name] = f"fit failed: {exc}"
+                self._say(f"{name}: {report['left_out'][name]}")
                 continue
             report["members"][name] = {"fit_s": round(time.perf_counter() - tick, 2)}
+            self._say(f"fitted {name} in {report['members'][name]['fit_s']:.1f} s")
         if not members:
             raise ValueError(f"no member could be fitted: {report['left_out']}")
         return members, final
@@ -452,8 +458,10 @@ class CombinedPolicy:
                     tick = time.perf_counter()
                     member = final[name]().fit(list(traces))
                     report["members"][name]["refit_s"] = round(time.perf_counter() - tick, 2)
+                    self._say(f"refitted {name} on every case in {report['members'][name]['refit_s']:.1f} s")
                 else:
                     report["members"][name]["refit_s"] = f"skipped: ~{expected:.0f} s expected, {left:.0f} s left"
+                    self._say(f"{name}: refit {report['members'][name]['refit_s']}")
             kept[name] = member
         return kept
 
@@ -471,6 +479,12 @@ class CombinedPolicy:
         affordable = max(MIN_SCORED_STEPS, int(0.5 * left / max(per_state, 1e-6)))
         report["validation_scoring"] = {"lm_ms_per_state": round(1000 * per_state, 2), "affordable": affordable}
         return _sample_cases(cases, affordable, self.seed)
+
+    def _say(self, message: str) -> None:
+        """A plain line between the fit's phases (stderr, with ``progress``): on a 580,000-event log fitting the
+        members took minutes with nothing shown; the LM shows its own progress bar."""
+        if self.progress:
+            print(f"combined policy: {message}", file=sys.stderr, flush=True)
 
     def _fit_lm(
         self, fit_part: Sequence[Trace], held_out: Sequence[Trace], started: float, report: dict[str, Any]
@@ -513,6 +527,8 @@ class CombinedPolicy:
             progress=self.progress,
         )
         tick = time.perf_counter()
+        budget_text = "no budget" if budget is None else f"a {budget:.0f} s budget"
+        self._say(f"training the LM on {n_examples:,} steps with {budget_text} (serialising them first)")
         # early stopping on (at most) the held-out cases the choice is scored on
         lm.fit(fit_part, val_traces=held_out if held_out else None)
         history = lm.history_

@@ -214,3 +214,19 @@ def test_the_floor_comparison_shows_the_choice(toy: tuple[list[Trace], list[Trac
     report = compare_with_floors(combined, test, train, name="combined policy", batch_size=16)
     assert {"most_frequent_per_screen", "suffix_ngram_6", "combined policy"} <= set(report.results)
     assert "Which predictor answers where" in report.markdown and "**gbm" in report.markdown
+
+
+def test_the_fit_says_each_phase_when_asked(
+    toy: tuple[list[Trace], list[Trace]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, _ = toy
+    CombinedPolicy(lm=False).fit(train)
+    assert capsys.readouterr().err == ""
+    policy = CombinedPolicy(lm=False, progress=True).fit(train)
+    lines = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("combined policy: ") for line in lines)
+    text = "\n".join(lines)
+    fitted = policy.report_["members"]
+    assert all(f"fitted {name} in " in text for name in fitted)
+    assert "held out" in lines[0] and "scoring" in text and "refitted" in text
+    assert lines[-1].startswith(f"combined policy: fitted in {policy.report_['fit_s']:.0f} s")

@@ -54,7 +54,7 @@ from policy.record_check import RecordCheck
 from policy.requests import RequestTracker
 from policy.routing import Routing, choose_routes, group_path
 from policy.saved import COMBINED_FILE, POLICY_FILE, read_meta
-from policy.serialise import SerialConfig
+from policy.serialise import SerialConfig, is_activity_log
 from policy.sizing import plan_lm
 from schemas.actions import Action, ActionValidationError, action_key, validate_action
 from schemas.files import atomic_directory
@@ -97,10 +97,12 @@ def _simple_members() -> dict[str, Callable[[], RankingPredictor]]:
     }
 
 
-def _gbm_members(max_samples: int | None) -> dict[str, Callable[[], RankingPredictor]]:
+def _gbm_members(max_samples: int | None, max_classes: int | None) -> dict[str, Callable[[], RankingPredictor]]:
     return {
-        "gbm": lambda: GradientBoostingBaseline(max_samples=max_samples),
-        "gbm_no_timing": lambda: GradientBoostingBaseline(exclude_fields=TIMING_FIELDS, max_samples=max_samples),
+        "gbm": lambda: GradientBoostingBaseline(max_samples=max_samples, max_classes=max_classes),
+        "gbm_no_timing": lambda: GradientBoostingBaseline(
+            exclude_fields=TIMING_FIELDS, max_samples=max_samples, max_classes=max_classes
+        ),
     }
 
 
@@ -240,8 +242,10 @@ class CombinedPolicy:
     * ``time_budget_s``: the whole fit's wall-clock budget; the LM gets what the other members leave of it
       (at least ``min_lm_budget_s``). ``lm=False`` leaves the LM out; ``lm_threads`` fixes its torch threads
       (default: probe one against two); ``lm_settings`` fixes parts of its plan (``LM_SETTINGS``).
-    * ``gbm_max_classes``: the gradient-boosting members are left out when the training targets have more
-      distinct actions than this (a chat process's literal replies: one class per customer).
+    * ``gbm_max_classes``: when the training targets have more distinct actions than this, the gradient-boosting
+      members take the most frequent this many as classes on an activity log (hundreds of activities, a long
+      tail; the rarer ones are left to the other members), and are left out on a chat process (its literal
+      replies: one class per customer).
       ``gbm_select_samples`` caps their training rows while they are compared (a seeded sample),
       ``gbm_max_samples`` when the chosen ones are refitted on every case. A refit that the time budget cannot
       afford is skipped (the member fitted for the comparison stays; the report says so).
@@ -356,9 +360,14 @@ class CombinedPolicy:
             selecting["ngram_pooled"] = final["ngram_pooled"] = lambda: SuffixNGram(pooled=True)
         n_classes = len({action_key(s.action) for t in fit_part for s in t.steps})
         if self.gbm:
-            if n_classes <= self.gbm_max_classes:
-                selecting |= _gbm_members(_capped(self.gbm_max_samples, self.gbm_select_samples))
-                final |= _gbm_members(self.gbm_max_samples)
+            # an activity log's many activities are a long tail: its most frequent ones are classes and the rest
+            # are left to the other members; a chat process's many actions are its literal replies
+            classes = None if n_classes <= self.gbm_max_classes else self.gbm_max_classes
+            if classes is None or is_activity_log(fit_part):
+                selecting |= _gbm_members(_capped(self.gbm_max_samples, self.gbm_select_samples), classes)
+                final |= _gbm_members(self.gbm_max_samples, classes)
+                if classes is not None:
+                    report["gbm_classes"] = f"the {classes} most frequent of {n_classes} distinct actions"
             else:
                 report["left_out"]["gbm"] = f"{n_classes} distinct actions > gbm_max_classes {self.gbm_max_classes}"
         members: dict[str, RankingPredictor] = {}
@@ -725,6 +734,8 @@ class CombinedPolicy:
         ]
         for name, info in self.report_.get("members", {}).items():
             note = self.report_.get("left_out", {}).get(name, "")
+            if name.startswith("gbm") and "gbm_classes" in self.report_:
+                note = note or f"classes: {self.report_['gbm_classes']}"
             if name == LM:
                 note = note or (
                     f"{info.get('epochs_done')} epochs, {info.get('steps')} steps ({info.get('stopped')}), "

@@ -153,12 +153,7 @@ class SerialConfig:
         buttons and no chat, as the event-log importers make) the whole history the states keep, bare clicks,
         counts, no button list, and without the panel fields whose values hardly recur (``rare_fields``)."""
         states = [step.state for trace in traces for step in trace.steps]
-        if not states:
-            return cls()
-        activity_log = all(
-            not state.chat and all(c.kind == ControlKind.BUTTON for c in state.screen.controls) for state in states
-        )
-        if not activity_log:
+        if not states or not is_activity_log(traces):
             return cls()
         longest = max(len(state.recent_actions) for state in states)
         return cls(
@@ -168,6 +163,15 @@ class SerialConfig:
             counts=True,
             drop_fields=rare_fields(states),
         )
+
+
+def is_activity_log(traces: Sequence[Trace]) -> bool:
+    """Whether every state of ``traces`` (at least one) shows only buttons and no chat, as the event-log importers
+    make them: an activity log, not a chat process."""
+    states = [step.state for trace in traces for step in trace.steps]
+    return bool(states) and all(
+        not state.chat and all(c.kind == ControlKind.BUTTON for c in state.screen.controls) for state in states
+    )
 
 
 def _chat_parts(state: UIState, cfg: SerialConfig) -> list[str]:

@@ -60,6 +60,9 @@ REFERENCE_TIME = ("last_event", "time:timestamp")
 ELAPSED = "elapsed_s"
 """The field of the reference panel that gives the seconds from the case's first event to the last one."""
 
+OTHER = "\x00other"
+"""The class of the actions beyond ``max_classes`` (no action key starts with a NUL)."""
+
 BLOCK = 254
 """Values coded per categorical column: HistGradientBoostingClassifier takes the codes 0 .. 254; code ``BLOCK``
 (254) stands for every other value. A field with more frequent values gets one column per block of 254."""
@@ -312,6 +315,9 @@ class GradientBoostingBaseline:
     * ``max_samples`` caps the training rows (a seeded random subset); ``include_first_step`` says whether the
       states before the first event (step 0) are training rows. A target seen only once in training is dropped
       (nothing can be learned from it).
+    * ``max_classes``: at most this many actions are classes (None: every action). The others, rarer, become one
+      class ``OTHER`` that is never proposed: boosting fits one tree per class and round, so a log with hundreds
+      of activities would take minutes per fit, while its rare ones are few of its steps.
     * ``n_threads`` limits the OpenMP threads of fit and predict (None: all cores). The default is one: on a
       small machine shared with other work, OpenMP threads waiting for each other made fitting several times
       slower than one thread.
@@ -336,6 +342,7 @@ class GradientBoostingBaseline:
         max_samples: int | None = None,
         recency_half_life: float | None = None,
         include_first_step: bool = True,
+        max_classes: int | None = None,
         n_threads: int | None = 1,
         random_state: int = 0,
     ) -> None:
@@ -353,6 +360,7 @@ class GradientBoostingBaseline:
         self.max_samples = max_samples
         self.recency_half_life = recency_half_life
         self.include_first_step = include_first_step
+        self.max_classes = max_classes
         self.n_threads = n_threads
         self.random_state = random_state
 
@@ -368,6 +376,8 @@ class GradientBoostingBaseline:
         ]
         if not pairs:
             raise ValueError("no training steps: the traces are empty")
+        if self.max_classes is not None and self.max_classes < 1:
+            raise ValueError(f"max_classes must be at least 1, not {self.max_classes}")
         if self.max_samples is not None and len(pairs) > self.max_samples:
             rng = np.random.default_rng(self.random_state)
             keep = np.sort(rng.choice(len(pairs), size=self.max_samples, replace=False))
@@ -378,13 +388,19 @@ class GradientBoostingBaseline:
             pairs = [(step, start) for step, start in pairs if seen[action_key(step.action)] >= 2]
         states = [step.state for step, _ in pairs]
         targets = [action_key(step.action) for step, _ in pairs]
+        counts = Counter(targets)
+        if self.max_classes is not None and len(counts) > self.max_classes:
+            frequent = {key for key, _ in counts.most_common(self.max_classes)}
+            targets = [key if key in frequent else OTHER for key in targets]
         self.features_ = learn_features(
             states, n_last=self.n_last, max_categories=self.max_categories, exclude=self.exclude_fields
         )
         self.actions_: dict[str, Action] = {}
         for (step, _), key in zip(pairs, targets, strict=True):
-            self.actions_.setdefault(key, step.action)
-        self.classes_ = sorted(self.actions_)
+            if key != OTHER:
+                self.actions_.setdefault(key, step.action)
+        # the actions, then OTHER when some were merged into it: the first len(actions_) columns are proposable
+        self.classes_ = sorted(self.actions_) + ([OTHER] if OTHER in targets else [])
         index = {key: i for i, key in enumerate(self.classes_)}
         y = np.array([index[key] for key in targets], dtype=np.int64)
         X = self.features_.transform(states)
@@ -438,8 +454,12 @@ class GradientBoostingBaseline:
         # the model's classes are the indices 0..n-1 of classes_ that occurred, i.e. all of them
         return proba
 
+    def _proposable(self, states: Sequence[UIState]) -> np.ndarray:
+        """``predict_proba`` without the ``OTHER`` column (rows need not sum to one then)."""
+        return self.predict_proba(states)[:, : len(self.actions_)]
+
     def predict(self, states: Sequence[UIState]) -> list[Prediction]:
-        proba = self.predict_proba(states)
+        proba = self._proposable(states)
         best = proba.argmax(axis=1) if len(states) else np.zeros(0, dtype=np.int64)
         return [
             Prediction(action=self.actions_[self.classes_[int(i)]], confidence=float(proba[row, int(i)]))
@@ -448,7 +468,7 @@ class GradientBoostingBaseline:
 
     def rank(self, states: Sequence[UIState], k: int = 5) -> list[list[tuple[Action, float]]]:
         """Per state the ``k`` most probable next actions (as seen in training) with their probabilities."""
-        proba = self.predict_proba(states)
+        proba = self._proposable(states)
         out: list[list[tuple[Action, float]]] = []
         for row in proba:
             top = np.argsort(-row, kind="stable")[:k]
@@ -501,6 +521,7 @@ class GradientBoostingBaseline:
 _PARAMS = (
     "n_last",
     "max_categories",
+    "max_classes",
     "max_iter",
     "learning_rate",
     "max_leaf_nodes",

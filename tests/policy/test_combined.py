@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from importers.eventlog import RawCase, RawEvent, activity_screen, case_trace
 from policy.baselines.floors import SuffixNGram
-from policy.baselines.gbm import GradientBoostingBaseline
+from policy.baselines.gbm import OTHER, GradientBoostingBaseline
 from policy.calibration import IsotonicCalibrator, expected_calibration_error
 from policy.combined import CombinedPolicy, choose_blend, load_policy, time_split
 from policy.evaluate import evaluate
@@ -23,7 +24,9 @@ from policy.predictor import NextActionPredictor
 from policy.report import compare_with_floors
 from policy.routing import ROOT, choose_routes, clearly_better, group_path, length_bucket
 from policy.saved import is_policy_dir
+from policy.serialise import is_activity_log
 from schemas.actions import ClickControl, action_key, validate_action
+from schemas.state import ChatMessage, ChatRole
 from schemas.trace import Trace, TraceSource
 
 SCREEN = activity_screen("toy", ["open", "fix", "escalate", "review", "close"])
@@ -230,3 +233,42 @@ def test_the_fit_says_each_phase_when_asked(
     assert all(f"fitted {name} in " in text for name in fitted)
     assert "held out" in lines[0] and "scoring" in text and "refitted" in text
     assert lines[-1].startswith(f"combined policy: fitted in {policy.report_['fit_s']:.0f} s")
+
+
+def test_an_activity_log_with_many_actions_keeps_the_gbm_on_the_frequent_ones(
+    toy: tuple[list[Trace], list[Trace]],
+) -> None:
+    train, test = toy
+    counts = Counter(action_key(s.action) for t in train for s in t.steps)
+    assert len(counts) == 6
+    frequent = {key for key, _ in counts.most_common(3)}  # open, close and the end of the case: once per case
+    capped = GradientBoostingBaseline(max_classes=3).fit(train)
+    assert capped.classes_ == [*sorted(frequent), OTHER]
+    ranked = capped.rank([s.state for t in test for s in t.steps], k=10)
+    assert all(action_key(action) in frequent for row in ranked for action, _ in row)
+    assert any(sum(p for _, p in row) < 0.9 for row in ranked)  # the rarer actions' share stays with OTHER
+    with pytest.raises(ValueError, match="max_classes must be at least 1"):
+        GradientBoostingBaseline(max_classes=0).fit(train)
+
+    policy = CombinedPolicy(lm=False, gbm_max_classes=3).fit(train)
+    assert {"gbm", "gbm_no_timing"} <= set(policy.report_["members"]) and not policy.report_["left_out"]
+    assert "classes: the 3 most frequent of 6 distinct actions" in policy.choice_markdown()
+    # fix or escalate (what only the case attribute decides) are beyond the GBM's classes: the n-grams answer
+    assert _accuracy(policy, test) >= _accuracy(SuffixNGram().fit(train), test) - 0.02
+
+
+def test_a_chat_process_with_many_actions_leaves_the_gbm_out(toy: tuple[list[Trace], list[Trace]]) -> None:
+    train, _ = toy
+    hello = ChatMessage(role=ChatRole.CUSTOMER, text="hello")
+    chat = [
+        t.model_copy(
+            update={
+                "steps": [s.model_copy(update={"state": s.state.model_copy(update={"chat": [hello]})}) for s in t.steps]
+            }
+        )
+        for t in train
+    ]
+    assert is_activity_log(train) and not is_activity_log(chat)
+    policy = CombinedPolicy(lm=False, gbm_max_classes=3).fit(chat)
+    assert policy.report_["left_out"]["gbm"] == "6 distinct actions > gbm_max_classes 3"
+    assert not any(name.startswith("gbm") for name in policy.report_["members"])

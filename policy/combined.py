@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 import joblib
 import numpy as np
@@ -44,6 +44,7 @@ import numpy as np
 from policy.baselines.floors import SuffixNGram
 from policy.baselines.gbm import GradientBoostingBaseline
 from policy.calibration import IsotonicCalibrator, expected_calibration_error
+from policy.censoring import CensoringHorizon
 from policy.fast_scoring import CandidateScorer
 from policy.open_choices import OpenChoices
 from policy.option_cues import OptionCues
@@ -118,22 +119,61 @@ def _start(trace: Trace) -> str:
     return first.isoformat() if isinstance(first, datetime) else ""
 
 
-def time_split(traces: Sequence[Trace], val_fraction: float) -> tuple[list[Trace], list[Trace]]:
-    """(earlier cases, the latest ``val_fraction`` of the cases) by case start (file order on ties or when the
-    traces carry no times), per process: a process that is new has all of its few cases at the end, and a
-    global cut would hold every one of them out of the members' training. At least one case on each side for
-    a process with two or more."""
+MIN_SEEN_THROUGH = 0.5
+"""The share of a process's cases the log must have seen through for the held-out cases to be drawn from them."""
+
+
+class TimeSplit(NamedTuple):
+    """``fit``: the cases the members train on; ``held_out``: the cases the choice is scored on; ``running``: how
+    many cases are in ``fit`` only because they may still have been running when the log was extracted."""
+
+    fit: list[Trace]
+    held_out: list[Trace]
+    running: int
+
+
+def time_split(traces: Sequence[Trace], val_fraction: float) -> TimeSplit:
+    """The latest ``val_fraction`` of the cases held out by case start (file order on ties or when the traces
+    carry no times), per process: a process that is new has all of its few cases at the end, and a global cut
+    would hold every one of them out of the members' training. At least one case on each side for a process
+    with two or more.
+
+    Held out are the latest cases *the log saw through* (``policy.censoring``: started at least the 90th
+    percentile of the process's case durations before its last event), when at least ``MIN_SEEN_THROUGH`` of
+    the process's cases are such; the later ones are fitted on. A case still running when the log was
+    extracted ends at its last recorded event, a target no later case shows: on BPI 2012 W cut on 10 January
+    2012, holding out the latest cases put the held-out accuracy at 0.62 (0.75 on the cases seen through) and
+    the calibrated confidence ten points under the accuracy on the cases that started after the cut
+    (calibration error 0.105 against 0.022; decision 0026). Where fewer are seen through (a log whose cases span
+    most of its period, such as BPI 2013's incidents, which holds closed cases only), the latest cases are held
+    out."""
     by_process: dict[str, list[tuple[int, Trace]]] = {}
     for i, trace in enumerate(traces):
         by_process.setdefault(trace.process_id, []).append((i, trace))
     early: list[tuple[int, Trace]] = []
     late: list[tuple[int, Trace]] = []
+    running = 0
     for cases in by_process.values():
         ordered = sorted(cases, key=lambda item: (_start(item[1]), item[0]))
         n_val = 0 if len(ordered) < 2 else min(len(ordered) - 1, max(1, round(val_fraction * len(ordered))))
-        early += ordered[: len(ordered) - n_val]
-        late += ordered[len(ordered) - n_val :]
-    return [t for _, t in sorted(early, key=lambda x: x[0])], [t for _, t in sorted(late, key=lambda x: x[0])]
+        candidates = _seen_through(ordered, n_val)
+        held = {i for i, _ in candidates[len(candidates) - n_val :]}
+        early += [item for item in ordered if item[0] not in held]
+        late += [item for item in ordered if item[0] in held]
+        running += len(ordered) - len(candidates)
+    return TimeSplit(
+        [t for _, t in sorted(early, key=lambda x: x[0])], [t for _, t in sorted(late, key=lambda x: x[0])], running
+    )
+
+
+def _seen_through(ordered: list[tuple[int, Trace]], n_val: int) -> list[tuple[int, Trace]]:
+    """The cases (in start order) the held-out ones are the latest of: those the log saw through, or all."""
+    cases = [trace for _, trace in ordered]
+    horizon = CensoringHorizon.fit(cases, cases)
+    if horizon is None:
+        return ordered
+    seen = [item for item in ordered if horizon.fully_observed(item[1])]
+    return seen if len(seen) >= MIN_SEEN_THROUGH * len(ordered) and len(seen) > n_val else ordered
 
 
 def _refit_seconds(fit_s: float, n_fit: int, n_all: int, name: str, policy: CombinedPolicy) -> float:
@@ -287,15 +327,19 @@ class CombinedPolicy:
         if not traces:
             raise ValueError("no traces to train on")
         started = time.perf_counter()
-        fit_part, held_out = time_split(traces, self.val_fraction)
+        fit_part, held_out, running = time_split(traces, self.val_fraction)
         report: dict[str, Any] = {
             "cases": len(traces),
             "fit_cases": len(fit_part),
             "validation_cases": len(held_out),
+            "possibly_running_cases": running,
             "members": {},
             "left_out": {},
         }
-        self._say(f"{len(traces):,} cases: {len(fit_part):,} to fit the members on, {len(held_out):,} held out")
+        self._say(
+            f"{len(traces):,} cases: {len(fit_part):,} to fit the members on ({running:,} of them possibly still "
+            f"running at the log's end), {len(held_out):,} held out"
+        )
         members, final = self._fit_members(fit_part, report)
         scored_cases = _sample_cases(held_out, self.max_val_steps, self.seed)
         self.lm_ = None
@@ -723,9 +767,17 @@ class CombinedPolicy:
         """Which predictor answers where, with the held-out figures behind each choice."""
         routing = self._require()
         validation = self.report_.get("validation", {})
+        running = self.report_.get("possibly_running_cases", 0)
+        held = (
+            "latest held out"
+            if not running
+            else (
+                f"latest the log saw through held out ({running} later ones, possibly running at its end, only fitted)"
+            )
+        )
         lines = [
             f"Combined policy `{self.version_}`: {self.report_.get('fit_cases')} cases fitted, "
-            f"{self.report_.get('validation_cases')} latest held out ({validation.get('steps')} steps scored); "
+            f"{self.report_.get('validation_cases')} {held} ({validation.get('steps')} steps scored); "
             f"held-out accuracy {validation.get('combined_accuracy')}, default `{routing.default}`; "
             f"fit {self.report_.get('fit_s')} s.",
             "",

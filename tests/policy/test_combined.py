@@ -17,6 +17,7 @@ from importers.eventlog import RawCase, RawEvent, activity_screen, case_trace
 from policy.baselines.floors import SuffixNGram
 from policy.baselines.gbm import OTHER, GradientBoostingBaseline
 from policy.calibration import IsotonicCalibrator, expected_calibration_error
+from policy.censoring import CensoringHorizon
 from policy.combined import CombinedPolicy, choose_blend, load_policy, time_split
 from policy.evaluate import evaluate
 from policy.policy import LMPolicy
@@ -133,13 +134,47 @@ def test_calibration_with_few_steps_is_their_accuracy() -> None:
 
 def test_time_split_holds_out_the_latest_cases(toy: tuple[list[Trace], list[Trace]]) -> None:
     train, _ = toy
-    early, late = time_split(list(reversed(train)), 0.2)
+    early, late, running = time_split(list(reversed(train)), 0.2)
     assert len(late) == 60 and len(early) == 240
-    assert max(t.attributes["case_start"] for t in early) < min(t.attributes["case_start"] for t in late)
+    # only the cases that may still have been running at the log's end (the last one: an hour apart, each
+    # under an hour long) start after the held-out ones
+    first_held = min(t.attributes["case_start"] for t in late)
+    assert sum(t.attributes["case_start"] > first_held for t in early) == running == 1
     # per process: a new process's few (latest) cases are not all held out
     newcomers = [t.model_copy(update={"process_id": "new"}) for t in train[-5:]]
-    early, late = time_split(train[:-5] + newcomers, 0.2)
+    early, late, _ = time_split(train[:-5] + newcomers, 0.2)
     assert sum(t.process_id == "new" for t in early) == 4 and sum(t.process_id == "new" for t in late) == 1
+
+
+def _long_case(i: int, cut: datetime) -> Trace:
+    """Case ``i`` starts at hour ``i`` and takes 36 hours (four events twelve hours apart); a log extracted at
+    ``cut`` holds only the events before it."""
+    moment = START + timedelta(hours=i)
+    events = [
+        RawEvent(activity=a, timestamp=moment + timedelta(hours=12 * j), resource=None, attributes={})
+        for j, a in enumerate(["open", "fix", "review", "close"])
+    ]
+    raw = RawCase(case_id=f"c{i:04d}", events=[e for e in events if e.timestamp < cut])
+    return case_trace(raw, screen=SCREEN, source=TraceSource.XES, source_file="toy.xes")
+
+
+@pytest.mark.parametrize(("cut_hours", "seen_through"), [(200, True), (60, False)])
+def test_held_out_cases_are_the_latest_the_log_saw_through(cut_hours: int, seen_through: bool) -> None:
+    traces = [_long_case(i, START + timedelta(hours=cut_hours)) for i in range(min(200, cut_hours))]
+    horizon = CensoringHorizon.fit(traces, traces)
+    assert horizon is not None and horizon.horizon == timedelta(hours=36)
+    seen = [t for t in traces if horizon.fully_observed(t)]
+    early, late, running = time_split(traces, 0.2)
+    assert len(late) == round(0.2 * len(traces)) and len(early) + len(late) == len(traces)
+    if seen_through:  # 164 of 200 cases were over when the log was cut: the latest 40 of them are held out
+        assert len(seen) == 164 and running == 36
+        assert late == seen[-40:]
+        policy = CombinedPolicy(lm=False, gbm=False).fit(traces)
+        assert policy.report_["possibly_running_cases"] == 36
+        assert "(36 later ones, possibly running at its end, only fitted)" in policy.choice_markdown()
+    else:  # only 24 of 60 were over: the latest cases are held out, cut or not
+        assert len(seen) == 24 and running == 0
+        assert late == traces[-12:]
 
 
 def test_never_worse_than_its_best_member_where_one_is_clearly_better(

@@ -336,9 +336,9 @@ class CombinedPolicy:
             "members": {},
             "left_out": {},
         }
+        running_text = f" ({running:,} of them possibly still running at the log's end)" if running else ""
         self._say(
-            f"{len(traces):,} cases: {len(fit_part):,} to fit the members on ({running:,} of them possibly still "
-            f"running at the log's end), {len(held_out):,} held out"
+            f"{len(traces):,} cases: {len(fit_part):,} to fit the members on{running_text}, {len(held_out):,} held out"
         )
         members, final = self._fit_members(fit_part, report)
         scored_cases = _sample_cases(held_out, self.max_val_steps, self.seed)

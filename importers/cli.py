@@ -8,6 +8,7 @@ neither created nor changed.
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,14 @@ def _history(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
+
+
+def _encoding(text: str) -> str:
+    try:
+        codecs.lookup(text)
+    except LookupError:
+        raise argparse.ArgumentTypeError(f"unknown encoding {text!r}") from None
+    return text
 
 
 def _write(args: argparse.Namespace, prepare: Callable[[], LogImport]) -> int:
@@ -74,6 +83,7 @@ def _csv(args: argparse.Namespace) -> int:
         resource=args.resource_col,
         delimiter=args.delimiter,
         timestamp_format=args.timestamp_format,
+        encoding=args.encoding,
     )
     return _write(
         args,
@@ -148,6 +158,9 @@ def register(commands: Any) -> None:
     )
     csv.add_argument("--resource-col", metavar="NAME", help="operator column (default: org:resource, if present)")
     csv.add_argument("--delimiter", metavar="CHAR", help="field separator (default: detect , ; tab |)")
+    csv.add_argument(
+        "--encoding", type=_encoding, default="utf-8", help="the file's text encoding (default utf-8; e.g. cp1252)"
+    )
     csv.set_defaults(handler=_csv)
 
     uilog = formats.add_parser("uilog", help="an Action-Logger UI log (CSV)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import re
@@ -129,9 +130,10 @@ def open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def read_text(path: Path) -> str:
-    """The whole text of a (possibly gzipped) UTF-8 file; a BOM is dropped. Corrupt gzip data or bytes that are
-    not UTF-8 are a LogFormatError."""
+def read_text(path: Path, encoding: str = "utf-8", option: str | None = None) -> str:
+    """The whole text of a (possibly gzipped) file in ``encoding`` (UTF-8 by default; a BOM is dropped). Corrupt
+    gzip data or bytes that are not in the encoding are a LogFormatError; ``option`` names the command-line option
+    that sets the encoding, for the error to point at."""
     with path.open("rb") as raw:
         data = raw.read()
     if data[:2] == _GZIP_MAGIC:
@@ -139,11 +141,14 @@ def read_text(path: Path) -> str:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:
             raise LogFormatError(f"{path.name}: corrupt gzip data ({exc})") from None
+    utf8 = codecs.lookup(encoding).name == "utf-8"
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig" if utf8 else encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise LogFormatError(f"{path.name}: line {line}: not UTF-8 text ({exc.reason})") from None
+        name = "UTF-8" if utf8 else encoding
+        hint = f"; name its encoding with {option} (e.g. cp1252, a spreadsheet's export)" if option and utf8 else ""
+        raise LogFormatError(f"{path.name}: line {line}: not {name} text ({exc.reason}){hint}") from None
 
 
 def text_lines(text: str) -> io.StringIO:

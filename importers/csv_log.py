@@ -49,6 +49,7 @@ class Columns:
     resource: str | None = None
     delimiter: str | None = None
     timestamp_format: str | None = None  # strptime directives; None: ISO 8601 or a format detected per column
+    encoding: str = "utf-8"  # the file's text encoding (a spreadsheet's export may be cp1252)
 
 
 def _delimiter(header_line: str) -> str:
@@ -85,7 +86,7 @@ def read_cases(path: Path, columns: Columns = Columns()) -> list[RawCase]:
     """Every case of the CSV, in order of first appearance. The whole file is read: rows of one case may be
     anywhere in it."""
     name = path.name
-    text = read_text(path)
+    text = read_text(path, columns.encoding, option="--encoding")
     if not text.strip():
         raise LogFormatError(f"{name}: line 1: empty file (no header)")
     delimiter = columns.delimiter or _delimiter(text.split("\n", 1)[0])

@@ -13,6 +13,7 @@ from importers.csv_log import Columns, import_csv
 from importers.jsonl import write_traces
 from importers.xes import import_xes
 from schemas import ClickControl, CloseChat, Trace, TraceSource
+from service.cli import main
 
 Write = Callable[..., Path]
 Load = Callable[[Path], list[Trace]]
@@ -132,8 +133,14 @@ def test_malformed_csv_names_the_line_and_writes_nothing(case: str, write_file: 
     assert list(out_dir.iterdir()) == []
 
 
-def test_not_utf8(write_file: Write) -> None:
+def test_not_utf8_until_the_encoding_is_named(write_file: Write, tmp_path: Path) -> None:
     path = write_file("bad.csv", "")
-    path.write_bytes(b"case_id,activity,timestamp\n1,caf\xe9,2020-01-01T00:00:00Z\n")
-    with pytest.raises(LogFormatError, match=r"line 2: not UTF-8"):
+    path.write_bytes(b"case_id,activity,timestamp\n1,caf\xe9,2020-01-01T00:00:00Z\n")  # cp1252, as spreadsheets write
+    with pytest.raises(LogFormatError, match=r"line 2: not UTF-8 text .*; name its encoding with --encoding"):
         import_csv(path)
+    log = import_csv(path, columns=Columns(encoding="cp1252"))
+    assert [c.label for c in log.screen.controls] == ["café"]
+    out = tmp_path / "traces.jsonl"
+    assert main(["import", "csv", str(path), "--out", str(out), "--encoding", "cp1252"]) == 0
+    with pytest.raises(SystemExit):
+        main(["import", "csv", str(path), "--out", str(out), "--encoding", "klingon"])

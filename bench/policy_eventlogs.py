@@ -15,9 +15,11 @@ the log saw through and on the possibly right-censored rest (``policy/censoring.
   recorded. ``--lm-test`` also scores the LM member alone on test (minutes on a large log).
 
 Each run updates the entries of the logs it ran in ``bench/results/policy_eventlogs.json`` and keeps the
-others (``--fresh`` starts over), so the five logs can be run one at a time on a shared machine.
+others (``--fresh`` starts over), so the five logs can be run one at a time on a shared machine. Another log
+split the same way runs the same protocol: ``--logs <stem>`` with ``train_val_<stem>.xes.gz`` and
+``test_<stem>.xes.gz`` in ``--data-dir`` (it has no reference figures, so no target).
 
-    .venv/bin/python -m bench.policy_eventlogs [--logs env_permit ...] [--time-budget 540] [--lm-test]
+    .venv/bin/python -m bench.policy_eventlogs [--logs env_permit ...] [--data-dir DIR] [--time-budget 540] [--lm-test]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,9 +76,9 @@ def _summary(result: EvalResult, fit_s: float) -> dict[str, Any]:
     }
 
 
-def run_log(name: str, time_budget: float, lm_test: bool) -> dict[str, Any]:
+def run_log(name: str, time_budget: float, lm_test: bool, data_dir: Path = DATA) -> dict[str, Any]:
     started = time.perf_counter()
-    train, test = load_log(name)
+    train, test = load_log(name, data_dir)
     load_s = time.perf_counter() - started
     horizon = CensoringHorizon.fit(train, test)
     censoring: dict[str, Any] = {}
@@ -187,13 +190,25 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--logs", nargs="+", default=list(LOGS))
+    parser.add_argument(
+        "--logs",
+        nargs="+",
+        default=list(LOGS),
+        help="file stems of the logs (train_val_<stem>.xes.gz and test_<stem>.xes.gz in --data-dir); default: the "
+        "five shared ones",
+    )
+    parser.add_argument("--data-dir", type=Path, default=DATA, help="the folder of the split files")
     parser.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole combined fit")
     parser.add_argument("--lm-test", action="store_true", help="also score the LM member alone on test")
     parser.add_argument("--fresh", action="store_true", help="drop the logs of earlier runs from the results")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        parser.error(f"{DATA} not found: the event logs live in ../shared/data/eventlogs (docs/data.md)")
+    if not args.data_dir.is_dir():
+        parser.error(f"{args.data_dir} not found: the event logs live in ../shared/data/eventlogs (docs/data.md)")
+    for log in args.logs:
+        missing = [f"{split}_{log}.xes.gz" for split in ("train_val", "test")]
+        missing = [name for name in missing if not (args.data_dir / name).is_file()]
+        if missing:
+            parser.error(f"--logs {log}: {', '.join(missing)} not in {args.data_dir}")
     torch.set_num_threads(1)
     previous = RESULTS_DIR / f"{NAME}.json"
     result: dict[str, Any] = {"logs": {}}
@@ -202,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         if "trained_policy_accuracy" in earlier:  # written by this version of the bench
             result["logs"] = earlier.get("logs", {})
     for log in args.logs:
-        result["logs"][log] = run_log(log, args.time_budget, args.lm_test) | {"environment": environment()}
-    result["logs"] = {log: result["logs"][log] for log in LOGS if log in result["logs"]}
+        result["logs"][log] = run_log(log, args.time_budget, args.lm_test, args.data_dir) | {
+            "environment": environment()
+        }
+    # the five shared logs in their order, then any other log a run was given
+    order = [log for log in LOGS if log in result["logs"]] + [log for log in result["logs"] if log not in LOGS]
+    result["logs"] = {log: result["logs"][log] for log in order}
     logs = result["logs"]
     result["trained_policy_accuracy"] = {log: d["predictors"]["trained_policy"]["accuracy"] for log, d in logs.items()}
     result["best_floor_or_gbm"] = {log: d["best_floor_or_gbm"]["accuracy"] for log, d in logs.items()}

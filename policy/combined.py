@@ -132,15 +132,15 @@ class TimeSplit(NamedTuple):
     running: int
 
 
-def time_split(traces: Sequence[Trace], val_fraction: float) -> TimeSplit:
+def time_split(traces: Sequence[Trace], val_fraction: float, min_seen_through: float = MIN_SEEN_THROUGH) -> TimeSplit:
     """The latest ``val_fraction`` of the cases held out by case start (file order on ties or when the traces
     carry no times), per process: a process that is new has all of its few cases at the end, and a global cut
     would hold every one of them out of the members' training. At least one case on each side for a process
     with two or more.
 
     Held out are the latest cases *the log saw through* (``policy.censoring``: started at least the 90th
-    percentile of the process's case durations before its last event), when at least ``MIN_SEEN_THROUGH`` of
-    the process's cases are such; the later ones are fitted on. A case still running when the log was
+    percentile of the process's case durations before its last event), when at least ``min_seen_through`` of
+    the process's cases are such (above 1: never); the later ones are fitted on. A case still running when the log was
     extracted ends at its last recorded event, a target no later case shows: on BPI 2012 W cut on 10 January
     2012, holding out the latest cases put the held-out accuracy at 0.62 (0.75 on the cases seen through) and
     the calibrated confidence ten points under the accuracy on the cases that started after the cut
@@ -156,7 +156,7 @@ def time_split(traces: Sequence[Trace], val_fraction: float) -> TimeSplit:
     for cases in by_process.values():
         ordered = sorted(cases, key=lambda item: (_start(item[1]), item[0]))
         n_val = 0 if len(ordered) < 2 else min(len(ordered) - 1, max(1, round(val_fraction * len(ordered))))
-        candidates = _seen_through(ordered, n_val)
+        candidates = _seen_through(ordered, n_val, min_seen_through)
         held = {i for i, _ in candidates[len(candidates) - n_val :]}
         early += [item for item in ordered if item[0] not in held]
         late += [item for item in ordered if item[0] in held]
@@ -166,14 +166,14 @@ def time_split(traces: Sequence[Trace], val_fraction: float) -> TimeSplit:
     )
 
 
-def _seen_through(ordered: list[tuple[int, Trace]], n_val: int) -> list[tuple[int, Trace]]:
+def _seen_through(ordered: list[tuple[int, Trace]], n_val: int, min_share: float) -> list[tuple[int, Trace]]:
     """The cases (in start order) the held-out ones are the latest of: those the log saw through, or all."""
     cases = [trace for _, trace in ordered]
     horizon = CensoringHorizon.fit(cases, cases)
     if horizon is None:
         return ordered
     seen = [item for item in ordered if horizon.fully_observed(item[1])]
-    return seen if len(seen) >= MIN_SEEN_THROUGH * len(ordered) and len(seen) > n_val else ordered
+    return seen if len(seen) >= min_share * len(ordered) and len(seen) > n_val else ordered
 
 
 def _refit_seconds(fit_s: float, n_fit: int, n_all: int, name: str, policy: CombinedPolicy) -> float:
@@ -276,9 +276,10 @@ def choose_blend(
 class CombinedPolicy:
     """Members trained on the earlier cases, routed and calibrated on the latest ones (module docstring).
 
-    * ``val_fraction``: share of the cases (the latest) held out for the choice; ``max_val_steps`` caps the
-      held-out steps every member is scored on (a seeded sample of held-out cases), the LM's scoring being the
-      costly part.
+    * ``val_fraction``: share of the cases (the latest) held out for the choice; ``min_seen_through``: the share
+      of a process's cases the log must have seen through for the held-out ones to be drawn from those
+      (``time_split``); ``max_val_steps`` caps the held-out steps every member is scored on (a seeded sample of
+      held-out cases), the LM's scoring being the costly part.
     * ``time_budget_s``: the whole fit's wall-clock budget; the LM gets what the other members leave of it
       (at least ``min_lm_budget_s``). ``lm=False`` leaves the LM out; ``lm_threads`` fixes its torch threads
       (default: probe one against two); ``lm_settings`` fixes parts of its plan (``LM_SETTINGS``).
@@ -293,6 +294,7 @@ class CombinedPolicy:
     """
 
     val_fraction: float = 0.2
+    min_seen_through: float = MIN_SEEN_THROUGH
     max_val_steps: int = 5000
     max_lm_val_steps: int = 1500
     time_budget_s: float | None = 540.0
@@ -327,7 +329,7 @@ class CombinedPolicy:
         if not traces:
             raise ValueError("no traces to train on")
         started = time.perf_counter()
-        fit_part, held_out, running = time_split(traces, self.val_fraction)
+        fit_part, held_out, running = time_split(traces, self.val_fraction, self.min_seen_through)
         report: dict[str, Any] = {
             "cases": len(traces),
             "fit_cases": len(fit_part),
@@ -830,6 +832,7 @@ class CombinedPolicy:
                     k: getattr(self, k)
                     for k in (
                         "val_fraction",
+                        "min_seen_through",
                         "max_val_steps",
                         "max_lm_val_steps",
                         "time_budget_s",

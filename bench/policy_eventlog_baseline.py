@@ -60,22 +60,23 @@ EXCLUSIONS: dict[str, tuple[str, ...]] = {
 """The candidate ``exclude_fields`` of the validation selection, in order of preference on a tie."""
 
 
-def load_split(name: str, split: str, data_dir: Path = DATA) -> list[Trace]:
+def load_split(name: str, split: str, data_dir: Path = DATA, activity_with: Sequence[str] = ()) -> list[Trace]:
     """The traces of one split (``train_val``, ``test``, ``train``, ``val``) of a log, by short name (``bpi2013``)
     or file stem. Every split gets the same screen (the activities of train_val and test, which cover all
-    cases), so control ids agree across splits."""
+    cases), so control ids agree across splits. ``activity_with``: event attributes joined to the activity, as
+    ``autopilot import xes --activity-with``."""
     stem = LOGS.get(name, name)
     path = data_dir / f"{split}_{stem}.xes.gz"
     vocabulary = [data_dir / f"{other}_{stem}.xes.gz" for other in ("train_val", "test") if other != split]
     for needed in (path, *vocabulary):
         if not needed.exists():
             raise FileNotFoundError(f"{needed} is missing (the shared data folder sits beside the repository)")
-    return list(import_xes(path, vocabulary_from=vocabulary).traces)
+    return list(import_xes(path, vocabulary_from=vocabulary, activity_with=activity_with).traces)
 
 
-def load_log(name: str, data_dir: Path = DATA) -> tuple[list[Trace], list[Trace]]:
+def load_log(name: str, data_dir: Path = DATA, activity_with: Sequence[str] = ()) -> tuple[list[Trace], list[Trace]]:
     """(train_val traces, test traces) of a log: what the reported model is fitted and tested on."""
-    return load_split(name, "train_val", data_dir), load_split(name, "test", data_dir)
+    return load_split(name, "train_val", data_dir, activity_with), load_split(name, "test", data_dir, activity_with)
 
 
 def load_validation(name: str, data_dir: Path = DATA) -> tuple[list[Trace], list[Trace]]:

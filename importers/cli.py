@@ -69,6 +69,7 @@ def _xes(args: argparse.Namespace) -> int:
             process_id=args.process_id,
             vocabulary_from=[Path(p) for p in args.vocabulary_from],
             history=args.history,
+            activity_with=args.activity_with,
         ),
     )
 
@@ -93,6 +94,7 @@ def _csv(args: argparse.Namespace) -> int:
             process_id=args.process_id,
             vocabulary_from=[Path(p) for p in args.vocabulary_from],
             history=args.history,
+            activity_with=args.activity_with,
         ),
     )
 
@@ -135,6 +137,17 @@ def _common(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _activity_with(parser: argparse.ArgumentParser, what: str, example: str) -> None:
+    parser.add_argument(
+        "--activity-with",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"{what} whose value joins the activity name with '+' (repeatable), as an XES classifier's keys: "
+        f"e.g. {example} in a log of start and complete events, or a role to predict who acts next",
+    )
+
+
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "import", help="import real logs as traces", description="Import a real log as JSONL traces."
@@ -143,6 +156,7 @@ def register(commands: Any) -> None:
 
     xes = formats.add_parser("xes", help="an XES 2.0 event log (.xes or .xes.gz)")
     _common(xes, "XES log")
+    _activity_with(xes, "an event attribute", "lifecycle:transition")
     xes.set_defaults(handler=_xes)
 
     csv = formats.add_parser("csv", help="a CSV event log (one row per event)")
@@ -161,6 +175,7 @@ def register(commands: Any) -> None:
     csv.add_argument(
         "--encoding", type=_encoding, default="utf-8", help="the file's text encoding (default utf-8; e.g. cp1252)"
     )
+    _activity_with(csv, "a column", "lifecycle:transition")
     csv.set_defaults(handler=_csv)
 
     uilog = formats.add_parser("uilog", help="an Action-Logger UI log (CSV)")

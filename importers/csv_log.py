@@ -25,7 +25,14 @@ from importers.common import (
     read_text,
     text_lines,
 )
-from importers.eventlog import RawCase, RawEvent, activity_screen, case_traces
+from importers.eventlog import (
+    RawCase,
+    RawEvent,
+    activity_screen,
+    case_traces,
+    check_activity_attributes,
+    with_activity_attributes,
+)
 from importers.timestamps import TimestampError, parse_column
 from schemas.trace import TraceSource
 
@@ -159,19 +166,28 @@ def import_csv(
     process_id: str | None = None,
     vocabulary_from: Sequence[Path] = (),
     history: int = DEFAULT_HISTORY,
+    activity_with: Sequence[str] = (),
 ) -> LogImport:
     """Read and check ``path`` and return the import (traces built on demand).
 
     ``vocabulary_from``: other CSV logs (read with the same columns) whose activities join the screen.
+    ``activity_with``: columns whose values join the activity name (``with_activity_attributes``).
     """
     pid = check_process_id(process_id or process_id_from_path(path))
     cases = read_cases(path, columns)
     events = sum(len(case.events) for case in cases)
     if events == 0:
         raise LogFormatError(f"{path.name}: the log has no events")
+    if activity_with:
+        check_activity_attributes(activity_with, {name for case in cases for e in case.events for name in e.attributes})
+        cases = list(with_activity_attributes(cases, activity_with))
     activities = {event.activity for case in cases for event in case.events}
     for other in vocabulary_from:
-        activities |= {event.activity for case in read_cases(other, columns) for event in case.events}
+        activities |= {
+            event.activity
+            for case in with_activity_attributes(read_cases(other, columns), activity_with)
+            for event in case.events
+        }
     screen = activity_screen(pid, activities)
     traces = case_traces(cases, screen=screen, source=TraceSource.CSV, source_file=path.name, history=history)
     return LogImport(process_id=pid, screen=screen.screen, cases=len(cases), events=events, traces=traces)

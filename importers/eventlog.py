@@ -13,11 +13,11 @@ shown.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from importers.common import DEFAULT_HISTORY, END_OF_CASE, seconds, unique_slugs
+from importers.common import DEFAULT_HISTORY, END_OF_CASE, LogFormatError, seconds, unique_slugs
 from schemas.actions import Action, ClickControl, CloseChat
 from schemas.screen import ButtonControl, ScreenSchema
 from schemas.state import Panel, UIState
@@ -45,6 +45,37 @@ class RawCase:
     case_id: str
     attributes: dict[str, str] = field(default_factory=dict)
     events: list[RawEvent] = field(default_factory=list)
+
+
+ACTIVITY_JOIN = "+"
+"""Joins the activity and the values of ``activity_with``'s attributes into one activity name, as an XES
+classifier's keys are joined (``A_SUBMITTED+COMPLETE``)."""
+
+
+def with_activity_attributes(cases: Iterable[RawCase], keys: Sequence[str]) -> Iterator[RawCase]:
+    """The cases with each event's activity joined with its values of the event attributes ``keys`` (an XES
+    classifier beyond ``concept:name``: ``lifecycle:transition`` in a log of start and complete events, a role
+    to predict who acts next). An event without one of the attributes keeps the others; the attributes stay
+    in the event's panel. No keys: the cases unchanged."""
+    if not keys:
+        yield from cases
+        return
+    for case in cases:
+        events = []
+        for event in case.events:
+            parts = [event.activity, *(event.attributes[k] for k in keys if event.attributes.get(k))]
+            events.append(replace(event, activity=ACTIVITY_JOIN.join(parts)))
+        yield replace(case, events=events)
+
+
+def check_activity_attributes(keys: Sequence[str], seen: Iterable[str], option: str = "--activity-with") -> None:
+    """A ``LogFormatError`` naming ``option`` when one of ``keys`` is no attribute of any event (``seen``: the
+    event attribute names the log has)."""
+    names = set(seen)
+    missing = [k for k in keys if k not in names]
+    if missing:
+        known = ", ".join(sorted(names)[:12]) or "none"
+        raise LogFormatError(f"{option}: no event has the attribute {missing[0]!r} (the events' attributes: {known})")
 
 
 @dataclass(frozen=True)

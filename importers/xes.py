@@ -34,7 +34,14 @@ from importers.common import (
     parse_timestamp,
     process_id_from_path,
 )
-from importers.eventlog import RawCase, RawEvent, activity_screen, case_traces
+from importers.eventlog import (
+    RawCase,
+    RawEvent,
+    activity_screen,
+    case_traces,
+    check_activity_attributes,
+    with_activity_attributes,
+)
 from schemas.trace import TraceSource
 
 _SIMPLE = frozenset({"string", "id", "int", "float", "boolean", "date"})
@@ -289,20 +296,24 @@ def read_cases(path: Path) -> Iterator[RawCase]:
 @dataclass(frozen=True)
 class _Scan:
     activities: set[str]
+    attributes: set[str]  # the event attribute names
     cases: int
     events: int
 
 
-def _scan(path: Path) -> _Scan:
-    """Pass one: validate the whole file and collect its activities."""
+def _scan(path: Path, activity_with: Sequence[str] = ()) -> _Scan:
+    """Pass one: validate the whole file and collect its activities (joined with ``activity_with``)."""
     activities: set[str] = set()
+    attributes: set[str] = set()
     cases = events = 0
-    for case in read_cases(path):
+    for case in with_activity_attributes(read_cases(path), activity_with):
         if case.events:
             cases += 1
             events += len(case.events)
-            activities.update(event.activity for event in case.events)
-    return _Scan(activities=activities, cases=cases, events=events)
+            for event in case.events:
+                activities.add(event.activity)
+                attributes.update(event.attributes)
+    return _Scan(activities=activities, attributes=attributes, cases=cases, events=events)
 
 
 def import_xes(
@@ -311,21 +322,28 @@ def import_xes(
     process_id: str | None = None,
     vocabulary_from: Sequence[Path] = (),
     history: int = DEFAULT_HISTORY,
+    activity_with: Sequence[str] = (),
 ) -> LogImport:
     """Validate ``path`` (and the vocabulary files) and return the import, whose traces are built on demand.
 
     ``vocabulary_from``: other XES files whose activities join the screen, so that e.g. the train and test
-    splits of one log get the same screen and the same control ids.
+    splits of one log get the same screen and the same control ids. ``activity_with``: event attributes whose
+    values join the activity name (``with_activity_attributes``), like the keys of an XES classifier.
     """
     pid = check_process_id(process_id or process_id_from_path(path))
-    scan = _scan(path)
+    scan = _scan(path, activity_with)
     if scan.events == 0:
         raise LogFormatError(f"{path.name}: the log has no events")
+    check_activity_attributes(activity_with, scan.attributes)
     activities = set(scan.activities)
     for other in vocabulary_from:
-        activities |= _scan(other).activities
+        activities |= _scan(other, activity_with).activities
     screen = activity_screen(pid, activities)
     traces = case_traces(
-        read_cases(path), screen=screen, source=TraceSource.XES, source_file=path.name, history=history
+        with_activity_attributes(read_cases(path), activity_with),
+        screen=screen,
+        source=TraceSource.XES,
+        source_file=path.name,
+        history=history,
     )
     return LogImport(process_id=pid, screen=screen.screen, cases=scan.cases, events=scan.events, traces=traces)

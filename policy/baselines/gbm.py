@@ -8,8 +8,9 @@ Features, computed from the ``UIState`` alone (nothing of the trace beyond the s
 
 * the last ``n_last`` actions (``recent_actions``), each a categorical code of its type and target (no value:
   ``click_control:assign``), missing when the prefix is shorter;
-* the prefix length (``state.step``); per action, how often it occurs in ``recent_actions``; how many times the
-  last action repeats at the end; how many distinct actions ``recent_actions`` holds;
+* the prefix length (``state.step``); per action (the ``max_counted_actions`` most frequent ones), how often it
+  occurs in ``recent_actions``; how many times the last action repeats at the end; how many distinct actions
+  ``recent_actions`` holds;
 * every panel field seen in training (``case`` and ``last_event`` for imported logs), by a kind learned from
   the training values:
 
@@ -102,6 +103,7 @@ class FeatureSpec:
     fields: tuple[FieldSpec, ...]
     names: tuple[str, ...]
     categorical: tuple[bool, ...]
+    counted: tuple[str, ...] | None = None  # the action tokens with a count column (None: all of ``actions``)
 
     def transform(self, states: Sequence[UIState]) -> np.ndarray:
         return np.array([self._row(state) for state in states], dtype=np.float64).reshape(len(states), len(self.names))
@@ -116,7 +118,7 @@ class FeatureSpec:
             row.append(float(codes.get(keys[-k], other_action)) if len(keys) >= k else nan)
         row.append(float(state.step))
         counts = Counter(keys)
-        row.extend(float(counts.get(key, 0)) for key in codes)
+        row.extend(float(counts.get(key, 0)) for key in (codes if self.counted is None else self.counted))
         run = 0
         for key in reversed(keys):
             if key != keys[-1]:
@@ -259,10 +261,16 @@ def _learn_field(panel: str, name: str, values: Counter[str], rows: int, max_cat
 
 
 def learn_features(
-    states: Iterable[UIState], *, n_last: int, max_categories: int, exclude: Iterable[str] = ()
+    states: Iterable[UIState],
+    *,
+    n_last: int,
+    max_categories: int,
+    exclude: Iterable[str] = (),
+    max_counted_actions: int = BLOCK,
 ) -> FeatureSpec:
-    """The feature spec of a training set: action codes, and the kind and codes of every panel field except the
-    ``exclude``d ones (a field name, ``hour``, or a panel and field name, ``last_event.hour``)."""
+    """The feature spec of a training set: action codes, a count column for each of the ``max_counted_actions``
+    most frequent actions, and the kind and codes of every panel field except the ``exclude``d ones (a field
+    name, ``hour``, or a panel and field name, ``last_event.hour``)."""
     excluded = set(exclude)
     action_counts: Counter[str] = Counter()
     field_values: dict[tuple[str, str], Counter[str]] = {}
@@ -275,6 +283,7 @@ def learn_features(
                 field_rows[key] += 1
                 field_values.setdefault(key, Counter())[value] += 1
     actions = {key: code for code, key in enumerate(_top(action_counts, BLOCK))}
+    counted = tuple(_top(action_counts, max_counted_actions))
     fields = [
         spec
         for (panel_id, name) in sorted(field_values)
@@ -288,7 +297,7 @@ def learn_features(
     ]
     columns: list[tuple[str, bool]] = [(f"last_{k}", True) for k in range(1, n_last + 1)]
     columns.append(("step", False))
-    columns.extend((f"count:{key}", False) for key in actions)
+    columns.extend((f"count:{key}", False) for key in counted)
     columns.append(("run", False))
     columns.append(("distinct", False))
     for spec in fields:
@@ -299,6 +308,7 @@ def learn_features(
         fields=tuple(fields),
         names=tuple(name for name, _ in columns),
         categorical=tuple(cat for _, cat in columns),
+        counted=counted,
     )
 
 
@@ -318,6 +328,8 @@ class GradientBoostingBaseline:
     * ``max_classes``: at most this many actions are classes (None: every action). The others, rarer, become one
       class ``OTHER`` that is never proposed: boosting fits one tree per class and round, so a log with hundreds
       of activities would take minutes per fit, while its rare ones are few of its steps.
+    * ``max_counted_actions``: how many actions (the most frequent) get a count column. Every column costs
+      every tree its time, and a log with hundreds of activities would otherwise have hundreds of them.
     * ``n_threads`` limits the OpenMP threads of fit and predict (None: all cores). The default is one: on a
       small machine shared with other work, OpenMP threads waiting for each other made fitting several times
       slower than one thread.
@@ -343,6 +355,7 @@ class GradientBoostingBaseline:
         recency_half_life: float | None = None,
         include_first_step: bool = True,
         max_classes: int | None = None,
+        max_counted_actions: int = 32,
         n_threads: int | None = 1,
         random_state: int = 0,
     ) -> None:
@@ -361,6 +374,7 @@ class GradientBoostingBaseline:
         self.recency_half_life = recency_half_life
         self.include_first_step = include_first_step
         self.max_classes = max_classes
+        self.max_counted_actions = max_counted_actions
         self.n_threads = n_threads
         self.random_state = random_state
 
@@ -393,7 +407,11 @@ class GradientBoostingBaseline:
             frequent = {key for key, _ in counts.most_common(self.max_classes)}
             targets = [key if key in frequent else OTHER for key in targets]
         self.features_ = learn_features(
-            states, n_last=self.n_last, max_categories=self.max_categories, exclude=self.exclude_fields
+            states,
+            n_last=self.n_last,
+            max_categories=self.max_categories,
+            exclude=self.exclude_fields,
+            max_counted_actions=self.max_counted_actions,
         )
         self.actions_: dict[str, Action] = {}
         for (step, _), key in zip(pairs, targets, strict=True):
@@ -522,6 +540,7 @@ _PARAMS = (
     "n_last",
     "max_categories",
     "max_classes",
+    "max_counted_actions",
     "max_iter",
     "learning_rate",
     "max_leaf_nodes",

@@ -91,3 +91,17 @@ def test_history_must_be_a_count(capsys: pytest.CaptureFixture[str]) -> None:
 def test_default_history_matches_the_library() -> None:
     args = build_parser().parse_args(["import", "uilog", "x.csv", "--out", "y.jsonl"])
     assert args.history == DEFAULT_HISTORY
+
+
+def test_activity_with_option(
+    write_file: Write, out_dir: Path, load_traces: Load, tiny_xes: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_file("tiny.xes", tiny_xes)
+    out = out_dir / "tiny.jsonl"
+    assert main(["import", "xes", str(path), "--out", str(out), "--activity-with", "org:resource"]) == 0
+    assert "5 controls" in capsys.readouterr().out
+    assert "Close+alice" in {c.label for c in load_traces(out)[0].steps[0].state.screen.controls}
+    other = out_dir / "other.jsonl"
+    assert main(["import", "xes", str(path), "--out", str(other), "--activity-with", "org:rol"]) == 2
+    assert "--activity-with: no event has the attribute 'org:rol'" in capsys.readouterr().err
+    assert not other.exists()

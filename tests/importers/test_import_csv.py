@@ -144,3 +144,17 @@ def test_not_utf8_until_the_encoding_is_named(write_file: Write, tmp_path: Path)
     assert main(["import", "csv", str(path), "--out", str(out), "--encoding", "cp1252"]) == 0
     with pytest.raises(SystemExit):
         main(["import", "csv", str(path), "--out", str(out), "--encoding", "klingon"])
+
+
+def test_activity_with_gives_the_actions_of_the_xes(
+    write_file: Write, out_dir: Path, load_traces: Load, tiny_csv: str, tiny_xes: str
+) -> None:
+    csv_out, xes_out = out_dir / "csv.jsonl", out_dir / "xes.jsonl"
+    write_traces(csv_out, import_csv(write_file("t.csv", tiny_csv), activity_with=["org:resource"]).traces)
+    write_traces(xes_out, import_xes(write_file("t.xes", tiny_xes), activity_with=["org:resource"]).traces)
+    csv_traces, xes_traces = load_traces(csv_out), load_traces(xes_out)
+    assert [[s.action for s in t.steps] for t in csv_traces] == [[s.action for s in t.steps] for t in xes_traces]
+    labels = {c.label for c in csv_traces[0].steps[0].state.screen.controls}
+    assert labels == {"Register ticket+alice", "Assign+Queue+bob", "Close+alice", "Register ticket", "Close"}
+    with pytest.raises(LogFormatError, match="--activity-with: no event has the attribute 'role'"):
+        import_csv(write_file("t.csv", tiny_csv), activity_with=["role"])

@@ -329,3 +329,28 @@ def test_failure_while_writing_keeps_the_old_output(out_dir: Path, write_file: W
 def test_missing_input_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         import_xes(tmp_path / "nope.xes")
+
+
+def test_activity_with_joins_event_attributes_to_the_activity(
+    write_file: Write, out_dir: Path, load_traces: Load, tiny_xes: str
+) -> None:
+    path = write_file("tiny.xes", tiny_xes)
+    c1, c2 = _import(path, out_dir, load_traces, activity_with=["org:resource"])
+    labels = {c.id: c.label for c in c1.steps[0].state.screen.controls}
+    assert [labels[s.action.control_id] for s in c1.steps[:-1]] == [  # type: ignore[union-attr]
+        "Register ticket+alice",
+        "Assign+Queue+bob",
+        "Close+alice",
+    ]
+    # an event without the attribute keeps its activity alone
+    assert [labels[s.action.control_id] for s in c2.steps[:-1]] == ["Register ticket", "Close"]  # type: ignore[union-attr]
+    # the attribute stays a field of the event's panel
+    assert c1.steps[1].state.panels["last_event"].fields["org:resource"] == "alice"
+    plain = _import(path, out_dir, load_traces)
+    assert [s.timestamp for s in plain[0].steps] == [s.timestamp for s in c1.steps]
+
+
+def test_activity_with_an_unknown_attribute_is_an_error(write_file: Write, tiny_xes: str) -> None:
+    path = write_file("tiny.xes", tiny_xes)
+    with pytest.raises(LogFormatError, match=r"--activity-with: no event has the attribute 'org:role'"):
+        import_xes(path, activity_with=["org:role"])

@@ -259,6 +259,26 @@ def test_field_kinds_are_learned_from_the_training_values() -> None:
     assert math.isnan(dict(zip(spec.names, X[0], strict=True))["last_1"])  # nothing before step 0
 
 
+def test_only_the_most_frequent_actions_get_a_count_column() -> None:
+    # every case opens and fixes, one in three escalates: "open" is in the most states' recent actions, then "fix"
+    traces = [
+        _trace(f"c{i}", [("open", 0, {}), ("fix", 5, {}), *([("escalate", 9, {})] if i % 3 == 0 else [])])
+        for i in range(30)
+    ]
+    states = [step.state for trace in traces for step in trace.steps]
+    spec = learn_features(states, n_last=1, max_categories=BLOCK, max_counted_actions=2)
+    counts = [name for name in spec.names if name.startswith("count:")]
+    assert counts == ["count:click_control:open", "count:click_control:fix"]
+    assert set(spec.actions) == {"click_control:open", "click_control:fix", "click_control:escalate"}
+    X = spec.transform(states)
+    assert X.shape == (len(states), len(spec.names))
+    assert X[3, spec.names.index("count:click_control:fix")] == 1.0  # c0 after open, fix, escalate
+    every = learn_features(states, n_last=1, max_categories=BLOCK)
+    assert len([name for name in every.names if name.startswith("count:")]) == 3
+    model = GradientBoostingBaseline(max_counted_actions=1).fit(traces)
+    assert [name for name in model.features_.names if name.startswith("count:")] == ["count:click_control:open"]
+
+
 def test_a_field_with_many_values_is_coded_in_blocks_of_254() -> None:
     # value v{k} occurs 1000 - k times: frequency rank k; 300 values, so two categorical columns
     states = [

@@ -1,12 +1,21 @@
 """Reading traces back: memory per loaded step and read time, equal screens and actions shared or not.
 
-Protocol: the whole BPI 2012 W log (``BPI_Challenge_2012_W_Complete.xes.gz`` from the shared data) is imported
-once into a JSONL file in a temporary folder. It is then read ``--repeats`` times each way, alternating: as
-``importers.jsonl.read_traces`` reads it (one instance per distinct screen and action), and as it was read before
-(``Trace.model_validate_json`` per line, the baseline). Read time is the median over the repeats; memory is what
-``tracemalloc`` counts as still allocated after a separate read of each kind (the traces alive), per step.
+Protocol: two real logs from the shared data are imported once each into a JSONL file in a temporary folder:
 
-    .venv/bin/python -m bench.traces_memory [--repeats 3]
+* the whole BPI 2012 W log (``BPI_Challenge_2012_W_Complete.xes.gz``, 6 activities), read ``--repeats`` times
+  each way, alternating: as ``importers.jsonl.read_traces`` reads it, as it was read up to 2026-12-05
+  (``Trace.model_validate_json`` per line, each state its own screen and actions: ``unshared``), and as it was read
+  on 2026-12-06 before screens were validated once (each line validated, then equal parts shared by their JSON:
+  ``shared_by_dump``). Memory is what ``tracemalloc`` counts as still allocated after a separate read of each kind
+  (the traces alive), per step.
+* the whole BPI 2013 incidents log with the activity joined to the acting role (``--activity-with org:role``:
+  202 activities, so every state's screen has 202 buttons), read ``--large-repeats`` times by ``read_traces`` and
+  by ``shared_by_dump``. Read time only: each state its own 202-button screen would not fit this machine's memory
+  in the unshared reader, and tracemalloc would slow the read several-fold.
+
+Read time is the median over the repeats.
+
+    .venv/bin/python -m bench.traces_memory [--repeats 3] [--large-repeats 1]
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ import statistics
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,9 +35,23 @@ from typing import Any
 from bench.common import environment, shared_data_dir, write_results
 from importers.jsonl import read_traces, write_traces
 from importers.xes import import_xes
+from schemas.actions import Action
+from schemas.screen import ScreenSchema
 from schemas.trace import Trace
 
-LOG = "BPI_Challenge_2012_W_Complete.xes.gz"
+
+@dataclass(frozen=True)
+class Log:
+    file: str
+    activity_with: tuple[str, ...]
+    readers: tuple[str, ...]
+    memory: bool
+
+
+LOGS = {
+    "w": Log("BPI_Challenge_2012_W_Complete.xes.gz", (), ("unshared", "shared_by_dump", "shared"), memory=True),
+    "incidents_roles": Log("bpi_challenge_2013_incidents.xes.gz", ("org:role",), ("shared_by_dump", "shared"), False),
+}
 
 
 def read_unshared(path: Path) -> list[Trace]:
@@ -36,7 +60,31 @@ def read_unshared(path: Path) -> list[Trace]:
         return [Trace.model_validate_json(line) for line in handle if line.strip()]
 
 
-READERS: dict[str, Callable[[Path], list[Trace]]] = {"unshared": read_unshared, "shared": read_traces}
+def read_shared_by_dump(path: Path) -> list[Trace]:
+    """The reader of 2026-12-06 before this one: each line validated on its own (each screen validated and its
+    states' etags hashed through it), then its equal screens and actions shared, found by their JSON."""
+    screens: dict[str, ScreenSchema] = {}
+    actions: dict[str, Action] = {}
+    traces: list[Trace] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            trace = Trace.model_validate_json(line)
+            for step in trace.steps:
+                state = step.state
+                state.screen = screens.setdefault(state.screen.model_dump_json(), state.screen)
+                state.recent_actions = [actions.setdefault(a.model_dump_json(), a) for a in state.recent_actions]
+                step.action = actions.setdefault(step.action.model_dump_json(), step.action)
+            traces.append(trace)
+    return traces
+
+
+READERS: dict[str, Callable[[Path], list[Trace]]] = {
+    "unshared": read_unshared,
+    "shared_by_dump": read_shared_by_dump,
+    "shared": read_traces,
+}
 
 
 def _allocated(reader: Callable[[Path], list[Trace]], path: Path) -> tuple[int, int]:
@@ -49,73 +97,100 @@ def _allocated(reader: Callable[[Path], list[Trace]], path: Path) -> tuple[int, 
     return allocated, sum(len(t.steps) for t in traces)
 
 
-def run(repeats: int) -> dict[str, Any]:
-    source = shared_data_dir() / "eventlogs" / LOG
+def _measure(name: str, log: Log, repeats: int, folder: Path) -> dict[str, Any]:
+    source = shared_data_dir() / "eventlogs" / log.file
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing (the shared data folder)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "w.jsonl"
-        tick = time.perf_counter()
-        summary = write_traces(path, import_xes(source).traces)
-        import_s = time.perf_counter() - tick
-        print(f"imported {summary.steps:,} steps in {import_s:.0f} s", flush=True)
-        seconds: dict[str, list[float]] = {name: [] for name in READERS}
-        for r in range(repeats):
-            for name, reader in READERS.items():
-                gc.collect()
-                tick = time.perf_counter()
-                reader(path)
-                seconds[name].append(round(time.perf_counter() - tick, 3))
-            print(
-                f"repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {s[-1]:.1f} s" for n, s in seconds.items()), flush=True
-            )
-        memory = {name: _allocated(reader, path) for name, reader in READERS.items()}
-        jsonl_bytes = path.stat().st_size
-    steps = summary.steps
-    per_step = {name: round(allocated / steps) for name, (allocated, _) in memory.items()}
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "log": LOG,
+    path = folder / f"{name}.jsonl"
+    tick = time.perf_counter()
+    imported = import_xes(source, activity_with=log.activity_with)
+    summary = write_traces(path, imported.traces)
+    import_s = time.perf_counter() - tick
+    print(f"{name}: imported {summary.steps:,} steps in {import_s:.0f} s", flush=True)
+    seconds: dict[str, list[float]] = {reader: [] for reader in log.readers}
+    for r in range(repeats):
+        for reader in log.readers:
+            gc.collect()
+            tick = time.perf_counter()
+            READERS[reader](path)
+            seconds[reader].append(round(time.perf_counter() - tick, 3))
+        print(
+            f"{name} repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {s[-1]:.1f} s" for n, s in seconds.items()),
+            flush=True,
+        )
+    median = {reader: statistics.median(values) for reader, values in seconds.items()}
+    result: dict[str, Any] = {
+        "log": log.file,
+        "activity_with": list(log.activity_with),
+        "controls": len(imported.screen.controls),
         "traces": summary.traces,
-        "steps": steps,
-        "jsonl_bytes": jsonl_bytes,
+        "steps": summary.steps,
+        "jsonl_bytes": path.stat().st_size,
+        "import_s": round(import_s, 1),
         "repeats": repeats,
         "read_s": seconds,
         "read_s_median": median,
-        "read_ratio": round(median["shared"] / median["unshared"], 3),
-        "bytes_per_step": per_step,
-        "memory_ratio": round(per_step["shared"] / per_step["unshared"], 3),
-        "environment": environment(),
+        "read_ratio": {
+            f"shared/{base}": round(median["shared"] / median[base], 3) for base in log.readers if base != "shared"
+        },
     }
+    if log.memory:
+        memory = {reader: _allocated(READERS[reader], path) for reader in log.readers}
+        per_step = {reader: round(allocated / summary.steps) for reader, (allocated, _) in memory.items()}
+        result["bytes_per_step"] = per_step
+        result["memory_ratio"] = round(per_step["shared"] / per_step["unshared"], 3)
+    path.unlink()
+    return result
+
+
+def run(repeats: int, large_repeats: int, names: Sequence[str] = tuple(LOGS)) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = {
+            name: _measure(name, LOGS[name], repeats if LOGS[name].memory else large_repeats, Path(tmp))
+            for name in names
+        }
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "logs": logs, "environment": environment()}
+
+
+LABELS = {
+    "unshared": "each state its own screen and actions (up to 2026-12-05)",
+    "shared_by_dump": "each line validated, then equal parts shared (2026-12-06, before)",
+    "shared": "`read_traces`: each screen validated once (now)",
+}
 
 
 def render(result: dict[str, Any]) -> str:
-    per_step, median = result["bytes_per_step"], result["read_s_median"]
-    return "\n".join(
-        [
-            "# Reading traces back: equal screens and actions shared",
+    lines = ["# Reading traces back: equal screens and actions shared", "", f"Measured {result['date']}."]
+    for data in result["logs"].values():
+        joined = f", activity joined with {' + '.join(data['activity_with'])}" if data["activity_with"] else ""
+        per_step = data.get("bytes_per_step", {})
+        lines += [
             "",
-            f"{result['log']}: {result['traces']:,} traces, {result['steps']:,} steps, "
-            f"{result['jsonl_bytes'] / 2**20:.0f} MiB of JSONL; median of {result['repeats']} reads, "
-            f"measured {result['date']}.",
+            f"## {data['log']}{joined}",
+            "",
+            f"{data['traces']:,} traces, {data['steps']:,} steps, {data['controls']} activities (buttons per "
+            f"screen), {data['jsonl_bytes'] / 2**20:,.0f} MiB of JSONL (import {data['import_s']:.0f} s); "
+            f"median of {data['repeats']} read(s).",
             "",
             "| read | memory per loaded step | read time (median) |",
             "|---|---:|---:|",
-            f"| each state its own screen and actions (before) | {per_step['unshared'] / 1024:.1f} KiB "
-            f"| {median['unshared']:.1f} s |",
-            f"| `read_traces` (shared) | {per_step['shared'] / 1024:.1f} KiB | {median['shared']:.1f} s |",
-            f"| ratio | {result['memory_ratio']:.2f} | {result['read_ratio']:.2f} |",
-            "",
         ]
-    )
+        for reader, median in data["read_s_median"].items():
+            memory = f"{per_step[reader] / 1024:.1f} KiB" if reader in per_step else "–"
+            lines.append(f"| {LABELS[reader]} | {memory} | {median:.1f} s |")
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in data["read_ratio"].items())
+        memory_ratio = f"; memory shared/unshared {data['memory_ratio']:.2f}" if "memory_ratio" in data else ""
+        lines += ["", f"Read time {ratios}{memory_ratio}."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="reads of the W log each way")
+    parser.add_argument("--large-repeats", type=int, default=1, help="reads of the 202-activity log each way")
+    parser.add_argument("--logs", nargs="+", choices=sorted(LOGS), default=list(LOGS))
     args = parser.parse_args()
-    result = run(args.repeats)
+    result = run(args.repeats, args.large_repeats, args.logs)
     json_path, md_path = write_results("traces_memory", result, render(result))
     print(render(result))
     print(f"wrote {json_path} and {md_path}")

@@ -13,6 +13,7 @@ shown.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -20,7 +21,7 @@ from datetime import datetime
 from importers.common import DEFAULT_HISTORY, END_OF_CASE, LogFormatError, seconds, unique_slugs
 from schemas.actions import Action, ClickControl, CloseChat
 from schemas.screen import ButtonControl, ScreenSchema
-from schemas.state import Panel, UIState
+from schemas.state import CANONICAL_SCREENS, Panel, UIState, canonical_screen_json
 from schemas.trace import Trace, TraceSource, TraceStep
 
 SCREEN_ID = "activities"
@@ -85,6 +86,12 @@ class ActivityScreen:
     screen: ScreenSchema
     control_ids: Mapping[str, str]
 
+    @functools.cached_property
+    def screen_context(self) -> dict[str, dict[int, str]]:
+        """The validation context that gives the states' etags the screen's canonical JSON, computed once: on a
+        log with hundreds of activities the screen is almost all of a state."""
+        return {CANONICAL_SCREENS: {id(self.screen): canonical_screen_json(self.screen)}}
+
 
 def activity_screen(process_id: str, activities: Iterable[str]) -> ActivityScreen:
     """One button per activity, ids slugged deterministically (sorted), labels keeping the activity names."""
@@ -133,15 +140,18 @@ def case_trace(
         panels = {"case": case_panel}
         if i > 0:
             panels["last_event"] = _last_event_panel(case.events, i)
-        state = UIState(
-            session_id=case.case_id,
-            case_id=case.case_id,
-            process_id=process_id,
-            screen=screen.screen,
-            values={},
-            panels=panels,
-            recent_actions=actions[max(0, i - history) : i] if history > 0 else [],
-            step=i,
+        state = UIState.model_validate(
+            {
+                "session_id": case.case_id,
+                "case_id": case.case_id,
+                "process_id": process_id,
+                "screen": screen.screen,
+                "values": {},
+                "panels": panels,
+                "recent_actions": actions[max(0, i - history) : i] if history > 0 else [],
+                "step": i,
+            },
+            context=screen.screen_context,
         )
         event = case.events[min(i, len(case.events) - 1)]  # the end step takes the last event's time
         # model_construct: every field is already a validated object, and validating a TraceStep would run the

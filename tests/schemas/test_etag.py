@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import UIState
+from schemas.state import CANONICAL_SCREENS, canonical_screen_json
 from tests.schemas import strategies as s
 
 Change = Callable[[dict[str, Any], st.DataObject], None]
@@ -142,6 +143,22 @@ def test_etag_is_deterministic(state: UIState) -> None:
     assert int(state.etag, 16) >= 0
     assert rebuilt(state.model_dump()).etag == state.etag
     assert rebuilt(json.loads(state.model_dump_json())).etag == state.etag
+
+
+@settings(max_examples=100, deadline=None)
+@given(state=s.ui_states())
+def test_etag_around_a_shared_screen_is_the_same(state: UIState) -> None:
+    """A reader that validated the screen once hands its canonical JSON over: the etag is the same, byte for
+    byte, and a wrong etag is still refused."""
+    screen_json = canonical_screen_json(state.screen)
+    assert state.content_hash(screen_json) == state.content_hash() == state.etag
+    data = state.model_dump()
+    data["screen"] = state.screen
+    context = {CANONICAL_SCREENS: {id(state.screen): screen_json}}
+    assert UIState.model_validate(data, context=context).etag == state.etag
+    data["etag"] = "0" * 20
+    with pytest.raises(ValueError, match="does not match the state's content"):
+        UIState.model_validate(data, context=context)
 
 
 @settings(max_examples=50, deadline=None)

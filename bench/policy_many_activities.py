@@ -70,7 +70,7 @@ def run(log: str, activity_with: list[str]) -> dict[str, Any]:
         "load_s": round(load_s, 1),
         "train_cases": len(train),
         "test_cases": len(test),
-        "test_prefixes": sum(len(t.steps) for t in test),
+        "test_prefixes": sum(len(t.steps) - 1 for t in test),  # every prefix of length >= 1 (min_prefix=1)
         "distinct_targets": len(counts),
         "gbm_classes": cap,
         "gbm_classes_coverage": round(sum(n for _, n in counts.most_common(cap)) / sum(counts.values()), 4),

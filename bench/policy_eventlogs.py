@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_dir.is_dir():
         parser.error(f"{args.data_dir} not found: the event logs live in ../shared/data/eventlogs (docs/data.md)")
     for log in args.logs:
-        missing = [f"{split}_{log}.xes.gz" for split in ("train_val", "test")]
-        missing = [name for name in missing if not (args.data_dir / name).is_file()]
+        splits = (f"train_val_{log}.xes.gz", f"test_{log}.xes.gz")
+        missing = [name for name in splits if not (args.data_dir / name).is_file()]
         if missing:
             parser.error(f"--logs {log}: {', '.join(missing)} not in {args.data_dir}")
     torch.set_num_threads(1)

@@ -770,13 +770,11 @@ class CombinedPolicy:
         routing = self._require()
         validation = self.report_.get("validation", {})
         running = self.report_.get("possibly_running_cases", 0)
-        held = (
-            "latest held out"
-            if not running
-            else (
+        held = "latest held out"
+        if running:
+            held = (
                 f"latest the log saw through held out ({running} later ones, possibly running at its end, only fitted)"
             )
-        )
         lines = [
             f"Combined policy `{self.version_}`: {self.report_.get('fit_cases')} cases fitted, "
             f"{self.report_.get('validation_cases')} {held} ({validation.get('steps')} steps scored); "

@@ -47,6 +47,7 @@ from critic.pipeline import (
     train_critic,
 )
 from critic.thresholds import SliceThresholds, ThresholdConfig, fit_slice_thresholds
+from policy.policy import RANKING_VERSION
 from policy.replies import RULES_VERSION
 from policy.saved import POLICY_FILE
 from sandbox.feedback_collection import collect_copilot_feedback
@@ -86,7 +87,8 @@ def copilot_feedback_path(
     beside it)."""
     guarded = f"_guarded{RULES_VERSION}" if reply_guard else ""
     version = policy_version(policy_dir)
-    return WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}{guarded}_{version}.jsonl"
+    ranking = f"_ranked{RANKING_VERSION}"
+    return WORK / f"critic_feedback_{scenario}_{seed}_{start}_{sessions}{guarded}{ranking}_{version}.jsonl"
 
 
 def copilot_feedback(

@@ -36,13 +36,17 @@ from policy.serialise import ACTION_END, ACTION_START, SerialConfig, action_text
 from policy.styles import OperatorStyles
 from policy.tokenizer import PAD, train_tokenizer
 from policy.train import Example, TrainConfig, TrainHistory, train
-from schemas.actions import Action, SendTextToChat, action_key
+from schemas.actions import Action, SelectOption, SendTextToChat, action_key
 from schemas.files import atomic_directory
 from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
 from schemas.state import UIState
 from schemas.trace import Trace
 
 FORMAT_VERSION = 1
+RANKING_VERSION = 2
+"""Changes whenever ``LMPolicy._ranked`` changes what a fitted policy proposes from the same scores (1: the replies
+weighed by the style, decision 0024; 2: the options of a select too, and the options the cues settle, decision
+0027): caches of proposals (the benches' copilot feedback) are keyed by it as by the policy's version."""
 MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 
 
@@ -65,17 +69,54 @@ def _softmax(logprobs: Sequence[float]) -> list[float]:
     return [w / total for w in weights]
 
 
-def _weigh_replies(items: list[tuple[Action, float, float]]) -> list[tuple[Action, float]]:
-    """(action, log-prob) with each reply's style weight added, shifted so that the replies together keep the
-    probability the model gave them (log-sum-exp over the replies unchanged); other actions as scored."""
-    replies = [(lp, w) for action, lp, w in items if isinstance(action, SendTextToChat)]
-    if not replies or not any(w for _, w in replies):
-        return [(action, lp) for action, lp, _ in items]
-    top = max(lp for lp, _ in replies)
-    shift = math.log(sum(math.exp(lp - top) for lp, _ in replies)) - math.log(
-        sum(math.exp(lp - top + w) for lp, w in replies)
-    )
-    return [(action, lp + w + shift if isinstance(action, SendTextToChat) else lp) for action, lp, w in items]
+REPLIES = "\x00replies"  # the group of every reply (no control id starts with a NUL)
+
+
+def _weigh_within(items: list[tuple[Action, float, float]], group_of: dict[str, str]) -> list[tuple[Action, float]]:
+    """(action, log-prob) with each weighed action's weight added (``items``: action, log-prob, weight), shifted
+    so that each group (``group_of``: action key -> group; the replies, the options of one select) keeps the
+    probability the model gave it (its log-sum-exp unchanged); actions of no group as scored."""
+    members: dict[str, list[int]] = {}
+    for i, (action, _, _) in enumerate(items):
+        group = group_of.get(action_key(action))
+        if group is not None:
+            members.setdefault(group, []).append(i)
+    logprobs = [lp for _, lp, _ in items]
+    for rows in members.values():
+        if not any(items[i][2] for i in rows):
+            continue
+        top = max(items[i][1] for i in rows)
+        shift = math.log(sum(math.exp(items[i][1] - top) for i in rows)) - math.log(
+            sum(math.exp(items[i][1] - top + items[i][2]) for i in rows)
+        )
+        for i in rows:
+            logprobs[i] = items[i][1] + items[i][2] + shift
+    return [(action, lp) for (action, _, _), lp in zip(items, logprobs, strict=True)]
+
+
+def _settle(items: list[tuple[Action, float]], settled: dict[str, str], share: float) -> list[tuple[Action, float]]:
+    """Each select whose option the case settles (``settled``: control -> option, ``policy.option_cues``) gives
+    that option at least ``share`` of the probability of the control's options; the others share the rest in
+    proportion. What the customer said or a tool returned is a fact the prompt's hint names; a model that has seen
+    a cue in a few steps only may not yet follow it (decision 0027)."""
+    out = list(items)
+    for control, option in settled.items():
+        options = {
+            i: a.option for i, (a, _) in enumerate(items) if isinstance(a, SelectOption) and a.control_id == control
+        }
+        rows = list(options)
+        cued = next((i for i, o in options.items() if o == option), None)
+        if cued is None or len(rows) < 2:
+            continue
+        top = max(items[i][1] for i in rows)
+        total = top + math.log(sum(math.exp(items[i][1] - top) for i in rows))
+        own = math.exp(items[cued][1] - total)
+        if own >= share:
+            continue
+        rest = math.log((1.0 - share) / (1.0 - own))
+        for i in rows:
+            out[i] = (items[i][0], total + math.log(share) if i == cued else items[i][1] + rest)
+    return out
 
 
 @dataclass
@@ -291,26 +332,46 @@ class LMPolicy:
 
     def _ranked(self, state: UIState, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
-        (two slot forms of one value) are merged by summing their probabilities. The replies are weighed by how
-        likely the operator's style, as the case so far shows it, makes their wording
-        (``OperatorStyles.reply_weights``, decision 0022), and then share the probability the model gave the
-        replies together: the style says which words this operator would use, not whether a reply is due
-        (decision 0024)."""
+        (two slot forms of one value) are merged by summing their probabilities. The replies and the options of
+        each select are weighed by how likely the operator's style, as the case so far shows it, makes them
+        (``OperatorStyles.habit_weights``, decision 0022), and then share the probability the model gave them
+        together: the style says which words or which option this operator would choose, not whether a reply or
+        that select is due (decisions 0024 and 0027). A select whose option the customer's words or a tool's
+        result settle (``policy.option_cues``) is not weighed; its settled option gets at least the cues'
+        precision of the select's probability."""
         styles = self.styles_ if self.serial.operator_style else None
-        weights = styles.reply_weights(state) if styles is not None else {}
+        weights = styles.habit_weights(state) if styles is not None else {}
+        cued = self._cued_selects(state, scored.candidates)
         merged: dict[str, tuple[Action, float, float]] = {}  # key -> (action, log-prob, style weight)
+        group_of: dict[str, str] = {}
         for cand, lp in zip(scored.candidates, scored.logprobs, strict=True):
             key = action_key(cand.action)
             weight = weights.get(cand.text, 0.0)
+            if isinstance(cand.action, SendTextToChat):
+                group_of[key] = REPLIES
+            elif isinstance(cand.action, SelectOption) and cand.action.control_id not in cued:
+                group_of[key] = cand.action.control_id
             if key in merged:
                 action, prev, prev_weight = merged[key]
                 merged[key] = (action, max(prev, lp) + math.log1p(math.exp(-abs(prev - lp))), max(prev_weight, weight))
             else:
                 merged[key] = (cand.action, lp, weight)
-        items = _weigh_replies(list(merged.values()))
+        items = _weigh_within(list(merged.values()), group_of)
+        if self.cues_ is not None:
+            settled = {control: options[0] for control, options in cued.items() if len(options) == 1}
+            items = _settle(items, settled, self.cues_.min_precision)
         items.sort(key=lambda item: -item[1])
         probs = _softmax([lp for _, lp in items])
         return [(a, min(lp, 0.0), p) for (a, lp), p in zip(items, probs, strict=True)]
+
+    def _cued_selects(self, state: UIState, candidates: Sequence[Candidate]) -> dict[str, list[str]]:
+        """Per select among the candidates, the options the customer's words or a tool's result settle (only
+        those with one or more)."""
+        if self.cues_ is None:
+            return {}
+        controls = {c.action.control_id for c in candidates if isinstance(c.action, SelectOption)}
+        found = {control: self.cues_.cued(state, control) for control in sorted(controls)}
+        return {control: options for control, options in found.items() if options}
 
     def propose_batch(self, states: Sequence[UIState], k: int = 5) -> list[Proposal | None]:
         """The top-``k`` proposal of each state (None for a state with no valid candidate action)."""

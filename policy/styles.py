@@ -6,8 +6,8 @@ choices they lean to where the customer leaves one open (a replacement rather th
 that sees one reply of theirs in the prompt did not learn which wording of the next reply goes with it: in the
 sandbox most of its wrong replies were the right answer in another operator's words, proposed with high
 confidence. The style is a fact of the case once the operator has written or chosen, so it is read: written in
-the prompt (``style 2``), as the pending requests are, and used to weigh the replies the policy scores
-(``reply_weights``): the line alone did not teach the small model the wording.
+the prompt (``style 2``), as the pending requests are, and used to weigh the replies and options the policy
+scores (``habit_weights``): the line alone did not teach the small model the wording.
 
 **Learning** (``fit``). Each case is the set of its operator's *habits* (the replies they sent, in slot form as
 the template bank holds them, and the options they selected, as action text), among those of at least
@@ -25,11 +25,13 @@ the best stay and are refitted on all (1 means the traces show no styles: nothin
 **Reading**. The habits a state shows: its operator messages in the chat window, each matched to the reply
 template whose words it holds best (at least ``policy.words.MATCH_SHARE`` of them), and the selects in its kept
 history. The posterior over styles given them (their presence only: a reply not sent yet says nothing) names a
-style when its largest share is at least ``min_posterior`` (``style``), and ``reply_weights`` gives each reply
-habit's log(P(reply | posterior) / P(reply)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule
-over the styles; 0 for all while the state shows no habit); the replies then keep the probability the model gave
-them together (decision 0024). Choices are evidence of the style, never weighed:
-where the customer leaves one open, the option an operator leans to is a guess, and decision 0017 asks instead.
+style when its largest share is at least ``min_posterior`` (``style``), and ``habit_weights`` gives each
+habit's log(P(habit | posterior) / P(habit)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule
+over the styles; 0 for all while the state shows no habit). The replies then keep the probability the model gave
+them together (decision 0024), and so do the options of one select (decision 0027): the model says whether a
+reply or that select is due, the style in whose words or with which leaning. Options the customer's words or a
+tool's result settle (``policy.option_cues``) are not weighed, and where the customer's choice is open the reply
+guard asks rather than propose the leaning (decision 0017).
 """
 
 from __future__ import annotations
@@ -281,19 +283,21 @@ class OperatorStyles(Reader):
         post = np.exp(log_post - log_post.max())
         return post / post.sum()
 
-    def reply_weights(self, state: UIState) -> dict[str, float]:
-        """Per reply habit (its action text in slot form), how much more likely the operator's style makes it than
-        operators at large send it: log(P(reply | style posterior) / P(reply)). Bayes' rule over the styles: the
-        policy scores a reply as any operator might word it, and this turns that into the wording of this
-        operator (0 for every reply while the state shows no habit, {} when no style is learned). Choices are
-        read as evidence of the style but not weighed: where the customer leaves a choice open, the option an
-        operator leans to is a guess (decision 0017 asks instead)."""
+    def habit_weights(self, state: UIState) -> dict[str, float]:
+        """Per habit (a reply in slot form, a choice as its action text), how much more likely the operator's style
+        makes it than operators at large show it: log(P(habit | style posterior) / P(habit)). Bayes' rule over
+        the styles: the policy scores a reply as any operator might word it and an open choice as any operator
+        might make it, and this turns that into the wording and the leaning of this operator (0 for every habit
+        while the state shows none, {} when no style is learned). ``LMPolicy`` weighs the replies together and
+        each select's options together, so the style says which wording or option, never whether to reply or
+        select (decisions 0024 and 0027); where the customer's choice is open, the guard asks rather than take
+        the leaning (decision 0017)."""
         post = self._posterior(state)
         if post is None:
             return {}
         _, log_presence, log_overall = self._arrays
-        given = np.log(post @ np.exp(log_presence))
-        return {self.templates_[i]: float(given[i] - log_overall[i]) for i, _ in self._replies}
+        given = np.log(post @ np.exp(log_presence)) - log_overall
+        return {habit: float(weight) for habit, weight in zip(self.templates_, given, strict=True)}
 
     def style(self, state: UIState) -> int | None:
         """The style the habits shown so far name (numbered from 1), or None while they name none."""

@@ -12,11 +12,23 @@ import numpy as np
 import pytest
 
 from policy.candidates import Candidate
+from policy.option_cues import OptionCues
 from policy.policy import LMPolicy, _Scored
+from policy.readers import process_key
 from policy.serialise import SerialConfig, serialise_state
 from policy.styles import OperatorStyles, _case_shares
 from sandbox.generate import iter_traces
-from schemas import Action, ChatMessage, ChatRole, CloseChat, Panel, ScreenSchema, SendTextToChat, UIState
+from schemas import (
+    Action,
+    ChatMessage,
+    ChatRole,
+    CloseChat,
+    Panel,
+    ScreenSchema,
+    SelectOption,
+    SendTextToChat,
+    UIState,
+)
 from schemas.actions import action_key
 from schemas.screen import ChatControl
 from schemas.trace import Trace, TraceSource, TraceStep
@@ -79,9 +91,9 @@ def test_two_wordings_are_two_styles_and_a_reply_names_its_operators_style() -> 
 def test_the_operators_wording_of_a_reply_weighs_more_once_they_wrote() -> None:
     styles = OperatorStyles().fit(traces(200))
     plain_answer, warm_answer = (f"send {WORDINGS[w][1]}" for w in ("plain", "warm"))
-    before = styles.reply_weights(state("billing", [(ChatRole.CUSTOMER, "When does my order ship?")]))
+    before = styles.habit_weights(state("billing", [(ChatRole.CUSTOMER, "When does my order ship?")]))
     assert before[plain_answer] == pytest.approx(0.0) and before[warm_answer] == pytest.approx(0.0)
-    after = styles.reply_weights(state("billing", [(ChatRole.OPERATOR, "Hello Bob.")]))
+    after = styles.habit_weights(state("billing", [(ChatRole.OPERATOR, "Hello Bob.")]))
     assert after[plain_answer] > math.log(1.5) and after[warm_answer] < math.log(0.2)
 
 
@@ -102,6 +114,64 @@ def test_the_policy_ranks_the_operators_wording_of_a_reply_first() -> None:
     assert probability[action_key(close)] == pytest.approx(1 / 3)
     policy.serial = SerialConfig(operator_style=False)  # a model without the style: the LM's scores as they are
     assert [p for _, _, p in policy._ranked(s, _Scored(candidates, [-1.0, -1.0, -1.0]))] == pytest.approx([1 / 3] * 3)
+
+
+LEANING = {"plain": "refund", "warm": "replacement"}  # the remedy each style picks where the customer leaves it open
+
+
+def leaning_trace(n: int, style: str, rng: random.Random) -> Trace:
+    """A case in which the operator greets in their words, picks the remedy their style leans to (nine times in
+    ten) and closes."""
+    greeting = WORDINGS[style][0].format(name="Ann")
+    other = next(o for s, o in LEANING.items() if s != style)
+    remedy = LEANING[style] if rng.random() < 0.9 else other
+    chat: list[tuple[ChatRole, str]] = [(ChatRole.CUSTOMER, "My parcel arrived broken.")]
+    greeted = [*chat, (ChatRole.OPERATOR, greeting)]
+    actions: list[tuple[list[tuple[ChatRole, str]], Action]] = [
+        (chat, SendTextToChat(text=greeting)),
+        (greeted, SelectOption(control_id="remedy", option=remedy)),
+        (greeted, CloseChat(resolution="resolved")),
+    ]
+    steps = [TraceStep(step=i, state=state("orders", c), action=a) for i, (c, a) in enumerate(actions)]
+    return Trace(trace_id=f"T{n}", source=TraceSource.SANDBOX, case_id=f"C{n}", process_id="orders", steps=steps)
+
+
+def test_the_options_of_a_select_are_weighed_by_the_operators_leaning_within_the_selects_probability() -> None:
+    """Once the operator's words show their style, the option that style leans to ranks first; the select's
+    options keep the probability the LM gave them together, and other actions keep theirs. Where the customer's
+    words settle the option (an option cue), the leaning is not weighed and the settled option gets at least the
+    cues' precision of the select's probability (decision 0027)."""
+    rng = random.Random(0)
+    policy = LMPolicy()
+    policy.styles_ = OperatorStyles().fit([leaning_trace(i, rng.choice(("plain", "warm")), rng) for i in range(200)])
+    refund, replacement = (SelectOption(control_id="remedy", option=o) for o in ("refund", "replacement"))
+    close = CloseChat(resolution="resolved")
+    candidates = [Candidate(f"select remedy = {a.option}", a) for a in (refund, replacement)]
+    candidates.append(Candidate("close resolved", close))
+    warm = state(
+        "orders", [(ChatRole.CUSTOMER, "It broke."), (ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")]
+    )
+    ranked = policy._ranked(warm, _Scored(candidates, [-1.0, -1.0, -1.0]))
+    assert [a for a, _, _ in ranked][:2] == [replacement, close]
+    probability = {action_key(a): p for a, _, p in ranked}
+    assert probability[action_key(replacement)] > 0.5
+    assert probability[action_key(refund)] + probability[action_key(replacement)] == pytest.approx(2 / 3)
+    assert probability[action_key(close)] == pytest.approx(1 / 3)
+
+    policy.cues_ = OptionCues(cues_={process_key("orders", "remedy"): {"refund": ["refund"]}})
+    asked = state(
+        "orders",
+        [(ChatRole.CUSTOMER, "I want a refund."), (ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")],
+    )
+    probability = {action_key(a): p for a, _, p in policy._ranked(asked, _Scored(candidates, [-1.0, -1.0, -1.0]))}
+    assert probability[action_key(refund)] == pytest.approx(policy.cues_.min_precision * 2 / 3)
+    assert probability[action_key(close)] == pytest.approx(1 / 3)
+    # A settled option the LM already ranks above the cues' precision keeps its own probability.
+    probability = {action_key(a): p for a, _, p in policy._ranked(asked, _Scored(candidates, [-0.1, -5.0, -1.0]))}
+    share = math.exp(-0.1) / (math.exp(-0.1) + math.exp(-5.0))
+    assert probability[action_key(refund)] / (
+        probability[action_key(refund)] + probability[action_key(replacement)]
+    ) == pytest.approx(share)
 
 
 def one_reply_trace(n: int, operator: str, style: str, rng: random.Random) -> Trace:
@@ -131,12 +201,12 @@ def test_an_operators_cases_together_show_the_style_that_one_case_does_not() -> 
     plain_answer, warm_answer = (f"send {WORDINGS[w][1]}" for w in ("plain", "warm"))
     by_operator = OperatorStyles().fit(cases)
     assert len(by_operator.weights_) == 2 and by_operator.style(greeted) is not None
-    weights = by_operator.reply_weights(greeted)
+    weights = by_operator.habit_weights(greeted)
     assert weights[plain_answer] > math.log(1.5) and weights[warm_answer] < math.log(0.2)
     for case in cases:  # the same cases without their operators
         for step in case.steps:
             step.operator_id = None
-    weights = OperatorStyles().fit(cases).reply_weights(greeted)
+    weights = OperatorStyles().fit(cases).habit_weights(greeted)
     assert weights.get(plain_answer, 0.0) < math.log(1.5)
 
 
@@ -170,10 +240,10 @@ def test_on_the_sandbox_the_styles_are_its_operators_wordings() -> None:
     told = {counts.most_common(1)[0][0] for counts in read.values()}
     purity = sum(counts.most_common(1)[0][1] for counts in read.values()) / sum(sum(c.values()) for c in read.values())
     assert purity > 0.85 and told == {0, 1, 2, 3}
-    # The options operators select are evidence of the style; only replies are weighed (a leaning is a guess).
+    # The options operators select are evidence of the style, and weighed as its leaning (decision 0027).
     assert any(h.startswith("select ") for h in styles.templates_)
-    weights = styles.reply_weights(step.state)
-    assert weights and all(h.startswith("send ") for h in weights)
+    weights = styles.habit_weights(step.state)
+    assert {h.split(" ")[0] for h in weights} == {"send", "select"}
 
 
 def test_a_new_cases_prior_is_the_styles_share_of_the_cases_whatever_the_grouping() -> None:

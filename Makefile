@@ -52,15 +52,18 @@ unit: $(STAMP) system-deps
 bench: $(STAMP)
 	$(BIN)/python -m bench.sandbox_generation
 
-# The policy benchmarks (about 40 minutes on two cores): sandbox accuracy (trains the default model), its speed,
-# the real event logs, the real UI log, the learning curve of a new process.
+# The policy benchmarks (about 50 minutes on two cores): sandbox accuracy (trains the default model), its speed,
+# the real event logs, the real UI log and its few-case curve, the learning curve of a new process, and the
+# preference update from copilot corrections.
 bench-policy: $(STAMP)
 	$(BIN)/python -m bench.policy_sandbox
-	$(BIN)/python -m bench.policy_speed --model out/bench/policy_default --traces out/bench/sandbox_default_7_2500.jsonl --skip 2000
+	$(BIN)/python -m bench.policy_speed --model out/bench/policy_default --traces out/bench/sandbox_default_7_3000.jsonl --skip 2000
 	$(BIN)/python -m bench.policy_eventlogs
 	$(BIN)/python -m bench.policy_eventlog_baseline --importance
 	$(BIN)/python -m bench.policy_uilog
+	$(BIN)/python -m bench.policy_uilog_curve
 	$(BIN)/python -m bench.policy_learning_curve
+	$(BIN)/python -m bench.policy_preference
 
 # The critic benchmarks (about 40 minutes on two cores; they need out/bench/policy_default from bench-policy):
 # copilot feedback collection (cached) and the sandbox against the paper's statistics, the paper-style

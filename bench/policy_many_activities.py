@@ -73,6 +73,7 @@ def run(log: str, activity_with: list[str]) -> dict[str, Any]:
         "test_prefixes": sum(len(t.steps) - 1 for t in test),  # every prefix of length >= 1 (min_prefix=1)
         "distinct_targets": len(counts),
         "gbm_classes": cap,
+        "gbm_counted": GradientBoostingBaseline().max_counted_actions,
         "gbm_classes_coverage": round(sum(n for _, n in counts.most_common(cap)) / sum(counts.values()), 4),
         "predictors": rows,
         "gbm_fit_s": {"before": rows["gbm_before"]["fit_s"], "now": rows["gbm_now"]["fit_s"]},
@@ -94,7 +95,8 @@ def render(result: dict[str, Any]) -> str:
         "bigram": "last-activity bigram",
         "ngram": "longest-suffix n-gram",
         "gbm_before": f"GBM, {result['gbm_classes']} classes, a count column per action (before)",
-        "gbm_now": f"GBM, {result['gbm_classes']} classes, count columns for the 32 most frequent (now)",
+        "gbm_now": f"GBM, {result['gbm_classes']} classes, count columns for the {result['gbm_counted']} most "
+        "frequent (now)",
         "trained_policy": "**trained policy** (`CombinedPolicy`, LM included)",
     }
     lines = [

@@ -82,15 +82,11 @@ class UIState(Payload):
         The body is then put together around it, byte for byte the same: on an event log with hundreds of
         activities the screen is almost all of a state, and every state of the log shares it."""
         # Canonical JSON: JSON objects are unordered, so a producer that re-serialises the state through a map
-        # type must get the same etag. Schema versions (also the nested screen's) are not content.
-        if screen_json is None:
-            content = self.model_dump(
-                mode="json", exclude={"etag": True, "schema_version": True, "screen": {"schema_version"}}
-            )
-            body = _canonical(content)
-        else:
-            rest = self.model_dump(mode="json", exclude={"etag", "schema_version", "screen"})
-            before = _canonical({k: v for k, v in rest.items() if k < "screen"})[1:-1]
-            after = _canonical({k: v for k, v in rest.items() if k > "screen"})[1:-1]
-            body = "{" + ",".join(part for part in (before, f'"screen":{screen_json}', after) if part) + "}"
+        # type must get the same etag. Schema versions (also the nested screen's) are not content. The screen's
+        # part goes between the keys that sort before and after "screen", as json.dumps(sort_keys=True) puts it.
+        screen = canonical_screen_json(self.screen) if screen_json is None else screen_json
+        rest = self.model_dump(mode="json", exclude={"etag", "schema_version", "screen"})
+        before = _canonical({k: v for k, v in rest.items() if k < "screen"})[1:-1]
+        after = _canonical({k: v for k, v in rest.items() if k > "screen"})[1:-1]
+        body = "{" + ",".join(part for part in (before, f'"screen":{screen}', after) if part) + "}"
         return hashlib.blake2b(body.encode(), digest_size=10).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -152,6 +153,12 @@ def test_etag_around_a_shared_screen_is_the_same(state: UIState) -> None:
     byte, and a wrong etag is still refused."""
     screen_json = canonical_screen_json(state.screen)
     assert state.content_hash(screen_json) == state.content_hash() == state.etag
+    # ... and the hash of the whole state's canonical JSON, the etag's definition
+    content = state.model_dump(
+        mode="json", exclude={"etag": True, "schema_version": True, "screen": {"schema_version"}}
+    )
+    body = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    assert state.etag == hashlib.blake2b(body.encode(), digest_size=10).hexdigest()
     data = state.model_dump()
     data["screen"] = state.screen
     context = {CANONICAL_SCREENS: {id(state.screen): screen_json}}

@@ -476,13 +476,15 @@ def test_publish_to_handler_latency(broker: EmbeddedBroker) -> None:
 @pytest.mark.integration
 def test_broker_restart_with_memory_storage_loses_everything() -> None:
     topics = unique_topics()
-    topic = topics.feedback
+    topic, untouched = topics.feedback, topics.operator_decisions
     with EmbeddedBroker() as broker, BusProducer(broker.bootstrap) as producer:
-        ensure_topics(broker.bootstrap, [topic], partitions=2)
+        ensure_topics(broker.bootstrap, [topic, untouched], partitions=2)
         producer.publish(topic, operator_decision("s1"), "s1")
         broker.restart()
-        # Documented behaviour of memory://: topics, records and committed offsets are gone.
-        assert missing_topics(broker.bootstrap, [topic]) == [topic]
+        # Documented behaviour of memory://: topics, records and committed offsets are gone. The open producer's
+        # metadata refresh may re-create its own topic at once (Tansu auto-creates on a client's request), so the
+        # topic checked for being gone is one no client holds; the records are checked below.
+        assert missing_topics(broker.bootstrap, [untouched]) == [untouched]
         ensure_topics(broker.bootstrap, [topic], partitions=2)
         # The idempotent producer's id is unknown to the new broker: it fails for good and is replaced.
         published = producer.publish(topic, operator_decision("s1", 1), "s1")

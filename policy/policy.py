@@ -43,10 +43,11 @@ from schemas.state import UIState
 from schemas.trace import Trace
 
 FORMAT_VERSION = 1
-RANKING_VERSION = 2
+RANKING_VERSION = 3
 """Changes whenever ``LMPolicy._ranked`` changes what a fitted policy proposes from the same scores (1: the replies
-weighed by the style, decision 0024; 2: the options of a select too, and the options the cues settle, decision
-0027): caches of proposals (the benches' copilot feedback) are keyed by it as by the policy's version."""
+weighed by the style, decision 0024; 2: the options of a select too, and the options the cues settle; 3: the
+``logprob`` feature stays the model's own, before the weights; both decision 0027): caches of proposals (the
+benches' copilot feedback) are keyed by it as by the policy's version."""
 MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 
 
@@ -331,14 +332,14 @@ class LMPolicy:
         return enumerate_candidates(state, bank, replies)
 
     def _ranked(self, state: UIState, scored: _Scored) -> list[tuple[Action, float, float]]:
-        """(action, sequence log-prob, normalised probability), best first; candidates meaning the same action
-        (two slot forms of one value) are merged by summing their probabilities. The replies and the options of
-        each select are weighed by how likely the operator's style, as the case so far shows it, makes them
-        (``OperatorStyles.habit_weights``, decision 0022), and then share the probability the model gave them
+        """(action, the model's own sequence log-prob, normalised probability), best first; candidates meaning the
+        same action (two slot forms of one value) are merged by summing their probabilities. The replies and the
+        options of each select are weighed by how likely the operator's style, as the case so far shows it, makes
+        them (``OperatorStyles.habit_weights``, decision 0022), and then share the probability the model gave them
         together: the style says which words or which option this operator would choose, not whether a reply or
         that select is due (decisions 0024 and 0027). A select whose option the customer's words or a tool's
         result settle (``policy.option_cues``) is not weighed; its settled option gets at least the cues'
-        precision of the select's probability."""
+        precision of the select's probability. The weights and cues change the probability, not the log-prob."""
         styles = self.styles_ if self.serial.operator_style else None
         weights = styles.habit_weights(state) if styles is not None else {}
         cued = self._cued_selects(state, scored.candidates)
@@ -360,9 +361,12 @@ class LMPolicy:
         if self.cues_ is not None:
             settled = {control: options[0] for control, options in cued.items() if len(options) == 1}
             items = _settle(items, settled, self.cues_.min_precision)
-        items.sort(key=lambda item: -item[1])
-        probs = _softmax([lp for _, lp in items])
-        return [(a, min(lp, 0.0), p) for (a, lp), p in zip(items, probs, strict=True)]
+        # The model's own sequence log-probability stays the ``logprob`` feature: beside the weighed probability it
+        # shows the critic where the style or a cue, not the model, made an option likely (decision 0027).
+        raw = [lp for _, lp, _ in merged.values()]
+        ranked = sorted(zip(items, raw, strict=True), key=lambda row: -row[0][1])
+        probs = _softmax([lp for (_, lp), _ in ranked])
+        return [(a, min(own, 0.0), p) for ((a, _), own), p in zip(ranked, probs, strict=True)]
 
     def _cued_selects(self, state: UIState, candidates: Sequence[Candidate]) -> dict[str, list[str]]:
         """Per select among the candidates, the options the customer's words or a tool's result settle (only

@@ -11,7 +11,11 @@ from schemas.base import Payload, Strict
 class ProposalFeatures(Strict):
     """The policy's own confidence signals, used by the baseline gate and the feature critic."""
 
-    logprob: float = Field(le=0.0, description="Sequence log-probability of the action under the policy.")
+    logprob: float = Field(
+        le=0.0,
+        description="Sequence log-probability of the action under the policy's model, before any re-weighing of its "
+        "candidates (probability is after).",
+    )
     margin: float = Field(ge=0.0, description="Probability margin to the runner-up candidate.")
     entropy: float = Field(ge=0.0, description="Entropy of the normalised candidate distribution (nats).")
     rank: int = Field(default=0, ge=0, description="0 for the top proposal.")

@@ -140,7 +140,7 @@ def test_the_options_of_a_select_are_weighed_by_the_operators_leaning_within_the
     """Once the operator's words show their style, the option that style leans to ranks first; the select's
     options keep the probability the LM gave them together, and other actions keep theirs. Where the customer's
     words settle the option (an option cue), the leaning is not weighed and the settled option gets at least the
-    cues' precision of the select's probability (decision 0027)."""
+    cues' precision of the select's probability, and the log-probability stays the model's own (decision 0027)."""
     rng = random.Random(0)
     policy = LMPolicy()
     policy.styles_ = OperatorStyles().fit([leaning_trace(i, rng.choice(("plain", "warm")), rng) for i in range(200)])
@@ -157,6 +157,8 @@ def test_the_options_of_a_select_are_weighed_by_the_operators_leaning_within_the
     assert probability[action_key(replacement)] > 0.5
     assert probability[action_key(refund)] + probability[action_key(replacement)] == pytest.approx(2 / 3)
     assert probability[action_key(close)] == pytest.approx(1 / 3)
+    # The log-probability stays the model's own, so the critic sees where the leaning, not the LM, decided.
+    assert [lp for _, lp, _ in ranked] == [-1.0, -1.0, -1.0]
 
     policy.cues_ = OptionCues(cues_={process_key("orders", "remedy"): {"refund": ["refund"]}})
     asked = state(

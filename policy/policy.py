@@ -70,6 +70,12 @@ def _softmax(logprobs: Sequence[float]) -> list[float]:
     return [w / total for w in weights]
 
 
+def _logsumexp(logprobs: Sequence[float]) -> float:
+    """log(sum(exp(x))) of a non-empty sequence, without overflow."""
+    top = max(logprobs)
+    return top + math.log(sum(math.exp(lp - top) for lp in logprobs))
+
+
 REPLIES = "\x00replies"  # the group of every reply (no control id starts with a NUL)
 
 
@@ -86,10 +92,7 @@ def _weigh_within(items: list[tuple[Action, float, float]], group_of: dict[str, 
     for rows in members.values():
         if not any(items[i][2] for i in rows):
             continue
-        top = max(items[i][1] for i in rows)
-        shift = math.log(sum(math.exp(items[i][1] - top) for i in rows)) - math.log(
-            sum(math.exp(items[i][1] - top + items[i][2]) for i in rows)
-        )
+        shift = _logsumexp([items[i][1] for i in rows]) - _logsumexp([items[i][1] + items[i][2] for i in rows])
         for i in rows:
             logprobs[i] = items[i][1] + items[i][2] + shift
     return [(action, lp) for (action, _, _), lp in zip(items, logprobs, strict=True)]
@@ -109,8 +112,7 @@ def _settle(items: list[tuple[Action, float]], settled: dict[str, str], share: f
         cued = next((i for i, o in options.items() if o == option), None)
         if cued is None or len(rows) < 2:
             continue
-        top = max(items[i][1] for i in rows)
-        total = top + math.log(sum(math.exp(items[i][1] - top) for i in rows))
+        total = _logsumexp([items[i][1] for i in rows])
         own = math.exp(items[cued][1] - total)
         if own >= share:
             continue

@@ -50,6 +50,7 @@ from policy.lora import LoraSettings, apply_lora, merge_lora
 from policy.model import load_model
 from policy.option_cues import OptionCues
 from policy.policy import LMPolicy
+from policy.preconditions import Preconditions
 from policy.requests import RequestTracker
 from policy.serialise import SerialConfig, action_text, serialise_state
 from policy.styles import OperatorStyles
@@ -243,7 +244,9 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
                 state, action = item.state, item.proposal.action
             except AttributeError:
                 raise ValueError(f"X[{i}] is not a CriticInput (needs .state and .proposal)") from None
-            prompt = codec.encode_prompt(serialise_state(state, self.serial_, self.requests_, self.cues_, self.styles_))
+            prompt = codec.encode_prompt(
+                serialise_state(state, self.serial_, self.requests_, self.cues_, self.styles_, self.preconditions_)
+            )
             out.append(prompt + codec.encode_action(action_text(action, state)) + marker)
         return out
 
@@ -293,6 +296,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
         self.requests_ = policy.requests_
         self.cues_ = policy.cues_
         self.styles_ = policy.styles_
+        self.preconditions_ = policy.preconditions_
         self.lora_ = policy.lora
         self.policy_version_ = policy.version_
         self.codec_ = Codec.for_tokenizer(tokenizer, self.max_prompt_tokens)
@@ -451,6 +455,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
             "requests": self.requests_.to_dict() if self.requests_ is not None else None,
             "option_cues": self.cues_.to_dict() if self.cues_ is not None else None,
             "styles": self.styles_.to_dict() if self.styles_ is not None else None,
+            "preconditions": self.preconditions_.to_dict() if self.preconditions_ is not None else None,
             "lora": asdict(self.lora_) if self.lora_ is not None else None,
             "policy_version": self.policy_version_,
             "history": _json_safe(asdict(self.history_)),
@@ -481,6 +486,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
         critic.requests_ = RequestTracker.from_dict(meta["requests"]) if meta.get("requests") else None
         critic.cues_ = OptionCues.from_dict(meta["option_cues"]) if meta.get("option_cues") else None
         critic.styles_ = OperatorStyles.from_dict(meta["styles"]) if meta.get("styles") else None
+        critic.preconditions_ = Preconditions.from_dict(meta["preconditions"]) if meta.get("preconditions") else None
         critic.lora_ = LoraSettings(**meta["lora"]) if meta.get("lora") else None
         critic.policy_version_ = meta["policy_version"]
         history = meta["history"]
@@ -506,5 +512,6 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
     requests_: RequestTracker | None
     cues_: OptionCues | None
     styles_: OperatorStyles | None
+    preconditions_: Preconditions | None
     lora_: LoraSettings | None
     classes_: np.ndarray

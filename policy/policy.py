@@ -322,7 +322,7 @@ class LMPolicy:
     def prompt(self, state: UIState) -> str:
         """The state as this policy reads it: its serialisation with the learned readers (pending requests,
         option cues, the operator's style)."""
-        return serialise_state(state, self.serial, self.requests_, self.cues_, self.styles_)
+        return serialise_state(state, self.serial, self.requests_, self.cues_, self.styles_, self.preconditions_)
 
     def candidates(self, state: UIState) -> list[Candidate]:
         """The state's candidate actions: the screen's and the bank's, with the answers to its pending requests

@@ -127,6 +127,12 @@ class Preconditions(Reader):
         words = customer_said(state, MIN_WORD)
         return [w for w in needed if not _holds(w, words)]
 
+    def met(self, state: UIState, action: Action) -> bool:
+        """Whether ``action`` has preconditions (on this state's process) and the customer has said them all."""
+        return bool(self.needs_.get(process_key(state.process_id, action_name(action)))) and not self.unmet(
+            state, action
+        )
+
     def asked_again(self, state: UIState, text: str) -> list[str]:
         """The words the reply ``text`` asks for (``asks_for``) that the customer's messages already hold."""
         said = customer_said(state, MIN_WORD)

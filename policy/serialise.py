@@ -111,6 +111,11 @@ class SerialConfig:
     * ``operator_style``: a ``style`` line naming the style the operator's messages in the chat show, as
       ``OperatorStyles`` (``policy.styles``) learned the styles from the traces: which wording of a reply they
       use, and their habits beyond it. False in models saved before this field.
+    * ``precondition_cues``: a checkbox not yet ticked is marked ``~on`` once the customer has said what
+      operators wait for before ticking it (``photo_received`` once a photo is attached), as ``Preconditions``
+      (``policy.preconditions``) learned it from the traces: the same mark as the options the customer's words
+      settle. Reading "I attached a photo" in the opening was not enough for a small model to tick the box
+      rather than ask for the photo (decision 0028). False in models saved before this field.
     """
 
     chat_messages: int = 4
@@ -127,6 +132,7 @@ class SerialConfig:
     option_cues: bool = True
     named_rows: bool = True
     operator_style: bool = True
+    precondition_cues: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
@@ -137,13 +143,15 @@ class SerialConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SerialConfig:
         """The config saved with a model; a field the save predates keeps the layout that model was trained
-        with (no opening messages, no pending requests, no option cues, no named rows, no style line)."""
+        with (no opening messages, no pending requests, no option cues, no named rows, no style line, no
+        checkbox marks)."""
         before = {
             "opening_messages": 0,
             "pending_requests": False,
             "option_cues": False,
             "named_rows": False,
             "operator_style": False,
+            "precondition_cues": False,
         }
         return cls(**{**before, **data})
 
@@ -279,15 +287,23 @@ class StyleReader(Protocol):
     def style(self, state: UIState) -> int | None: ...
 
 
+class MetPreconditions(Protocol):
+    """What a checkbox's ``~on`` mark reads (``policy.preconditions.Preconditions``)."""
+
+    def met(self, state: UIState, action: Action) -> bool: ...
+
+
 def serialise_state(
     state: UIState,
     config: SerialConfig | None = None,
     requests: PendingRequests | None = None,
     cues: CuedOptions | None = None,
     styles: StyleReader | None = None,
+    preconditions: MetPreconditions | None = None,
 ) -> str:
     """The prompt for one state (without the action marker); ``requests`` writes the ``pending`` line,
-    ``cues`` adds to the ``~`` hints and ``styles`` writes the ``style`` line where the config asks for them."""
+    ``cues`` adds to the ``~`` hints of selects, ``styles`` writes the ``style`` line and ``preconditions`` the
+    ``~on`` marks of checkboxes where the config asks for them."""
     cfg = config or SerialConfig()
     screen = state.screen
     customer_words = sorted({w for m in recent_chat(state) if m.role == ChatRole.CUSTOMER for w in _words(m.text)})
@@ -310,6 +326,8 @@ def serialise_state(
                 named.update(cues.cued(state, control.id))
             if named:
                 item += " ~" + "|".join(o for o in options if o in named)
+        elif control.kind == ControlKind.CHECKBOX and value is not True and cfg.precondition_cues and preconditions:
+            item += " ~on" if preconditions.met(state, ToggleCheckbox(control_id=control.id, checked=True)) else ""
         controls.append(item)
     if controls or cfg.list_buttons:
         lines.append("controls " + " ; ".join(controls))

@@ -18,7 +18,8 @@ Sources, in priority order (the first source with a given value names it):
 * ``row.<panel>.<i>.<column>``: cells of the first ``MAX_ROWS`` rows of a panel table;
 * ``panel.<panel>.<field>.first``: the first word of a multi-word capitalised field (a first name);
 * ``chat.<kind>[.<n>]``: entities in the customer's messages (e-mail addresses, dates, ids, postcodes, amounts,
-  street addresses, numbers, capitalised names), ``n`` counting back from the latest occurrence (omitted for the latest);
+  street addresses, numbers, capitalised names: a word capitalised only because it begins a sentence, "Order" or
+  "Hello", is not a name), ``n`` counting back from the latest occurrence (omitted for the latest);
 * ``chat.part.<i>``: comma-separated parts of the latest customer message.
 
 Truncation rule: only the last ``CHAT_WINDOW`` chat messages are read (here and for the prompt's option hints in
@@ -61,6 +62,13 @@ _MASK = re.compile(
 _PART_SPLIT = re.compile(r"\s*[,;]\s*|\s+and\s+")
 
 
+def _sentence_initial(text: str, start: int) -> bool:
+    """Whether ``text[start:]`` begins a sentence: nothing but spaces and quotes before it since the text's start or
+    a full stop, question or exclamation mark, or a line break."""
+    before = text[:start].rstrip(" \t\"'(")
+    return not before or before[-1] in ".!?\n"
+
+
 def _entities(text: str) -> list[tuple[str, str]]:
     """(kind, value) pairs in text order; a span claimed by an earlier kind is not matched again."""
     # One flag per character: the overlap test costs the span's length, not the number of spans claimed so far
@@ -70,10 +78,17 @@ def _entities(text: str) -> list[tuple[str, str]]:
     for kind, pattern in ENTITY_PATTERNS:
         for match in pattern.finditer(text):
             start, end = match.span()
+            if kind == "proper" and _sentence_initial(text, start):
+                # "Order ORD-1.", "Hello Anna": the first word is capitalised as a sentence's first word, not as a
+                # name; copying it would turn "Order ORD-1 is on its way" into a slot that fills with "Btw".
+                first = text.find(" ", start, end)
+                if first < 0:
+                    continue
+                start = first + 1
             if any(claimed[start:end]):
                 continue
             claimed[start:end] = b"\x01" * (end - start)
-            found.append((start, kind, match.group()))
+            found.append((start, kind, text[start:end]))
     return [(kind, value) for _, kind, value in sorted(found)]
 
 

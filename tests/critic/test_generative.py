@@ -114,6 +114,8 @@ def test_save_load_gives_identical_scores(
     np.testing.assert_array_equal(loaded.predict_proba(items), critic.predict_proba(items))
     assert (loaded.accept_token_id_, loaded.reject_token_id_) == (critic.accept_token_id_, critic.reject_token_id_)
     assert loaded.history_ == critic.history_ and loaded.policy_version_ == critic.policy_version_
+    # the readers it serialises prompts with, as its policy does (the checkbox marks read the preconditions)
+    assert loaded.preconditions_ == critic.preconditions_ and loaded.styles_ == critic.styles_
     assert loaded.get_params()["epochs"] == critic.epochs
     assert not list(tmp_path.glob(".critic*"))  # no temporary or old directory left behind
 

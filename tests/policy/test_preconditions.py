@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from policy.preconditions import Preconditions, action_name
 from policy.replies import ReplyGuard
+from policy.serialise import SerialConfig, serialise_state
 from sandbox.generate import iter_traces
 from schemas import Action, ChatMessage, ChatRole, CloseChat, ScreenSchema, SendTextToChat, ToggleCheckbox, UIState
 from schemas.screen import ChatControl, CheckboxControl
@@ -70,6 +71,19 @@ def test_an_unmet_precondition_is_read_from_the_chat_typos_allowed() -> None:
     ]
     assert check.asks_for("Please attach a photo of the damage.", ["photo"])
     assert not check.asks_for("Thanks for the photo.", ["photo"])
+
+
+def test_the_prompt_marks_a_checkbox_the_customer_gave_what_it_needs_for() -> None:
+    check = Preconditions().fit(traces(200))
+    waiting = state([(ChatRole.CUSTOMER, "My lamp arrived broken.")])
+    given = state([(ChatRole.CUSTOMER, "My lamp arrived broken, photo attached.")])
+    assert check.met(given, TICK) and not check.met(waiting, TICK)
+    assert not check.met(given, CloseChat(resolution="other"))  # an action with no precondition is not "met"
+    assert "photo_received:checkbox ~on" in serialise_state(given, SerialConfig(), preconditions=check)
+    assert "~on" not in serialise_state(waiting, SerialConfig(), preconditions=check)
+    ticked = given.model_copy(update={"values": {"photo_received": True}})
+    assert "~on" not in serialise_state(ticked, SerialConfig(), preconditions=check)  # done: nothing to point at
+    assert "~on" not in serialise_state(given, SerialConfig.from_dict({}), preconditions=check)  # a model saved before
 
 
 def test_the_guard_asks_for_what_the_action_waits_for() -> None:

@@ -182,6 +182,19 @@ def test_values_are_written_as_slots_and_filled_back() -> None:
     assert fill == "fill order_id = ⟦chat.id⟧"
 
 
+def test_a_word_capitalised_because_it_begins_a_sentence_is_not_a_name() -> None:
+    """Operators write "Order ORD-1 is on its way"; a customer who began a sentence with "Order" did not name
+    anything, and a slot copying it would fill with "Btw" in the next case."""
+    state = _state(
+        chat=[ChatMessage(role=ChatRole.CUSTOMER, text="Hello Anna here. Order ORD-123456. I moved to Leeds.")]
+    )
+    sources = value_sources(state)
+    assert sources["chat.proper"] == "Leeds" and sources["chat.proper.1"] == "Anna"  # "Hello Anna": the name kept
+    assert "Order" not in sources.values() and "Hello" not in sources.values()
+    text = action_text(SendTextToChat(text="Order ORD-123456 is on its way."), state)
+    assert text == "send Order ⟦chat.id⟧ is on its way."
+
+
 def test_a_slot_the_state_lacks_is_an_error() -> None:
     with pytest.raises(ActionTextError, match="lacks"):
         parse_action_text("send Hello ⟦panel.nothing.here⟧", _state())

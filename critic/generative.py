@@ -485,7 +485,7 @@ class GenerativeCritic(BaseEstimator):  # get_params / set_params / clone from s
         critic.serial_ = SerialConfig.from_dict(meta["serial"])
         critic.requests_ = RequestTracker.from_dict(meta["requests"]) if meta.get("requests") else None
         critic.cues_ = OptionCues.from_dict(meta["option_cues"]) if meta.get("option_cues") else None
-        critic.styles_ = OperatorStyles.from_dict(meta["styles"]) if meta.get("styles") else None
+        critic.styles_ = OperatorStyles.from_dict(meta["styles"]).bind(critic.cues_) if meta.get("styles") else None
         critic.preconditions_ = Preconditions.from_dict(meta["preconditions"]) if meta.get("preconditions") else None
         critic.lora_ = LoraSettings(**meta["lora"]) if meta.get("lora") else None
         critic.policy_version_ = meta["policy_version"]

@@ -187,7 +187,7 @@ class LMPolicy:
         self.record_check_ = RecordCheck().fit(traces)
         self.preconditions_ = Preconditions().fit(traces)
         self.choices_ = OpenChoices().fit(traces, self.cues_)
-        self.styles_ = OperatorStyles().fit(traces) if self.serial.operator_style else None
+        self.styles_ = OperatorStyles().fit(traces, self.cues_) if self.serial.operator_style else None
         train_texts, val_texts = self._texts(traces), self._texts(val_traces)
         self.bank_ = TemplateBank(max_per_target=self.max_templates)
         for process_id, _, target_text in train_texts:
@@ -321,7 +321,7 @@ class LMPolicy:
 
     def prompt(self, state: UIState) -> str:
         """The state as this policy reads it: its serialisation with the learned readers (pending requests,
-        option cues, the operator's style)."""
+        option cues, the operator's style, the preconditions a checkbox waits for)."""
         return serialise_state(state, self.serial, self.requests_, self.cues_, self.styles_, self.preconditions_)
 
     def candidates(self, state: UIState) -> list[Candidate]:
@@ -503,7 +503,7 @@ class LMPolicy:
         if meta.get("open_choices"):
             policy.choices_ = OpenChoices.from_dict(meta["open_choices"])
         if meta.get("styles"):
-            policy.styles_ = OperatorStyles.from_dict(meta["styles"])
+            policy.styles_ = OperatorStyles.from_dict(meta["styles"]).bind(policy.cues_)
         if meta.get("history"):
             policy.history_ = TrainHistory(**meta["history"])
         policy.version_ = meta["version"]

@@ -129,9 +129,8 @@ class Preconditions(Reader):
 
     def met(self, state: UIState, action: Action) -> bool:
         """Whether ``action`` has preconditions (on this state's process) and the customer has said them all."""
-        return bool(self.needs_.get(process_key(state.process_id, action_name(action)))) and not self.unmet(
-            state, action
-        )
+        needed = self.needs_.get(process_key(state.process_id, action_name(action)))
+        return bool(needed) and not self.unmet(state, action)
 
     def asked_again(self, state: UIState, text: str) -> list[str]:
         """The words the reply ``text`` asks for (``asks_for``) that the customer's messages already hold."""

@@ -15,8 +15,9 @@
 2. **A guess instead of a question.** When the proposal selects an option the customer has not named (nor
    settled in other words: ``policy.option_cues``), the value is unknown if the choice is the customer's to make
    (``policy.open_choices``: operators ask for it; learned from the traces, with the policy) or, failing that,
-   if the policy's own probability is split between options of that control (the operators it learned from
-   guessed differently): the guard proposes the best-ranked reply operators send to ask for it, or else the
+   if the model's own scores are split between options of that control (the operators it learned from guessed
+   differently; the log-probability, before the operator's leaning weighs the options: a leaning is the guess,
+   decision 0029): the guard proposes the best-ranked reply operators send to ask for it, or else the
    clarifying question the policy ranks highest (a reply ending in a question mark that names one of the
    options or the control: "Refund or a replacement?", "Which plan?", not "Could you send a photo?"), if it
    ranks one at all. An ask worded one or two words off the way operators word it ("charged more than your
@@ -45,6 +46,7 @@ policy; it reads only the state and the policy's ranked alternatives.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ from schemas.proposal import Proposal, ScoredAction
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, Panel, UIState
 
-RULES_VERSION = 6
+RULES_VERSION = 7
 """Changes whenever the guard's rules do: what a guarded policy proposes depends on it as on the policy's
 version, so caches of guarded proposals (the benches' copilot feedback) are keyed by both."""
 
@@ -177,8 +179,8 @@ class ReplyGuard:
     with the state and guesses turned into clarifying questions (see the module docstring).
 
     ``alternatives``: how many ranked candidates to ask the policy for (the guard chooses among them);
-    ``ask_below``: a select is a guess when its option holds less than this share of the probability the
-    policy gives that control's options; ``min_question``: the least probability a question needs to be
+    ``ask_below``: a select is a guess when its option holds less than this share of the model's own score
+    (``ProposalFeatures.logprob``) over that control's options; ``min_question``: the least probability a question needs to be
     asked instead; ``requests``, ``cues``, ``record_check``, ``preconditions`` and ``choices``: the pending
     requests' reader, the options the customer's words settle, the record check, the words operators wait for
     and the choices that are the customer's (the wrapped policy's readers of the same names, see
@@ -362,8 +364,10 @@ class ReplyGuard:
             asked = self._best_ask(state, ranked, self.choices, top.control_id)
             if asked is not None:
                 return asked
+        # The model's own split (its log-probability), not the probability the operator's leaning sharpened: the
+        # operators it learned from guessing differently is what makes the option unknown (decision 0029).
         mass = {
-            c.action.option: c.features.probability
+            c.action.option: math.exp(c.features.logprob)
             for c in ranked
             if isinstance(c.action, SelectOption) and c.action.control_id == top.control_id
         }

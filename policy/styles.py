@@ -10,8 +10,13 @@ the prompt (``style 2``), as the pending requests are, and used to weigh the rep
 scores (``habit_weights``): the line alone did not teach the small model the wording.
 
 **Learning** (``fit``). Each case is the set of its operator's *habits* (the replies they sent, in slot form as
-the template bank holds them, and the options they selected, as action text), among those of at least
-``min_cases`` cases. A latent-class model explains them: a case has one of ``K`` styles, and a style shows each
+the template bank holds them, and the options they selected where the choice was open, as action text), among
+those of at least ``min_cases`` cases. A choice is open when the customer's words neither named nor cued an option
+of the control (``policy.option_cues``, bound with ``bind``): an operator who selects the refund the customer asked
+for shows the customer's wish, not a leaning, and counting it blurred the leaning (the style moved a remedy by
+0.1-0.4 nats where the operators of one style chose the replacement in nine open cases of ten; decision 0029). A
+choice habit counts only in the cases where that control's choice was open, so its presence is P(option | style,
+choice open). A latent-class model explains the habits: a case has one of ``K`` styles, and a style shows each
 habit with a probability of its own (``presence_``). A habit counts only in the processes where it occurs, so
 the classes explain how operators differ within a process, not which process a case is. Where the traces name
 the operator (``TraceStep.operator_id``), an operator with ``min_operator_cases`` cases keeps one style over all
@@ -24,8 +29,9 @@ the best stay and are refitted on all (1 means the traces show no styles: nothin
 
 **Reading**. The habits a state shows: its operator messages in the chat window, each matched to the reply
 template whose words it holds best (at least ``policy.words.MATCH_SHARE`` of them), and the selects in its kept
-history. The posterior over styles given them (their presence only: a reply not sent yet says nothing) names a
-style when its largest share is at least ``min_posterior`` (``style``), and ``habit_weights`` gives each
+history whose choice the customer's words do not settle. The posterior over styles given them (their presence
+only: a reply not sent yet says nothing) names a style when its largest share is at least ``min_posterior``
+(``style``), and ``habit_weights`` gives each
 habit's log(P(habit | posterior) / P(habit)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule
 over the styles; 0 for all while the state shows no habit). The replies then keep the probability the model gave
 them together (decision 0024), and so do the options of one select (decision 0027): the model says whether a
@@ -38,18 +44,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 from scipy.special import logsumexp
 
 from policy.readers import Reader
-from policy.serialise import action_text, literal_action_text, reply_of
+from policy.serialise import CuedOptions, action_text, literal_action_text, mentioned_options, reply_of
 from policy.values import recent_chat
-from policy.words import holds_words, template_words, words_of
+from policy.words import customer_said, holds_words, template_words, words_of
 from schemas.actions import Action, SelectOption, SendTextToChat
 from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
@@ -57,6 +63,7 @@ from schemas.trace import Trace
 _EPS = 1e-6
 HOLD_OUT_EVERY = 5  # every fifth case is held out to choose the number of styles
 MATCHED_CACHE = 4096  # messages remembered with the habit they matched
+CHOICE_PREFIX = "select "  # a choice habit's action text (``literal_action_text``)
 
 
 _Fit = tuple[float, np.ndarray, np.ndarray, np.ndarray]  # (log likelihood, class weights, presence, responsibilities)
@@ -127,16 +134,56 @@ class OperatorStyles(Reader):
     restarts: int = 4
     iterations: int = 200
     seed: int = 0
+    open_choices: bool = True
     templates_: list[str] = field(default_factory=list)
     weights_: list[float] = field(default_factory=list)
     presence_: list[list[float]] = field(default_factory=list)
 
-    def fit(self, traces: Iterable[Trace]) -> Self:
-        cases: list[tuple[str, set[str], str | None]] = []
+    def __post_init__(self) -> None:
+        self._cues: CuedOptions | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The saved styles; a save without ``open_choices`` was fitted on every select and reads them so."""
+        return super().from_dict({"open_choices": False, **data})
+
+    def bind(self, cues: CuedOptions | None) -> Self:
+        """Read which choices the customer's words settle with ``cues`` (the policy's option cues; not saved with
+        the styles, so a loaded policy binds its own)."""
+        self._cues = cues
+        return self
+
+    def _settled(self, state: UIState, control_id: str, chosen: str) -> bool:
+        """Whether the customer's words name or cue an option of the control (``chosen`` stands for the options
+        when the control is no longer on the screen)."""
+        control = next((c for c in state.screen.controls if c.id == control_id), None)
+        options = list(getattr(control, "options", None) or [chosen])
+        if mentioned_options(options, sorted(customer_said(state))):
+            return True
+        return self._cues is not None and bool(self._cues.cued(state, control_id))
+
+    def _case_habits(self, trace: Trace) -> tuple[set[str], set[str]]:
+        """A case's habits, and the controls whose choice was open in it (every select's with ``open_choices``
+        off, as models saved before it were fitted)."""
+        habits: set[str] = set()
+        open_on: set[str] = set()
+        for step in trace.steps:
+            action = step.action
+            if isinstance(action, SelectOption):
+                if self.open_choices and self._settled(step.state, action.control_id, action.option):
+                    continue
+                open_on.add(action.control_id)
+            if _is_habit(action):
+                habits.add(action_text(action, step.state))
+        return habits, open_on
+
+    def fit(self, traces: Iterable[Trace], cues: CuedOptions | None = None) -> Self:
+        self.bind(cues)
+        cases: list[tuple[str, set[str], str | None, set[str]]] = []
         for trace in traces:
-            habits = {action_text(step.action, step.state) for step in trace.steps if _is_habit(step.action)}
-            cases.append((trace.process_id, habits, operator_of(trace)))
-        shown = Counter(h for _, habits, _ in cases for h in habits)
+            habits, open_on = self._case_habits(trace)
+            cases.append((trace.process_id, habits, operator_of(trace), open_on))
+        shown = Counter(h for _, habits, _, _ in cases for h in habits)
         templates = sorted(h for h, n in shown.items() if n >= self.min_cases and _words_of_habit(h))
         self.templates_, self.weights_, self.presence_ = [], [], []
         for cached in ("_replies", "_index", "_matched", "_arrays"):  # what an earlier fit cached
@@ -145,17 +192,21 @@ class OperatorStyles(Reader):
             return self
         index = {t: i for i, t in enumerate(templates)}
         processes_of: dict[str, set[str]] = defaultdict(set)
-        for process, habits, _ in cases:
+        for process, habits, _, _ in cases:
             for habit in habits:
                 if habit in index:
                     processes_of[habit].add(process)
         x = np.zeros((len(cases), len(templates)))
         seen = np.zeros_like(x)
-        for row, (process, habits, _) in enumerate(cases):
+        for row, (process, habits, _, open_on) in enumerate(cases):
             for habit, i in index.items():
-                seen[row, i] = process in processes_of[habit]
+                counted = process in processes_of[habit]
+                control = _choice_control(habit)
+                if control is not None and self.open_choices:
+                    counted = counted and control in open_on  # a leaning shows only where the choice was open
+                seen[row, i] = counted
                 x[row, i] = habit in habits
-        groups = self._groups([operator for _, _, operator in cases])
+        groups = self._groups([operator for _, _, operator, _ in cases])
         rng = np.random.default_rng(self.seed)
         held = np.arange(len(cases)) % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
         fitted = _group_counts(x, seen, groups, ~held)
@@ -270,7 +321,9 @@ class OperatorStyles(Reader):
         kept history."""
         found = {self._template_of(m.text) for m in recent_chat(state) if m.role == ChatRole.OPERATOR}
         found.update(
-            self._index.get(literal_action_text(a)) for a in state.recent_actions if isinstance(a, SelectOption)
+            self._index.get(literal_action_text(a))
+            for a in state.recent_actions
+            if isinstance(a, SelectOption) and not (self.open_choices and self._settled(state, a.control_id, a.option))
         )
         return {i for i in found if i is not None}
 
@@ -312,6 +365,13 @@ class OperatorStyles(Reader):
 def _is_habit(action: Action) -> bool:
     """Replies (their wording) and choices (the option an operator picks when the customer leaves it open)."""
     return isinstance(action, SendTextToChat | SelectOption)
+
+
+def _choice_control(habit: str) -> str | None:
+    """The control a choice habit selects on (``select remedy = refund``: ``remedy``), None for a reply."""
+    if not habit.startswith(CHOICE_PREFIX):
+        return None
+    return habit[len(CHOICE_PREFIX) :].split(" = ", 1)[0]
 
 
 def _words_of_habit(habit: str) -> bool:

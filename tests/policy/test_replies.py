@@ -4,6 +4,8 @@ test of the guard's own logic)."""
 
 from __future__ import annotations
 
+import math
+
 from policy.replies import ReplyGuard, row_consistent, unsupported_facts, with_reply_guard
 from schemas import (
     Action,
@@ -137,6 +139,9 @@ def test_a_split_guess_becomes_the_clarifying_question() -> None:
     # The policy is sure of the value (say a tool settled it): no question.
     sure: list[tuple[Action, float]] = [(ranked[0][0], 0.85), (ranked[1][0], 0.05), (ask, 0.1)]
     assert ReplyGuard(Scripted(sure)).propose(unclear).action == sure[0][0]  # type: ignore[union-attr]
+    # The operator's leaning made the policy sure, the model's own scores are split: still a guess (decision 0029).
+    leaning = Scripted(sure, logprobs=[math.log(0.45), math.log(0.35), math.log(0.1)])
+    assert ReplyGuard(leaning).propose(unclear).action == ask  # type: ignore[union-attr]
     # A question about something else the screen needs is no clarification of the remedy: the guess stays.
     photo = SendTextToChat(text="Could you send me a photo of the damage, please?")
     other_question = [(photo, 0.15) if a == ask else (a, p) for a, p in ranked]

@@ -176,6 +176,62 @@ def test_the_options_of_a_select_are_weighed_by_the_operators_leaning_within_the
     ) == pytest.approx(share)
 
 
+def wish_or_leaning_trace(n: int, operator: str, style: str, rng: random.Random) -> Trace:
+    """A case in which half the customers ask for a remedy (either, whatever the operator's style) and the operator
+    gives it; where the customer leaves it open, the operator picks their style's leaning nine times in ten."""
+    greeting = WORDINGS[style][0].format(name="Ann")
+    wish = rng.choice(sorted(LEANING.values())) if rng.random() < 0.5 else None
+    other = next(o for s, o in LEANING.items() if s != style)
+    remedy = wish or (LEANING[style] if rng.random() < 0.9 else other)
+    opening = f"My parcel arrived broken, a {wish} please." if wish else "My parcel arrived broken."
+    chat: list[tuple[ChatRole, str]] = [(ChatRole.CUSTOMER, opening)]
+    greeted = [*chat, (ChatRole.OPERATOR, greeting)]
+    actions: list[tuple[list[tuple[ChatRole, str]], Action]] = [
+        (chat, SendTextToChat(text=greeting)),
+        (greeted, SelectOption(control_id="remedy", option=remedy)),
+        (greeted, CloseChat(resolution="resolved")),
+    ]
+    steps = [
+        TraceStep(step=i, state=state("orders", c), action=a, operator_id=operator) for i, (c, a) in enumerate(actions)
+    ]
+    return Trace(trace_id=f"T{n}", source=TraceSource.SANDBOX, case_id=f"C{n}", process_id="orders", steps=steps)
+
+
+def test_a_leaning_is_learned_from_the_choices_the_customer_left_open() -> None:
+    """Where half the customers name the remedy, a select that gives them what they asked for shows their wish,
+    not the operator's leaning: counted as a habit it blurs the leaning (decision 0029). Learned from the open
+    choices alone, the operator's greeting weighs their leaning up by more, and a select in the history whose
+    option the customer named is no evidence of the style."""
+    rng = random.Random(0)
+    operators = {f"op{i}": ("plain", "warm")[i % 2] for i in range(6)}
+    cases = [
+        wish_or_leaning_trace(n, o, operators[o], rng) for n, o in enumerate(rng.choices(sorted(operators), k=300))
+    ]
+    warm = state(
+        "orders", [(ChatRole.CUSTOMER, "It broke."), (ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")]
+    )
+    refund, replacement = "select remedy = refund", "select remedy = replacement"
+
+    def leaning(styles: OperatorStyles) -> float:
+        weights = styles.habit_weights(warm)
+        return weights[replacement] - weights[refund]
+
+    open_only = OperatorStyles().fit(cases)
+    every_select = OperatorStyles(open_choices=False).fit(cases)
+    assert leaning(open_only) > 2.0 and leaning(open_only) > leaning(every_select) + 1.0
+    # A saved model from before the field was fitted on every select, and keeps reading them so.
+    assert OperatorStyles.from_dict({k: v for k, v in every_select.to_dict().items() if k != "open_choices"}) == (
+        every_select
+    )
+    # The customer asked for the refund and got it: the select says nothing of the operator's style.
+    asked = state("orders", [(ChatRole.CUSTOMER, "A refund please.")]).model_copy(
+        update={"recent_actions": [SelectOption(control_id="remedy", option="refund")]}
+    )
+    assert set(open_only.habit_weights(asked).values()) == {0.0}
+    left_open = asked.model_copy(update={"chat": [ChatMessage(role=ChatRole.CUSTOMER, text="It broke.")]})
+    assert open_only.habit_weights(left_open)[refund] > 0.5  # the same select with the choice open: a leaning
+
+
 def one_reply_trace(n: int, operator: str, style: str, rng: random.Random) -> Trace:
     """A case in which the operator sends one reply of their style (any of its three) and closes."""
     reply = rng.choice(WORDINGS[style]).format(name="Ann")

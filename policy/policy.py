@@ -39,15 +39,17 @@ from policy.train import Example, TrainConfig, TrainHistory, train
 from schemas.actions import Action, SelectOption, SendTextToChat, action_key
 from schemas.files import atomic_directory
 from schemas.proposal import Proposal, ProposalFeatures, ScoredAction
+from schemas.screen import ControlKind
 from schemas.state import UIState
 from schemas.trace import Trace
 
 FORMAT_VERSION = 1
-RANKING_VERSION = 3
-"""Changes whenever ``LMPolicy._ranked`` changes what a fitted policy proposes from the same scores (1: the replies
+RANKING_VERSION = 4
+"""Changes whenever ``LMPolicy`` changes what a fitted policy proposes from the same weights (1: the replies
 weighed by the style, decision 0024; 2: the options of a select too, and the options the cues settle; 3: the
-``logprob`` feature stays the model's own, before the weights; both decision 0027): caches of proposals (the
-benches' copilot feedback) are keyed by it as by the policy's version."""
+``logprob`` feature stays the model's own, before the weights; both decision 0027; 4: no pruning where a choice
+is open, decision 0029): caches of proposals (the benches' copilot feedback) are keyed by it as by the policy's
+version."""
 MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 
 
@@ -133,7 +135,7 @@ class LMPolicy:
     vocab_size: int = 4096  # decision 0019: as accurate as 8,192 on the sandbox, proposals a fifth cheaper
     max_prompt_tokens: int = 768
     max_templates: int = 48
-    prune_logprob: float | None = 9.0  # see fast_scoring.kept_candidates; None scores every candidate in full
+    prune_logprob: float | None = 9.0  # see fast_scoring.kept_candidates and _prune_for; None scores all in full
     pretrained: str | None = None
     lora: LoraSettings | None = None
     fast_scoring: bool = True  # policy.fast_scoring where the model's layout allows; False = the reference path
@@ -269,34 +271,63 @@ class LMPolicy:
             raise NotFittedError("this LMPolicy is not fitted: call fit() or LMPolicy.load()")
         return self.codec_, self.bank_
 
+    def _prune_for(self, state: UIState) -> float | None:
+        """The pruning bound for a state: none where a select's choice is the customer's and still open. There a
+        policy that learned from operators who guess scores the operators' asks ("Refund or a replacement?") far
+        below the guess, pruning would drop them, and the reply guard could not ask instead (decision 0029)."""
+        if self.prune_logprob is None or self.choices_ is None:
+            return self.prune_logprob
+        for control in state.screen.controls:
+            if control.kind == ControlKind.SELECT and self.choices_.open_choice(state, control.id, self.cues_):
+                return None
+        return self.prune_logprob
+
     def _score(self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]]) -> list[_Scored]:
+        """Each state's kept candidates and their sequence log-probabilities, the states grouped by their pruning
+        bound (``_prune_for``)."""
+        by_prune: dict[float | None, list[int]] = {}
+        for i, state in enumerate(states):
+            by_prune.setdefault(self._prune_for(state), []).append(i)
+        by_row: dict[int, _Scored] = {}
+        for prune, rows in by_prune.items():
+            scored = self._score_pruned([states[i] for i in rows], [candidate_lists[i] for i in rows], prune)
+            by_row.update(zip(rows, scored, strict=True))
+        return [by_row[i] for i in range(len(states))]
+
+    def _score_pruned(
+        self, states: Sequence[UIState], candidate_lists: Sequence[list[Candidate]], prune: float | None
+    ) -> list[_Scored]:
         codec, _ = self._require_serving()
         prompts = [codec.encode_prompt(self.prompt(s)) for s in states]
         encoded = [[codec.encode_action(c.text) for c in cands] for cands in candidate_lists]
         if self.scorer is not None:
-            remote = self.scorer.score(prompts, encoded, self.prune_logprob)
+            remote = self.scorer.score(prompts, encoded, prune)
             return [
                 _Scored([cands[c] for c in item.kept], item.logprobs)
                 for cands, item in zip(candidate_lists, remote, strict=True)
             ]
         _, model, _ = self._require()
         if not (self.fast_scoring and supports(model)):
-            return self._score_reference(prompts, candidate_lists, encoded)
+            return self._score_reference(prompts, candidate_lists, encoded, prune)
         results: list[_Scored] = []
         for i, j in self._groups(prompts, encoded, PACK_TOKENS):
-            scored = score_states(model, prompts[i:j], encoded[i:j], self.prune_logprob)
+            scored = score_states(model, prompts[i:j], encoded[i:j], prune)
             for cands, item in zip(candidate_lists[i:j], scored, strict=True):
                 results.append(_Scored([cands[c] for c in item.kept], item.logprobs))
         return results
 
     def _score_reference(
-        self, prompts: list[list[int]], candidate_lists: Sequence[list[Candidate]], encoded: list[list[list[int]]]
+        self,
+        prompts: list[list[int]],
+        candidate_lists: Sequence[list[Candidate]],
+        encoded: list[list[list[int]]],
+        prune: float | None,
     ) -> list[_Scored]:
         """The reference path (policy.scoring): a first-token pass for pruning, then prompt and candidates packed
         in one pass, then the rest of the pruning rule (``kept_candidates``) on the sequence scores."""
         _, model, _ = self._require()
-        firsts = self._first_token_logprobs(model, prompts, encoded)
-        survivors = [kept_candidates(f, f, self.prune_logprob) for f in firsts]  # the first-token part of the rule
+        firsts = self._first_token_logprobs(model, prompts, encoded, prune)
+        survivors = [kept_candidates(f, f, prune) for f in firsts]  # the first-token part of the rule
         encoded = [[ids[c] for c in keep] for ids, keep in zip(encoded, survivors, strict=True)]
         results: list[_Scored] = []
         for i, j in self._groups(prompts, encoded, MAX_TOKENS_PER_BATCH):
@@ -305,16 +336,16 @@ class LMPolicy:
             by_state = dict(zip(live, scores, strict=True))
             for b in range(i, j):
                 totals = by_state.get(b, [])
-                keep = kept_candidates([firsts[b][c] for c in survivors[b]], totals, self.prune_logprob)
+                keep = kept_candidates([firsts[b][c] for c in survivors[b]], totals, prune)
                 cands = [candidate_lists[b][survivors[b][k]] for k in keep]
                 results.append(_Scored(cands, [totals[k] for k in keep]))
         return results
 
     def _first_token_logprobs(
-        self, model: PreTrainedModel, prompts: list[list[int]], encoded: list[list[list[int]]]
+        self, model: PreTrainedModel, prompts: list[list[int]], encoded: list[list[list[int]]], prune: float | None
     ) -> list[list[float]]:
         """Each candidate's first-token log-probability (all zero without pruning: not needed then)."""
-        if self.prune_logprob is None or not prompts:
+        if prune is None or not prompts:
             return [[0.0] * len(ids) for ids in encoded]
         first = next_token_logprobs(model, prompts)
         return [[float(first[b, c[0]]) for c in ids] for b, ids in enumerate(encoded)]

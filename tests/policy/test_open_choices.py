@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from policy.open_choices import OpenChoices
 from policy.option_cues import OptionCues
+from policy.policy import LMPolicy
 from policy.replies import ReplyGuard
 from sandbox.generate import iter_traces
 from schemas import Action, ChatMessage, ChatRole, CloseChat, Panel, ScreenSchema, SelectOption, SendTextToChat, UIState
@@ -155,3 +156,16 @@ def test_an_ask_worded_as_operators_word_it_keeps_its_words() -> None:
     # Without the reader the row rule takes "plan" for a row the reply quotes and puts the customer's in.
     rewritten = ReplyGuard(Scripted(ranked)).propose(about_cloud)
     assert rewritten is not None and "cloud" in rewritten.action.text  # type: ignore[union-attr]
+
+
+def test_the_policy_scores_every_candidate_where_a_choice_is_open() -> None:
+    """A policy that learned from operators who guess scores their asks far below the guess; pruned, the asks
+    would never reach the guard, which could then not ask instead (decision 0029). So a state with an open
+    choice is scored in full, and every other state keeps the pruning bound."""
+    policy = LMPolicy()
+    policy.choices_ = OpenChoices().fit(traces(200))
+    opening = (ChatRole.CUSTOMER, OPENINGS[0])
+    assert policy._prune_for(state([opening])) is None
+    assert policy._prune_for(state([(ChatRole.CUSTOMER, "My lamp arrived broken, a refund please")])) == 9.0
+    assert policy._prune_for(state([opening], voucher="V-0042")) == policy.prune_logprob  # the lookup settled it
+    assert LMPolicy()._prune_for(state([opening])) == policy.prune_logprob  # no choices learned: the bound holds

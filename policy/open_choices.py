@@ -43,8 +43,8 @@ from typing import Self
 from policy.option_cues import OptionCues, settling_signs
 from policy.readers import Reader, process_key
 from policy.requests import ANSWER_CASES
-from policy.serialise import mentioned_options
-from policy.words import customer_said, matches_template, words_of
+from policy.serialise import named_or_cued
+from policy.words import matches_template, words_of
 from schemas.actions import SelectOption, SendTextToChat
 from schemas.screen import ControlKind
 from schemas.state import ChatRole, UIState
@@ -162,9 +162,7 @@ class OpenChoices(Reader):
 
     def _chosen(self, state: UIState, control_id: str, options: list[str], cues: OptionCues | None) -> bool:
         """Whether the customer's words name or cue an option of the control, or a tool's result settles it."""
-        if mentioned_options(options, sorted(customer_said(state))):
-            return True
-        if cues is not None and cues.cued(state, control_id):
+        if named_or_cued(state, control_id, options, cues):
             return True
         settling = self.settled_by_.get(process_key(state.process_id, control_id), [])
         return not filled_fields(state).isdisjoint(settling)

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from policy.rows import named_rows
 from policy.values import MAX_ROWS, fill_slots, mask_entities, recent_chat, said_by_customer, to_slots, value_sources
-from policy.words import word_matches
+from policy.words import customer_said, word_matches
 from schemas.actions import (
     Action,
     ClickControl,
@@ -267,6 +267,14 @@ def mentioned_options(options: list[str], customer_words: list[str]) -> list[str
         if words and all(word_matches(w, customer_words) for w in words):
             found.append(option)
     return found
+
+
+def named_or_cued(state: UIState, control_id: str, options: list[str], cues: CuedOptions | None) -> bool:
+    """Whether the customer has made the select's choice: their words name one of its ``options``
+    (``mentioned_options``, typos allowed) or ``cues`` finds one their words or a panel settle."""
+    if mentioned_options(options, sorted(customer_said(state))):
+        return True
+    return cues is not None and bool(cues.cued(state, control_id))
 
 
 class PendingRequests(Protocol):

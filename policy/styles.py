@@ -53,9 +53,9 @@ import numpy as np
 from scipy.special import logsumexp
 
 from policy.readers import Reader
-from policy.serialise import CuedOptions, action_text, literal_action_text, mentioned_options, reply_of
+from policy.serialise import CuedOptions, action_text, literal_action_text, named_or_cued, reply_of
 from policy.values import recent_chat
-from policy.words import customer_said, holds_words, template_words, words_of
+from policy.words import holds_words, template_words, words_of
 from schemas.actions import Action, SelectOption, SendTextToChat
 from schemas.state import ChatRole, UIState
 from schemas.trace import Trace
@@ -156,11 +156,8 @@ class OperatorStyles(Reader):
     def _settled(self, state: UIState, control_id: str, chosen: str) -> bool:
         """Whether the customer's words name or cue an option of the control (``chosen`` stands for the options
         when the control is no longer on the screen)."""
-        control = next((c for c in state.screen.controls if c.id == control_id), None)
-        options = list(getattr(control, "options", None) or [chosen])
-        if mentioned_options(options, sorted(customer_said(state))):
-            return True
-        return self._cues is not None and bool(self._cues.cued(state, control_id))
+        options = list(getattr(state.screen.control(control_id), "options", None) or [chosen])
+        return named_or_cued(state, control_id, options, self._cues)
 
     def _case_habits(self, trace: Trace) -> tuple[set[str], set[str]]:
         """A case's habits, and the controls whose choice was open in it (every select's with ``open_choices``

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -28,7 +28,7 @@ from policy.open_choices import OpenChoices
 from policy.option_cues import OptionCues
 from policy.preconditions import Preconditions
 from policy.predictor import Prediction
-from policy.record_check import RecordCheck
+from policy.record_check import RecordCheck, corrected
 from policy.requests import RequestTracker
 from policy.saved import POLICY_FILE, read_meta
 from policy.scoring import next_token_logprobs, score_candidates
@@ -44,12 +44,12 @@ from schemas.state import UIState
 from schemas.trace import Trace
 
 FORMAT_VERSION = 1
-RANKING_VERSION = 4
+RANKING_VERSION = 5
 """Changes whenever ``LMPolicy`` changes what a fitted policy proposes from the same weights (1: the replies
 weighed by the style, decision 0024; 2: the options of a select too, and the options the cues settle; 3: the
 ``logprob`` feature stays the model's own, before the weights; both decision 0027; 4: no pruning where a choice
-is open, decision 0029): caches of proposals (the benches' copilot feedback) are keyed by it as by the policy's
-version."""
+is open, decision 0029; 5: a reply naming another case's item says the customer's, decision 0030): caches of
+proposals (the benches' copilot feedback) are keyed by it as by the policy's version."""
 MAX_TOKENS_PER_BATCH = 24_000  # packed tokens per reference scoring pass: bounds the attention mask's memory
 
 
@@ -61,6 +61,15 @@ class NotFittedError(RuntimeError):
 class _Scored:
     candidates: list[Candidate]
     logprobs: list[float]
+
+
+class _StepText(NamedTuple):
+    """One training step as text: where it was (process, screen), the prompt, and the slot-form action."""
+
+    process_id: str
+    screen_id: str
+    prompt: str
+    target: str
 
 
 def _softmax(logprobs: Sequence[float]) -> list[float]:
@@ -158,19 +167,23 @@ class LMPolicy:
 
     # ---- fitting -------------------------------------------------------------------------------------------
 
-    def _texts(self, traces: Sequence[Trace]) -> list[tuple[str, str, str]]:
-        """(process id, prompt, slot-form action text) of every step, computed once for the template bank, the
-        tokenizer and the examples."""
+    def _texts(self, traces: Sequence[Trace]) -> list[_StepText]:
+        """Every step's texts, computed once for the template bank, the tokenizer and the examples."""
         return [
-            (trace.process_id, self.prompt(step.state), action_text(step.action, step.state))
+            _StepText(
+                trace.process_id,
+                step.state.screen.screen_id,
+                self.prompt(step.state),
+                action_text(step.action, step.state),
+            )
             for trace in traces
             for step in trace.steps
         ]
 
-    def _examples(self, texts: Sequence[tuple[str, str, str]]) -> list[Example]:
+    def _examples(self, texts: Sequence[_StepText]) -> list[Example]:
         assert self.codec_ is not None
         out = []
-        for _, prompt_text, target_text in texts:
+        for _, _, prompt_text, target_text in texts:
             prompt = self.codec_.encode_prompt(prompt_text)
             target = self.codec_.encode_action(target_text)
             out.append(Example(ids=prompt + target, prompt_len=len(prompt)))
@@ -192,12 +205,12 @@ class LMPolicy:
         self.styles_ = OperatorStyles().fit(traces, self.cues_) if self.serial.operator_style else None
         train_texts, val_texts = self._texts(traces), self._texts(val_traces)
         self.bank_ = TemplateBank(max_per_target=self.max_templates)
-        for process_id, _, target_text in train_texts:
-            self.bank_.add_action_text(process_id, target_text)
+        for text in train_texts:
+            self.bank_.add_action_text(text.process_id, text.target, text.screen_id)
         tokenizer: PreTrainedTokenizerBase
         torch.manual_seed(self.training.seed)  # the initial weights (and LoRA adapters) follow the configured seed
         if self.pretrained is None:
-            corpus = [text for _, prompt, target in train_texts for text in (prompt, target)]
+            corpus = [text for step in train_texts for text in (step.prompt, step.target)]
             tokenizer = train_tokenizer(corpus, vocab_size=self.vocab_size)
             self.codec_ = Codec.for_tokenizer(tokenizer, self.max_prompt_tokens)
             vocab = tokenizer.get_vocab()
@@ -357,12 +370,28 @@ class LMPolicy:
 
     def candidates(self, state: UIState) -> list[Candidate]:
         """The state's candidate actions: the screen's and the bank's, with the answers to its pending requests
-        (``policy.requests``) and the queries of a record that contradicts the customer (``policy.record_check``)."""
+        (``policy.requests``) and the queries of a record that contradicts the customer (``policy.record_check``);
+        a reply naming an item neither the record nor the customer names says the customer's (``corrected``)."""
         _, bank = self._require_serving()
         replies = self.requests_.pending_answers(state) if self.requests_ is not None else []
-        if self.record_check_ is not None:
-            replies += self.record_check_.queries(state)
-        return enumerate_candidates(state, bank, replies)
+        if self.record_check_ is None:
+            return enumerate_candidates(state, bank, replies)
+        replies += self.record_check_.queries(state)
+        candidates = enumerate_candidates(state, bank, replies)
+        items = self.record_check_.items(state)
+        if not any(others for others, _ in items):
+            return candidates
+        out = []
+        for candidate in candidates:
+            action = candidate.action
+            if isinstance(action, SendTextToChat):
+                text = corrected(action.text, items)
+                if text is None:
+                    continue
+                if text != action.text:  # scored as the model reads it; merged with the same reply in ``_ranked``
+                    candidate = Candidate(candidate.text, SendTextToChat(text=text))
+            out.append(candidate)
+        return out
 
     def _ranked(self, state: UIState, scored: _Scored) -> list[tuple[Action, float, float]]:
         """(action, the model's own sequence log-prob, normalised probability), best first; candidates meaning the
@@ -380,7 +409,7 @@ class LMPolicy:
         group_of: dict[str, str] = {}
         for cand, lp in zip(scored.candidates, scored.logprobs, strict=True):
             key = action_key(cand.action)
-            weight = weights.get(cand.text, 0.0)
+            weight = weights.get(styles.habit(cand.text), 0.0) if styles is not None else 0.0
             if isinstance(cand.action, SendTextToChat):
                 group_of[key] = REPLIES
             elif isinstance(cand.action, SelectOption) and cand.action.control_id not in cued:

@@ -185,7 +185,9 @@ def preference_update(
     started = time.perf_counter()
     before = sum(len(c) for c in policy.bank_.counts.values())
     for pair in pairs:  # the operator's value becomes a candidate the policy can propose
-        policy.bank_.add_action_text(pair.state.process_id, action_text(pair.chosen, pair.state))
+        policy.bank_.add_action_text(
+            pair.state.process_id, action_text(pair.chosen, pair.state), pair.state.screen.screen_id
+        )
     history.templates_added = sum(len(c) for c in policy.bank_.counts.values()) - before
 
     model = policy.model_

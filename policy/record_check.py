@@ -186,12 +186,40 @@ class RecordCheck(Reader):
         shown, customer = _value(state, key), customer_said(state)
         return [v for v in self.vocabulary_.get(key, []) if v != shown and names(v, customer)]
 
+    def _others(self, state: UIState, key: str) -> tuple[list[str], list[str]]:
+        """The field's values that are neither the record's nor one the customer named, and those the customer
+        named."""
+        shown, named = _value(state, key), self._named_values(state, key)
+        return [v for v in self.vocabulary_.get(key, []) if v != shown and v not in named], named
+
+    def items(self, state: UIState) -> list[tuple[list[str], list[str]]]:
+        """Per checked field, ``_others``: what ``corrected`` reads."""
+        return [self._others(state, key) for key in self.vocabulary_]
+
     def _names_other(self, text: str, state: UIState, key: str) -> bool:
-        lowered, shown, named = text.lower(), _value(state, key), self._named_values(state, key)
-        return any(v != shown and v not in named and says(lowered, v) for v in self.vocabulary_.get(key, []))
+        lowered = text.lower()
+        return any(says(lowered, v) for v in self._others(state, key)[0])
 
     def _is_query(self, words: set[str], key: str) -> bool:
         return any(matches_template(words, t.replace(NAMED, " ")) for t in self.queries_.get(key, []))
+
+
+def corrected(text: str, items: list[tuple[list[str], list[str]]]) -> str | None:
+    """A reply with the items of another case put right (``RecordCheck.items``): a value that is neither the
+    record's nor the customer's is replaced by the one the customer named. The bank keeps the items of training
+    cases in the wording of its queries ("..., not the desk lamp; could you double-check the number?"), and the
+    model ranked such a literal above the same query with the customer's item. None where the customer named no
+    value or several (nothing to put in its place); the text itself where it names no other value."""
+    for others, named in items:
+        lowered = text.lower()
+        stated = [v for v in others if v in lowered and says(lowered, v)]
+        if not stated:
+            continue
+        if len(named) != 1:
+            return None
+        for value in stated:
+            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", named[0], text, flags=re.IGNORECASE)
+    return text
 
 
 def _value(state: UIState, key: str) -> str:

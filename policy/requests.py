@@ -70,10 +70,15 @@ _SENTENCE = re.compile(r"[^.!?]*\?")
 QUESTION_WORDS = 2  # words of MIN_CUE_WORD letters a question needs to ask something ("Seriously?" asks nothing)
 
 
+def questions(text: str) -> list[str]:
+    """The sentences of a message that ask something: each ending in a question mark, with at least
+    ``QUESTION_WORDS`` words of ``MIN_CUE_WORD`` letters or more."""
+    return [q.strip() for q in _SENTENCE.findall(text) if len(words_of(q, MIN_CUE_WORD)) >= QUESTION_WORDS]
+
+
 def _asks(text: str) -> bool:
-    """Whether a message holds a question that asks something: a sentence ending in a question mark with at
-    least ``QUESTION_WORDS`` words of ``MIN_CUE_WORD`` letters or more."""
-    return any(len(words_of(q, MIN_CUE_WORD)) >= QUESTION_WORDS for q in _SENTENCE.findall(text))
+    """Whether a message holds a question that asks something (``questions``)."""
+    return bool(questions(text))
 
 
 @dataclass
@@ -208,6 +213,12 @@ class RequestTracker(Reader):
         requested = self.requested(state)
         after = [m.text for m in window[asked[-1] + 1 :] if m.role != ChatRole.CUSTOMER]
         return None if any(not self.answers(text, requested) for text in after) else window[asked[-1]].text
+
+    def asked(self, state: UIState) -> str | None:
+        """The questions of the open later question (``open_question``), without the rest of its message: what
+        the prompt's ``asked`` line says."""
+        message = self.open_question(state)
+        return None if message is None else " ".join(questions(message))
 
     def pending_answers(self, state: UIState) -> list[str]:
         """The reply templates (slot form) that answer the state's pending requests."""

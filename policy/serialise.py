@@ -8,8 +8,9 @@ Prompt (one line per section, sections in this order, absent sections omitted)::
     controls chat:chat ; new_plan:select* ~premium ; confirm_terms:checkbox* ; submit:button ; ...
     queues billing ; tier2            resolutions resolved ; duplicate
     panel customer: name=George Garcia ; tier=standard
-    chat C: I'll take premium. Also, when does my contract end? / O: Which plan?
+    chat C: I'll take premium. Also, when does my contract end? / O: Which plan? / C: Premium. Is premium cheaper?
     pending contract
+    asked Is premium cheaper?
     history click lookup_plans / select new_plan = premium
     style 2
     step 4
@@ -116,6 +117,12 @@ class SerialConfig:
       (``policy.preconditions``) learned it from the traces: the same mark as the options the customer's words
       settle. Reading "I attached a photo" in the opening was not enough for a small model to tick the box
       rather than ask for the photo (decision 0028). False in models saved before this field.
+    * ``open_questions``: an ``asked`` line with the customer's later question while it is open
+      (``RequestTracker.open_question``: no operator message after it, or only answers to the opening's
+      requests). An operator often answers a request of the opening first and the customer thanks them, and the
+      question two messages back was where a small model closed the chat: 41 of the 123 replies the best policy
+      got right and the policy proposed another action for were such closes (decision 0030). False in models
+      saved before this field.
     """
 
     chat_messages: int = 4
@@ -133,6 +140,7 @@ class SerialConfig:
     named_rows: bool = True
     operator_style: bool = True
     precondition_cues: bool = True
+    open_questions: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "drop_fields", tuple(self.drop_fields))  # a list when read back from JSON
@@ -144,7 +152,7 @@ class SerialConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> SerialConfig:
         """The config saved with a model; a field the save predates keeps the layout that model was trained
         with (no opening messages, no pending requests, no option cues, no named rows, no style line, no
-        checkbox marks)."""
+        checkbox marks, no asked line)."""
         before = {
             "opening_messages": 0,
             "pending_requests": False,
@@ -152,6 +160,7 @@ class SerialConfig:
             "named_rows": False,
             "operator_style": False,
             "precondition_cues": False,
+            "open_questions": False,
         }
         return cls(**{**before, **data})
 
@@ -278,9 +287,11 @@ def named_or_cued(state: UIState, control_id: str, options: list[str], cues: Cue
 
 
 class PendingRequests(Protocol):
-    """What the prompt's ``pending`` line reads (``policy.requests.RequestTracker``)."""
+    """What the prompt's ``pending`` and ``asked`` lines read (``policy.requests.RequestTracker``)."""
 
     def pending(self, state: UIState) -> list[str]: ...
+
+    def asked(self, state: UIState) -> str | None: ...
 
 
 class CuedOptions(Protocol):
@@ -362,6 +373,9 @@ def serialise_state(
         pending = requests.pending(state) if cfg.pending_requests and requests is not None else []
         if pending:
             lines.append("pending " + " ; ".join(pending))
+        asked = requests.asked(state) if cfg.open_questions and requests is not None else None
+        if asked:
+            lines.append("asked " + _cut(asked, cfg.message_chars))
     if state.recent_actions and cfg.history > 0:
         recent = [_history_text(a, cfg) for a in state.recent_actions[-cfg.history :]]
         lines.append("history " + " / ".join(recent))

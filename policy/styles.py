@@ -9,30 +9,34 @@ confidence. The style is a fact of the case once the operator has written or cho
 the prompt (``style 2``), as the pending requests are, and used to weigh the replies and options the policy
 scores (``habit_weights``): the line alone did not teach the small model the wording.
 
-**Learning** (``fit``). Each case is the set of its operator's *habits* (the replies they sent, in slot form as
-the template bank holds them, and the options they selected where the choice was open, as action text), among
-those of at least ``min_cases`` cases. A choice is open when the customer's words neither named nor cued an option
-of the control (``policy.option_cues``, bound with ``bind``): an operator who selects the refund the customer asked
-for shows the customer's wish, not a leaning, and counting it blurred the leaning (the style moved a remedy by
-0.1-0.4 nats where the operators of one style chose the replacement in nine open cases of ten; decision 0029). A
-choice habit counts only in the cases where that control's choice was open, so its presence is P(option | style,
-choice open). A latent-class model explains the habits: a case has one of ``K`` styles, and a style shows each
-habit with a probability of its own (``presence_``). A habit counts only in the processes where it occurs, so
-the classes explain how operators differ within a process, not which process a case is. Where the traces name
-the operator (``TraceStep.operator_id``), an operator with ``min_operator_cases`` cases keeps one style over all
-of them: their cases are one group, and the model explains groups (a case of an unnamed or rare operator is a
-group of its own). One case shows few habits, an operator's hundred cases show their style plainly: on the
-sandbox, cases alone gave six mixed styles, their operators the four styles the sandbox has. EM from
-``restarts`` seeded starts fits each ``K`` up to ``max_styles`` on four in five cases; the fewest styles that
-explain the fifth (each under its operator's style, as the other cases show it) within one standard error of
-the best stay and are refitted on all (1 means the traces show no styles: nothing is written or weighed).
+**Learning** (``fit``). Each case is the set of its operator's *habits* (the replies they sent, as their wording:
+slot form with every slot pooled, ``habit``; and the options they selected where the choice was open, as action
+text), among those of at least ``min_cases`` cases. A wording is one habit whichever values fill it: in full slot
+form, "The amount is ⟦panel.order.price⟧, for your ⟦panel.order.item⟧." and the same words filled from the row the
+customer names were two habits, the second too rare to be one, so where it was due the operator's own wording got no
+weight from the style (decision 0030; on the sandbox, where few wordings come in several slot forms, with no gain
+separable from noise). A choice is open when the customer's words neither named nor cued an option of the control
+(``policy.option_cues``, bound with ``bind``): an operator who selects the refund the customer asked for shows the
+customer's wish, not a leaning, and counting it blurred the leaning (the style moved a remedy by 0.1-0.4 nats where
+the operators of one style chose the replacement in nine open cases of ten; decision 0029). A choice habit counts
+only in the cases where that control's choice was open, so its presence is P(option | style, choice open). A
+latent-class model explains the habits: a case has one of ``K`` styles, and a style shows each habit with a
+probability of its own (``presence_``). A habit counts only in the processes where it occurs, so the classes explain
+how operators differ within a process, not which process a case is. Where the traces name the operator
+(``TraceStep.operator_id``), an operator with ``min_operator_cases`` cases keeps one style over all of them: their
+cases are one group, and the model explains groups (a case of an unnamed or rare operator is a group of its own).
+One case shows few habits, an operator's hundred cases show their style plainly: on the sandbox, cases alone gave
+six mixed styles, their operators the four styles the sandbox has. EM from ``restarts`` seeded starts fits each
+``K`` up to ``max_styles`` on four in five cases; the fewest styles that explain the fifth (each under its
+operator's style, as the other cases show it) within one standard error of the best stay and are refitted on all (1
+means the traces show no styles: nothing is written or weighed).
 
 **Reading**. The habits a state shows: its operator messages in the chat window, each matched to the reply
 template whose words it holds best (at least ``policy.words.MATCH_SHARE`` of them), and the selects in its kept
 history whose choice the customer's words do not settle. The posterior over styles given them (their presence
 only: a reply not sent yet says nothing) names a style when its largest share is at least ``min_posterior``
 (``style``), and ``habit_weights`` gives each
-habit's log(P(habit | posterior) / P(habit)), by which ``LMPolicy`` weighs a candidate with that text (Bayes' rule
+habit's log(P(habit | posterior) / P(habit)), by which ``LMPolicy`` weighs a candidate showing it (Bayes' rule
 over the styles; 0 for all while the state shows no habit). The replies then keep the probability the model gave
 them together (decision 0024), and so do the options of one select (decision 0027): the model says whether a
 reply or that select is due, the style in whose words or with which leaning. Options the customer's words or a
@@ -54,6 +58,7 @@ from scipy.special import logsumexp
 
 from policy.readers import Reader
 from policy.serialise import CuedOptions, action_text, literal_action_text, named_or_cued, reply_of
+from policy.slots import SLOT
 from policy.values import recent_chat
 from policy.words import holds_words, template_words, words_of
 from schemas.actions import Action, SelectOption, SendTextToChat
@@ -64,6 +69,7 @@ _EPS = 1e-6
 HOLD_OUT_EVERY = 5  # every fifth case is held out to choose the number of styles
 MATCHED_CACHE = 4096  # messages remembered with the habit they matched
 CHOICE_PREFIX = "select "  # a choice habit's action text (``literal_action_text``)
+POOLED_SLOT = "⟦value⟧"  # every slot of a reply habit: a wording is one habit whichever values fill it
 
 
 _Fit = tuple[float, np.ndarray, np.ndarray, np.ndarray]  # (log likelihood, class weights, presence, responsibilities)
@@ -135,6 +141,7 @@ class OperatorStyles(Reader):
     iterations: int = 200
     seed: int = 0
     open_choices: bool = True
+    pooled_slots: bool = True
     templates_: list[str] = field(default_factory=list)
     weights_: list[float] = field(default_factory=list)
     presence_: list[list[float]] = field(default_factory=list)
@@ -144,8 +151,16 @@ class OperatorStyles(Reader):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """The saved styles; a save without ``open_choices`` was fitted on every select and reads them so."""
-        return super().from_dict({"open_choices": False, **data})
+        """The saved styles; a save without ``open_choices`` was fitted on every select and reads them so, one
+        without ``pooled_slots`` on replies in their full slot form."""
+        return super().from_dict({"open_choices": False, "pooled_slots": False, **data})
+
+    def habit(self, text: str) -> str:
+        """The habit an action text (slot form) shows: a reply's wording, its slots pooled where ``pooled_slots``
+        (one habit whichever values fill it); a choice as it is."""
+        if self.pooled_slots and reply_of(text) is not None:
+            return SLOT.sub(POOLED_SLOT, text)
+        return text
 
     def bind(self, cues: CuedOptions | None) -> Self:
         """Read which choices the customer's words settle with ``cues`` (the policy's option cues; not saved with
@@ -171,7 +186,7 @@ class OperatorStyles(Reader):
                     continue
                 open_on.add(action.control_id)
             if _is_habit(action):
-                habits.add(action_text(action, step.state))
+                habits.add(self.habit(action_text(action, step.state)))
         return habits, open_on
 
     def fit(self, traces: Iterable[Trace], cues: CuedOptions | None = None) -> Self:
@@ -334,8 +349,8 @@ class OperatorStyles(Reader):
         return post / post.sum()
 
     def habit_weights(self, state: UIState) -> dict[str, float]:
-        """Per habit (a reply in slot form, a choice as its action text), how much more likely the operator's style
-        makes it than operators at large show it: log(P(habit | style posterior) / P(habit)). Bayes' rule over
+        """Per habit (a reply's wording, a choice as its action text: ``habit``), how much more likely the operator's
+        style makes it than operators at large show it: log(P(habit | style posterior) / P(habit)). Bayes' rule over
         the styles: the policy scores a reply as any operator might word it and an open choice as any operator
         might make it, and this turns that into the wording and the leaning of this operator (0 for every habit
         while the state shows none, {} when no style is learned). ``LMPolicy`` weighs the replies together and

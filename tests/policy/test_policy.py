@@ -97,6 +97,30 @@ def test_every_candidate_of_any_screen_is_valid(state: UIState) -> None:
         validate_action(candidate.action, state.screen)
 
 
+def test_a_state_is_offered_its_screens_values_first_within_the_cap() -> None:
+    bank = TemplateBank(max_per_target=3)
+    for value, times in (("Welcome.", 9), ("Your order is on its way.", 8), ("Anything else?", 7)):
+        for _ in range(times):
+            bank.add("delivery", "chat", value, "greet")
+    for _ in range(2):
+        bank.add("delivery", "chat", "The refund is issued.", "refund")
+    bank.add("delivery", "chat", "The refund takes five days.", "refund")
+    # The process's three most frequent crowd out the refund screen's own replies; that screen's come first.
+    assert bank.templates("delivery", "chat") == ["Welcome.", "Your order is on its way.", "Anything else?"]
+    assert bank.templates("delivery", "chat", "refund") == [
+        "The refund is issued.",
+        "The refund takes five days.",
+        "Welcome.",
+    ]
+    # A screen the bank has not seen, and a bank saved before screens were counted, offer the process's.
+    assert bank.templates("delivery", "chat", "unseen") == bank.templates("delivery", "chat")
+    old = TemplateBank.from_dict({k: v for k, v in bank.to_dict().items() if k != "screen_counts"})
+    assert old.templates("delivery", "chat", "refund") == bank.templates("delivery", "chat")
+    assert TemplateBank.from_dict(bank.to_dict()).templates("delivery", "chat", "refund") == bank.templates(
+        "delivery", "chat", "refund"
+    )
+
+
 def test_pretrained_checkpoint_with_lora(tmp_path: Path, traces: list[Trace]) -> None:
     """The paper's path (a pretrained Qwen2 checkpoint + LoRA) on a tiny randomly initialised Qwen2 built from a
     config: its own tokenizer is kept, adapters train, the merged result saves and loads without peft."""

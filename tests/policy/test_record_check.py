@@ -8,7 +8,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from policy.record_check import NAMED, RecordCheck
+import pytest
+
+from policy.candidates import TemplateBank
+from policy.policy import LMPolicy, _Scored
+from policy.record_check import NAMED, RecordCheck, corrected
 from policy.replies import ReplyGuard
 from sandbox.generate import iter_traces
 from schemas import Action, ChatMessage, ChatRole, ClickControl, CloseChat, Panel, ScreenSchema, SendTextToChat, UIState
@@ -135,3 +139,39 @@ def test_on_the_sandbox_it_checks_the_order_item_and_never_stops_an_operator_goi
     assert pending and all(isinstance(s.action, SendTextToChat) for s in pending)
     queried = [s for s in pending if check.queried_by(s.action.text, s.state, check.pending(s.state))]  # type: ignore[union-attr]
     assert len(queried) >= 0.5 * len(pending)
+
+
+def test_a_reply_naming_another_cases_item_is_put_right_or_left_out() -> None:
+    """A bank reply keeps a training case's item in its wording: the item the customer named takes its place; with
+    no item named (or two) there is nothing to put there and the reply is not offered. The record's own item and
+    a reply naming no item stay as they are."""
+    check = RecordCheck().fit(traces(200))
+    stale = QUERY.format(order="ORD-000001", shown="backpack", item="desk lamp")
+    named = state([(ChatRole.CUSTOMER, "My blender arrived broken. Order ORD-000001.")], "ORD-000001", "backpack")
+    assert corrected(stale, check.items(named)) == QUERY.format(order="ORD-000001", shown="backpack", item="blender")
+    assert corrected("Your backpack is on its way.", check.items(named)) == "Your backpack is on its way."
+    assert corrected("Let me check.", check.items(named)) == "Let me check."
+    unnamed = state([(ChatRole.CUSTOMER, "It arrived broken. Order ORD-000001.")], "ORD-000001", "backpack")
+    assert corrected(stale, check.items(unnamed)) is None
+    both = state([(ChatRole.CUSTOMER, "My blender and headphones broke. Order ORD-000001.")], "ORD-000001", "backpack")
+    assert corrected(stale, check.items(both)) is None
+    assert RecordCheck().items(named) == []  # nothing learned: nothing to put right
+
+
+def test_the_policy_offers_a_stale_item_as_the_customers_and_merges_the_two() -> None:
+    policy = LMPolicy()
+    policy.record_check_ = RecordCheck().fit(traces(200))
+    policy.bank_ = TemplateBank()
+    stale_template = QUERY.format(order="⟦panel.order.order_id⟧", shown="⟦panel.order.item⟧", item="desk lamp")
+    policy.bank_.add("refund", "chat", stale_template)
+    policy.codec_ = object()  # type: ignore[assignment]  # candidates need no model
+    policy.model_ = object()  # type: ignore[assignment]
+    wrong = state([(ChatRole.CUSTOMER, "My blender arrived broken. Order ORD-000001.")], "ORD-000001", "backpack")
+    right = SendTextToChat(text=QUERY.format(order="ORD-000001", shown="backpack", item="blender"))
+    candidates = policy.candidates(wrong)
+    replies = [c for c in candidates if isinstance(c.action, SendTextToChat)]
+    assert {c.text for c in replies} == {f"send {stale_template}", f"send {policy.record_check_.queries(wrong)[0]}"}
+    assert all(c.action == right for c in replies)  # the literal is scored as the model reads it, offered put right
+    ranked = policy._ranked(wrong, _Scored(candidates, [-1.0] * len(candidates)))
+    merged = [p for a, _, p in ranked if a == right]
+    assert len(merged) == 1 and merged[0] == pytest.approx(2 / len(candidates))

@@ -164,6 +164,25 @@ def test_a_later_question_is_open_while_only_the_openings_requests_were_answered
     assert tracker.open_question(state("delivery", [opening, status, thanks])) is None
 
 
+def test_the_prompt_says_what_the_open_later_question_asks_where_the_config_asks_for_it() -> None:
+    tracker = RequestTracker().fit(traces(300))
+    chat = [
+        (ChatRole.CUSTOMER, "Where is my order?" + SECOND),
+        (ChatRole.OPERATOR, REPLIES["delivery"]),
+        (ChatRole.CUSTOMER, "Great, thanks. Will you confirm this by email? I am travelling."),
+        (ChatRole.OPERATOR, "The contract runs until 2029-01-31."),
+        (ChatRole.CUSTOMER, "Thanks!"),
+    ]
+    open_state = state("delivery", chat)
+    assert tracker.asked(open_state) == "Will you confirm this by email?"  # the question, not the whole message
+    assert "\nasked Will you confirm this by email?\n" in serialise_state(open_state, SerialConfig(), tracker)
+    saved_before = SerialConfig.from_dict({"chat_messages": 4})  # a model saved before the field
+    assert "asked" not in serialise_state(open_state, saved_before, tracker)
+    answered = state("delivery", [*chat, (ChatRole.OPERATOR, "Yes, by email within the hour.")])
+    assert tracker.asked(answered) is None
+    assert "asked" not in serialise_state(answered, SerialConfig(), tracker)
+
+
 def test_the_guard_answers_an_open_later_question_instead_of_closing() -> None:
     tracker = RequestTracker().fit(traces(300))
     close = CloseChat(resolution="resolved")

@@ -268,6 +268,33 @@ def test_an_operators_cases_together_show_the_style_that_one_case_does_not() -> 
     assert weights.get(plain_answer, 0.0) < math.log(1.5)
 
 
+def test_a_wording_is_one_habit_whichever_values_fill_it() -> None:
+    """The warm operators' answer names the order from the order panel, and in a few cases (too few to be a habit
+    in their own slot form) from a claim panel: pooled, the two slot forms are one habit, and a candidate in the
+    rare form is weighed as the wording it is."""
+    rng = random.Random(1)
+    cases = traces(200)
+    for n, case in enumerate(cases):
+        if case.steps[-2].action.text != WORDINGS["warm"][1]:  # type: ignore[union-attr]
+            continue
+        panel = ("order", "claim")[n % 8 == 0]
+        for step in case.steps:
+            step.state.panels[panel] = Panel(title=panel, fields={"code": f"ORD-{rng.randrange(10**6):06d}"})
+            if isinstance(step.action, SendTextToChat) and step.action.text == WORDINGS["warm"][1]:
+                step.action = SendTextToChat(text=f"Good news: {step.state.panels[panel].fields['code']} leaves soon.")
+    greeted = state("orders", [(ChatRole.OPERATOR, "Hi there Bob, lovely to hear from you!")])
+    claim = "send Good news: ⟦panel.claim.code⟧ leaves soon."
+    pooled = OperatorStyles().fit(cases)
+    assert pooled.habit(claim) == pooled.habit("send Good news: ⟦panel.order.code⟧ leaves soon.") in pooled.templates_
+    assert pooled.habit_weights(greeted)[pooled.habit(claim)] > math.log(1.5)
+    by_form = OperatorStyles(pooled_slots=False).fit(cases)  # as readers saved before pooled them
+    assert claim not in by_form.templates_ and by_form.habit(claim) == claim
+    assert (
+        OperatorStyles.from_dict({k: v for k, v in pooled.to_dict().items() if k != "pooled_slots"}).habit(claim)
+        == claim
+    )
+
+
 def test_one_wording_shows_no_style_and_the_line_is_never_written() -> None:
     styles = OperatorStyles().fit(traces(200, styles=("plain",)))
     assert styles.weights_ == []

@@ -183,9 +183,9 @@ class LMPolicy:
     def _examples(self, texts: Sequence[_StepText]) -> list[Example]:
         assert self.codec_ is not None
         out = []
-        for _, _, prompt_text, target_text in texts:
-            prompt = self.codec_.encode_prompt(prompt_text)
-            target = self.codec_.encode_action(target_text)
+        for step in texts:
+            prompt = self.codec_.encode_prompt(step.prompt)
+            target = self.codec_.encode_action(step.target)
             out.append(Example(ids=prompt + target, prompt_len=len(prompt)))
         return out
 
@@ -379,7 +379,7 @@ class LMPolicy:
         replies += self.record_check_.queries(state)
         candidates = enumerate_candidates(state, bank, replies)
         items = self.record_check_.items(state)
-        if not any(others for others, _ in items):
+        if not items:  # no checked field learned: nothing to put right
             return candidates
         out = []
         for candidate in candidates:

@@ -3,8 +3,6 @@ importing another (the critics, the feedback readers, the store and the registry
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
 
 class NotFittedError(RuntimeError):
     """A critic was used before ``fit`` (or ``load``)."""
@@ -16,10 +14,3 @@ class FeedbackError(ValueError):
 
 class RegistryError(RuntimeError):
     """The registry's stored state is missing, inconsistent or corrupted, or an operation has nothing to act on."""
-
-
-def validation_message(error: ValidationError) -> str:
-    """``field: message`` of the first error: what a reader needs to fix the producer."""
-    first = error.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "(record)"
-    return f"{loc}: {first['msg']}"

@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from critic.base import labels
-from critic.errors import FeedbackError, validation_message
+from critic.errors import FeedbackError
+from schemas.base import validation_message
 from schemas.feedback import FeedbackRecord, FeedbackSource
 from schemas.files import atomic_file, atomic_write_text
 

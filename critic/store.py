@@ -29,7 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from critic.database import open_engine
-from critic.errors import FeedbackError, validation_message
+from critic.errors import FeedbackError
+from schemas.base import validation_message
 from schemas.feedback import FeedbackRecord
 
 _CHUNK = 500  # ids per IN (...) query: far below every backend's bound-parameter limit

@@ -8,13 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_core import from_json
 
 from schemas.actions import Action
+from schemas.base import validation_message
 from schemas.files import atomic_file
 from schemas.screen import ScreenSchema
 from schemas.state import CANONICAL_SCREENS, canonical_screen_json
 from schemas.trace import Trace
+
+
+class TraceFileError(ValueError):
+    """A line of a traces file is not a valid ``Trace``; the message names the file, the line and the field."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +59,22 @@ def read_traces(path: Path) -> list[Trace]:
     580,000-event log before sharing). A screen is also validated once, and the states' etags are computed
     around its canonical JSON: on a log with 202 activities, validating each step's screen and hashing it into
     the state's etag took four fifths of the reading time (``bench/traces_memory.py``).
+
+    A line that is not a valid ``Trace`` raises ``TraceFileError`` naming the file, the line number and the
+    first offending field (a file of 10,000 traces is otherwise hard to mend from "5 validation errors").
     """
     shared = SharedParts()
     traces: list[Trace] = []
     with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
                 traces.append(shared.read(line))
+            except ValidationError as error:
+                count = error.error_count()
+                more = f" (and {count - 1} more error{'s' if count > 2 else ''} in the line)" if count > 1 else ""
+                raise TraceFileError(f"{path}:{number}: {validation_message(error)}{more}") from None
     return traces
 
 

@@ -201,6 +201,11 @@ def _sample_cases(traces: Sequence[Trace], max_steps: int, seed: int) -> list[Tr
     return [traces[i] for i in sorted(kept)]
 
 
+def _shown(value: object) -> str:
+    """A figure of the report as written: a dash where there is none (nothing held out, nothing scored)."""
+    return "–" if value is None else str(value)
+
+
 def _hits(rankings: Sequence[Ranked], gold: Sequence[str]) -> np.ndarray:
     """Per step, whether the first ranked action is the gold one (action keys)."""
     return np.array([bool(r) and action_key(r[0][0]) == g for r, g in zip(rankings, gold, strict=True)], dtype=bool)
@@ -389,7 +394,9 @@ class CombinedPolicy:
         if self.lm_ is not None and LM not in self._used():
             report["members"][LM]["kept"] = "saved for the critic and the preference updates, not routed to"
         report["fit_s"] = round(time.perf_counter() - started, 2)
-        self._say(f"fitted in {report['fit_s']:.0f} s; held-out accuracy {report['validation']['combined_accuracy']}")
+        self._say(
+            f"fitted in {report['fit_s']:.0f} s; held-out accuracy {_shown(report['validation']['combined_accuracy'])}"
+        )
         self.report_ = report
         self.version_ = self._version()
         return self
@@ -778,7 +785,7 @@ class CombinedPolicy:
         lines = [
             f"Combined policy `{self.version_}`: {self.report_.get('fit_cases')} cases fitted, "
             f"{self.report_.get('validation_cases')} {held} ({validation.get('steps')} steps scored); "
-            f"held-out accuracy {validation.get('combined_accuracy')}, default `{routing.default}`; "
+            f"held-out accuracy {_shown(validation.get('combined_accuracy'))}, default `{routing.default}`; "
             f"fit {self.report_.get('fit_s')} s.",
             "",
             "| member | held-out acc | fit s | note |",
@@ -793,7 +800,9 @@ class CombinedPolicy:
                     f"{info.get('epochs_done')} epochs, {info.get('steps')} steps ({info.get('stopped')}), "
                     f"{info.get('threads')} thread(s)"
                 )
-            lines.append(f"| {name} | {info.get('validation_accuracy', '–')} | {info.get('fit_s', '–')} | {note} |")
+            lines.append(
+                f"| {name} | {_shown(info.get('validation_accuracy'))} | {_shown(info.get('fit_s'))} | {note} |"
+            )
         for name, why in self.report_.get("left_out", {}).items():
             if name not in self.report_.get("members", {}):
                 lines.append(f"| {name} | – | – | left out: {why} |")

@@ -158,6 +158,13 @@ def _deadline(cfg: TrainConfig, budgeted: bool, epochs_done: float) -> float:
     return cfg.time_budget_s
 
 
+def _epochs_sample(examples: list[Example], steps: int, cfg: TrainConfig, rng: random.Random) -> list[Example]:
+    """A random sample of ``examples`` small enough that ``steps`` make ``min_epochs`` epochs over it: a model
+    that saw a sixth of its data once is worse than one that saw a well-mixed half twice."""
+    keep = max(cfg.batch_size, int(steps * cfg.batch_size / cfg.min_epochs))
+    return rng.sample(examples, min(keep, len(examples)))
+
+
 def _probe_thread_counts() -> list[int]:
     """1 and the most threads torch may use (one entry when that is 1)."""
     most = max(1, torch.get_num_threads(), min(os.cpu_count() or 1, 2))
@@ -260,10 +267,8 @@ def train(
             affordable = step + int(0.8 * (cfg.time_budget_s - (time.perf_counter() - started)) / mean_step)
             if affordable < total:
                 total = max(step + 1, affordable)
-                needed = math.ceil(cfg.min_epochs * steps_per_epoch)
-                if total < needed:
-                    keep = max(cfg.batch_size, int(total * cfg.batch_size / cfg.min_epochs))
-                    examples = rng.sample(examples, min(keep, len(examples)))
+                if total < math.ceil(cfg.min_epochs * steps_per_epoch):
+                    examples = _epochs_sample(examples, total, cfg, rng)
                     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
                 history.examples_used, history.planned_steps = len(examples), total
                 bar.total = total
@@ -272,12 +277,23 @@ def train(
 
     def replan() -> None:
         """Fit the schedule to the budget again from the pace so far (validations included): the probe's few
-        steps can misjudge a machine whose load changes, in either direction."""
-        nonlocal total
+        steps can misjudge a machine whose load changes, in either direction. When what is left affords fewer
+        than ``min_epochs`` epochs, the examples are subsampled again, as the first plan does, and the learning
+        rate still decays to the schedule's end. With one epoch planned (the large logs': ``policy.sizing``) the
+        steps taken so far drew each example at most once, so the run is one epoch over a smaller sample. Left
+        as it was (the schedule cut, the examples kept), a machine that got busier after the probe left the LM
+        0.74 epochs of a 410,000-step log, which the combined policy then had to leave out; letting it overrun
+        the budget instead still ended short of an epoch, and the refits the budget was meant for were
+        skipped."""
+        nonlocal total, examples, steps_per_epoch
         assert cfg.time_budget_s is not None
         elapsed = time.perf_counter() - started
         affordable = step + int(0.9 * (cfg.time_budget_s - elapsed) / (elapsed / step))
         total = max(step + 1, min(cfg.epochs * steps_per_epoch, affordable))
+        if total < math.ceil(cfg.min_epochs * steps_per_epoch):
+            examples = _epochs_sample(examples, total, cfg, rng)
+            steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+            history.examples_used = len(examples)
         history.planned_steps = bar.total = total
 
     while not stop and step < total:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 SCHEMA_VERSION = "1.0"
 _MAJOR = SCHEMA_VERSION.split(".")[0]
@@ -26,3 +26,10 @@ class Payload(Strict):
         if major != _MAJOR:
             raise ValueError(f"unsupported schema version {value!r}; this reader understands {_MAJOR}.x")
         return value
+
+
+def validation_message(error: ValidationError) -> str:
+    """``field: message`` of the first error: what a reader needs to fix the producer."""
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(record)"
+    return f"{loc}: {first['msg']}"

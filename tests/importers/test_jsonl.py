@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from importers.jsonl import read_traces
+from importers.jsonl import TraceFileError, read_traces
 from schemas import Trace
 from service.cli import main
 
@@ -71,18 +71,23 @@ def test_screens_told_apart_by_content_and_errors_as_before(write_file: Write, o
     assert c1.steps[0].state.etag != c2.steps[0].state.etag
     assert [s.state.etag for s in c2.steps] == [s.state.content_hash() for s in c2.steps]
 
-    # a wrong etag, a broken screen and a line that is not JSON fail as Trace.model_validate_json does
+    # a wrong etag, a broken screen and a line that is not JSON fail as Trace.model_validate_json does, and the
+    # error names the file, the line (after a good line and a blank one) and the first offending field
     tampered = json.loads(first)
     tampered["steps"][1]["state"]["etag"] = "0" * 20
     broken = json.loads(first)
     broken["steps"][2]["state"]["screen"]["controls"][0]["kind"] = "slider"
-    for bad in (json.dumps(tampered), json.dumps(broken), first[:-5]):
-        out.write_text(bad + "\n", encoding="utf-8")
-        with pytest.raises(ValidationError) as ours:
+    for bad, field in (
+        (json.dumps(tampered), "steps.1.state"),
+        (json.dumps(broken), "steps.2.state.screen.controls.0"),
+        (first[:-5], "(record)"),
+    ):
+        out.write_text(first + "\n\n" + bad + "\n", encoding="utf-8")
+        with pytest.raises(TraceFileError) as ours:
             read_traces(out)
         with pytest.raises(ValidationError) as plain:
             Trace.model_validate_json(bad + "\n")  # as the file gives the line
-        assert str(ours.value) == str(plain.value)
+        assert str(ours.value).startswith(f"{out}:3: {field}: {plain.value.errors()[0]['msg']}")
 
 
 def test_screen_variants_beyond_the_cap_are_read_unshared(

@@ -50,7 +50,7 @@ def test_train_propose_evaluate(traces_path: Path, tmp_path: Path, capsys: pytes
     assert "Right-censored" not in printed and "censoring" not in data
 
 
-def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_a_clear_error(traces_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "train", "--traces", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "m")]) == 2
     assert "error: --traces:" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
@@ -58,5 +58,12 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["policy", "train", "--traces", str(empty), "--out", str(tmp_path / "m")]) == 2
     assert "holds no traces" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()  # nothing half-written
+    lines = traces_path.read_text(encoding="utf-8").splitlines()[:3]
+    lines[1] = lines[1].replace('"step":0', '"step":-1', 1)  # a trace whose first step number is invalid
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["policy", "train", "--traces", str(bad), "--out", str(tmp_path / "m")]) == 2
+    assert f"{bad}:2: steps.0.step:" in capsys.readouterr().err  # the file, the line and the field
+    assert not (tmp_path / "m").exists()
     assert main(["policy", "propose", "--model", str(tmp_path), "--state", str(empty)]) == 2
     assert "not a policy directory" in capsys.readouterr().err

@@ -205,6 +205,8 @@ def test_few_cases_fall_back_to_the_ngram(toy: tuple[list[Trace], list[Trace]]) 
     assert _accuracy(combined, test) >= _accuracy(ngram, test) - 0.02
     single = CombinedPolicy(lm=False).fit(train[:1])  # nothing to hold out: the n-gram answers
     assert single.predict([test[0].steps[1].state])[0].action is not None
+    report = single.choice_markdown()  # nothing held out, nothing scored: dashes, not "None"
+    assert "held-out accuracy –" in report and "None" not in report
 
 
 def test_proposals_are_valid_ranked_and_calibrated(toy: tuple[list[Trace], list[Trace]]) -> None:

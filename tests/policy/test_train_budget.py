@@ -4,10 +4,12 @@ whole epochs over a subsample instead; the thread probe records what it measured
 from __future__ import annotations
 
 import random
+import types
 
 import pytest
 import torch
 
+import policy.train
 from policy.model import ModelConfig, build_model
 from policy.train import Example, TrainConfig, _lr, train
 
@@ -46,6 +48,41 @@ def test_a_budget_fitted_plan_trains_whole_epochs_over_a_subsample(examples: lis
     assert history.examples_used < len(examples)
     assert history.epochs_done >= 1.0 - 1e-9 and not history.undertrained
     assert history.planned_steps <= 3 * 375 and set(history.step_seconds) == {"1"}
+
+
+class SlowingClock:
+    """A clock on which every reading after the probe's ``fast_readings`` moves ``slowdown`` times as far: a machine
+    whose load rose once the plan was made (the loop reads the clock about once a step)."""
+
+    def __init__(self, step_s: float, slowdown: float, fast_readings: int) -> None:
+        self.now, self.readings = 0.0, 0
+        self.step_s, self.slowdown, self.fast_readings = step_s, slowdown, fast_readings
+
+    def perf_counter(self) -> float:
+        self.readings += 1
+        self.now += self.step_s * (1.0 if self.readings <= self.fast_readings else self.slowdown)
+        return self.now
+
+
+def test_a_budget_fitted_plan_still_finishes_its_epoch_when_the_machine_slows(
+    examples: list[Example], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe's 7 steps read the clock twice each at 1 ms a step: what is left of 0.2 s affords 155 steps, so the
+    # plan keeps 1,240 examples for one epoch of 155 steps. Then each step takes 1.4 ms: at the first replanning the
+    # rest of the budget affords fewer steps than that epoch, so the examples are subsampled again and the run ends
+    # about on its budget with a whole epoch's worth of steps (cut to the budget and nothing else, it stopped at
+    # 0.82 epochs and was undertrained)
+    clock = SlowingClock(step_s=0.001, slowdown=1.4, fast_readings=15)
+    monkeypatch.setattr(policy.train, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    cfg = TrainConfig(
+        epochs=3, batch_size=8, eval_every=20, time_budget_s=0.2, fit_to_budget=True, min_epochs=1.0,
+        probe_steps=6, threads=1,
+    )  # fmt: skip
+    history = train(_model(), examples, examples[:20], cfg, pad_id=0, progress=False)
+    assert history.examples_used < 1240
+    assert history.epochs_done >= 1.0 - 1e-9 and not history.undertrained
+    assert history.steps == history.planned_steps
+    assert clock.now <= 1.05 * cfg.time_budget_s  # not the half-again overrun the deadline would allow
 
 
 def test_the_thread_probe_keeps_the_faster_count(examples: list[Example]) -> None:

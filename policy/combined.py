@@ -604,6 +604,7 @@ class CombinedPolicy:
             "examples": n_examples,
             "stopped": history.stopped,
             "threads": history.threads,
+            "thread_choices": history.thread_choices,
             "step_seconds": history.step_seconds,
             "model": plan.model.to_dict(),
             "vocab_size": plan.vocab_size,
@@ -798,7 +799,7 @@ class CombinedPolicy:
             if name == LM:
                 note = note or (
                     f"{info.get('epochs_done')} epochs, {info.get('steps')} steps ({info.get('stopped')}), "
-                    f"{info.get('threads')} thread(s)"
+                    f"{' → '.join(map(str, info.get('thread_choices') or [info.get('threads')]))} thread(s)"
                 )
             lines.append(
                 f"| {name} | {_shown(info.get('validation_accuracy'))} | {_shown(info.get('fit_s'))} | {note} |"

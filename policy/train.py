@@ -21,6 +21,8 @@ from transformers import PreTrainedModel
 from schemas.progress import progress_bar
 
 IGNORE = -100
+PACE_EVERY = 50  # steps between checks of the training pace (also at every validation)
+MIN_PACE_STEPS = 10  # the fewest steps a pace is read from
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,69 @@ class TrainHistory:
     planned_steps: int = 0
     threads: int = 0
     step_seconds: dict[str, float] = field(default_factory=dict)  # median seconds per step, by thread count
+    thread_choices: list[int] = field(default_factory=list)  # the counts chosen, in order (re-timed when slowed)
 
     @property
     def undertrained(self) -> bool:
         """Stopped before one whole pass over its training examples (a budget that ran out too early)."""
         return self.epochs_done < 1.0 - 1e-9
+
+
+@dataclass
+class ThreadPace:
+    """The thread count training runs on, chosen by timing real training steps on each of ``counts``
+    (``TrainConfig.probe_threads``), and chosen again when steps get ``slower`` times slower than the chosen
+    count's timed median. On a shared two-core machine two threads were 20-40 times slower than one while other
+    jobs ran and faster on an idle machine, so a choice made at the start can turn wrong within the run: on W
+    replicated five times, a job that took one core a minute after the probe left the LM 801 steps in its budget
+    on the two threads the probe had chosen."""
+
+    counts: list[int]
+    chosen: int
+    slower: float = 2.0
+    medians: dict[int, float] = field(default_factory=dict)
+    timings: dict[int, list[float]] = field(default_factory=dict)
+    _schedule: list[int] = field(default_factory=list)
+    _untimed: int = 0
+
+    def time_steps(self, steps: int, untimed: int = 0) -> None:
+        """Time the next ``steps`` steps, the counts alternating in pairs (a change in load hits both), the first
+        ``untimed`` of them not counted (one-off allocations)."""
+        self.timings = {n: [] for n in self.counts}
+        self._schedule = [self.counts[(i // 2) % len(self.counts)] for i in range(steps)]
+        self._untimed = untimed
+
+    @property
+    def timing(self) -> bool:
+        return bool(self._schedule)
+
+    def threads(self) -> int:
+        """The thread count of the next step."""
+        return self._schedule[0] if self._schedule else self.chosen
+
+    def record(self, seconds: float) -> None:
+        """The next step's time; after the last timed step, the fastest count is chosen."""
+        count = self._schedule.pop(0)
+        if self._untimed:
+            self._untimed -= 1
+        else:
+            self.timings[count].append(seconds)
+        if not self._schedule:
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop timing and choose the fastest count of those timed (none timed: the choice stays)."""
+        self._schedule, self._untimed = [], 0
+        self.medians = {n: statistics.median(t) for n, t in self.timings.items() if t}
+        if self.medians:
+            self.chosen = min(self.medians, key=lambda n: self.medians[n])
+
+    def slowed(self, seconds_per_step: float) -> bool:
+        """Whether steps now take ``slower`` times the chosen count's timed median, with another count to try."""
+        median = self.medians.get(self.chosen)
+        return (
+            len(self.counts) > 1 and not self.timing and median is not None and seconds_per_step > self.slower * median
+        )
 
 
 def _batches(examples: Sequence[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
@@ -240,30 +300,48 @@ def train(
         bar.set_postfix(train=f"{running:.3f}", val=f"{val:.3f}", best=f"{history.best_val_loss:.3f}")
         return stale >= cfg.patience
 
+    since = (started, step)  # the time and step the pace is measured from (no validation, no timing in between)
+
+    def timed_step(batch_examples: Sequence[Example]) -> None:
+        """One step on the thread count the pace gives it, timed while the pace is timing counts."""
+        if not pace.timing:
+            optimise(batch_examples)
+            return
+        torch.set_num_threads(pace.threads())
+        tick = time.perf_counter()
+        optimise(batch_examples)
+        pace.record(time.perf_counter() - tick)
+        if not pace.timing:
+            use_chosen()
+
+    def use_chosen() -> None:
+        """Go on with the count the pace chose, and record it; the pace is measured again from here (the timed
+        steps on a slower count would make it look slowed again)."""
+        nonlocal since
+        since = (time.perf_counter(), step)
+        torch.set_num_threads(pace.chosen)
+        history.threads = pace.chosen
+        history.thread_choices.append(pace.chosen)
+        history.step_seconds = {str(n): t for n, t in pace.medians.items()}
+
     budgeted = cfg.fit_to_budget and cfg.time_budget_s is not None
+    counts = _probe_thread_counts() if cfg.probe_threads else [torch.get_num_threads()]
+    pace = ThreadPace(counts, chosen=torch.get_num_threads())
     if (budgeted or cfg.probe_threads) and cfg.probe_steps > 0:
         # Probe: real training steps on a random sample of batches, timed (the first one, with its one-off
         # allocations, is not counted).
-        counts = _probe_thread_counts() if cfg.probe_threads else [torch.get_num_threads()]
-        timings: dict[int, list[float]] = {n: [] for n in counts}
+        pace.time_steps(cfg.probe_steps + 1, untimed=1)
         probe = _batches(rng.sample(examples, min(len(examples), cfg.batch_size * (cfg.probe_steps + 1))),
                          cfg.batch_size, rng)  # fmt: skip
-        for i, batch_examples in enumerate(probe[: cfg.probe_steps + 1]):
-            threads = counts[(i // 2) % len(counts)]  # alternate in pairs: a change in load hits both counts
-            torch.set_num_threads(threads)
-            tick = time.perf_counter()
-            optimise(batch_examples)
-            if i > 0:
-                timings[threads].append(time.perf_counter() - tick)
-        medians = {n: statistics.median(t) for n, t in timings.items() if t}
-        history.step_seconds = {str(n): t for n, t in medians.items()}
-        fastest = min(medians, key=lambda n: medians[n]) if medians else torch.get_num_threads()
-        torch.set_num_threads(fastest)
-        history.threads = fastest
-        if budgeted and medians:
+        for batch_examples in probe[: cfg.probe_steps + 1]:
+            timed_step(batch_examples)
+        if pace.timing:  # fewer examples than the probe's steps: choose from those timed
+            pace.finish()
+            use_chosen()
+        if budgeted and pace.medians:
             assert cfg.time_budget_s is not None
             # a fifth of what is left goes to the periodic validations and to steps slower than the probe's
-            mean_step = statistics.fmean(timings[fastest])
+            mean_step = statistics.fmean(pace.timings[pace.chosen])
             affordable = step + int(0.8 * (cfg.time_budget_s - (time.perf_counter() - started)) / mean_step)
             if affordable < total:
                 total = max(step + 1, affordable)
@@ -296,15 +374,29 @@ def train(
             history.examples_used = len(examples)
         history.planned_steps = bar.total = total
 
+    def check_pace() -> None:
+        """Time the thread counts again on the next steps when the steps since ``since`` (at least
+        ``MIN_PACE_STEPS`` of them) were slower than the chosen count's timed pace by ``pace.slower``."""
+        nonlocal since
+        now = time.perf_counter()
+        if step - since[1] >= MIN_PACE_STEPS and pace.slowed((now - since[0]) / (step - since[1])):
+            pace.time_steps(cfg.probe_steps + 1, untimed=1)
+        since = (now, step)
+
+    since = (time.perf_counter(), step)
     while not stop and step < total:
         for batch_examples in _batches(examples, cfg.batch_size, rng):
-            optimise(batch_examples)
+            timed_step(batch_examples)
             if step % cfg.eval_every == 0:
+                check_pace()
                 if validate():
                     history.stopped = "early stopping"
                     break
                 if budgeted:
                     replan()
+                since = (time.perf_counter(), step)  # the validation's time is not a step's
+            elif step - since[1] >= PACE_EVERY:
+                check_pace()
             if cfg.time_budget_s is not None and time.perf_counter() - started > _deadline(
                 cfg, budgeted, step / steps_per_epoch
             ):

@@ -11,7 +11,7 @@ import torch
 
 import policy.train
 from policy.model import ModelConfig, build_model
-from policy.train import Example, TrainConfig, _lr, train
+from policy.train import Example, ThreadPace, TrainConfig, _lr, train
 
 TINY = ModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)
 
@@ -83,6 +83,54 @@ def test_a_budget_fitted_plan_still_finishes_its_epoch_when_the_machine_slows(
     assert history.epochs_done >= 1.0 - 1e-9 and not history.undertrained
     assert history.steps == history.planned_steps
     assert clock.now <= 1.05 * cfg.time_budget_s  # not the half-again overrun the deadline would allow
+
+
+class LoadedClock:
+    """A clock on which a step's time depends on the thread count: two threads are faster than one until
+    ``idle_readings`` readings have passed, then another job takes a core and they spin-wait, 20 times slower."""
+
+    def __init__(self, idle_readings: int) -> None:
+        self.now, self.readings, self.idle_readings = 0.0, 0, idle_readings
+
+    def perf_counter(self) -> float:
+        self.readings += 1
+        two = torch.get_num_threads() == 2
+        if self.readings <= self.idle_readings:
+            self.now += 0.0008 if two else 0.001
+        else:
+            self.now += 0.02 if two else 0.001
+        return self.now
+
+
+def test_training_moves_to_the_faster_thread_count_when_the_load_changes(
+    examples: list[Example], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = LoadedClock(idle_readings=60)  # the probe (26 readings) and some 30 steps on an idle machine
+    monkeypatch.setattr(policy.train, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(policy.train, "_probe_thread_counts", lambda: [1, 2])  # as on a two-core machine
+    # a budget it never reaches: the loop then reads the clock once a step, which is what moves this clock; no
+    # validation before the end, so the pace is checked every PACE_EVERY steps
+    cfg = TrainConfig(epochs=1, batch_size=8, eval_every=1000, probe_threads=True, probe_steps=6, time_budget_s=1e6)
+    try:
+        history = train(_model(), examples[:800], examples[:20], cfg, pad_id=0, progress=False)
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
+    assert history.thread_choices == [2, 1]  # the probe chose two threads; once they slowed, one
+    assert history.threads == 1 and set(history.step_seconds) == {"1", "2"}
+    assert history.step_seconds["2"] > 10 * history.step_seconds["1"]  # timed again under the load
+
+
+def test_the_pace_times_the_counts_in_pairs_and_asks_again_only_when_slowed() -> None:
+    pace = ThreadPace([1, 2], chosen=2)
+    pace.time_steps(5, untimed=1)
+    asked = []
+    for seconds in (9.0, 0.2, 0.3, 0.1, 0.1):  # the first step is not counted
+        asked.append(pace.threads())
+        pace.record(seconds)
+    assert asked == [1, 1, 2, 2, 1] and not pace.timing
+    assert pace.medians == {1: pytest.approx(0.15), 2: pytest.approx(0.2)} and pace.chosen == 1
+    assert not pace.slowed(0.29) and pace.slowed(0.31)  # twice the chosen count's median
+    assert not ThreadPace([1], chosen=1, medians={1: 0.1}).slowed(10.0)  # no other count to try
 
 
 def test_the_thread_probe_keeps_the_faster_count(examples: list[Example]) -> None:

@@ -87,8 +87,8 @@ class TrainHistory:
 @dataclass
 class ThreadPace:
     """The thread count training runs on, chosen by timing real training steps on each of ``counts``
-    (``TrainConfig.probe_threads``), and chosen again when steps get ``slower`` times slower than the chosen
-    count's timed median. On a shared two-core machine two threads were 20-40 times slower than one while other
+    (``TrainConfig.probe_threads``; the fastest median), and chosen again when steps take ``slower`` times as long
+    as the chosen count's timed steps. On a shared two-core machine two threads were 20-40 times slower than one while other
     jobs ran and faster on an idle machine, so a choice made at the start can turn wrong within the run: on W
     replicated five times, a job that took one core a minute after the probe left the LM 801 steps in its budget
     on the two threads the probe had chosen."""
@@ -134,11 +134,13 @@ class ThreadPace:
             self.chosen = min(self.medians, key=lambda n: self.medians[n])
 
     def slowed(self, seconds_per_step: float) -> bool:
-        """Whether steps now take ``slower`` times the chosen count's timed median, with another count to try."""
-        median = self.medians.get(self.chosen)
-        return (
-            len(self.counts) > 1 and not self.timing and median is not None and seconds_per_step > self.slower * median
-        )
+        """Whether steps now take ``slower`` times as long as the chosen count's timed steps, with another count
+        to try. Compared with their mean, as the pace is: a log whose batches vary much in length has a mean step
+        well above its median, and must not look slowed."""
+        timed = self.timings.get(self.chosen)
+        if len(self.counts) < 2 or self.timing or not timed:
+            return False
+        return seconds_per_step > self.slower * statistics.fmean(timed)
 
 
 def _batches(examples: Sequence[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:

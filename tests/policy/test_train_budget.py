@@ -129,8 +129,8 @@ def test_the_pace_times_the_counts_in_pairs_and_asks_again_only_when_slowed() ->
         pace.record(seconds)
     assert asked == [1, 1, 2, 2, 1] and not pace.timing
     assert pace.medians == {1: pytest.approx(0.15), 2: pytest.approx(0.2)} and pace.chosen == 1
-    assert not pace.slowed(0.29) and pace.slowed(0.31)  # twice the chosen count's median
-    assert not ThreadPace([1], chosen=1, medians={1: 0.1}).slowed(10.0)  # no other count to try
+    assert not pace.slowed(0.29) and pace.slowed(0.31)  # twice the mean of the chosen count's timed steps
+    assert not ThreadPace([1], chosen=1, timings={1: [0.1]}).slowed(10.0)  # no other count to try
 
 
 def test_the_thread_probe_keeps_the_faster_count(examples: list[Example]) -> None:

@@ -75,7 +75,7 @@ class TrainHistory:
     examples_used: int = 0
     planned_steps: int = 0
     threads: int = 0
-    step_seconds: dict[str, float] = field(default_factory=dict)  # median seconds per step, by thread count
+    step_seconds: dict[str, float] = field(default_factory=dict)  # median s a step, by thread count, last timed
     thread_choices: list[int] = field(default_factory=list)  # the counts chosen, in order (re-timed when slowed)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import types
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -50,17 +51,17 @@ def test_a_budget_fitted_plan_trains_whole_epochs_over_a_subsample(examples: lis
     assert history.planned_steps <= 3 * 375 and set(history.step_seconds) == {"1"}
 
 
-class SlowingClock:
-    """A clock on which every reading after the probe's ``fast_readings`` moves ``slowdown`` times as far: a machine
-    whose load rose once the plan was made (the loop reads the clock about once a step)."""
+class StepClock:
+    """A fake ``time`` whose every reading moves ``cost(reading number, torch's thread count)`` seconds on: the
+    training loop reads the clock about once a step (with a time budget), so this is a machine whose speed the
+    test sets, load changes included."""
 
-    def __init__(self, step_s: float, slowdown: float, fast_readings: int) -> None:
-        self.now, self.readings = 0.0, 0
-        self.step_s, self.slowdown, self.fast_readings = step_s, slowdown, fast_readings
+    def __init__(self, cost: Callable[[int, int], float]) -> None:
+        self.now, self.readings, self.cost = 0.0, 0, cost
 
     def perf_counter(self) -> float:
         self.readings += 1
-        self.now += self.step_s * (1.0 if self.readings <= self.fast_readings else self.slowdown)
+        self.now += self.cost(self.readings, torch.get_num_threads())
         return self.now
 
 
@@ -72,7 +73,7 @@ def test_a_budget_fitted_plan_still_finishes_its_epoch_when_the_machine_slows(
     # rest of the budget affords fewer steps than that epoch, so the examples are subsampled again and the run ends
     # about on its budget with a whole epoch's worth of steps (cut to the budget and nothing else, it stopped at
     # 0.82 epochs and was undertrained)
-    clock = SlowingClock(step_s=0.001, slowdown=1.4, fast_readings=15)
+    clock = StepClock(lambda reading, _threads: 0.001 if reading <= 15 else 0.0014)
     monkeypatch.setattr(policy.train, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     cfg = TrainConfig(
         epochs=3, batch_size=8, eval_every=20, time_budget_s=0.2, fit_to_budget=True, min_epochs=1.0,
@@ -85,27 +86,12 @@ def test_a_budget_fitted_plan_still_finishes_its_epoch_when_the_machine_slows(
     assert clock.now <= 1.05 * cfg.time_budget_s  # not the half-again overrun the deadline would allow
 
 
-class LoadedClock:
-    """A clock on which a step's time depends on the thread count: two threads are faster than one until
-    ``idle_readings`` readings have passed, then another job takes a core and they spin-wait, 20 times slower."""
-
-    def __init__(self, idle_readings: int) -> None:
-        self.now, self.readings, self.idle_readings = 0.0, 0, idle_readings
-
-    def perf_counter(self) -> float:
-        self.readings += 1
-        two = torch.get_num_threads() == 2
-        if self.readings <= self.idle_readings:
-            self.now += 0.0008 if two else 0.001
-        else:
-            self.now += 0.02 if two else 0.001
-        return self.now
-
-
 def test_training_moves_to_the_faster_thread_count_when_the_load_changes(
     examples: list[Example], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = LoadedClock(idle_readings=60)  # the probe (26 readings) and some 30 steps on an idle machine
+    # two threads are faster than one on an idle machine (the probe's 26 readings and some 30 steps); then another
+    # job takes a core and they spin-wait, 20 times slower than one
+    clock = StepClock(lambda reading, threads: (0.0008 if reading <= 60 else 0.02) if threads == 2 else 0.001)
     monkeypatch.setattr(policy.train, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     monkeypatch.setattr(policy.train, "_probe_thread_counts", lambda: [1, 2])  # as on a two-core machine
     # a budget it never reaches: the loop then reads the clock once a step, which is what moves this clock; no
